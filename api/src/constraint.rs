@@ -1,0 +1,404 @@
+//! Version ranges with the semantics of Masterminds semver v3, as kubernetes-upgrader v0.6 used
+//! them: x-ranges, comparisons, tilde, caret, hyphen ranges, `,` for AND and `||` for OR.
+//!
+//! [`cel_rule`] accepts exactly the strings [`VersionRange::parse`] accepts, so the API server
+//! refuses a malformed range at admission and the controllers never meet one.
+
+use std::fmt;
+
+use semver::{Prerelease, Version};
+
+/// Largest accepted range, in bytes; also bounds the CEL rule's cost.
+pub const MAX_LENGTH: usize = 256;
+
+const PART: &str = "([0-9]+|[xX*])";
+const IDENTS: &str = "[0-9A-Za-z-]+([.][0-9A-Za-z-]+)*";
+const OPERATOR: &str = "(!=|>=|=>|<=|=<|~>|[=><~^])";
+
+/// The regular expression (RE2 syntax) behind [`cel_rule`].
+pub fn pattern() -> String {
+    let version = format!("v?{PART}([.]{PART}){{0,2}}(-{IDENTS})?([+]{IDENTS})?");
+    let term = format!("(({OPERATOR} *)?{version}|{version} +- +{version})");
+    let group = format!(" *{term}(( *, *| +){term})* *");
+    format!("^{group}([|][|]{group})*$")
+}
+
+/// The CEL expression that admission evaluates on every version range field.
+pub fn cel_rule() -> String {
+    format!("self.matches('{}')", pattern())
+}
+
+/// The message admission returns when [`cel_rule`] fails.
+pub const CEL_MESSAGE: &str = "spec.versionRange must be a semver constraint such as v1.27.x, ~1.27, >=1.27.0 <1.29.0 or 1.26 - 1.27";
+
+/// Why a range does not parse.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid version range {range:?}: {reason}")]
+pub struct RangeError {
+    range: String,
+    reason: &'static str,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Op {
+    Eq,
+    Ne,
+    Gt,
+    Lt,
+    Ge,
+    Le,
+    Tilde,
+    Caret,
+}
+
+/// A version with possibly missing or wildcard parts: `1`, `1.27`, `1.27.x`, `*`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Partial {
+    major: Option<u64>,
+    minor: Option<u64>,
+    patch: Option<u64>,
+    pre: Prerelease,
+}
+
+impl Partial {
+    fn dirty(&self) -> bool {
+        self.patch.is_none()
+    }
+
+    fn floor(&self) -> Version {
+        let mut v = Version::new(
+            self.major.unwrap_or(0),
+            self.minor.unwrap_or(0),
+            self.patch.unwrap_or(0),
+        );
+        v.pre = self.pre.clone();
+        v
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Term {
+    op: Op,
+    version: Partial,
+}
+
+/// A parsed range: an OR of AND-groups of terms.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VersionRange {
+    groups: Vec<Vec<Term>>,
+    source: String,
+}
+
+impl fmt::Display for VersionRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.source)
+    }
+}
+
+impl std::str::FromStr for VersionRange {
+    type Err = RangeError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+impl VersionRange {
+    /// Parses a range; the grammar is the one [`cel_rule`] checks.
+    pub fn parse(range: &str) -> Result<Self, RangeError> {
+        let fail = |reason| RangeError { range: range.to_owned(), reason };
+        if range.len() > MAX_LENGTH {
+            return Err(fail("longer than 256 characters"));
+        }
+        let mut groups = Vec::new();
+        for group in range.split("||") {
+            groups.push(parse_group(group).map_err(fail)?);
+        }
+        Ok(Self { groups, source: range.to_owned() })
+    }
+
+    /// Whether `version` satisfies the range.
+    pub fn matches(&self, version: &Version) -> bool {
+        self.groups.iter().any(|g| g.iter().all(|t| t.matches(version)))
+    }
+}
+
+fn parse_group(group: &str) -> Result<Vec<Term>, &'static str> {
+    let tokens: Vec<&str> = group
+        .split(',')
+        .map(|t| t.trim_matches(' '))
+        .map(|t| if t.is_empty() { Err("empty term") } else { Ok(t) })
+        .collect::<Result<_, _>>()?;
+    let mut terms = Vec::new();
+    for token in tokens {
+        let words: Vec<&str> = token.split(' ').filter(|w| !w.is_empty()).collect();
+        let mut i = 0;
+        while i < words.len() {
+            if words.get(i + 1) == Some(&"-") {
+                let upper = words.get(i + 2).ok_or("hyphen range without an upper bound")?;
+                terms.push(Term { op: Op::Ge, version: parse_partial(words[i])? });
+                terms.push(Term { op: Op::Le, version: parse_partial(upper)? });
+                i += 3;
+                continue;
+            }
+            let (op, rest) = split_operator(words[i]);
+            let (version, consumed) = if rest.is_empty() {
+                (*words.get(i + 1).ok_or("operator without a version")?, 2)
+            } else {
+                (rest, 1)
+            };
+            terms.push(Term { op, version: parse_partial(version)? });
+            i += consumed;
+        }
+    }
+    Ok(terms)
+}
+
+fn split_operator(word: &str) -> (Op, &str) {
+    const OPS: [(&str, Op); 11] = [
+        ("!=", Op::Ne),
+        (">=", Op::Ge),
+        ("=>", Op::Ge),
+        ("<=", Op::Le),
+        ("=<", Op::Le),
+        ("~>", Op::Tilde),
+        ("=", Op::Eq),
+        (">", Op::Gt),
+        ("<", Op::Lt),
+        ("~", Op::Tilde),
+        ("^", Op::Caret),
+    ];
+    OPS.iter()
+        .find_map(|(text, op)| word.strip_prefix(text).map(|rest| (*op, rest)))
+        .unwrap_or((Op::Eq, word))
+}
+
+fn valid_identifiers(s: &str) -> bool {
+    !s.is_empty()
+        && s.split('.').all(|id| {
+            !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+fn parse_partial(text: &str) -> Result<Partial, &'static str> {
+    let text = text.strip_prefix('v').unwrap_or(text);
+    let (core, build) = match text.split_once('+') {
+        Some((core, build)) => (core, Some(build)),
+        None => (text, None),
+    };
+    if build.is_some_and(|b| !valid_identifiers(b)) {
+        return Err("malformed build metadata");
+    }
+    let (core, pre) = match core.split_once('-') {
+        Some((core, pre)) => (core, Some(pre)),
+        None => (core, None),
+    };
+    let pre = match pre {
+        Some(p) if valid_identifiers(p) => Prerelease::new(p).map_err(|_| "malformed prerelease")?,
+        Some(_) => return Err("malformed prerelease"),
+        None => Prerelease::EMPTY,
+    };
+    let parts: Vec<&str> = core.split('.').collect();
+    if parts.is_empty() || parts.len() > 3 {
+        return Err("a version has one to three parts");
+    }
+    let mut numbers = [None; 3];
+    let mut wildcard = false;
+    for (slot, part) in numbers.iter_mut().zip(&parts) {
+        match *part {
+            "x" | "X" | "*" => wildcard = true,
+            digits if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) => {
+                let n = digits.parse::<u64>().map_err(|_| "version part too large")?;
+                if !wildcard {
+                    *slot = Some(n);
+                }
+            }
+            _ => return Err("a version part must be a number or x, X or *"),
+        }
+    }
+    Ok(Partial { major: numbers[0], minor: numbers[1], patch: numbers[2], pre })
+}
+
+impl Term {
+    fn matches(&self, v: &Version) -> bool {
+        let c = &self.version;
+        if !v.pre.is_empty() && c.pre.is_empty() && !(self.op == Op::Ne && !c.dirty()) {
+            return false;
+        }
+        let floor = c.floor();
+        let cmp = v.cmp_precedence(&floor);
+        match self.op {
+            Op::Eq => {
+                if c.dirty() {
+                    in_x_range(c, v)
+                } else {
+                    cmp.is_eq()
+                }
+            }
+            Op::Ne => {
+                if c.dirty() {
+                    !in_x_range(c, v)
+                } else {
+                    !cmp.is_eq()
+                }
+            }
+            Op::Gt => match (c.major, c.minor, c.patch) {
+                (_, _, Some(_)) => cmp.is_gt(),
+                (None, _, _) => false,
+                (Some(major), None, _) => v.major > major,
+                (Some(major), Some(minor), None) => (v.major, v.minor) > (major, minor),
+            },
+            Op::Lt => cmp.is_lt(),
+            Op::Ge => cmp.is_ge(),
+            Op::Le => match (c.major, c.minor, c.patch) {
+                (_, _, Some(_)) => cmp.is_le(),
+                (None, _, _) => true,
+                (Some(major), None, _) => v.major <= major,
+                (Some(major), Some(minor), None) => (v.major, v.minor) <= (major, minor),
+            },
+            Op::Tilde => {
+                cmp.is_ge()
+                    && c.major.is_none_or(|m| v.major == m)
+                    && c.minor.is_none_or(|m| v.minor == m)
+            }
+            Op::Caret => caret(c, &floor, v),
+        }
+    }
+}
+
+fn in_x_range(c: &Partial, v: &Version) -> bool {
+    c.major.is_none_or(|m| v.major == m)
+        && c.minor.is_none_or(|m| v.minor == m)
+        && c.patch.is_none_or(|m| v.patch == m)
+}
+
+fn caret(c: &Partial, floor: &Version, v: &Version) -> bool {
+    if v.cmp_precedence(floor).is_lt() {
+        return false;
+    }
+    if floor.major > 0 || c.minor.is_none() {
+        return v.major == floor.major;
+    }
+    if v.major > 0 {
+        return false;
+    }
+    if floor.minor > 0 || c.patch.is_none() {
+        return v.minor == floor.minor;
+    }
+    v.minor == 0 && v.patch == floor.patch
+}
+
+/// Picks the highest candidate that satisfies `range`. Candidates are scanned in order and one
+/// replaces the best so far only if it is strictly greater by precedence, so on a tie the earlier
+/// one wins.
+pub fn select_highest<T>(
+    range: &VersionRange,
+    candidates: impl IntoIterator<Item = (Version, T)>,
+) -> Option<(Version, T)> {
+    let mut best: Option<(Version, T)> = None;
+    for (version, item) in candidates {
+        if !range.matches(&version) {
+            continue;
+        }
+        if best.as_ref().is_none_or(|(b, _)| version.cmp_precedence(b).is_gt()) {
+            best = Some((version, item));
+        }
+    }
+    best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(s: &str) -> Version {
+        Version::parse(s).unwrap()
+    }
+
+    fn check(range: &str, yes: &[&str], no: &[&str]) {
+        let r = VersionRange::parse(range).unwrap_or_else(|e| panic!("{e}"));
+        for y in yes {
+            assert!(r.matches(&v(y)), "{range} should match {y}");
+        }
+        for n in no {
+            assert!(!r.matches(&v(n)), "{range} should not match {n}");
+        }
+    }
+
+    #[test]
+    fn x_ranges() {
+        for r in ["1.27.x", "v1.27.x", "1.27.*", "1.27", "1.27.X", "=1.27"] {
+            check(r, &["1.27.0", "1.27.9"], &["1.26.9", "1.28.0", "1.27.1-rc.1"]);
+        }
+        check("*", &["0.0.1", "9.9.9"], &["1.0.0-alpha"]);
+        check("1", &["1.0.0", "1.99.0"], &["2.0.0", "0.9.0"]);
+    }
+
+    #[test]
+    fn comparisons() {
+        check("=1.27.3", &["1.27.3", "1.27.3+build"], &["1.27.4"]);
+        check("1.27.3", &["1.27.3"], &["1.27.2"]);
+        check("!=1.27.3", &["1.27.2", "1.27.4"], &["1.27.3"]);
+        check("!=1.27", &["1.26.0", "1.28.0"], &["1.27.5"]);
+        check(">1.27.3", &["1.27.4"], &["1.27.3"]);
+        check(">1.27", &["1.28.0"], &["1.27.9"]);
+        check(">1", &["2.0.0"], &["1.9.9"]);
+        check("<1.27", &["1.26.9"], &["1.27.0"]);
+        check(">=1.27.3", &["1.27.3", "2.0.0"], &["1.27.2"]);
+        check("=>1.27.3", &["1.27.3"], &["1.27.2"]);
+        check("<=1.27.3", &["1.27.3"], &["1.27.4"]);
+        check("<=1.27", &["1.27.9"], &["1.28.0"]);
+        check("=<1.27", &["1.27.9"], &["1.28.0"]);
+        check(">= 1.27.0, < 1.29.0", &["1.28.5"], &["1.29.0", "1.26.0"]);
+        check(">=1.27.0 <1.29.0", &["1.28.5"], &["1.29.0"]);
+    }
+
+    #[test]
+    fn tilde_and_caret() {
+        check("~1.27.3", &["1.27.3", "1.27.9"], &["1.27.2", "1.28.0"]);
+        check("~>1.27.3", &["1.27.9"], &["1.28.0"]);
+        check("~1.27", &["1.27.0", "1.27.9"], &["1.28.0", "1.26.9"]);
+        check("~1", &["1.0.0", "1.9.0"], &["2.0.0"]);
+        check("^1.27.3", &["1.27.3", "1.99.0"], &["2.0.0", "1.27.2"]);
+        check("^0.2.3", &["0.2.3", "0.2.9"], &["0.3.0", "0.2.2"]);
+        check("^0.0.3", &["0.0.3"], &["0.0.4"]);
+        check("^1.2", &["1.9.0"], &["2.0.0"]);
+        check("^0", &["0.9.9"], &["1.0.0"]);
+    }
+
+    #[test]
+    fn or_and_hyphen() {
+        check("1.26.x || 1.28.x", &["1.26.1", "1.28.0"], &["1.27.0"]);
+        check("1.26 - 1.27", &["1.26.0", "1.27.9"], &["1.25.9", "1.28.0"]);
+        check("1.26.3 - 1.27.1", &["1.26.3", "1.27.1"], &["1.26.2", "1.27.2"]);
+    }
+
+    #[test]
+    fn prereleases_need_a_prerelease_term() {
+        check(">=1.28.0-0", &["1.28.0-rc.1", "1.28.0"], &["1.27.9"]);
+        check(">=1.27.0", &["1.28.0"], &["1.28.0-rc.1"]);
+    }
+
+    #[test]
+    fn invalid_ranges_are_refused() {
+        for r in ["", " ", "1x", "x1", "a", "-1", "1.0.0p", "1.2.3.4", ">", "1 -", "1.2 - ", "||", "1,,2"] {
+            assert!(VersionRange::parse(r).is_err(), "{r:?} should be invalid");
+        }
+    }
+
+    #[test]
+    fn highest_prefers_earlier_on_ties() {
+        let range = VersionRange::parse("1.27.x").unwrap();
+        let got = select_highest(
+            &range,
+            [
+                (v("1.27.1"), "a"),
+                (v("1.27.3+one"), "b"),
+                (v("1.28.0"), "c"),
+                (v("1.27.3+two"), "d"),
+            ],
+        );
+        assert_eq!(got.map(|(_, i)| i), Some("b"));
+        assert!(select_highest(&range, [(v("1.26.0"), ())]).is_none());
+    }
+}

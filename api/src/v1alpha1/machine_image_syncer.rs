@@ -1,0 +1,140 @@
+//! MachineImageSyncer: turns the newest version a source lists within a range into a MachineImage.
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+use crate::constraint;
+use crate::durations::{self, DurationError, SIGNED_GO_DURATION_PATTERN};
+
+/// Re-check period when `spec.interval` is unset: one hour, in nanoseconds as v0.6 wrote it.
+pub const DEFAULT_SYNCER_INTERVAL_NANOS: i64 = 3_600_000_000_000;
+
+/// Creates a MachineImage from a MachineImageTemplate for the highest version within
+/// `versionRange` that the source lists.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[kube(
+    group = "kubernetesupgraded.dimitrikoshkin.com",
+    version = "v1alpha1",
+    kind = "MachineImageSyncer",
+    namespaced,
+    status = "MachineImageSyncerStatus",
+    derive = "PartialEq",
+    shortname = "mis",
+    category = "cluster-upgrader",
+    doc = "MachineImageSyncer creates a MachineImage for the highest version in range that a source lists.",
+    printcolumn(name = "Latest Version", type_ = "string", json_path = ".status.latestVersion"),
+    printcolumn(name = "Version Range", type_ = "string", json_path = ".spec.versionRange"),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct MachineImageSyncerSpec {
+    /// While true, nothing is processed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<bool>,
+
+    /// Semver constraint for the versions to build, such as `v1.27.x`; the single highest match
+    /// is built.
+    #[schemars(length(min = 1, max = 256))]
+    #[x_kube(validation = kube::core::Rule::new(constraint::cel_rule()).message(constraint::CEL_MESSAGE))]
+    pub version_range: String,
+
+    /// The object whose `status.versions` lists the available versions, such as a
+    /// DebianRepositorySource, in this namespace.
+    pub source_ref: ObjectReference,
+
+    /// The MachineImageTemplate to create images from, in this namespace.
+    pub machine_image_template_ref: ObjectReference,
+
+    /// Re-check period: an integer of nanoseconds (as v0.6 wrote it) or a duration such as `1h`.
+    /// Zero or less disables the periodic re-check.
+    #[serde(default = "default_interval", skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = kube::core::Rule::new(interval_rule()).message("spec.interval must be an integer of nanoseconds or a duration such as 1h or 30m"))]
+    pub interval: Option<Interval>,
+}
+
+/// A re-check period, as written: nanoseconds or a Go duration string.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum Interval {
+    /// Nanoseconds, as v0.6 stored it.
+    Nanoseconds(i64),
+    /// A Go duration string such as `1h30m`.
+    Duration(String),
+}
+
+impl schemars::JsonSchema for Interval {
+    fn schema_name() -> Cow<'static, str> {
+        "Interval".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_: &mut schemars::generate::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({ "x-kubernetes-int-or-string": true })
+    }
+}
+
+impl Interval {
+    /// The period, or `None` when periodic re-checks are disabled (zero or less).
+    pub fn period(&self) -> Result<Option<Duration>, DurationError> {
+        match self {
+            Self::Nanoseconds(n) => Ok(u64::try_from(*n)
+                .ok()
+                .filter(|n| *n > 0)
+                .map(Duration::from_nanos)),
+            Self::Duration(text) => durations::parse_signed(text),
+        }
+    }
+}
+
+fn interval_rule() -> String {
+    format!("type(self) == int || self.matches('{SIGNED_GO_DURATION_PATTERN}')")
+}
+
+#[allow(clippy::unnecessary_wraps)]
+fn default_interval() -> Option<Interval> {
+    Some(Interval::Nanoseconds(DEFAULT_SYNCER_INTERVAL_NANOS))
+}
+
+/// Observed state of a MachineImageSyncer.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct MachineImageSyncerStatus {
+    /// The highest in-range version that has a MachineImage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latest_version: Option<String>,
+
+    /// `Ready` and `Paused`, in the metav1.Condition convention.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(merge_strategy = kube::core::ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Option<Vec<Condition>>,
+
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interval_accepts_both_forms() {
+        let n: Interval = serde_json::from_str("3600000000000").unwrap();
+        assert_eq!(n.period(), Ok(Some(Duration::from_secs(3600))));
+        let d: Interval = serde_json::from_str("\"30m\"").unwrap();
+        assert_eq!(d.period(), Ok(Some(Duration::from_secs(1800))));
+        assert_eq!(Interval::Nanoseconds(0).period(), Ok(None));
+        assert_eq!(Interval::Nanoseconds(-1).period(), Ok(None));
+        assert!(serde_json::from_str::<Interval>("true").is_err());
+        assert_eq!(serde_json::to_string(&d).unwrap(), "\"30m\"");
+    }
+}
