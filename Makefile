@@ -1,0 +1,52 @@
+# kubernetes-upgrader
+CARGO ?= cargo
+KUBECTL ?= kubectl
+IMG ?= ghcr.io/kubernetes-upgrader/kubernetes-upgrader:latest
+BIN := $(CARGO) run --release --locked --bin kubernetes-upgrader --
+
+.PHONY: all build test ci lint fmt manifests e2e bench bench-load run install docker-build
+
+all: build
+
+build:
+	$(CARGO) build --locked --workspace
+
+## The test command: formatting, lints and every test. End-to-end suites skip without an API server.
+test:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
+	$(CARGO) test --locked --workspace
+
+lint:
+	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+## Regenerate config/crd/ from the Rust types.
+manifests:
+	UPDATE_CRDS=1 $(CARGO) test --locked -p kubernetes-upgrader --lib crdgen
+
+## End-to-end suites; needs KUBEBUILDER_ASSETS (etcd, kube-apiserver) or E2E_KUBECONFIG.
+e2e:
+	$(CARGO) build --locked --bin kubernetes-upgrader
+	$(CARGO) test --locked -p e2e -- --test-threads=2
+
+bench:
+	$(CARGO) bench --locked -p kubernetes-upgrader --bench debian_index
+
+bench-load:
+	$(CARGO) build --locked --release --bin kubernetes-upgrader
+	$(CARGO) run --locked --release -p e2e --bin load
+
+## Install the CRDs and admission policies into the current cluster, then run every controller
+## against the current kubeconfig.
+run:
+	$(BIN) crds --with-policies | $(KUBECTL) apply --server-side -f -
+	$(BIN) run --health-probe-bind-address=127.0.0.1:8081 --metrics-bind-address=127.0.0.1:8080
+
+install:
+	$(KUBECTL) apply --server-side -k config/default
+
+docker-build:
+	docker build -t $(IMG) .
