@@ -3,8 +3,34 @@
 //! `sync` fetches the signed Release, verifies it, picks and streams the best index it lists,
 //! checks the index's size and SHA256, and maps the matching paragraphs to Kubernetes versions,
 //! without ever holding the whole index in memory.
+//!
+//! - [`Keyring`] holds the trusted keys (armored or binary, several keys, subkeys count).
+//! - [`Fetcher::sync`] reads the repository: `InRelease` (or `Release` + `Release.gpg`), verified
+//!   when a keyring is given, then the best index the Release lists (`.xz`, `.gz`, plain, falling
+//!   back on 404), checked for size and SHA256 while it is decompressed and scanned.
+//!   Without a keyring the Release is still used when present; without any Release the indexes
+//!   are probed directly, as v0.6 did. A URL ending in `/Packages{,.gz,.xz}` is read directly
+//!   (verified against the InRelease beside it when a keyring is given).
+//! - [`scan`] is the streaming paragraph scanner, [`index`] the decompress-hash-scan pipeline,
+//!   [`versions`] the Debian → Kubernetes version mapping, [`cli`] the `versions` subcommand and
+//!   `testing` (feature `testing`) the signed test repositories and their loopback server.
 
 use std::time::Duration;
+
+pub mod cli;
+pub mod fetch;
+pub mod index;
+pub mod keyring;
+pub mod release;
+pub mod scan;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+pub mod versions;
+
+pub use cli::{OutputFormat, VersionsArgs, run_versions};
+pub use fetch::Fetcher;
+pub use index::Compression;
+pub use keyring::Keyring;
 
 /// Where the repository is and what to read from it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -87,7 +113,11 @@ pub enum SyncError {
     ParseError(String),
     /// No paragraph matched the package and architecture.
     #[error("no {package} packages for architecture {architecture} in {index_url}")]
-    NoMatchingPackages { package: String, architecture: String, index_url: String },
+    NoMatchingPackages {
+        package: String,
+        architecture: String,
+        index_url: String,
+    },
 }
 
 impl SyncError {
@@ -104,19 +134,3 @@ impl SyncError {
         }
     }
 }
-
-// The functions below are the contract the controller and the CLI build on. Their bodies live in
-// the submodules of this folder.
-//
-// pub struct Keyring;                     // trusted OpenPGP public keys (primary keys and subkeys)
-// impl Keyring {
-//     pub fn parse(bytes: &[u8]) -> Result<Keyring, SyncError>;   // armored or binary, many keys
-//     pub fn extend(&mut self, other: Keyring);
-//     pub fn fingerprints(&self) -> Vec<String>;                   // upper-case hex, primary keys
-// }
-// pub struct Fetcher;                     // one HTTP client with our limits
-// impl Fetcher {
-//     pub fn new(ca_bundle: Option<&str>) -> Result<Fetcher, SyncError>;
-//     pub async fn sync(&self, spec: &RepositorySpec, keyring: Option<&Keyring>,
-//                       previous: Option<&Validators>) -> Result<SyncOutcome, SyncError>;
-// }

@@ -1,0 +1,907 @@
+//! End-to-end tests of the Debian repository client against generated, signed repositories
+//! served on 127.0.0.1.
+#![cfg(feature = "testing")]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::Write as _;
+use std::time::Duration;
+
+use kubernetes_upgrader::debian::testing::{
+    RepoBuilder, RepoServer, TestKey, binary_keyring, compress,
+};
+use kubernetes_upgrader::debian::{
+    Compression, Fetcher, Keyring, Listing, RepositorySpec, SyncError, SyncOutcome, Validators,
+};
+
+fn init() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+fn spec(url: &str) -> RepositorySpec {
+    RepositorySpec {
+        url: url.to_owned(),
+        suite: None,
+        component: None,
+        architecture: "amd64".to_owned(),
+        package: "kubeadm".to_owned(),
+        max_index_bytes: 64 << 20,
+        timeout: Duration::from_secs(10),
+    }
+}
+
+fn dists_spec(url: &str) -> RepositorySpec {
+    RepositorySpec {
+        suite: Some("stable".to_owned()),
+        component: Some("main".to_owned()),
+        ..spec(url)
+    }
+}
+
+fn fetcher() -> Fetcher {
+    init();
+    Fetcher::new(None).unwrap()
+}
+
+fn fetched(outcome: Result<SyncOutcome, SyncError>) -> Listing {
+    match outcome {
+        Ok(SyncOutcome::Fetched(listing)) => listing,
+        other => panic!("expected a listing, got {other:?}"),
+    }
+}
+
+fn failure(outcome: Result<SyncOutcome, SyncError>) -> (&'static str, String) {
+    match outcome {
+        Err(error) => (error.reason(), error.to_string()),
+        Ok(other) => panic!("expected an error, got {other:?}"),
+    }
+}
+
+/// A signed flat repository with kubeadm on two architectures, plus its key and server.
+async fn flat_repo() -> (RepoServer, TestKey, RepoBuilder) {
+    let key = TestKey::generate("archive").unwrap();
+    let builder = RepoBuilder::flat()
+        .kubernetes("1.31.2-1.1", &["amd64", "arm64"])
+        .kubernetes("1.31.1-1.1", &["amd64", "arm64"])
+        .kubeadm("1.32.0-1.1", "arm64")
+        .signed_by(&key);
+    let server = RepoServer::start().await.unwrap();
+    server.publish(&builder.build().unwrap());
+    (server, key, builder)
+}
+
+#[tokio::test]
+async fn flat_signed_inrelease_lists_versions_for_the_architecture() {
+    let (server, key, _) = flat_repo().await;
+    let listing = fetched(
+        fetcher()
+            .sync(&spec(server.url()), Some(&key.keyring().unwrap()), None)
+            .await,
+    );
+    assert_eq!(listing.versions, ["v1.31.1", "v1.31.2"]);
+    assert_eq!(listing.debian_versions, ["1.31.2-1.1", "1.31.1-1.1"]);
+    assert_eq!(listing.skipped, 0);
+    assert_eq!(listing.index_url, server.url_for("Packages.xz"));
+    assert_eq!(
+        listing.signing_key_fingerprint.as_deref(),
+        Some(key.fingerprint().as_str())
+    );
+    assert_eq!(listing.validators.url, server.url_for("InRelease"));
+    assert!(listing.validators.etag.is_some() && listing.validators.last_modified.is_some());
+    assert_eq!(listing.index_sha256.len(), 64);
+    let arm = RepositorySpec {
+        architecture: "arm64".to_owned(),
+        ..spec(server.url())
+    };
+    let listing = fetched(
+        fetcher()
+            .sync(&arm, Some(&key.keyring().unwrap()), None)
+            .await,
+    );
+    assert_eq!(listing.versions, ["v1.31.1", "v1.31.2", "v1.32.0"]);
+}
+
+#[tokio::test]
+async fn dists_layout_signed_and_unsigned() {
+    let key = TestKey::generate("debian").unwrap();
+    let builder = RepoBuilder::dists("stable", "main")
+        .kubernetes("1.30.4-1.1", &["amd64", "arm64"])
+        .kubeadm("1.30.5-1.1", "arm64")
+        .signed_by(&key);
+    let server = RepoServer::start().await.unwrap();
+    server.publish(&builder.build().unwrap());
+    let listing = fetched(
+        fetcher()
+            .sync(
+                &dists_spec(server.url()),
+                Some(&key.keyring().unwrap()),
+                None,
+            )
+            .await,
+    );
+    assert_eq!(listing.versions, ["v1.30.4"]);
+    assert_eq!(
+        listing.index_url,
+        server.url_for("dists/stable/main/binary-amd64/Packages.xz")
+    );
+    let arm = RepositorySpec {
+        architecture: "arm64".to_owned(),
+        ..dists_spec(server.url())
+    };
+    let listing = fetched(fetcher().sync(&arm, None, None).await);
+    assert_eq!(listing.versions, ["v1.30.4", "v1.30.5"]);
+    assert_eq!(listing.signing_key_fingerprint, None);
+    // An architecture the Release does not list.
+    let s390x = RepositorySpec {
+        architecture: "s390x".to_owned(),
+        ..dists_spec(server.url())
+    };
+    let (reason, message) = failure(
+        fetcher()
+            .sync(&s390x, Some(&key.keyring().unwrap()), None)
+            .await,
+    );
+    assert_eq!(reason, "NoMatchingPackages", "{message}");
+}
+
+#[tokio::test]
+async fn missing_release_files_with_a_keyring_are_a_signature_failure() {
+    let (server, key, _) = flat_repo().await;
+    server.remove("InRelease");
+    server.remove("Release");
+    let (reason, message) = failure(
+        fetcher()
+            .sync(&spec(server.url()), Some(&key.keyring().unwrap()), None)
+            .await,
+    );
+    assert_eq!(reason, "SignatureInvalid", "{message}");
+    // InRelease gone and Release.gpg gone: Release alone proves nothing.
+    let (server, key, builder) = flat_repo().await;
+    let _ = builder;
+    server.remove("InRelease");
+    server.remove("Release.gpg");
+    let (reason, message) = failure(
+        fetcher()
+            .sync(&spec(server.url()), Some(&key.keyring().unwrap()), None)
+            .await,
+    );
+    assert_eq!(reason, "SignatureInvalid", "{message}");
+    assert!(message.contains("Release.gpg"), "{message}");
+}
+
+#[tokio::test]
+async fn http_404_and_500() {
+    let (server, key, _) = flat_repo().await;
+    for compression in ["Packages.xz", "Packages.gz", "Packages"] {
+        server.fail_with_status(compression, 404);
+    }
+    let (reason, message) = failure(
+        fetcher()
+            .sync(&spec(server.url()), Some(&key.keyring().unwrap()), None)
+            .await,
+    );
+    assert_eq!(reason, "HTTPStatus", "{message}");
+    assert!(
+        message.contains("HTTP 404") && message.contains("/Packages"),
+        "{message}"
+    );
+    server.clear_faults();
+    server.fail_with_status("InRelease", 500);
+    let outcome = fetcher()
+        .sync(&spec(server.url()), Some(&key.keyring().unwrap()), None)
+        .await;
+    match outcome {
+        Err(SyncError::HttpStatus { url, status }) => {
+            assert_eq!(status, 500);
+            assert_eq!(url, server.url_for("InRelease"));
+        }
+        other => panic!("{other:?}"),
+    }
+    server.clear_faults();
+    server.fail_with_status("Packages.xz", 503);
+    let (reason, _) = failure(
+        fetcher()
+            .sync(&spec(server.url()), Some(&key.keyring().unwrap()), None)
+            .await,
+    );
+    assert_eq!(reason, "HTTPStatus");
+}
+
+#[tokio::test]
+async fn timeout_bounds_the_whole_sync() {
+    let (server, key, _) = flat_repo().await;
+    server.delay("Packages.xz", Duration::from_secs(5));
+    let quick = RepositorySpec {
+        timeout: Duration::from_millis(400),
+        ..spec(server.url())
+    };
+    let started = std::time::Instant::now();
+    let (reason, message) = failure(
+        fetcher()
+            .sync(&quick, Some(&key.keyring().unwrap()), None)
+            .await,
+    );
+    assert_eq!(reason, "FetchFailed", "{message}");
+    assert!(
+        message.contains("Packages.xz") && message.contains("timed out"),
+        "{message}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+#[tokio::test]
+async fn truncated_body_is_a_fetch_failure() {
+    let (server, key, _) = flat_repo().await;
+    server.truncate("Packages.xz", 100);
+    let (reason, message) = failure(
+        fetcher()
+            .sync(&spec(server.url()), Some(&key.keyring().unwrap()), None)
+            .await,
+    );
+    assert_eq!(reason, "FetchFailed", "{message}");
+    server.clear_faults();
+    server.truncate("InRelease", 50);
+    let (reason, message) = failure(
+        fetcher()
+            .sync(&spec(server.url()), Some(&key.keyring().unwrap()), None)
+            .await,
+    );
+    assert_eq!(reason, "FetchFailed", "{message}");
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    compress(data, Compression::Gzip).unwrap()
+}
+
+#[tokio::test]
+async fn corrupt_gzip_and_xz_are_parse_errors_when_the_digest_matches() {
+    let key = TestKey::generate("archive").unwrap();
+    let index = b"Package: kubeadm\nVersion: 1.31.0-1.1\nArchitecture: amd64\n\n".repeat(50);
+    for compression in [Compression::Gzip, Compression::Xz] {
+        let mut bytes = compress(&index, compression).unwrap();
+        let middle = bytes.len() / 2;
+        for b in &mut bytes[middle..middle + 8] {
+            *b ^= 0xa5;
+        }
+        let builder = RepoBuilder::flat()
+            .index_text(index.clone())
+            .compressions(&[compression])
+            .index_bytes(compression, bytes.clone())
+            .signed_by(&key);
+        let server = RepoServer::start().await.unwrap();
+        server.publish(&builder.build().unwrap());
+        let (reason, message) = failure(
+            fetcher()
+                .sync(&spec(server.url()), Some(&key.keyring().unwrap()), None)
+                .await,
+        );
+        assert_eq!(reason, "ParseError", "{compression:?}: {message}");
+        assert!(message.contains("corrupt"), "{message}");
+        // Unsigned, no Release at all: probed directly, same verdict.
+        server.remove("Release");
+        server.remove("InRelease");
+        server.remove("Release.gpg");
+        let (reason, message) = failure(fetcher().sync(&spec(server.url()), None, None).await);
+        assert_eq!(reason, "ParseError", "{compression:?}: {message}");
+    }
+}
+
+#[tokio::test]
+async fn wrong_hash_and_wrong_size_are_checksum_mismatches() {
+    let (server, key, builder) = flat_repo().await;
+    let keyring = key.keyring().unwrap();
+    server.corrupt("Packages.xz");
+    let (reason, message) = failure(
+        fetcher()
+            .sync(&spec(server.url()), Some(&keyring), None)
+            .await,
+    );
+    assert_eq!(reason, "ChecksumMismatch", "{message}");
+    assert!(message.contains("SHA256"), "{message}");
+    // Also without a keyring: the Release is still used for checksums.
+    let (reason, _) = failure(fetcher().sync(&spec(server.url()), None, None).await);
+    assert_eq!(reason, "ChecksumMismatch");
+    let repo = builder.build().unwrap();
+    let mut longer = repo.file("Packages.gz").unwrap().to_vec();
+    longer.extend_from_slice(b"trailing");
+    server.clear_faults();
+    server.fail_with_status("Packages.xz", 404);
+    server.replace("Packages.gz", longer);
+    let (reason, message) = failure(
+        fetcher()
+            .sync(&spec(server.url()), Some(&keyring), None)
+            .await,
+    );
+    assert_eq!(reason, "ChecksumMismatch", "{message}");
+    // Another valid index, not the one the Release lists.
+    let other = gzip(b"Package: kubeadm\nVersion: 9.9.9-1\n");
+    server.replace("Packages.gz", other);
+    let (reason, _) = failure(
+        fetcher()
+            .sync(&spec(server.url()), Some(&keyring), None)
+            .await,
+    );
+    assert_eq!(reason, "ChecksumMismatch");
+}
+
+#[tokio::test]
+async fn tampered_release_and_unknown_keys_are_refused() {
+    let (server, key, builder) = flat_repo().await;
+    let repo = builder.build().unwrap();
+    let inrelease = String::from_utf8(repo.file("InRelease").unwrap().to_vec()).unwrap();
+    let tampered = inrelease.replacen("Label: test", "Label: evil", 1);
+    assert_ne!(tampered, inrelease);
+    server.replace("InRelease", tampered);
+    let (reason, message) = failure(
+        fetcher()
+            .sync(&spec(server.url()), Some(&key.keyring().unwrap()), None)
+            .await,
+    );
+    assert_eq!(reason, "SignatureInvalid", "{message}");
+    server.clear_faults();
+    let stranger = TestKey::generate("stranger").unwrap();
+    let (reason, message) = failure(
+        fetcher()
+            .sync(
+                &spec(server.url()),
+                Some(&stranger.keyring().unwrap()),
+                None,
+            )
+            .await,
+    );
+    assert_eq!(reason, "SignatureInvalid", "{message}");
+    assert!(message.contains(&stranger.fingerprint()), "{message}");
+    // Unsigned InRelease content with a keyring.
+    server.replace("InRelease", repo.file("Release").unwrap().clone());
+    let (reason, _) = failure(
+        fetcher()
+            .sync(&spec(server.url()), Some(&key.keyring().unwrap()), None)
+            .await,
+    );
+    assert_eq!(reason, "SignatureInvalid");
+    // A Release.gpg by the wrong key.
+    server.remove("InRelease");
+    server.clear_faults();
+    server.put(
+        "Release.gpg",
+        stranger
+            .detached_signature(repo.file("Release").unwrap())
+            .unwrap(),
+    );
+    let (reason, _) = failure(
+        fetcher()
+            .sync(&spec(server.url()), Some(&key.keyring().unwrap()), None)
+            .await,
+    );
+    assert_eq!(reason, "SignatureInvalid");
+}
+
+#[tokio::test]
+async fn expired_release_is_refused() {
+    let key = TestKey::generate("archive").unwrap();
+    let past = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(1);
+    let builder = RepoBuilder::flat()
+        .kubeadm("1.31.0-1.1", "amd64")
+        .signed_by(&key)
+        .valid_until(past);
+    let server = RepoServer::start().await.unwrap();
+    server.publish(&builder.build().unwrap());
+    let (reason, message) = failure(
+        fetcher()
+            .sync(&spec(server.url()), Some(&key.keyring().unwrap()), None)
+            .await,
+    );
+    assert_eq!(reason, "SignatureInvalid", "{message}");
+    assert!(message.contains("Valid-Until"), "{message}");
+    let future = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24);
+    server.publish(&builder.valid_until(future).build().unwrap());
+    fetched(
+        fetcher()
+            .sync(&spec(server.url()), Some(&key.keyring().unwrap()), None)
+            .await,
+    );
+}
+
+#[tokio::test]
+async fn oversized_index_and_gzip_bomb() {
+    let (server, key, _) = flat_repo().await;
+    let small = RepositorySpec {
+        max_index_bytes: 1000,
+        ..spec(server.url())
+    };
+    let (reason, message) = failure(
+        fetcher()
+            .sync(&small, Some(&key.keyring().unwrap()), None)
+            .await,
+    );
+    assert_eq!(reason, "IndexTooLarge", "{message}");
+    // 32 MiB of valid-looking paragraphs in a ~100 KiB gzip, with a 4 MiB cap.
+    let paragraph = b"Package: kubeadm\nVersion: 1.31.0-1.1\nArchitecture: amd64\n\n";
+    let huge = paragraph.repeat((32 << 20) / paragraph.len());
+    let bomb = gzip(&huge);
+    assert!(bomb.len() < 1 << 20, "{}", bomb.len());
+    let builder = RepoBuilder::flat()
+        .index_text(&paragraph[..])
+        .compressions(&[Compression::Gzip])
+        .index_bytes(Compression::Gzip, bomb)
+        .signed_by(&key);
+    server.publish(&builder.build().unwrap());
+    let capped = RepositorySpec {
+        max_index_bytes: 4 << 20,
+        ..spec(server.url())
+    };
+    let (reason, message) = failure(
+        fetcher()
+            .sync(&capped, Some(&key.keyring().unwrap()), None)
+            .await,
+    );
+    assert_eq!(reason, "IndexTooLarge", "{message}");
+    assert!(message.contains("maxIndexSize"), "{message}");
+}
+
+#[tokio::test]
+async fn malformed_paragraphs_and_non_utf8_bytes() {
+    let key = TestKey::generate("archive").unwrap();
+    let mut index =
+        b"Package: kubeadm\nVersion: 1.29.0-1.1\nArchitecture: amd64\nDescription: caf\xe9\n\n"
+            .to_vec();
+    index.extend_from_slice(b"Package: kubeadm\nno colon here\nVersion: 1.29.9-1.1\n\n");
+    index.extend_from_slice(b"Package: kubeadm\nVersion: 1.29.\xff-1.1\n\n");
+    index.extend_from_slice(b"\xff\xfe\x00garbage\n\n");
+    index.extend_from_slice(b"Package: kubeadm\r\nVersion: 1.29.1-1.1\r\nArchitecture: amd64\r\n");
+    let builder = RepoBuilder::flat().index_text(index).signed_by(&key);
+    let server = RepoServer::start().await.unwrap();
+    server.publish(&builder.build().unwrap());
+    let listing = fetched(
+        fetcher()
+            .sync(&spec(server.url()), Some(&key.keyring().unwrap()), None)
+            .await,
+    );
+    assert_eq!(listing.versions, ["v1.29.0", "v1.29.1"]);
+    assert_eq!(listing.skipped, 1);
+    // Nothing usable: an HTML page served as the index.
+    let html = b"<html>\n<head><title>502 Bad Gateway</title></head>\n</html>\n".to_vec();
+    server.publish(
+        &RepoBuilder::flat()
+            .index_text(html)
+            .signed_by(&key)
+            .build()
+            .unwrap(),
+    );
+    let (reason, message) = failure(
+        fetcher()
+            .sync(&spec(server.url()), Some(&key.keyring().unwrap()), None)
+            .await,
+    );
+    assert_eq!(reason, "ParseError", "{message}");
+    // Well-formed, but no kubeadm at all.
+    server.publish(
+        &RepoBuilder::flat()
+            .package("cri-tools", "1.30.1-1.1", Some("amd64"))
+            .signed_by(&key)
+            .build()
+            .unwrap(),
+    );
+    let (reason, message) = failure(
+        fetcher()
+            .sync(&spec(server.url()), Some(&key.keyring().unwrap()), None)
+            .await,
+    );
+    assert_eq!(reason, "NoMatchingPackages", "{message}");
+}
+
+#[tokio::test]
+async fn versions_are_deduplicated_sorted_and_mapped() {
+    let key = TestKey::generate("archive").unwrap();
+    let builder = RepoBuilder::flat()
+        .kubeadm("1.30.10-1.1", "amd64")
+        .kubeadm("1.30.2-1.1", "amd64")
+        .kubeadm("1.30.2-1.1", "amd64")
+        .kubeadm("1:1.30.2-1.1", "amd64")
+        .kubeadm("1.27.3-00", "amd64")
+        .package("kubeadm", "1.31.0-1.1", Some("all"))
+        .package("kubeadm", "1.31.1-1.1", None)
+        .kubeadm("1.2.3+dfsg-1", "amd64")
+        .kubeadm("2.0~rc1-1", "amd64")
+        .kubeadm("1.2.3.4-1", "amd64")
+        .kubeadm("1.99.0-1.1", "arm64")
+        .signed_by(&key);
+    let server = RepoServer::start().await.unwrap();
+    server.publish(&builder.build().unwrap());
+    let listing = fetched(
+        fetcher()
+            .sync(&spec(server.url()), Some(&key.keyring().unwrap()), None)
+            .await,
+    );
+    assert_eq!(
+        listing.versions,
+        ["v1.27.3", "v1.30.2", "v1.30.10", "v1.31.0", "v1.31.1"]
+    );
+    assert_eq!(listing.skipped, 3);
+    assert_eq!(
+        listing.debian_versions,
+        [
+            "1.30.10-1.1",
+            "1.30.2-1.1",
+            "1:1.30.2-1.1",
+            "1.27.3-00",
+            "1.31.0-1.1",
+            "1.31.1-1.1",
+            "1.2.3+dfsg-1",
+            "2.0~rc1-1",
+            "1.2.3.4-1"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn second_sync_is_not_modified_and_a_new_version_shows_up() {
+    let (server, key, builder) = flat_repo().await;
+    let keyring = key.keyring().unwrap();
+    let fetcher = fetcher();
+    let first = fetched(
+        fetcher
+            .sync(&spec(server.url()), Some(&keyring), None)
+            .await,
+    );
+    server.reset_counters();
+    let second = fetcher
+        .sync(&spec(server.url()), Some(&keyring), Some(&first.validators))
+        .await
+        .unwrap();
+    assert_eq!(second, SyncOutcome::NotModified);
+    assert_eq!(server.not_modified(), 1);
+    assert_eq!(server.requests(), 1);
+    // Validators for another URL are not sent.
+    let other = Validators {
+        url: server.url_for("Release"),
+        ..first.validators.clone()
+    };
+    fetched(
+        fetcher
+            .sync(&spec(server.url()), Some(&keyring), Some(&other))
+            .await,
+    );
+    // A new repository version.
+    server.publish(
+        &builder
+            .kubernetes("1.32.0-1.1", &["amd64"])
+            .build()
+            .unwrap(),
+    );
+    let third = fetched(
+        fetcher
+            .sync(&spec(server.url()), Some(&keyring), Some(&first.validators))
+            .await,
+    );
+    assert_eq!(third.versions, ["v1.31.1", "v1.31.2", "v1.32.0"]);
+    assert_ne!(third.validators, first.validators);
+}
+
+#[tokio::test]
+async fn release_gpg_fallback_and_its_304() {
+    let key = TestKey::generate("archive").unwrap();
+    let builder = RepoBuilder::flat()
+        .kubeadm("1.31.0-1.1", "amd64")
+        .signed_by(&key)
+        .in_release(false);
+    let server = RepoServer::start().await.unwrap();
+    server.publish(&builder.build().unwrap());
+    let fetcher = fetcher();
+    let listing = fetched(
+        fetcher
+            .sync(&spec(server.url()), Some(&key.keyring().unwrap()), None)
+            .await,
+    );
+    assert_eq!(listing.versions, ["v1.31.0"]);
+    assert_eq!(
+        listing.signing_key_fingerprint.as_deref(),
+        Some(key.fingerprint().as_str())
+    );
+    assert_eq!(listing.validators.url, server.url_for("Release"));
+    let again = fetcher
+        .sync(
+            &spec(server.url()),
+            Some(&key.keyring().unwrap()),
+            Some(&listing.validators),
+        )
+        .await;
+    assert_eq!(again.unwrap(), SyncOutcome::NotModified);
+    // dists too.
+    let builder = RepoBuilder::dists("stable", "main")
+        .kubeadm("1.31.0-1.1", "amd64")
+        .signed_by(&key)
+        .in_release(false);
+    server.publish(&builder.build().unwrap());
+    let listing = fetched(
+        fetcher
+            .sync(
+                &dists_spec(server.url()),
+                Some(&key.keyring().unwrap()),
+                None,
+            )
+            .await,
+    );
+    assert_eq!(listing.versions, ["v1.31.0"]);
+}
+
+#[tokio::test]
+async fn compressions_fall_back_xz_gz_plain() {
+    let (server, key, _) = flat_repo().await;
+    let keyring = key.keyring().unwrap();
+    server.remove("Packages.xz");
+    let listing = fetched(
+        fetcher()
+            .sync(&spec(server.url()), Some(&keyring), None)
+            .await,
+    );
+    assert_eq!(listing.index_url, server.url_for("Packages.gz"));
+    server.remove("Packages.gz");
+    let listing = fetched(
+        fetcher()
+            .sync(&spec(server.url()), Some(&keyring), None)
+            .await,
+    );
+    assert_eq!(listing.index_url, server.url_for("Packages"));
+    assert_eq!(listing.versions, ["v1.31.1", "v1.31.2"]);
+    // Only what the Release lists is tried: an unlisted xz is ignored.
+    let builder = RepoBuilder::flat()
+        .kubeadm("1.31.0-1.1", "amd64")
+        .signed_by(&key)
+        .unlisted(Compression::Xz);
+    server.publish(&builder.build().unwrap());
+    server.reset_counters();
+    let listing = fetched(
+        fetcher()
+            .sync(&spec(server.url()), Some(&keyring), None)
+            .await,
+    );
+    assert_eq!(listing.index_url, server.url_for("Packages.gz"));
+    assert_eq!(server.requests_for("Packages.xz"), 0);
+}
+
+#[tokio::test]
+async fn no_release_at_all_probes_the_indexes_without_a_keyring() {
+    let (server, _, _) = flat_repo().await;
+    for file in ["InRelease", "Release", "Release.gpg", "Packages.xz"] {
+        server.remove(file);
+    }
+    let fetcher = fetcher();
+    let listing = fetched(fetcher.sync(&spec(server.url()), None, None).await);
+    assert_eq!(listing.index_url, server.url_for("Packages.gz"));
+    assert_eq!(listing.validators.url, server.url_for("Packages.gz"));
+    let again = fetcher
+        .sync(&spec(server.url()), None, Some(&listing.validators))
+        .await
+        .unwrap();
+    assert_eq!(again, SyncOutcome::NotModified);
+}
+
+#[tokio::test]
+async fn direct_packages_url() {
+    let (server, key, _) = flat_repo().await;
+    let fetcher = fetcher();
+    let url = server.url_for("Packages.gz");
+    let listing = fetched(fetcher.sync(&spec(&url), None, None).await);
+    assert_eq!(listing.versions, ["v1.31.1", "v1.31.2"]);
+    assert_eq!(listing.validators.url, url);
+    assert_eq!(server.requests_for("InRelease"), 0);
+    let again = fetcher
+        .sync(&spec(&url), None, Some(&listing.validators))
+        .await
+        .unwrap();
+    assert_eq!(again, SyncOutcome::NotModified);
+    // With a keyring, verified against the InRelease beside it.
+    let keyring = key.keyring().unwrap();
+    let listing = fetched(fetcher.sync(&spec(&url), Some(&keyring), None).await);
+    assert_eq!(
+        listing.signing_key_fingerprint.as_deref(),
+        Some(key.fingerprint().as_str())
+    );
+    assert_eq!(listing.validators.url, server.url_for("InRelease"));
+    server.corrupt("Packages.gz");
+    let (reason, _) = failure(fetcher.sync(&spec(&url), Some(&keyring), None).await);
+    assert_eq!(reason, "ChecksumMismatch");
+    let plain = server.url_for("Packages");
+    server.clear_faults();
+    let listing = fetched(fetcher.sync(&spec(&plain), Some(&keyring), None).await);
+    assert_eq!(listing.index_url, plain);
+    server.remove("Packages");
+    let (reason, message) = failure(fetcher.sync(&spec(&plain), None, None).await);
+    assert_eq!(reason, "HTTPStatus", "{message}");
+}
+
+#[tokio::test]
+async fn subkey_signed_release_verifies_with_the_primary_key() {
+    let key = TestKey::generate_with_signing_subkey("ubuntu").unwrap();
+    for in_release in [true, false] {
+        let builder = RepoBuilder::dists("stable", "main")
+            .kubeadm("1.31.0-1.1", "amd64")
+            .signed_by(&key)
+            .in_release(in_release);
+        let server = RepoServer::start().await.unwrap();
+        server.publish(&builder.build().unwrap());
+        let keyring = Keyring::parse(&key.binary_public_key().unwrap()).unwrap();
+        let listing = fetched(
+            fetcher()
+                .sync(&dists_spec(server.url()), Some(&keyring), None)
+                .await,
+        );
+        assert_eq!(
+            listing.signing_key_fingerprint.as_deref(),
+            Some(key.fingerprint().as_str())
+        );
+    }
+}
+
+#[tokio::test]
+async fn keyrings_with_several_keys_and_releases_with_several_signatures() {
+    let first = TestKey::generate("first").unwrap();
+    let second = TestKey::generate_with_signing_subkey("second").unwrap();
+    let third = TestKey::generate("third").unwrap();
+    // Binary keyring, many keys concatenated.
+    let binary = Keyring::parse(&binary_keyring(&[&first, &second, &third]).unwrap()).unwrap();
+    assert_eq!(
+        binary.fingerprints(),
+        [
+            first.fingerprint(),
+            second.fingerprint(),
+            third.fingerprint()
+        ]
+    );
+    // Armored: several blocks in one file.
+    let armored = format!(
+        "{}\n{}\n",
+        first.armored_public_key().unwrap(),
+        third.armored_public_key().unwrap()
+    );
+    let mut keyring = Keyring::parse(armored.as_bytes()).unwrap();
+    assert_eq!(
+        keyring.fingerprints(),
+        [first.fingerprint(), third.fingerprint()]
+    );
+    keyring.extend(Keyring::parse(second.armored_public_key().unwrap().as_bytes()).unwrap());
+    keyring.extend(Keyring::parse(first.armored_public_key().unwrap().as_bytes()).unwrap());
+    assert_eq!(keyring.len(), 3);
+    assert!(Keyring::parse(b"not a key").is_err());
+    assert_eq!(Keyring::parse(b"").unwrap_err().reason(), "ParseError");
+
+    // Signed by a stranger and by `third`: valid because one signature verifies.
+    let stranger = TestKey::generate("stranger").unwrap();
+    for in_release in [true, false] {
+        let builder = RepoBuilder::flat()
+            .kubeadm("1.31.0-1.1", "amd64")
+            .signed_by(&stranger)
+            .signed_by(&second)
+            .signed_by(&third)
+            .in_release(in_release);
+        let server = RepoServer::start().await.unwrap();
+        server.publish(&builder.build().unwrap());
+        let only_third = third.keyring().unwrap();
+        let listing = fetched(
+            fetcher()
+                .sync(&spec(server.url()), Some(&only_third), None)
+                .await,
+        );
+        assert_eq!(
+            listing.signing_key_fingerprint.as_deref(),
+            Some(third.fingerprint().as_str())
+        );
+        let only_second = Keyring::parse(&second.binary_public_key().unwrap()).unwrap();
+        let listing = fetched(
+            fetcher()
+                .sync(&spec(server.url()), Some(&only_second), None)
+                .await,
+        );
+        assert_eq!(
+            listing.signing_key_fingerprint.as_deref(),
+            Some(second.fingerprint().as_str())
+        );
+        let neither = first.keyring().unwrap();
+        let (reason, _) = failure(
+            fetcher()
+                .sync(&spec(server.url()), Some(&neither), None)
+                .await,
+        );
+        assert_eq!(reason, "SignatureInvalid");
+    }
+}
+
+#[tokio::test]
+async fn redirects_are_followed_up_to_the_limit() {
+    let (server, key, _) = flat_repo().await;
+    let keyring = key.keyring().unwrap();
+    // One hop, as pkgs.k8s.io does to its CDN.
+    server.publish_at(
+        "cdn/",
+        &RepoBuilder::flat()
+            .kubeadm("1.31.5-1.1", "amd64")
+            .signed_by(&key)
+            .build()
+            .unwrap(),
+    );
+    for file in ["InRelease", "Packages.xz"] {
+        server.redirect(file, &server.url_for(&format!("cdn/{file}")));
+    }
+    let listing = fetched(
+        fetcher()
+            .sync(&spec(server.url()), Some(&keyring), None)
+            .await,
+    );
+    assert_eq!(listing.versions, ["v1.31.5"]);
+    server.clear_faults();
+    server.redirect("InRelease", &server.url_for("InRelease"));
+    let (reason, message) = failure(
+        fetcher()
+            .sync(&spec(server.url()), Some(&keyring), None)
+            .await,
+    );
+    assert_eq!(reason, "FetchFailed", "{message}");
+    assert!(message.contains("redirect"), "{message}");
+}
+
+#[tokio::test]
+async fn connection_refused_after_stop() {
+    let (server, key, _) = flat_repo().await;
+    let url = server.url().to_owned();
+    server.stop().await;
+    let (reason, message) = failure(
+        fetcher()
+            .sync(&spec(&url), Some(&key.keyring().unwrap()), None)
+            .await,
+    );
+    assert_eq!(reason, "FetchFailed", "{message}");
+    assert!(message.contains("InRelease"), "{message}");
+}
+
+#[tokio::test]
+async fn cli_versions_command() {
+    use clap::Parser as _;
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: kubernetes_upgrader::debian::VersionsArgs,
+    }
+    init();
+    let (server, key, _) = flat_repo().await;
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    file.write_all(&key.binary_public_key().unwrap()).unwrap();
+    let keyring = file.path().to_str().unwrap().to_owned();
+    let ok = Cli::try_parse_from([
+        "versions",
+        server.url(),
+        "--keyring",
+        &keyring,
+        "--format",
+        "json",
+    ])
+    .unwrap();
+    assert_eq!(ok.args.arch, "amd64");
+    assert_eq!(ok.args.package, "kubeadm");
+    let code = kubernetes_upgrader::debian::run_versions(ok.args)
+        .await
+        .unwrap();
+    assert_eq!(code, std::process::ExitCode::SUCCESS);
+    let stranger = TestKey::generate("stranger").unwrap();
+    let mut other = tempfile::NamedTempFile::new().unwrap();
+    other
+        .write_all(stranger.armored_public_key().unwrap().as_bytes())
+        .unwrap();
+    let bad = Cli::try_parse_from([
+        "versions",
+        server.url(),
+        "--keyring",
+        other.path().to_str().unwrap(),
+    ])
+    .unwrap();
+    let code = kubernetes_upgrader::debian::run_versions(bad.args)
+        .await
+        .unwrap();
+    assert_eq!(code, std::process::ExitCode::FAILURE);
+    let bad_size =
+        Cli::try_parse_from(["versions", server.url(), "--max-index-size", "lots"]).unwrap();
+    let code = kubernetes_upgrader::debian::run_versions(bad_size.args)
+        .await
+        .unwrap();
+    assert_eq!(code, std::process::ExitCode::FAILURE);
+    assert!(Cli::try_parse_from(["versions", server.url(), "--suite", "stable"]).is_err());
+}
