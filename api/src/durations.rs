@@ -1,6 +1,5 @@
 //! Durations in Go's `time.ParseDuration` form (`90s`, `5m`, `1h30m`), as Kubernetes writes them.
 
-use std::str::FromStr;
 use std::time::Duration;
 
 /// RE2 pattern for an unsigned Go duration.
@@ -35,10 +34,43 @@ pub fn between_rule(min: &str, max: &str) -> String {
 
 /// Parses a signed Go duration; `None` for zero or negative values.
 pub fn parse_signed(text: &str) -> Result<Option<Duration>, DurationError> {
-    let parsed = kube::core::Duration::from_str(text)
-        .map_err(|_| DurationError::Malformed(text.to_owned()))?;
-    let duration: Duration = parsed.into();
-    Ok((!parsed.is_negative() && !duration.is_zero()).then_some(duration))
+    let malformed = || DurationError::Malformed(text.to_owned());
+    let (negative, body) = match text.as_bytes().first() {
+        Some(b'-') => (true, &text[1..]),
+        Some(b'+') => (false, &text[1..]),
+        _ => (false, text),
+    };
+    if body == "0" {
+        return Ok(None);
+    }
+    if body.is_empty() {
+        return Err(malformed());
+    }
+    let mut total = 0f64;
+    let mut rest = body;
+    while !rest.is_empty() {
+        let number_end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(malformed)?;
+        let (number, tail) = rest.split_at(number_end);
+        if number.is_empty() || number == "." || number.matches('.').count() > 1 {
+            return Err(malformed());
+        }
+        let value: f64 = number.parse().map_err(|_| malformed())?;
+        let unit_end = tail.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(tail.len());
+        let (unit, next) = tail.split_at(unit_end);
+        let seconds = match unit {
+            "ns" => 1e-9,
+            "us" | "µs" | "μs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return Err(malformed()),
+        };
+        total += value * seconds;
+        rest = next;
+    }
+    let duration = Duration::try_from_secs_f64(total).map_err(|_| malformed())?;
+    Ok((!negative && !duration.is_zero()).then_some(duration))
 }
 
 /// Parses a positive Go duration.
@@ -58,7 +90,9 @@ mod tests {
         assert_eq!(parse_signed("0"), Ok(None));
         assert_eq!(parse_signed("-5m"), Ok(None));
         assert!(matches!(parse_positive("0s"), Err(DurationError::NotPositive(_))));
-        for bad in ["", "5", "five minutes", "1d", "true"] {
+        assert_eq!(parse_positive("1h0m0s"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_positive("500ms"), Ok(Duration::from_millis(500)));
+        for bad in ["", "5", "five minutes", "1d", "true", "1..5s", "s", "-", "1h5"] {
             assert!(matches!(parse_signed(bad), Err(DurationError::Malformed(_))), "{bad}");
         }
     }

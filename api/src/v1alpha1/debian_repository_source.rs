@@ -89,11 +89,12 @@ pub struct DebianRepositorySourceSpec {
     #[x_kube(validation = kube::core::Rule::new(durations::between_rule("1s", "1h")).message("spec.timeout must be a duration between 1s and 1h, such as 30s"))]
     pub timeout: Option<String>,
 
-    /// Cap on the decompressed size of the index, such as `256Mi`; protects against compression
-    /// bombs. Indexes beyond it fail with `IndexTooLarge`.
+    /// Cap on the decompressed size of the index, as a quantity string such as `256Mi`; protects
+    /// against compression bombs. Indexes beyond it fail with `IndexTooLarge`.
     #[serde(default = "default_max_index_size", skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = kube::core::Rule::new("type(self) == int ? self > 0 : self.matches('^[0-9]+(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$')").message("spec.maxIndexSize must be a byte size such as 256Mi or 1G"))]
-    pub max_index_size: Option<Quantity>,
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = kube::core::Rule::new("self.matches('^[0-9]+(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$') && !self.matches('^0+[A-Za-z]*$')").message("spec.maxIndexSize must be a positive byte size such as 256Mi or 1G"))]
+    pub max_index_size: Option<String>,
 
     /// PEM certificates trusted for https in addition to the system roots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -184,8 +185,8 @@ fn default_timeout() -> Option<String> {
 }
 
 #[allow(clippy::unnecessary_wraps)]
-fn default_max_index_size() -> Option<Quantity> {
-    Some(Quantity(DEFAULT_MAX_INDEX_SIZE.to_owned()))
+fn default_max_index_size() -> Option<String> {
+    Some(DEFAULT_MAX_INDEX_SIZE.to_owned())
 }
 
 impl DebianRepositorySourceSpec {
@@ -211,8 +212,8 @@ impl DebianRepositorySourceSpec {
 
     /// The cap on the decompressed index, in bytes.
     pub fn max_index_bytes(&self) -> Result<u64, crate::quantity::QuantityError> {
-        let default = Quantity(DEFAULT_MAX_INDEX_SIZE.to_owned());
-        crate::quantity::to_bytes(self.max_index_size.as_ref().unwrap_or(&default))
+        let text = self.max_index_size.as_deref().unwrap_or(DEFAULT_MAX_INDEX_SIZE);
+        crate::quantity::to_bytes(&Quantity(text.to_owned()))
     }
 }
 

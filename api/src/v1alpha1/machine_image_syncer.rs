@@ -64,7 +64,7 @@ pub struct MachineImageSyncerSpec {
 pub enum Interval {
     /// Nanoseconds, as v0.6 stored it.
     Nanoseconds(i64),
-    /// A Go duration string such as `1h30m`.
+    /// A Go duration string such as `1h30m`; a string of digits counts as nanoseconds.
     Duration(String),
 }
 
@@ -90,13 +90,18 @@ impl Interval {
                 .ok()
                 .filter(|n| *n > 0)
                 .map(Duration::from_nanos)),
-            Self::Duration(text) => durations::parse_signed(text),
+            Self::Duration(text) => match text.parse::<i64>() {
+                Ok(n) => Self::Nanoseconds(n).period(),
+                Err(_) => durations::parse_signed(text),
+            },
         }
     }
 }
 
+/// `string(self)` is the decimal form of an integer and the string itself otherwise, so one
+/// pattern covers both JSON types.
 fn interval_rule() -> String {
-    format!("type(self) == int || self.matches('{SIGNED_GO_DURATION_PATTERN}')")
+    format!("string(self).matches('^[-+]?[0-9]+$') || string(self).matches('{SIGNED_GO_DURATION_PATTERN}')")
 }
 
 #[allow(clippy::unnecessary_wraps)]
@@ -135,6 +140,8 @@ mod tests {
         assert_eq!(Interval::Nanoseconds(0).period(), Ok(None));
         assert_eq!(Interval::Nanoseconds(-1).period(), Ok(None));
         assert!(serde_json::from_str::<Interval>("true").is_err());
+        assert_eq!(Interval::Duration("60000000000".into()).period(), Ok(Some(Duration::from_secs(60))));
+        assert!(Interval::Duration("soon".into()).period().is_err());
         assert_eq!(serde_json::to_string(&d).unwrap(), "\"30m\"");
     }
 }

@@ -67,3 +67,6 @@ fn strip_descriptions(schema: &mut JSONSchemaProps) {
         strip_descriptions(extra);
     }
 }
+
+#[cfg(test)]
+mod cel_tests;

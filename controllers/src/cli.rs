@@ -1,0 +1,207 @@
+//! Command-line interface. Every flag has an environment fallback. Without a subcommand the
+//! binary runs the manager, so v0.6 Deployments (`/manager --leader-elect …`) keep working.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::debian::cli::VersionsArgs;
+use crate::manager::DEFAULT_LEASE_NAME;
+use crate::telemetry::LogFormat;
+
+/// Builds machine images when Kubernetes releases appear and upgrades ClusterClass clusters to them.
+#[derive(Debug, Parser)]
+#[command(
+    name = "kubernetes-upgrader",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    /// What to do; `run` when omitted.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Manager flags, for `kubernetes-upgrader [FLAGS]` without a subcommand.
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run every controller against the current kubeconfig or in-cluster config.
+    Run(RunArgs),
+    /// Print the CustomResourceDefinitions as YAML.
+    Crds(CrdsArgs),
+    /// List the Kubernetes versions a Debian repository holds, as a DebianRepositorySource would.
+    Versions(VersionsArgs),
+}
+
+/// Flags of `crds`.
+#[derive(Debug, Args)]
+pub struct CrdsArgs {
+    /// Also print the ValidatingAdmissionPolicies (and bindings) shipped with the CRDs.
+    #[arg(long)]
+    pub with_policies: bool,
+}
+
+/// Flags of `run`.
+#[derive(Debug, Args, Clone)]
+pub struct RunArgs {
+    /// Address for /metrics (also served on the probe address); `0` serves it only there.
+    #[arg(long, env = "METRICS_BIND_ADDRESS", default_value = ":8080")]
+    pub metrics_bind_address: String,
+    /// Address for /livez, /healthz, /readyz and /metrics.
+    #[arg(long, env = "HEALTH_PROBE_BIND_ADDRESS", default_value = ":8081")]
+    pub health_probe_bind_address: String,
+    /// Take a Lease before running controllers, so that only one replica acts.
+    #[arg(long, env = "LEADER_ELECT")]
+    pub leader_elect: bool,
+    /// Namespace of the Lease; defaults to the pod's namespace.
+    #[arg(long, env = "LEADER_ELECTION_NAMESPACE")]
+    pub leader_election_namespace: Option<String>,
+    /// Name of the Lease.
+    #[arg(long, env = "LEADER_ELECTION_ID", default_value = DEFAULT_LEASE_NAME)]
+    pub leader_election_id: String,
+    /// How long the Lease lasts without renewal, such as 15s.
+    #[arg(long, env = "LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+    pub lease_duration: Duration,
+    /// Watch only this namespace (default: all namespaces).
+    #[arg(long, env = "WATCH_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Log format; the level comes from RUST_LOG.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// This replica's name, for events and the Lease identity.
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
+    /// How long to wait for the CRDs to be served before exiting.
+    #[arg(long, env = "CRD_WAIT_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub crd_wait_timeout: Duration,
+    /// Accepted for v0.6 compatibility: debug, info, error or a number; used when RUST_LOG is unset.
+    #[arg(long, hide = true)]
+    pub zap_log_level: Option<String>,
+    /// Accepted for v0.6 compatibility: `json` selects JSON logs.
+    #[arg(long, hide = true)]
+    pub zap_encoder: Option<String>,
+    /// Accepted for v0.6 compatibility: development mode logs at debug level.
+    #[arg(long, hide = true, num_args = 0..=1, default_missing_value = "true")]
+    pub zap_devel: Option<bool>,
+    /// Accepted for v0.6 compatibility and ignored.
+    #[arg(long, hide = true)]
+    pub zap_stacktrace_level: Option<String>,
+    /// Accepted for v0.6 compatibility and ignored.
+    #[arg(long, hide = true)]
+    pub zap_time_encoding: Option<String>,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    api::durations::parse_positive(text).map_err(|e| e.to_string())
+}
+
+impl RunArgs {
+    /// The log format after mapping `--zap-encoder`.
+    pub fn effective_log_format(&self) -> LogFormat {
+        match self.zap_encoder.as_deref() {
+            Some("json") => LogFormat::Json,
+            Some("console") => LogFormat::Text,
+            _ => self.log_format,
+        }
+    }
+
+    /// The level used when RUST_LOG is unset, after mapping `--zap-log-level` and `--zap-devel`.
+    pub fn default_log_level(&self) -> &'static str {
+        match self.zap_log_level.as_deref() {
+            Some("debug") => "debug",
+            Some("error") => "error",
+            Some(n) if n.parse::<u8>().is_ok_and(|n| n > 0) => "debug",
+            _ if self.zap_devel == Some(true) => "debug",
+            _ => "info",
+        }
+    }
+
+    /// The distinct addresses to serve probes and metrics on.
+    pub fn listen_addresses(&self) -> Result<Vec<SocketAddr>, String> {
+        let mut out = vec![parse_address(&self.health_probe_bind_address)?];
+        if self.metrics_bind_address != "0" {
+            out.push(parse_address(&self.metrics_bind_address)?);
+        }
+        out.dedup();
+        Ok(out)
+    }
+}
+
+/// Parses a Go-style listen address: `:8080`, `127.0.0.1:8080`, `[::1]:8080`, `localhost:8080`.
+pub fn parse_address(text: &str) -> Result<SocketAddr, String> {
+    let full = if text.starts_with(':') {
+        format!("0.0.0.0{text}")
+    } else {
+        text.to_owned()
+    };
+    full.to_socket_addrs()
+        .map_err(|e| format!("{text:?} is not a listen address: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{text:?} resolves to no address"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn v06_flags_run_the_manager_without_a_subcommand() {
+        let cli = Cli::try_parse_from([
+            "manager",
+            "--leader-elect",
+            "--health-probe-bind-address=:8081",
+            "--metrics-bind-address=127.0.0.1:8080",
+            "--zap-devel",
+            "--zap-encoder=json",
+        ])
+        .unwrap();
+        assert!(cli.command.is_none());
+        assert!(cli.run.leader_elect);
+        assert_eq!(cli.run.effective_log_format(), LogFormat::Json);
+        assert_eq!(cli.run.default_log_level(), "debug");
+        let addresses = cli.run.listen_addresses().unwrap();
+        assert_eq!(addresses.len(), 2);
+        assert_eq!(addresses[0].port(), 8081);
+        assert!(addresses[0].ip().is_unspecified());
+    }
+
+    #[test]
+    fn subcommands_parse() {
+        let cli =
+            Cli::try_parse_from(["k", "run", "--namespace", "team", "--lease-duration", "4s"])
+                .unwrap();
+        match cli.command {
+            Some(Command::Run(run)) => {
+                assert_eq!(run.namespace.as_deref(), Some("team"));
+                assert_eq!(run.lease_duration, Duration::from_secs(4));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(matches!(
+            Cli::try_parse_from(["k", "crds"]).unwrap().command,
+            Some(Command::Crds(_))
+        ));
+        assert!(Cli::try_parse_from(["k", "run", "--lease-duration", "soon"]).is_err());
+    }
+
+    #[test]
+    fn metrics_address_zero_means_probe_port_only() {
+        let cli = Cli::try_parse_from(["k", "run", "--metrics-bind-address", "0"]).unwrap();
+        let Some(Command::Run(run)) = cli.command else {
+            panic!("expected run")
+        };
+        assert_eq!(run.listen_addresses().unwrap().len(), 1);
+        assert!(parse_address("not an address").is_err());
+    }
+}

@@ -1,0 +1,585 @@
+//! The pure decision step: from the current status and the sync result to the desired status, the
+//! events to publish and when to look again.
+
+use std::time::Duration;
+
+use api::conditions::{self, Desired, Status};
+use api::v1alpha1::{CONDITION_READY, CONDITION_VERIFIED, DebianRepositorySourceStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use crate::debian::{Listing, SyncError, SyncOutcome};
+use crate::reconcile::{Note, backoff, with_jitter};
+
+/// Reason of `Ready=True`.
+pub const REASON_SYNCED: &str = "Synced";
+/// Reason of `Verified=True`.
+pub const REASON_SIGNATURE_VERIFIED: &str = "SignatureVerified";
+/// Reason of `Verified=False` without `spec.signedBy`.
+pub const REASON_NO_SIGNED_BY: &str = "NoSignedBy";
+/// Reason of `Verified=Unknown` before the first verification.
+pub const REASON_NOT_YET_VERIFIED: &str = "NotYetVerified";
+/// v0.6's Warning event reason for a failed sync.
+pub const EVENT_LIST_VERSIONS_FAILED: &str = "ListVersionsFailed";
+/// Normal event when the published versions change.
+pub const EVENT_VERSIONS_CHANGED: &str = "VersionsChanged";
+/// Normal event when a failing source syncs again with unchanged versions.
+pub const EVENT_RECOVERED: &str = "Recovered";
+
+/// First retry delay after a failure.
+pub const RETRY_BASE: Duration = Duration::from_secs(5);
+
+/// What the observe step found.
+#[derive(Debug)]
+pub struct Observed<'a> {
+    /// `metadata.generation`.
+    pub generation: Option<i64>,
+    /// The current status, or the default when there is none.
+    pub status: &'a DebianRepositorySourceStatus,
+    /// Whether `spec.signedBy` is set.
+    pub signed: bool,
+    /// The sync result.
+    pub result: &'a Result<SyncOutcome, SyncError>,
+    /// The current time.
+    pub now: &'a Time,
+    /// `spec.interval`.
+    pub interval: Duration,
+    /// Consecutive failures before this sync.
+    pub failures: u32,
+    /// A number in [0, 1] that spreads requeues.
+    pub jitter: f64,
+}
+
+/// What to do.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decision {
+    /// The desired status; written only when it differs from the current one.
+    pub status: DebianRepositorySourceStatus,
+    /// Events to publish: transitions only.
+    pub notes: Vec<Note>,
+    /// When to sync again.
+    pub requeue: Duration,
+    /// Consecutive failures after this sync.
+    pub failures: u32,
+}
+
+/// Decides the status, the events and the requeue for one sync.
+pub fn decide(observed: &Observed<'_>) -> Decision {
+    let current = observed.status;
+    let mut status = current.clone();
+    let mut notes = Vec::new();
+    let previous_ready = current
+        .conditions
+        .as_deref()
+        .and_then(|c| conditions::find(c, CONDITION_READY));
+    let was_failing = previous_ready.is_some_and(|c| c.status != "True");
+    let mut desired = Vec::new();
+
+    let (requeue, failures) = match observed.result {
+        Ok(outcome) => {
+            if let SyncOutcome::Fetched(listing) = outcome {
+                apply_listing(&mut status, listing, observed.signed, observed.now);
+            }
+            let versions_changed = status.versions != current.versions;
+            if versions_changed {
+                notes.push(Note::normal(
+                    EVENT_VERSIONS_CHANGED,
+                    versions_message(&status),
+                ));
+            } else if was_failing {
+                notes.push(Note::normal(EVENT_RECOVERED, ready_message(&status)));
+            }
+            desired.push(Desired::new(
+                CONDITION_READY,
+                true,
+                REASON_SYNCED,
+                ready_message(&status),
+            ));
+            desired.push(verified_after_success(&status, observed.signed));
+            (with_jitter(observed.interval, observed.jitter), 0)
+        }
+        Err(err) => {
+            let reason = err.reason();
+            let message = err.to_string();
+            if previous_ready.is_none_or(|c| c.status != "False" || c.reason != reason) {
+                notes.push(Note::warning(
+                    EVENT_LIST_VERSIONS_FAILED,
+                    format!("{reason}: {message}"),
+                ));
+            }
+            desired.push(Desired::new(
+                CONDITION_READY,
+                false,
+                reason,
+                message.clone(),
+            ));
+            desired.push(verified_after_failure(current, observed.signed, err));
+            let failures = observed.failures.saturating_add(1);
+            (
+                backoff(failures, RETRY_BASE, observed.interval.max(RETRY_BASE)),
+                failures,
+            )
+        }
+    };
+
+    let previous_verified = current
+        .conditions
+        .as_deref()
+        .and_then(|c| conditions::find(c, CONDITION_VERIFIED));
+    if !observed.signed && previous_verified.is_none_or(|c| c.reason != REASON_NO_SIGNED_BY) {
+        notes.push(Note::warning(REASON_NO_SIGNED_BY, no_signed_by_message()));
+    }
+
+    status.conditions = Some(conditions::merge(
+        current.conditions.as_deref().unwrap_or_default(),
+        &desired,
+        observed.generation,
+        observed.now,
+    ));
+    status.observed_generation = observed.generation;
+    Decision {
+        status,
+        notes,
+        requeue,
+        failures,
+    }
+}
+
+fn apply_listing(
+    status: &mut DebianRepositorySourceStatus,
+    listing: &Listing,
+    signed: bool,
+    now: &Time,
+) {
+    let versions = Some(listing.versions.clone());
+    if status.versions != versions {
+        status.last_change_time = Some(now.clone());
+    }
+    if status.versions != versions
+        || status.index_sha256.as_deref() != Some(listing.index_sha256.as_str())
+        || status.last_sync_time.is_none()
+    {
+        status.last_sync_time = Some(now.clone());
+    }
+    status.versions = versions;
+    status.index_url = Some(listing.index_url.clone());
+    status.index_sha256 = Some(listing.index_sha256.clone());
+    status.signing_key_fingerprint = if signed {
+        listing.signing_key_fingerprint.clone()
+    } else {
+        None
+    };
+    status.skipped_versions = Some(i64::try_from(listing.skipped).unwrap_or(i64::MAX));
+}
+
+fn ready_message(status: &DebianRepositorySourceStatus) -> String {
+    let count = status.versions.as_ref().map_or(0, Vec::len);
+    match &status.index_url {
+        Some(url) => format!("{count} versions listed in {url}"),
+        None => format!("{count} versions listed"),
+    }
+}
+
+fn versions_message(status: &DebianRepositorySourceStatus) -> String {
+    let versions = status.versions.as_deref().unwrap_or_default();
+    match versions.last() {
+        Some(latest) => format!("now lists {} versions, the latest {latest}", versions.len()),
+        None => "now lists no versions".to_owned(),
+    }
+}
+
+fn no_signed_by_message() -> String {
+    "spec.signedBy is not set, so the repository's signature and checksums are not verified against a trusted key".to_owned()
+}
+
+fn verified_after_success(status: &DebianRepositorySourceStatus, signed: bool) -> Desired {
+    if !signed {
+        return Desired::new(
+            CONDITION_VERIFIED,
+            false,
+            REASON_NO_SIGNED_BY,
+            no_signed_by_message(),
+        );
+    }
+    let by = status
+        .signing_key_fingerprint
+        .as_deref()
+        .unwrap_or("a trusted key");
+    Desired::new(
+        CONDITION_VERIFIED,
+        true,
+        REASON_SIGNATURE_VERIFIED,
+        format!("the Release is signed by {by} and the index matches its SHA256"),
+    )
+}
+
+fn verified_after_failure(
+    current: &DebianRepositorySourceStatus,
+    signed: bool,
+    err: &SyncError,
+) -> Desired {
+    if !signed {
+        return Desired::new(
+            CONDITION_VERIFIED,
+            false,
+            REASON_NO_SIGNED_BY,
+            no_signed_by_message(),
+        );
+    }
+    if matches!(
+        err,
+        SyncError::SignatureInvalid(_) | SyncError::ChecksumMismatch(_)
+    ) {
+        return Desired::new(CONDITION_VERIFIED, false, err.reason(), err.to_string());
+    }
+    match current
+        .conditions
+        .as_deref()
+        .and_then(|c| conditions::find(c, CONDITION_VERIFIED))
+    {
+        Some(previous) if previous.reason != REASON_NO_SIGNED_BY => Desired::new(
+            CONDITION_VERIFIED,
+            status_of(&previous.status),
+            previous.reason.clone(),
+            previous.message.clone(),
+        ),
+        _ => Desired::new(
+            CONDITION_VERIFIED,
+            Status::Unknown,
+            REASON_NOT_YET_VERIFIED,
+            "no Release has been verified yet",
+        ),
+    }
+}
+
+fn status_of(text: &str) -> Status {
+    match text {
+        "True" => Status::True,
+        "False" => Status::False,
+        _ => Status::Unknown,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::debian::Validators;
+    use k8s_openapi::jiff::Timestamp;
+
+    fn at(second: i64) -> Time {
+        Time(Timestamp::from_second(second).unwrap())
+    }
+
+    fn listing(versions: &[&str], sha: &str) -> Listing {
+        Listing {
+            versions: versions.iter().map(|v| (*v).to_owned()).collect(),
+            debian_versions: Vec::new(),
+            skipped: 2,
+            index_url: "http://127.0.0.1/Packages.xz".to_owned(),
+            index_sha256: sha.to_owned(),
+            signing_key_fingerprint: Some("ABCD".to_owned()),
+            validators: Validators::default(),
+        }
+    }
+
+    struct Run {
+        signed: bool,
+        failures: u32,
+    }
+
+    impl Run {
+        fn decide(
+            &self,
+            status: &DebianRepositorySourceStatus,
+            result: Result<SyncOutcome, SyncError>,
+            now: i64,
+        ) -> Decision {
+            decide(&Observed {
+                generation: Some(3),
+                status,
+                signed: self.signed,
+                result: &result,
+                now: &at(now),
+                interval: Duration::from_secs(300),
+                failures: self.failures,
+                jitter: 0.0,
+            })
+        }
+    }
+
+    fn ready(status: &DebianRepositorySourceStatus) -> (&str, &str) {
+        let c = conditions::find(status.conditions.as_deref().unwrap(), CONDITION_READY).unwrap();
+        (c.status.as_str(), c.reason.as_str())
+    }
+
+    fn verified(status: &DebianRepositorySourceStatus) -> (&str, &str) {
+        let c =
+            conditions::find(status.conditions.as_deref().unwrap(), CONDITION_VERIFIED).unwrap();
+        (c.status.as_str(), c.reason.as_str())
+    }
+
+    fn reasons(decision: &Decision) -> Vec<&'static str> {
+        decision.notes.iter().map(|n| n.reason).collect()
+    }
+
+    #[test]
+    fn first_signed_sync_publishes_versions_and_verifies() {
+        let run = Run {
+            signed: true,
+            failures: 0,
+        };
+        let d = run.decide(
+            &Default::default(),
+            Ok(SyncOutcome::Fetched(listing(&["v1.31.1", "v1.31.2"], "aa"))),
+            100,
+        );
+        assert_eq!(
+            d.status.versions,
+            Some(vec!["v1.31.1".to_owned(), "v1.31.2".to_owned()])
+        );
+        assert_eq!(ready(&d.status), ("True", REASON_SYNCED));
+        assert_eq!(verified(&d.status), ("True", REASON_SIGNATURE_VERIFIED));
+        assert_eq!(d.status.signing_key_fingerprint.as_deref(), Some("ABCD"));
+        assert_eq!(d.status.index_sha256.as_deref(), Some("aa"));
+        assert_eq!(d.status.skipped_versions, Some(2));
+        assert_eq!(d.status.observed_generation, Some(3));
+        assert_eq!(d.status.last_change_time, Some(at(100)));
+        assert_eq!(d.status.last_sync_time, Some(at(100)));
+        assert_eq!(reasons(&d), [EVENT_VERSIONS_CHANGED]);
+        assert_eq!(d.requeue, Duration::from_secs(300));
+        assert_eq!(d.failures, 0);
+    }
+
+    #[test]
+    fn steady_state_changes_nothing() {
+        let run = Run {
+            signed: true,
+            failures: 0,
+        };
+        let first = run.decide(
+            &Default::default(),
+            Ok(SyncOutcome::Fetched(listing(&["v1.31.1"], "aa"))),
+            100,
+        );
+        let not_modified = run.decide(&first.status, Ok(SyncOutcome::NotModified), 400);
+        assert_eq!(not_modified.status, first.status);
+        assert!(not_modified.notes.is_empty());
+        let same_index = run.decide(
+            &first.status,
+            Ok(SyncOutcome::Fetched(listing(&["v1.31.1"], "aa"))),
+            700,
+        );
+        assert_eq!(same_index.status, first.status);
+        assert!(same_index.notes.is_empty());
+    }
+
+    #[test]
+    fn new_index_with_same_versions_moves_only_the_sync_time() {
+        let run = Run {
+            signed: true,
+            failures: 0,
+        };
+        let first = run.decide(
+            &Default::default(),
+            Ok(SyncOutcome::Fetched(listing(&["v1.31.1"], "aa"))),
+            100,
+        );
+        let next = run.decide(
+            &first.status,
+            Ok(SyncOutcome::Fetched(listing(&["v1.31.1"], "bb"))),
+            400,
+        );
+        assert_eq!(next.status.last_sync_time, Some(at(400)));
+        assert_eq!(next.status.last_change_time, Some(at(100)));
+        assert!(next.notes.is_empty());
+    }
+
+    #[test]
+    fn every_failure_keeps_versions_and_warns_once_per_reason() {
+        let run = Run {
+            signed: true,
+            failures: 0,
+        };
+        let good = run.decide(
+            &Default::default(),
+            Ok(SyncOutcome::Fetched(listing(&["v1.31.1"], "aa"))),
+            100,
+        );
+        let failures: Vec<SyncError> = vec![
+            SyncError::FetchFailed {
+                url: "u".into(),
+                message: "timed out".into(),
+            },
+            SyncError::HttpStatus {
+                url: "u".into(),
+                status: 500,
+            },
+            SyncError::SignatureInvalid("bad".into()),
+            SyncError::ChecksumMismatch("sha".into()),
+            SyncError::IndexTooLarge("big".into()),
+            SyncError::ParseError("junk".into()),
+            SyncError::NoMatchingPackages {
+                package: "kubeadm".into(),
+                architecture: "amd64".into(),
+                index_url: "u".into(),
+            },
+        ];
+        for err in failures {
+            let reason = err.reason();
+            let d = run.decide(&good.status, Err(err), 200);
+            assert_eq!(d.status.versions, good.status.versions, "{reason}");
+            assert_eq!(d.status.index_sha256, good.status.index_sha256, "{reason}");
+            assert_eq!(ready(&d.status), ("False", reason));
+            assert_eq!(reasons(&d), [EVENT_LIST_VERSIONS_FAILED], "{reason}");
+            assert!(d.notes[0].warning);
+            assert!(d.notes[0].message.starts_with(reason));
+            assert_eq!(d.failures, 1);
+            assert_eq!(d.requeue, RETRY_BASE);
+            let again = Run {
+                signed: true,
+                failures: 1,
+            }
+            .decide(&d.status, Err(clone_error(&d)), 210);
+            assert!(
+                again.notes.is_empty(),
+                "{reason}: a repeated failure must not warn again"
+            );
+            assert_eq!(
+                again.status, d.status,
+                "{reason}: a repeated failure must not write"
+            );
+            assert_eq!(again.requeue, RETRY_BASE * 2);
+        }
+    }
+
+    fn clone_error(d: &Decision) -> SyncError {
+        let c = conditions::find(d.status.conditions.as_deref().unwrap(), CONDITION_READY).unwrap();
+        match c.reason.as_str() {
+            "FetchFailed" => SyncError::FetchFailed {
+                url: "u".into(),
+                message: "timed out".into(),
+            },
+            "HTTPStatus" => SyncError::HttpStatus {
+                url: "u".into(),
+                status: 500,
+            },
+            "SignatureInvalid" => SyncError::SignatureInvalid("bad".into()),
+            "ChecksumMismatch" => SyncError::ChecksumMismatch("sha".into()),
+            "IndexTooLarge" => SyncError::IndexTooLarge("big".into()),
+            "ParseError" => SyncError::ParseError("junk".into()),
+            _ => SyncError::NoMatchingPackages {
+                package: "kubeadm".into(),
+                architecture: "amd64".into(),
+                index_url: "u".into(),
+            },
+        }
+    }
+
+    #[test]
+    fn signature_failures_mark_verified_false_and_other_failures_keep_it() {
+        let run = Run {
+            signed: true,
+            failures: 0,
+        };
+        let good = run.decide(
+            &Default::default(),
+            Ok(SyncOutcome::Fetched(listing(&["v1.31.1"], "aa"))),
+            100,
+        );
+        let bad = run.decide(
+            &good.status,
+            Err(SyncError::SignatureInvalid("unknown key".into())),
+            200,
+        );
+        assert_eq!(verified(&bad.status), ("False", "SignatureInvalid"));
+        let down = run.decide(
+            &good.status,
+            Err(SyncError::HttpStatus {
+                url: "u".into(),
+                status: 503,
+            }),
+            200,
+        );
+        assert_eq!(verified(&down.status), ("True", REASON_SIGNATURE_VERIFIED));
+        let first_down = run.decide(
+            &Default::default(),
+            Err(SyncError::HttpStatus {
+                url: "u".into(),
+                status: 503,
+            }),
+            200,
+        );
+        assert_eq!(
+            verified(&first_down.status),
+            ("Unknown", REASON_NOT_YET_VERIFIED)
+        );
+        assert_eq!(first_down.status.versions, None);
+    }
+
+    #[test]
+    fn recovery_is_announced_once() {
+        let run = Run {
+            signed: true,
+            failures: 0,
+        };
+        let good = run.decide(
+            &Default::default(),
+            Ok(SyncOutcome::Fetched(listing(&["v1.31.1"], "aa"))),
+            100,
+        );
+        let bad = run.decide(
+            &good.status,
+            Err(SyncError::HttpStatus {
+                url: "u".into(),
+                status: 500,
+            }),
+            200,
+        );
+        let back = Run {
+            signed: true,
+            failures: 3,
+        }
+        .decide(&bad.status, Ok(SyncOutcome::NotModified), 300);
+        assert_eq!(ready(&back.status), ("True", REASON_SYNCED));
+        assert_eq!(reasons(&back), [EVENT_RECOVERED]);
+        assert_eq!(back.failures, 0);
+        assert_eq!(back.status.versions, good.status.versions);
+    }
+
+    #[test]
+    fn unsigned_sources_warn_once_that_they_are_not_verified() {
+        let run = Run {
+            signed: false,
+            failures: 0,
+        };
+        let first = run.decide(
+            &Default::default(),
+            Ok(SyncOutcome::Fetched(listing(&["v1.27.1"], "aa"))),
+            100,
+        );
+        assert_eq!(verified(&first.status), ("False", REASON_NO_SIGNED_BY));
+        assert_eq!(first.status.signing_key_fingerprint, None);
+        assert_eq!(
+            reasons(&first),
+            [EVENT_VERSIONS_CHANGED, REASON_NO_SIGNED_BY]
+        );
+        let later = run.decide(&first.status, Ok(SyncOutcome::NotModified), 400);
+        assert!(later.notes.is_empty());
+        let failing = run.decide(&first.status, Err(SyncError::ParseError("x".into())), 500);
+        assert_eq!(verified(&failing.status), ("False", REASON_NO_SIGNED_BY));
+        assert_eq!(reasons(&failing), [EVENT_LIST_VERSIONS_FAILED]);
+    }
+
+    #[test]
+    fn backoff_never_exceeds_the_interval() {
+        let run = Run {
+            signed: true,
+            failures: 30,
+        };
+        let d = run.decide(
+            &Default::default(),
+            Err(SyncError::ParseError("x".into())),
+            1,
+        );
+        assert_eq!(d.requeue, Duration::from_secs(300));
+    }
+}

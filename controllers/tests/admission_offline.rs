@@ -1,0 +1,328 @@
+//! The admission manifests under `test/admission/`, checked offline against the generated CRD
+//! schemas (structure, defaults, CEL) and the admission policies. The end-to-end suite sends the
+//! same files to a real API server, which shows that the server agrees.
+
+use std::path::{Path, PathBuf};
+
+use kube::core::cel::{
+    AdmissionRequest, GroupVersionKind, GroupVersionResource, ScopeContext, Validator,
+    VapEvaluator, VapExpression, analyze_rule, compile_schema,
+};
+use serde_json::{Map, Value};
+
+const TEST_NAMESPACE: &str = "admission-test";
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn crds() -> Vec<Value> {
+    kubernetes_upgrader::crdgen::crds()
+        .into_iter()
+        .map(|crd| serde_json::to_value(crd).unwrap())
+        .collect()
+}
+
+fn policies() -> Vec<Value> {
+    let text = kubernetes_upgrader::crdgen::render(true).unwrap();
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .filter(|v: &Value| v["kind"] == "ValidatingAdmissionPolicy")
+        .collect()
+}
+
+/// Reads a manifest, substituting the test namespace, and returns it with its `# expect:` line.
+fn load(path: &Path) -> (Value, Option<String>) {
+    let text = std::fs::read_to_string(path)
+        .unwrap()
+        .replace("NAMESPACE", TEST_NAMESPACE);
+    let expect = text
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("# expect:"))
+        .map(|e| e.trim().to_owned());
+    let value: Value = serde_yaml::from_str(&text).unwrap();
+    (value, expect)
+}
+
+fn manifests(kind: &str) -> Vec<PathBuf> {
+    let dir = repo().join("test/admission").join(kind);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    files
+}
+
+fn json_type(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(n) if n.is_i64() || n.is_u64() => "integer",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// A subset of the API server's structural validation, with its wording.
+fn check_structure(schema: &Value, value: &Value, path: &str, errors: &mut Vec<String>) {
+    if value.is_null() {
+        if schema["nullable"] != Value::Bool(true) {
+            errors.push(format!(
+                "{path}: Invalid value: \"null\": {path} in body must be of type {}: \"null\"",
+                schema["type"].as_str().unwrap_or("object")
+            ));
+        }
+        return;
+    }
+    let actual = json_type(value);
+    if schema["x-kubernetes-int-or-string"] == Value::Bool(true) {
+        if actual != "integer" && actual != "string" {
+            errors.push(format!("{path}: Invalid value: \"{actual}\": {path} in body must be of type integer-or-string: \"{actual}\""));
+        }
+        return;
+    }
+    if let Some(expected) = schema["type"].as_str() {
+        let ok = expected == actual || (expected == "number" && actual == "integer");
+        if !ok {
+            errors.push(format!("{path}: Invalid value: \"{actual}\": {path} in body must be of type {expected}: \"{actual}\""));
+            return;
+        }
+    }
+    match value {
+        Value::String(s) => {
+            let chars = s.chars().count();
+            if let Some(min) = schema["minLength"].as_u64()
+                && (chars as u64) < min
+            {
+                errors.push(format!("{path}: Invalid value: \"{s}\": {path} in body should be at least {min} chars long"));
+            }
+            if let Some(max) = schema["maxLength"].as_u64()
+                && (chars as u64) > max
+            {
+                errors.push(format!(
+                    "{path}: Too long: may not be more than {max} bytes"
+                ));
+            }
+            if let Some(options) = schema["enum"].as_array()
+                && !options.contains(value)
+            {
+                errors.push(format!("{path}: Unsupported value: \"{s}\""));
+            }
+        }
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                check_structure(&schema["items"], item, &format!("{path}[{i}]"), errors);
+            }
+        }
+        Value::Object(fields) => check_object(schema, fields, path, errors),
+        _ => {}
+    }
+}
+
+fn check_object(schema: &Value, fields: &Map<String, Value>, path: &str, errors: &mut Vec<String>) {
+    for required in schema["required"].as_array().into_iter().flatten() {
+        let name = required.as_str().unwrap();
+        if !fields.contains_key(name) {
+            errors.push(format!("{path}.{name}: Required value"));
+        }
+    }
+    let preserve = schema["x-kubernetes-preserve-unknown-fields"] == Value::Bool(true);
+    for (name, field) in fields {
+        let child = if path.is_empty() {
+            name.clone()
+        } else {
+            format!("{path}.{name}")
+        };
+        if let Some(sub) = schema["properties"].get(name) {
+            check_structure(sub, field, &child, errors);
+        } else if schema["additionalProperties"].is_object() {
+            check_structure(&schema["additionalProperties"], field, &child, errors);
+        } else if !preserve
+            && !(path.is_empty() && ["apiVersion", "kind", "metadata"].contains(&name.as_str()))
+        {
+            errors.push(format!("unknown field \"{child}\""));
+        }
+    }
+}
+
+fn policy_errors(object: &Value, plural: &str, kind: &str) -> Vec<String> {
+    let request = AdmissionRequest {
+        operation: "CREATE".to_owned(),
+        namespace: TEST_NAMESPACE.to_owned(),
+        name: object["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+        kind: GroupVersionKind {
+            group: api::GROUP.to_owned(),
+            version: api::VERSION.to_owned(),
+            kind: kind.to_owned(),
+        },
+        resource: GroupVersionResource {
+            group: api::GROUP.to_owned(),
+            version: api::VERSION.to_owned(),
+            resource: plural.to_owned(),
+        },
+        ..AdmissionRequest::default()
+    };
+    let evaluator = VapEvaluator::builder()
+        .object(object.clone())
+        .request(request)
+        .build();
+    let mut errors = Vec::new();
+    for policy in policies() {
+        let rules = &policy["spec"]["matchConstraints"]["resourceRules"][0]["resources"];
+        if !rules
+            .as_array()
+            .unwrap()
+            .contains(&Value::String(plural.to_owned()))
+        {
+            continue;
+        }
+        let expressions: Vec<VapExpression> = policy["spec"]["validations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| VapExpression {
+                expression: v["expression"].as_str().unwrap().to_owned(),
+                message: v["message"].as_str().map(str::to_owned),
+                message_expression: v["messageExpression"].as_str().map(str::to_owned),
+            })
+            .collect();
+        for result in evaluator.evaluate(&expressions) {
+            if !result.passed {
+                errors.push(format!(
+                    "denied request: {}",
+                    result.message.unwrap_or_default()
+                ));
+            }
+        }
+    }
+    errors
+}
+
+/// Everything admission would say about `object`.
+fn admission_errors(object: &Value) -> Vec<String> {
+    let kind = object["kind"].as_str().unwrap();
+    let crds = crds();
+    let crd = crds
+        .iter()
+        .find(|c| c["spec"]["names"]["kind"] == kind)
+        .unwrap_or_else(|| panic!("no CRD for kind {kind}"));
+    let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+    let mut errors = Vec::new();
+    check_structure(schema, object, "", &mut errors);
+    if errors.iter().all(|e| !e.contains("must be of type")) {
+        if let Err(cel) = Validator::new().validate(schema, object, None) {
+            errors.extend(cel.iter().map(ToString::to_string));
+        }
+    }
+    errors.extend(policy_errors(
+        object,
+        crd["spec"]["names"]["plural"].as_str().unwrap(),
+        kind,
+    ));
+    errors
+}
+
+#[test]
+fn invalid_manifests_are_refused_with_their_message() {
+    let files = manifests("invalid");
+    assert!(files.len() >= 25, "only {} invalid manifests", files.len());
+    for file in files {
+        let (object, expect) = load(&file);
+        let expect = expect.unwrap_or_else(|| panic!("{}: no `# expect:` line", file.display()));
+        let errors = admission_errors(&object);
+        assert!(
+            errors.iter().any(|e| e.contains(&expect)),
+            "{}: expected an error containing {expect:?}, got {errors:?}",
+            file.display()
+        );
+    }
+}
+
+#[test]
+fn valid_manifests_are_accepted() {
+    for file in manifests("valid") {
+        let (object, _) = load(&file);
+        let errors = admission_errors(&object);
+        assert!(errors.is_empty(), "{}: {errors:?}", file.display());
+    }
+}
+
+#[test]
+fn samples_are_valid() {
+    let dir = repo().join("config/samples");
+    let mut count = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        for document in serde_yaml::Deserializer::from_str(&text) {
+            let object: Value = serde::Deserialize::deserialize(document).unwrap();
+            if object["apiVersion"]
+                .as_str()
+                .is_some_and(|v| v.starts_with(api::GROUP))
+            {
+                let errors = admission_errors(&object);
+                assert!(errors.is_empty(), "{}: {errors:?}", path.display());
+                count += 1;
+            }
+        }
+    }
+    assert!(
+        count >= 7 + 9,
+        "only {count} objects of ours in the samples"
+    );
+}
+
+#[test]
+fn every_rule_compiles_in_scope_and_within_the_cost_budget() {
+    let mut rules = 0;
+    for crd in crds() {
+        let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+        let compiled = compile_schema(schema);
+        assert!(
+            !compiled.has_errors(),
+            "{}: {:?}",
+            crd["metadata"]["name"],
+            compiled.compilation_errors()
+        );
+        let mut stack = vec![schema];
+        while let Some(node) = stack.pop() {
+            for rule in node["x-kubernetes-validations"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                let text = rule["rule"].as_str().unwrap();
+                let warnings = analyze_rule(text, &compiled, ScopeContext::CrdValidation);
+                let serious: Vec<_> = warnings
+                    .iter()
+                    .filter(|w| !w.message.contains("maxItems"))
+                    .collect();
+                assert!(serious.is_empty(), "{text}: {serious:?}");
+                assert!(
+                    rule["message"]
+                        .as_str()
+                        .is_some_and(|m| m.contains("spec.") || m.contains("jobTemplate")),
+                    "{text} has no message naming its field"
+                );
+                rules += 1;
+            }
+            stack.extend(
+                node["properties"]
+                    .as_object()
+                    .into_iter()
+                    .flat_map(|p| p.values()),
+            );
+            stack.extend(node.get("items"));
+            stack.extend(node.get("additionalProperties").filter(|a| a.is_object()));
+        }
+    }
+    assert!(rules >= 12, "only {rules} rules found");
+}
