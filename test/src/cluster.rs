@@ -1,0 +1,149 @@
+//! Which API server the suites use, set up once per test binary.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+
+use crate::control_plane::{Assets, ControlPlane};
+use crate::install;
+
+/// The one line printed by every skipped end-to-end test.
+pub const SKIP_HINT: &str = "set KUBEBUILDER_ASSETS to a folder with etcd and kube-apiserver, or E2E_KUBECONFIG to a kubeconfig";
+
+/// The API server of this test binary, with our CRDs and admission policy installed.
+#[derive(Debug)]
+pub struct Cluster {
+    /// Admin kubeconfig, for the manager binary and for clients.
+    pub kubeconfig: PathBuf,
+    /// The control plane the harness started, or `None` for an `E2E_KUBECONFIG` cluster.
+    pub local: Option<ControlPlane>,
+}
+
+static CLUSTER: tokio::sync::OnceCell<Result<Option<Arc<Cluster>>, String>> =
+    tokio::sync::OnceCell::const_new();
+
+/// Where the suites should run, from the environment.
+enum Target {
+    Local(Assets),
+    External(PathBuf),
+    None,
+}
+
+fn target() -> Result<Target> {
+    if let Some(assets) = Assets::from_env()? {
+        return Ok(Target::Local(assets));
+    }
+    match std::env::var_os("E2E_KUBECONFIG").filter(|v| !v.is_empty()) {
+        Some(path) => Ok(Target::External(PathBuf::from(path))),
+        None => Ok(Target::None),
+    }
+}
+
+/// Whether an API server is configured at all (without starting anything).
+pub fn configured() -> bool {
+    !matches!(target(), Ok(Target::None))
+}
+
+/// Prints the skip line for `test` straight to stderr, past libtest's output capture.
+pub fn print_skip(test: &str) {
+    print_line(&format!("skipping {test}: {SKIP_HINT}"));
+}
+
+/// Writes one whole line straight to stderr (one write, past libtest's output capture).
+pub fn print_line(line: &str) {
+    let mut text = line.to_owned();
+    text.push('\n');
+    let _ = std::io::stderr().lock().write_all(text.as_bytes());
+}
+
+/// The cluster of this test binary, started and prepared on first use. `Ok(None)` when none
+/// is configured. A failed setup is remembered, so every later test fails fast with the
+/// same message.
+pub async fn shared() -> Result<Option<Arc<Cluster>>> {
+    let cell = CLUSTER
+        .get_or_init(|| async {
+            match setup().await {
+                Ok(cluster) => Ok(cluster.map(Arc::new)),
+                Err(e) => Err(format!("{e:#}")),
+            }
+        })
+        .await;
+    cell.clone()
+        .map_err(|e| anyhow::anyhow!("end-to-end cluster setup failed earlier: {e}"))
+}
+
+async fn setup() -> Result<Option<Cluster>> {
+    install_crypto_provider();
+    let cluster = match target()? {
+        Target::None => return Ok(None),
+        Target::Local(assets) => {
+            let plane = ControlPlane::start(assets)
+                .await
+                .context("starting etcd and kube-apiserver")?;
+            Cluster {
+                kubeconfig: plane.kubeconfig.clone(),
+                local: Some(plane),
+            }
+        }
+        Target::External(path) => {
+            let path = std::fs::canonicalize(&path)
+                .with_context(|| format!("E2E_KUBECONFIG={} is not readable", path.display()))?;
+            Cluster {
+                kubeconfig: path,
+                local: None,
+            }
+        }
+    };
+    let client = client_from_kubeconfig(&cluster.kubeconfig).await?;
+    install::install_all(&client)
+        .await
+        .context("installing CRDs and admission policies")?;
+    Ok(Some(cluster))
+}
+
+/// Installs ring as the process-wide rustls provider (once; later calls are no-ops).
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// A fresh client for `kubeconfig`. Build one per test: a client belongs to the tokio runtime
+/// it was first used on.
+pub async fn client_from_kubeconfig(kubeconfig: &Path) -> Result<Client> {
+    install_crypto_provider();
+    let kc = Kubeconfig::read_from(kubeconfig)
+        .with_context(|| format!("reading {}", kubeconfig.display()))?;
+    let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .with_context(|| format!("loading {}", kubeconfig.display()))?;
+    Client::try_from(config).context("building a kube client")
+}
+
+impl Cluster {
+    /// A fresh admin client.
+    pub async fn client(&self) -> Result<Client> {
+        client_from_kubeconfig(&self.kubeconfig).await
+    }
+
+    /// The API server URL from the kubeconfig.
+    pub fn server(&self) -> Result<String> {
+        let kc = Kubeconfig::read_from(&self.kubeconfig)?;
+        let current = kc.current_context.clone().unwrap_or_default();
+        let cluster_name = kc
+            .contexts
+            .iter()
+            .find(|c| c.name == current)
+            .and_then(|c| c.context.as_ref())
+            .map(|c| c.cluster.clone())
+            .unwrap_or_default();
+        kc.clusters
+            .iter()
+            .find(|c| c.name == cluster_name)
+            .and_then(|c| c.cluster.as_ref())
+            .and_then(|c| c.server.clone())
+            .context("no server in the kubeconfig's current context")
+    }
+}

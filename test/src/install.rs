@@ -1,0 +1,218 @@
+//! Installs our CRDs and admission policies from `config/crd/`, plus a minimal Cluster API
+//! `Cluster` CRD, and waits until they are in force.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::{Api, Client, ResourceExt};
+use serde_json::{Value, json};
+
+use crate::manifests::{self, CreateOptions, FIELD_MANAGER};
+use crate::namespace;
+
+/// Name of the minimal Cluster API CRD the harness installs.
+pub const CLUSTER_CRD: &str = "clusters.cluster.x-k8s.io";
+
+/// Text every cross-namespace reference refusal carries.
+pub const CROSS_NAMESPACE_MESSAGE: &str = "must be empty or equal to the object's own namespace";
+
+/// The directory holding the generated CRDs and admission policies (`E2E_CRD_DIR` overrides).
+pub fn crd_dir() -> PathBuf {
+    std::env::var_os("E2E_CRD_DIR")
+        .filter(|d| !d.is_empty())
+        .map_or_else(
+            || manifests::workspace_root().join("config").join("crd"),
+            PathBuf::from,
+        )
+}
+
+/// Every document of every YAML file in [`crd_dir`].
+pub fn crd_dir_docs() -> Result<Vec<Value>> {
+    let dir = crd_dir();
+    let mut docs = Vec::new();
+    for file in manifests::yaml_files(&dir)? {
+        docs.extend(manifests::load_yaml_docs(&file)?);
+    }
+    if docs.is_empty() {
+        bail!(
+            "{} holds no manifests: generate them with `kubernetes-upgrader crds`",
+            dir.display()
+        );
+    }
+    Ok(docs)
+}
+
+/// The minimal `clusters.cluster.x-k8s.io` CRD: namespaced, v1beta1, status subresource, and
+/// unknown fields preserved in spec and status (so `spec.topology.variables` is atomic).
+pub fn minimal_cluster_crd() -> Value {
+    json!({
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": { "name": CLUSTER_CRD },
+        "spec": {
+            "group": "cluster.x-k8s.io",
+            "names": { "kind": "Cluster", "listKind": "ClusterList", "plural": "clusters", "singular": "cluster" },
+            "scope": "Namespaced",
+            "versions": [{
+                "name": "v1beta1",
+                "served": true,
+                "storage": true,
+                "subresources": { "status": {} },
+                "schema": { "openAPIV3Schema": {
+                    "type": "object",
+                    "properties": {
+                        "spec": { "type": "object", "x-kubernetes-preserve-unknown-fields": true },
+                        "status": { "type": "object", "x-kubernetes-preserve-unknown-fields": true }
+                    }
+                }}
+            }]
+        }
+    })
+}
+
+/// Installs everything and waits until the CRDs are Established and the admission policies
+/// refuse a probe.
+pub async fn install_all(client: &Client) -> Result<()> {
+    let docs = crd_dir_docs()?;
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let mut crd_names = Vec::new();
+    for doc in docs
+        .iter()
+        .filter(|d| d["kind"] == "CustomResourceDefinition")
+    {
+        let applied = manifests::apply(client, doc, "default").await?;
+        crd_names.push(applied.name_any());
+    }
+    if install_cluster_crd(&crds).await? {
+        crd_names.push(CLUSTER_CRD.to_owned());
+    }
+    for name in &crd_names {
+        wait_established(&crds, name, Duration::from_secs(60)).await?;
+    }
+    let mut policies = 0;
+    for doc in docs
+        .iter()
+        .filter(|d| d["kind"] != "CustomResourceDefinition")
+    {
+        manifests::apply(client, doc, "default").await?;
+        if doc["kind"] == "ValidatingAdmissionPolicy" {
+            policies += 1;
+        }
+    }
+    if policies > 0 {
+        wait_policies_effective(client, Duration::from_secs(60)).await?;
+    }
+    Ok(())
+}
+
+/// Applies the minimal Cluster CRD unless another manager (a real Cluster API) owns it.
+/// Returns whether it was applied.
+async fn install_cluster_crd(crds: &Api<CustomResourceDefinition>) -> Result<bool> {
+    if let Some(existing) = crds.get_opt(CLUSTER_CRD).await? {
+        let ours = existing
+            .managed_fields()
+            .iter()
+            .any(|m| m.manager.as_deref() == Some(FIELD_MANAGER));
+        if !ours {
+            return Ok(false);
+        }
+    }
+    let crd: CustomResourceDefinition = serde_json::from_value(minimal_cluster_crd())?;
+    crds.patch(
+        CLUSTER_CRD,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&crd),
+    )
+    .await
+    .context("applying the minimal Cluster CRD")?;
+    Ok(true)
+}
+
+/// Waits until the CRD `name` is Established.
+pub async fn wait_established(
+    crds: &Api<CustomResourceDefinition>,
+    name: &str,
+    timeout: Duration,
+) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let crd = crds.get(name).await?;
+        let established = crd
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| {
+                cs.iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True")
+            });
+        if established {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "CRD {name} not Established after {timeout:?}: {:?}",
+                crd.status
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A syncer whose `sourceRef` leaves its namespace: the policies must refuse it.
+pub fn cross_namespace_probe(name: &str) -> Value {
+    json!({
+        "apiVersion": "kubernetesupgraded.dimitrikoshkin.com/v1alpha1",
+        "kind": "MachineImageSyncer",
+        "metadata": { "name": name },
+        "spec": {
+            "versionRange": "v1.27.x",
+            "sourceRef": {
+                "apiVersion": "kubernetesupgraded.dimitrikoshkin.com/v1alpha1",
+                "kind": "DebianRepositorySource",
+                "name": "probe",
+                "namespace": "e2e-other-namespace"
+            },
+            "machineImageTemplateRef": { "name": "probe" }
+        }
+    })
+}
+
+/// Creates the cross-namespace probe until the admission policies refuse it (policies take a
+/// moment to be loaded). A probe that slips through is deleted again.
+pub async fn wait_policies_effective(client: &Client, timeout: Duration) -> Result<()> {
+    let ns = namespace::create(client, "e2e-policy-probe").await?;
+    let gvk = manifests::gvk_of(&cross_namespace_probe("x"))?;
+    let deadline = Instant::now() + timeout;
+    let mut attempt = 0_u32;
+    loop {
+        // Discovery of a just-established CRD can lag for a moment, too.
+        if let Some(served) = manifests::served(client, &gvk).await? {
+            attempt += 1;
+            let name = format!("probe-{attempt}");
+            let probe = cross_namespace_probe(&name);
+            match manifests::create(client, &served, &probe, &ns, CreateOptions::default()).await {
+                Err(e) if manifests::error_message(&e).contains(CROSS_NAMESPACE_MESSAGE) => {
+                    return Ok(());
+                }
+                Err(e) => {
+                    if Instant::now() >= deadline {
+                        bail!("the admission policy probe failed unexpectedly: {e}");
+                    }
+                }
+                Ok(_) => {
+                    let api = served.api(client, &ns);
+                    let _ = api.delete(&name, &DeleteParams::default()).await;
+                }
+            }
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "the ValidatingAdmissionPolicy still admits a cross-namespace sourceRef after {timeout:?}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
