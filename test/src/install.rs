@@ -34,7 +34,13 @@ pub fn crd_dir_docs() -> Result<Vec<Value>> {
     let dir = crd_dir();
     let mut docs = Vec::new();
     for file in manifests::yaml_files(&dir)? {
-        docs.extend(manifests::load_yaml_docs(&file)?);
+        // Kustomize files are not Kubernetes objects.
+        let objects = manifests::load_yaml_docs(&file)?.into_iter().filter(|d| {
+            !d["apiVersion"]
+                .as_str()
+                .is_some_and(|v| v.starts_with("kustomize.config.k8s.io"))
+        });
+        docs.extend(objects);
     }
     if docs.is_empty() {
         bail!(
