@@ -5,6 +5,8 @@
 //! Run: `cargo bench -p kubernetes-upgrader --bench debian_index`
 //! Environment: `BENCH_RUNS` (default 3, best of), `BENCH_PARAGRAPHS` (default 64000).
 
+#![allow(clippy::cast_precision_loss)] // sizes and rates are only displayed
+
 use std::fmt::Write as _;
 use std::fs::File;
 use std::io::{BufReader, Write as _};

@@ -97,17 +97,16 @@ impl Target {
             });
         }
         let base = url.trim_end_matches('/');
-        if !url.ends_with('/') {
-            if let Some((dir, name)) = base.rsplit_once('/') {
-                if let Some(compression) = Compression::of_index_path(name) {
-                    return Ok(Target::Index {
-                        url: base.to_owned(),
-                        dir: format!("{dir}/"),
-                        name: name.to_owned(),
-                        compression,
-                    });
-                }
-            }
+        if !url.ends_with('/')
+            && let Some((dir, name)) = base.rsplit_once('/')
+            && let Some(compression) = Compression::of_index_path(name)
+        {
+            return Ok(Target::Index {
+                url: base.to_owned(),
+                dir: format!("{dir}/"),
+                name: name.to_owned(),
+                compression,
+            });
         }
         let suite = spec
             .suite
@@ -143,7 +142,7 @@ impl Target {
 enum Got {
     NotModified,
     NotFound,
-    Body(Response, Validators),
+    Body(Box<Response>, Validators),
 }
 
 /// What reading the Release gave.
@@ -151,7 +150,7 @@ enum ReleaseRead {
     NotModified,
     /// Neither InRelease nor Release exists (only possible without a keyring).
     Missing,
-    Found(Release, Validators),
+    Found(Box<Release>, Validators),
 }
 
 struct Session<'a> {
@@ -332,7 +331,7 @@ impl Session<'_> {
             Got::Body(response, validators) => {
                 let body = self.read_small(&inrelease, response).await?;
                 let release = Release::from_inrelease(&inrelease, &body, self.keyring, now)?;
-                return Ok(ReleaseRead::Found(release, validators));
+                return Ok(ReleaseRead::Found(Box::new(release), validators));
             }
             Got::NotFound => {}
         }
@@ -375,7 +374,7 @@ impl Session<'_> {
             signature.as_deref().map(|s| (signature_url.as_str(), s)),
             now,
         )?;
-        Ok(ReleaseRead::Found(release, validators))
+        Ok(ReleaseRead::Found(Box::new(release), validators))
     }
 
     /// Fetches and ingests one index.
@@ -392,13 +391,13 @@ impl Session<'_> {
             Got::Body(response, validators) => (response, validators),
         };
         let spec = self.spec;
-        if let (Some(length), Some(expected)) = (response.content_length(), &expected) {
-            if length != expected.size {
-                return Err(SyncError::ChecksumMismatch(format!(
-                    "{url}: the server sends {length} bytes, the Release lists {}",
-                    expected.size
-                )));
-            }
+        if let (Some(length), Some(expected)) = (response.content_length(), &expected)
+            && length != expected.size
+        {
+            return Err(SyncError::ChecksumMismatch(format!(
+                "{url}: the server sends {length} bytes, the Release lists {}",
+                expected.size
+            )));
         }
         let mut ingest = Ingest::new(
             url,
@@ -418,7 +417,11 @@ impl Session<'_> {
         Ok(Got2::Ingested(ingest.finish()?, validators))
     }
 
-    async fn read_small(&self, url: &str, mut response: Response) -> Result<Vec<u8>, SyncError> {
+    async fn read_small(
+        &self,
+        url: &str,
+        mut response: Box<Response>,
+    ) -> Result<Vec<u8>, SyncError> {
         let mut body = Vec::new();
         while let Some(chunk) = self
             .within(url, response.chunk())
@@ -480,7 +483,7 @@ impl Session<'_> {
             etag: header(ETAG),
             last_modified: header(LAST_MODIFIED),
         };
-        Ok(Got::Body(response, validators))
+        Ok(Got::Body(Box::new(response), validators))
     }
 
     /// Runs `future` within the sync's deadline.
@@ -538,6 +541,7 @@ fn chain(error: &reqwest::Error) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic)]
 mod tests {
     use super::*;
 

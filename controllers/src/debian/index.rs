@@ -200,13 +200,12 @@ impl Ingest {
             )));
         }
         self.hasher.update(chunk);
-        if self.failure.is_none() {
-            if let Some(decoder) = &mut self.decoder {
-                if let Err(error) = decoder.write_all(chunk) {
-                    let failure = classify(&self.url, self.compression, decoder.sink(), &error);
-                    self.failure = Some(failure);
-                }
-            }
+        if self.failure.is_none()
+            && let Some(decoder) = &mut self.decoder
+            && let Err(error) = decoder.write_all(chunk)
+        {
+            let failure = classify(&self.url, self.compression, decoder.sink(), &error);
+            self.failure = Some(failure);
         }
         match (&self.failure, &self.expected) {
             // Without a digest to check there is nothing left to learn from the rest.
@@ -359,6 +358,7 @@ pub fn ingest_reader(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic)]
 mod tests {
     use super::*;
 

@@ -48,7 +48,7 @@ impl Keyring {
                     .find(END_KEY)
                     .map(|end| end + END_KEY.len())
                     .ok_or_else(|| error("armored block without its END line".to_owned()))?;
-                let (parsed, _headers) = SignedPublicKey::from_armor_many(block[..end].as_bytes())
+                let (parsed, _headers) = SignedPublicKey::from_armor_many(&block.as_bytes()[..end])
                     .map_err(|e| error(e.to_string()))?;
                 for key in parsed {
                     keys.push(key.map_err(|e| error(e.to_string()))?);
@@ -104,10 +104,10 @@ impl Keyring {
                 return Some(trusted.fingerprint.clone());
             }
             for &index in &trusted.subkeys {
-                if let Some(subkey) = trusted.key.public_subkeys.get(index) {
-                    if check_subkey(&subkey.key) {
-                        return Some(trusted.fingerprint.clone());
-                    }
+                if let Some(subkey) = trusted.key.public_subkeys.get(index)
+                    && check_subkey(&subkey.key)
+                {
+                    return Some(trusted.fingerprint.clone());
                 }
             }
         }

@@ -25,7 +25,7 @@ impl std::fmt::Debug for Release {
         f.debug_struct("Release")
             .field("url", &self.url)
             .field("fingerprint", &self.fingerprint)
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -124,7 +124,6 @@ impl Release {
             return Ok(());
         }
         match self.file.valid_until() {
-            None => Ok(()),
             Some(Err(e)) => Err(SyncError::ParseError(format!(
                 "{}: Valid-Until: {e}",
                 self.url
@@ -136,7 +135,7 @@ impl Release {
                     self.file.valid_until_str().unwrap_or_default()
                 )))
             }
-            Some(Ok(_)) => Ok(()),
+            None | Some(Ok(_)) => Ok(()),
         }
     }
 

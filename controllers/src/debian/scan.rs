@@ -317,6 +317,7 @@ pub fn scan_bytes(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic)]
 mod tests {
     use super::*;
 

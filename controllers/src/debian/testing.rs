@@ -10,6 +10,7 @@
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt::Write as _;
 use std::io::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -507,30 +508,32 @@ impl RepoBuilder {
                 .unwrap_or_default()
         );
         if let Some(until) = self.valid_until {
-            text.push_str(&format!(
-                "Valid-Until: {}\n",
+            let _ = writeln!(
+                text,
+                "Valid-Until: {}",
                 jiff::fmt::rfc2822::DateTimePrinter::new()
                     .timestamp_to_rfc9110_string(&until)
                     .unwrap_or_default()
-            ));
+            );
         }
-        text.push_str(&format!("Architectures: {}\n", architectures.join(" ")));
+        let _ = writeln!(text, "Architectures: {}", architectures.join(" "));
         if let Some(component) = component {
-            text.push_str(&format!("Components: {component}\n"));
+            let _ = writeln!(text, "Components: {component}");
         }
         text.push_str("Description: generated test repository\n");
         // MD5Sum is listed with wrong digests on purpose: only SHA256 may be trusted.
         text.push_str("MD5Sum:\n");
         for (path, bytes) in listed {
-            text.push_str(&format!(" {} {:>10} {path}\n", "0".repeat(32), bytes.len()));
+            let _ = writeln!(text, " {} {:>10} {path}", "0".repeat(32), bytes.len());
         }
         text.push_str("SHA256:\n");
         for (path, bytes) in listed {
-            text.push_str(&format!(
-                " {} {:>10} {path}\n",
+            let _ = writeln!(
+                text,
+                " {} {:>10} {path}",
                 hex::encode(Sha256::digest(bytes)),
                 bytes.len()
-            ));
+            );
         }
         text
     }
@@ -539,10 +542,11 @@ impl RepoBuilder {
 fn paragraph(package: &TestPackage) -> String {
     let mut text = format!("Package: {}\n", package.name);
     if let Some(architecture) = &package.architecture {
-        text.push_str(&format!("Architecture: {architecture}\n"));
+        let _ = writeln!(text, "Architecture: {architecture}");
     }
     let arch = package.architecture.as_deref().unwrap_or("all");
-    text.push_str(&format!(
+    let _ = write!(
+        text,
         "Version: {version}\nMaintainer: Kubernetes Authors <dev@kubernetes.io>\nInstalled-Size: 74512\n\
          Depends: cri-tools (>= 1.30.0), kubernetes-cni (>= 1.2.0)\n\
          Filename: pool/main/{name}_{version}_{arch}.deb\nSize: 10972464\n\
@@ -552,8 +556,11 @@ fn paragraph(package: &TestPackage) -> String {
          Generated for tests.\n\n",
         name = package.name,
         version = package.version,
-        digest = hex::encode(Sha256::digest(format!("{}{}{arch}", package.name, package.version))),
-    ));
+        digest = hex::encode(Sha256::digest(format!(
+            "{}{}{arch}",
+            package.name, package.version
+        ))),
+    );
     text
 }
 
@@ -663,7 +670,7 @@ impl std::fmt::Debug for RepoServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RepoServer")
             .field("url", &self.url)
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -833,13 +840,12 @@ impl RepoServer {
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
         }
-        if let Some(mut task) = self.task.take() {
-            if tokio::time::timeout(Duration::from_secs(2), &mut task)
+        if let Some(mut task) = self.task.take()
+            && tokio::time::timeout(Duration::from_secs(2), &mut task)
                 .await
                 .is_err()
-            {
-                task.abort();
-            }
+        {
+            task.abort();
         }
     }
 }

@@ -39,6 +39,7 @@ pub fn map_versions<'a>(debian_versions: impl IntoIterator<Item = &'a str>) -> (
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic)]
 mod tests {
     use super::*;
 
