@@ -52,7 +52,12 @@ impl Desired {
         reason: impl Into<String>,
         message: impl Into<String>,
     ) -> Self {
-        Self { type_, status: status.into(), reason: reason.into(), message: message.into() }
+        Self {
+            type_,
+            status: status.into(),
+            reason: reason.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -110,21 +115,46 @@ mod tests {
 
     #[test]
     fn transition_time_moves_only_on_flip() {
-        let first = merge(&[], &[Desired::new("Ready", true, "Ok", "fine")], Some(1), &at(10));
+        let first = merge(
+            &[],
+            &[Desired::new("Ready", true, "Ok", "fine")],
+            Some(1),
+            &at(10),
+        );
         assert_eq!(first[0].last_transition_time, at(10));
-        let same = merge(&first, &[Desired::new("Ready", true, "Ok", "still fine")], Some(2), &at(20));
+        let same = merge(
+            &first,
+            &[Desired::new("Ready", true, "Ok", "still fine")],
+            Some(2),
+            &at(20),
+        );
         assert_eq!(same[0].last_transition_time, at(10));
         assert_eq!(same[0].message, "still fine");
         assert_eq!(same[0].observed_generation, Some(2));
-        let flipped = merge(&same, &[Desired::new("Ready", false, "Broken", "no")], Some(2), &at(30));
+        let flipped = merge(
+            &same,
+            &[Desired::new("Ready", false, "Broken", "no")],
+            Some(2),
+            &at(30),
+        );
         assert_eq!(flipped[0].last_transition_time, at(30));
         assert!(!is_true(&flipped, "Ready"));
     }
 
     #[test]
     fn other_types_survive_and_order_is_stable() {
-        let a = merge(&[], &[Desired::new("Verified", false, "NoSignedBy", "x")], None, &at(1));
-        let b = merge(&a, &[Desired::new("Ready", true, "Synced", "y")], None, &at(2));
+        let a = merge(
+            &[],
+            &[Desired::new("Verified", false, "NoSignedBy", "x")],
+            None,
+            &at(1),
+        );
+        let b = merge(
+            &a,
+            &[Desired::new("Ready", true, "Synced", "y")],
+            None,
+            &at(2),
+        );
         let types: Vec<_> = b.iter().map(|c| c.type_.as_str()).collect();
         assert_eq!(types, ["Ready", "Verified"]);
         assert!(is_true(&b, "Ready"));

@@ -106,7 +106,10 @@ impl std::str::FromStr for VersionRange {
 impl VersionRange {
     /// Parses a range; the grammar is the one [`cel_rule`] checks.
     pub fn parse(range: &str) -> Result<Self, RangeError> {
-        let fail = |reason| RangeError { range: range.to_owned(), reason };
+        let fail = |reason| RangeError {
+            range: range.to_owned(),
+            reason,
+        };
         if range.len() > MAX_LENGTH {
             return Err(fail("longer than 256 characters"));
         }
@@ -114,12 +117,17 @@ impl VersionRange {
         for group in range.split("||") {
             groups.push(parse_group(group).map_err(fail)?);
         }
-        Ok(Self { groups, source: range.to_owned() })
+        Ok(Self {
+            groups,
+            source: range.to_owned(),
+        })
     }
 
     /// Whether `version` satisfies the range.
     pub fn matches(&self, version: &Version) -> bool {
-        self.groups.iter().any(|g| g.iter().all(|t| t.matches(version)))
+        self.groups
+            .iter()
+            .any(|g| g.iter().all(|t| t.matches(version)))
     }
 }
 
@@ -127,7 +135,13 @@ fn parse_group(group: &str) -> Result<Vec<Term>, &'static str> {
     let tokens: Vec<&str> = group
         .split(',')
         .map(|t| t.trim_matches(' '))
-        .map(|t| if t.is_empty() { Err("empty term") } else { Ok(t) })
+        .map(|t| {
+            if t.is_empty() {
+                Err("empty term")
+            } else {
+                Ok(t)
+            }
+        })
         .collect::<Result<_, _>>()?;
     let mut terms = Vec::new();
     for token in tokens {
@@ -135,9 +149,17 @@ fn parse_group(group: &str) -> Result<Vec<Term>, &'static str> {
         let mut i = 0;
         while i < words.len() {
             if words.get(i + 1) == Some(&"-") {
-                let upper = words.get(i + 2).ok_or("hyphen range without an upper bound")?;
-                terms.push(Term { op: Op::Ge, version: parse_partial(words[i])? });
-                terms.push(Term { op: Op::Le, version: parse_partial(upper)? });
+                let upper = words
+                    .get(i + 2)
+                    .ok_or("hyphen range without an upper bound")?;
+                terms.push(Term {
+                    op: Op::Ge,
+                    version: parse_partial(words[i])?,
+                });
+                terms.push(Term {
+                    op: Op::Le,
+                    version: parse_partial(upper)?,
+                });
                 i += 3;
                 continue;
             }
@@ -147,7 +169,10 @@ fn parse_group(group: &str) -> Result<Vec<Term>, &'static str> {
             } else {
                 (rest, 1)
             };
-            terms.push(Term { op, version: parse_partial(version)? });
+            terms.push(Term {
+                op,
+                version: parse_partial(version)?,
+            });
             i += consumed;
         }
     }
@@ -175,9 +200,8 @@ fn split_operator(word: &str) -> (Op, &str) {
 
 fn valid_identifiers(s: &str) -> bool {
     !s.is_empty()
-        && s.split('.').all(|id| {
-            !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        })
+        && s.split('.')
+            .all(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
 }
 
 fn parse_partial(text: &str) -> Result<Partial, &'static str> {
@@ -194,7 +218,9 @@ fn parse_partial(text: &str) -> Result<Partial, &'static str> {
         None => (core, None),
     };
     let pre = match pre {
-        Some(p) if valid_identifiers(p) => Prerelease::new(p).map_err(|_| "malformed prerelease")?,
+        Some(p) if valid_identifiers(p) => {
+            Prerelease::new(p).map_err(|_| "malformed prerelease")?
+        }
         Some(_) => return Err("malformed prerelease"),
         None => Prerelease::EMPTY,
     };
@@ -208,7 +234,9 @@ fn parse_partial(text: &str) -> Result<Partial, &'static str> {
         match *part {
             "x" | "X" | "*" => wildcard = true,
             digits if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) => {
-                let n = digits.parse::<u64>().map_err(|_| "version part too large")?;
+                let n = digits
+                    .parse::<u64>()
+                    .map_err(|_| "version part too large")?;
                 if !wildcard {
                     *slot = Some(n);
                 }
@@ -216,13 +244,20 @@ fn parse_partial(text: &str) -> Result<Partial, &'static str> {
             _ => return Err("a version part must be a number or x, X or *"),
         }
     }
-    Ok(Partial { major: numbers[0], minor: numbers[1], patch: numbers[2], pre })
+    Ok(Partial {
+        major: numbers[0],
+        minor: numbers[1],
+        patch: numbers[2],
+        pre,
+    })
 }
 
 impl Term {
     fn matches(&self, v: &Version) -> bool {
         let c = &self.version;
-        if !v.pre.is_empty() && c.pre.is_empty() && !(self.op == Op::Ne && !c.dirty()) {
+        // A prerelease matches only a term that names one; an exact `!=` is the exception.
+        let exact_not_equal = self.op == Op::Ne && !c.dirty();
+        if !v.pre.is_empty() && c.pre.is_empty() && !exact_not_equal {
             return false;
         }
         let floor = c.floor();
@@ -300,7 +335,10 @@ pub fn select_highest<T>(
         if !range.matches(&version) {
             continue;
         }
-        if best.as_ref().is_none_or(|(b, _)| version.cmp_precedence(b).is_gt()) {
+        if best
+            .as_ref()
+            .is_none_or(|(b, _)| version.cmp_precedence(b).is_gt())
+        {
             best = Some((version, item));
         }
     }
@@ -328,7 +366,11 @@ mod tests {
     #[test]
     fn x_ranges() {
         for r in ["1.27.x", "v1.27.x", "1.27.*", "1.27", "1.27.X", "=1.27"] {
-            check(r, &["1.27.0", "1.27.9"], &["1.26.9", "1.28.0", "1.27.1-rc.1"]);
+            check(
+                r,
+                &["1.27.0", "1.27.9"],
+                &["1.26.9", "1.28.0", "1.27.1-rc.1"],
+            );
         }
         check("*", &["0.0.1", "9.9.9"], &["1.0.0-alpha"]);
         check("1", &["1.0.0", "1.99.0"], &["2.0.0", "0.9.0"]);
@@ -370,7 +412,11 @@ mod tests {
     fn or_and_hyphen() {
         check("1.26.x || 1.28.x", &["1.26.1", "1.28.0"], &["1.27.0"]);
         check("1.26 - 1.27", &["1.26.0", "1.27.9"], &["1.25.9", "1.28.0"]);
-        check("1.26.3 - 1.27.1", &["1.26.3", "1.27.1"], &["1.26.2", "1.27.2"]);
+        check(
+            "1.26.3 - 1.27.1",
+            &["1.26.3", "1.27.1"],
+            &["1.26.2", "1.27.2"],
+        );
     }
 
     #[test]
@@ -381,7 +427,9 @@ mod tests {
 
     #[test]
     fn invalid_ranges_are_refused() {
-        for r in ["", " ", "1x", "x1", "a", "-1", "1.0.0p", "1.2.3.4", ">", "1 -", "1.2 - ", "||", "1,,2"] {
+        for r in [
+            "", " ", "1x", "x1", "a", "-1", "1.0.0p", "1.2.3.4", ">", "1 -", "1.2 - ", "||", "1,,2",
+        ] {
             assert!(VersionRange::parse(r).is_err(), "{r:?} should be invalid");
         }
     }

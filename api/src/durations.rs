@@ -49,13 +49,17 @@ pub fn parse_signed(text: &str) -> Result<Option<Duration>, DurationError> {
     let mut total = 0f64;
     let mut rest = body;
     while !rest.is_empty() {
-        let number_end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(malformed)?;
+        let number_end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(malformed)?;
         let (number, tail) = rest.split_at(number_end);
         if number.is_empty() || number == "." || number.matches('.').count() > 1 {
             return Err(malformed());
         }
         let value: f64 = number.parse().map_err(|_| malformed())?;
-        let unit_end = tail.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(tail.len());
+        let unit_end = tail
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(tail.len());
         let (unit, next) = tail.split_at(unit_end);
         let seconds = match unit {
             "ns" => 1e-9,
@@ -89,11 +93,27 @@ mod tests {
         assert_eq!(parse_positive("1.5s"), Ok(Duration::from_millis(1500)));
         assert_eq!(parse_signed("0"), Ok(None));
         assert_eq!(parse_signed("-5m"), Ok(None));
-        assert!(matches!(parse_positive("0s"), Err(DurationError::NotPositive(_))));
+        assert!(matches!(
+            parse_positive("0s"),
+            Err(DurationError::NotPositive(_))
+        ));
         assert_eq!(parse_positive("1h0m0s"), Ok(Duration::from_secs(3600)));
         assert_eq!(parse_positive("500ms"), Ok(Duration::from_millis(500)));
-        for bad in ["", "5", "five minutes", "1d", "true", "1..5s", "s", "-", "1h5"] {
-            assert!(matches!(parse_signed(bad), Err(DurationError::Malformed(_))), "{bad}");
+        for bad in [
+            "",
+            "5",
+            "five minutes",
+            "1d",
+            "true",
+            "1..5s",
+            "s",
+            "-",
+            "1h5",
+        ] {
+            assert!(
+                matches!(parse_signed(bad), Err(DurationError::Malformed(_))),
+                "{bad}"
+            );
         }
     }
 }

@@ -1,6 +1,9 @@
 //! The `kubernetesupgraded.dimitrikoshkin.com/v1alpha1` API: custom resource types and the pure
 //! helpers that interpret them. No client, no runtime: only types, parsing and validation.
 
+// `printcolumn(name = .., type_ = "string", ..)` repeats `type_` across columns by design.
+#![allow(clippy::duplicated_attributes)]
+
 pub mod conditions;
 pub mod constraint;
 pub mod durations;

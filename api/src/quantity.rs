@@ -15,8 +15,12 @@ pub const BYTES_PATTERN: &str = "^[0-9]+(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$";
 /// Converts a byte-size quantity into bytes.
 pub fn to_bytes(quantity: &Quantity) -> Result<u64, QuantityError> {
     let text = quantity.0.trim();
-    let err = || QuantityError { value: text.to_owned() };
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let err = || QuantityError {
+        value: text.to_owned(),
+    };
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (digits, suffix) = text.split_at(split);
     let number: u64 = digits.parse().map_err(|_| err())?;
     let multiplier: u64 = match suffix {

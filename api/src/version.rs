@@ -43,7 +43,9 @@ mod tests {
         assert_eq!(parse_strict("v1.27.3"), Some(Version::new(1, 27, 3)));
         assert_eq!(parse_strict("1.27.3"), Some(Version::new(1, 27, 3)));
         assert!(parse_strict("v1.28.0-rc.1+abc").is_some());
-        for bad in ["1.27", "1.0.0.1", "1.0.0p", "b1.2.3", "vv1.2.3", "", "01.2.3"] {
+        for bad in [
+            "1.27", "1.0.0.1", "1.0.0p", "b1.2.3", "vv1.2.3", "", "01.2.3",
+        ] {
             assert_eq!(parse_strict(bad), None, "{bad}");
         }
     }
@@ -53,7 +55,10 @@ mod tests {
         assert_eq!(parse_lenient("v1.27"), Some(Version::new(1, 27, 0)));
         assert_eq!(parse_lenient("1"), Some(Version::new(1, 0, 0)));
         assert_eq!(parse_lenient("v1.27.3"), Some(Version::new(1, 27, 3)));
-        assert_eq!(parse_lenient("1.28-rc.1").map(|v| v.to_string()), Some("1.28.0-rc.1".into()));
+        assert_eq!(
+            parse_lenient("1.28-rc.1").map(|v| v.to_string()),
+            Some("1.28.0-rc.1".into())
+        );
         assert_eq!(parse_lenient("one"), None);
         assert_eq!(parse_lenient("1.2.3.4"), None);
     }

@@ -5,13 +5,16 @@ use k8s_openapi::api::core::v1::ObjectReference;
 /// Annotation on a build Job carrying the built image's ID; copied to `MachineImage.spec.id`.
 pub const IMAGE_ID_ANNOTATION: &str = "kubernetesupgraded.dimitrikoshkin.com/image-id";
 /// Label on a build Job naming the MachineImage that owns it.
-pub const MACHINE_IMAGE_NAME_LABEL: &str = "kubernetesupgraded.dimitrikoshkin.com/machine-image-name";
+pub const MACHINE_IMAGE_NAME_LABEL: &str =
+    "kubernetesupgraded.dimitrikoshkin.com/machine-image-name";
 /// Annotation on a MachineImage requesting a new build whenever its value changes.
 pub const REBUILD_ANNOTATION: &str = "kubernetesupgraded.dimitrikoshkin.com/rebuild";
 /// Label on a syncer-created MachineImage naming its MachineImageSyncer.
-pub const SYNCER_NAME_LABEL: &str = "kubernetes-upgrader.dimitrikoshkin.com/machine-image-syncer-name";
+pub const SYNCER_NAME_LABEL: &str =
+    "kubernetes-upgrader.dimitrikoshkin.com/machine-image-syncer-name";
 /// Label on a syncer-created MachineImage holding its Kubernetes version.
-pub const KUBERNETES_VERSION_LABEL: &str = "kubernetes-upgrader.dimitrikoshkin.com/kubernetes-version";
+pub const KUBERNETES_VERSION_LABEL: &str =
+    "kubernetes-upgrader.dimitrikoshkin.com/kubernetes-version";
 /// Annotation on a syncer-created MachineImage naming the template it was cloned from.
 pub const CLONED_FROM_ANNOTATION: &str = "kubernetes-upgrader.dimitrikoshkin.com/cloned-from";
 /// Environment variable holding the version to build, injected into every build container.
@@ -39,7 +42,9 @@ pub enum ReferenceError {
         field: &'static str,
     },
     /// The reference leaves the referrer's namespace.
-    #[error("{field}.namespace {namespace:?} must be empty or equal to the object's namespace {own:?}")]
+    #[error(
+        "{field}.namespace {namespace:?} must be empty or equal to the object's namespace {own:?}"
+    )]
     CrossNamespace {
         /// JSON path of the reference.
         field: &'static str,
@@ -63,8 +68,14 @@ pub fn resolve_reference<'a>(
         .filter(|n| !n.is_empty())
         .ok_or(ReferenceError::MissingName { field })?;
     match reference.namespace.as_deref() {
-        None | Some("") => Ok(ResolvedRef { namespace: own_namespace, name }),
-        Some(ns) if ns == own_namespace => Ok(ResolvedRef { namespace: ns, name }),
+        None | Some("") => Ok(ResolvedRef {
+            namespace: own_namespace,
+            name,
+        }),
+        Some(ns) if ns == own_namespace => Ok(ResolvedRef {
+            namespace: ns,
+            name,
+        }),
         Some(ns) => Err(ReferenceError::CrossNamespace {
             field,
             namespace: ns.to_owned(),
@@ -91,7 +102,10 @@ mod tests {
             let r = reference(Some("a"), ns);
             assert_eq!(
                 resolve_reference("spec.planRef", &r, "team"),
-                Ok(ResolvedRef { namespace: "team", name: "a" })
+                Ok(ResolvedRef {
+                    namespace: "team",
+                    name: "a"
+                })
             );
         }
     }
@@ -102,7 +116,11 @@ mod tests {
         assert!(resolve_reference("spec.planRef", &same, "team").is_ok());
         let other = reference(Some("a"), Some("kube-system"));
         let err = resolve_reference("spec.planRef", &other, "team").unwrap_err();
-        assert!(err.to_string().contains("spec.planRef.namespace \"kube-system\""), "{err}");
+        assert!(
+            err.to_string()
+                .contains("spec.planRef.namespace \"kube-system\""),
+            "{err}"
+        );
     }
 
     #[test]
@@ -111,7 +129,9 @@ mod tests {
             let r = reference(name, None);
             assert_eq!(
                 resolve_reference("spec.sourceRef", &r, "team"),
-                Err(ReferenceError::MissingName { field: "spec.sourceRef" })
+                Err(ReferenceError::MissingName {
+                    field: "spec.sourceRef"
+                })
             );
         }
     }

@@ -33,10 +33,27 @@ pub const DEFAULT_MAX_INDEX_SIZE: &str = "256Mi";
     category = "cluster-upgrader",
     doc = "DebianRepositorySource publishes the Kubernetes versions held by a Debian repository.",
     printcolumn(name = "Versions", type_ = "string", json_path = ".status.versions"),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
-    printcolumn(name = "Verified", type_ = "string", json_path = ".status.conditions[?(@.type==\"Verified\")].status"),
-    printcolumn(name = "Reason", type_ = "string", priority = 1, json_path = ".status.conditions[?(@.type==\"Ready\")].reason"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Verified",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Verified\")].status"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        priority = 1,
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[x_kube(validation = kube::core::Rule::new("has(self.suite) == has(self.component)").message("spec.suite and spec.component must be set together (dists layout) or both left out (flat layout)"))]
 #[serde(rename_all = "camelCase")]
@@ -61,7 +78,10 @@ pub struct DebianRepositorySourceSpec {
 
     /// Debian architecture to list, matched exactly against each paragraph's `Architecture`.
     /// Paragraphs for `all`, or without an architecture, match any. Empty means `amd64`.
-    #[serde(default = "default_architecture", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default = "default_architecture",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schemars(length(max = 64))]
     pub architecture: Option<String>,
 
@@ -91,7 +111,10 @@ pub struct DebianRepositorySourceSpec {
 
     /// Cap on the decompressed size of the index, as a quantity string such as `256Mi`; protects
     /// against compression bombs. Indexes beyond it fail with `IndexTooLarge`.
-    #[serde(default = "default_max_index_size", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default = "default_max_index_size",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schemars(length(max = 32))]
     #[x_kube(validation = kube::core::Rule::new("self.matches('^[0-9]+(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$') && !self.matches('^0+[A-Za-z]*$')").message("spec.maxIndexSize must be a positive byte size such as 256Mi or 1G"))]
     pub max_index_size: Option<String>,
@@ -152,7 +175,11 @@ pub struct DebianRepositorySourceStatus {
     pub index_url: Option<String>,
 
     /// SHA256 of the index as downloaded (before decompression), in hex.
-    #[serde(default, rename = "indexSHA256", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "indexSHA256",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub index_sha256: Option<String>,
 
     /// Fingerprint of the key whose signature verified the Release.
@@ -192,12 +219,18 @@ fn default_max_index_size() -> Option<String> {
 impl DebianRepositorySourceSpec {
     /// The architecture to match: `amd64` when unset or empty.
     pub fn architecture(&self) -> &str {
-        self.architecture.as_deref().filter(|a| !a.is_empty()).unwrap_or(DEFAULT_ARCHITECTURE)
+        self.architecture
+            .as_deref()
+            .filter(|a| !a.is_empty())
+            .unwrap_or(DEFAULT_ARCHITECTURE)
     }
 
     /// The package to match: `kubeadm` when unset or empty.
     pub fn package(&self) -> &str {
-        self.package.as_deref().filter(|p| !p.is_empty()).unwrap_or(DEFAULT_PACKAGE)
+        self.package
+            .as_deref()
+            .filter(|p| !p.is_empty())
+            .unwrap_or(DEFAULT_PACKAGE)
     }
 
     /// The re-check period.
@@ -212,7 +245,10 @@ impl DebianRepositorySourceSpec {
 
     /// The cap on the decompressed index, in bytes.
     pub fn max_index_bytes(&self) -> Result<u64, crate::quantity::QuantityError> {
-        let text = self.max_index_size.as_deref().unwrap_or(DEFAULT_MAX_INDEX_SIZE);
+        let text = self
+            .max_index_size
+            .as_deref()
+            .unwrap_or(DEFAULT_MAX_INDEX_SIZE);
         crate::quantity::to_bytes(&Quantity(text.to_owned()))
     }
 }

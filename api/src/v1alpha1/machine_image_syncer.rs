@@ -27,10 +27,26 @@ pub const DEFAULT_SYNCER_INTERVAL_NANOS: i64 = 3_600_000_000_000;
     shortname = "mis",
     category = "cluster-upgrader",
     doc = "MachineImageSyncer creates a MachineImage for the highest version in range that a source lists.",
-    printcolumn(name = "Latest Version", type_ = "string", json_path = ".status.latestVersion"),
-    printcolumn(name = "Version Range", type_ = "string", json_path = ".spec.versionRange"),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Latest Version",
+        type_ = "string",
+        json_path = ".status.latestVersion"
+    ),
+    printcolumn(
+        name = "Version Range",
+        type_ = "string",
+        json_path = ".spec.versionRange"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct MachineImageSyncerSpec {
@@ -101,7 +117,9 @@ impl Interval {
 /// `string(self)` is the decimal form of an integer and the string itself otherwise, so one
 /// pattern covers both JSON types.
 fn interval_rule() -> String {
-    format!("string(self).matches('^[-+]?[0-9]+$') || string(self).matches('{SIGNED_GO_DURATION_PATTERN}')")
+    format!(
+        "string(self).matches('^[-+]?[0-9]+$') || string(self).matches('{SIGNED_GO_DURATION_PATTERN}')"
+    )
 }
 
 #[allow(clippy::unnecessary_wraps)]
@@ -140,7 +158,10 @@ mod tests {
         assert_eq!(Interval::Nanoseconds(0).period(), Ok(None));
         assert_eq!(Interval::Nanoseconds(-1).period(), Ok(None));
         assert!(serde_json::from_str::<Interval>("true").is_err());
-        assert_eq!(Interval::Duration("60000000000".into()).period(), Ok(Some(Duration::from_secs(60))));
+        assert_eq!(
+            Interval::Duration("60000000000".into()).period(),
+            Ok(Some(Duration::from_secs(60)))
+        );
         assert!(Interval::Duration("soon".into()).period().is_err());
         assert_eq!(serde_json::to_string(&d).unwrap(), "\"30m\"");
     }

@@ -20,8 +20,16 @@ use super::JobTemplate;
     shortname = "mit",
     category = "cluster-upgrader",
     doc = "MachineImageTemplate is the blueprint for the MachineImages a MachineImageSyncer creates.",
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct MachineImageTemplateSpec {

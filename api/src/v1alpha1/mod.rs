@@ -37,7 +37,11 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
     ];
     for crd in &mut crds {
         for version in &mut crd.spec.versions {
-            if let Some(schema) = version.schema.as_mut().and_then(|s| s.open_api_v3_schema.as_mut()) {
+            if let Some(schema) = version
+                .schema
+                .as_mut()
+                .and_then(|s| s.open_api_v3_schema.as_mut())
+            {
                 strip_pod_spec_descriptions(schema);
             }
         }
@@ -51,7 +55,11 @@ fn strip_pod_spec_descriptions(schema: &mut JSONSchemaProps) {
             .then(|| property.properties.as_mut().and_then(|p| p.get_mut("spec")))
             .flatten();
         match pod_spec {
-            Some(spec) => spec.properties.iter_mut().flatten().for_each(|(_, p)| strip_descriptions(p)),
+            Some(spec) => spec
+                .properties
+                .iter_mut()
+                .flatten()
+                .for_each(|(_, p)| strip_descriptions(p)),
             None => strip_pod_spec_descriptions(property),
         }
     }
@@ -59,7 +67,11 @@ fn strip_pod_spec_descriptions(schema: &mut JSONSchemaProps) {
 
 fn strip_descriptions(schema: &mut JSONSchemaProps) {
     schema.description = None;
-    schema.properties.iter_mut().flatten().for_each(|(_, p)| strip_descriptions(p));
+    schema
+        .properties
+        .iter_mut()
+        .flatten()
+        .for_each(|(_, p)| strip_descriptions(p));
     if let Some(JSONSchemaPropsOrArray::Schema(items)) = schema.items.as_mut() {
         strip_descriptions(items);
     }

@@ -19,11 +19,27 @@ use crate::constraint;
     shortname = "kup",
     category = "cluster-upgrader",
     doc = "Plan picks the newest ready MachineImage within a version range.",
-    printcolumn(name = "Version Range", type_ = "string", json_path = ".spec.versionRange"),
-    printcolumn(name = "Latest Version", type_ = "string", json_path = ".status.machineImageDetails.version"),
+    printcolumn(
+        name = "Version Range",
+        type_ = "string",
+        json_path = ".spec.versionRange"
+    ),
+    printcolumn(
+        name = "Latest Version",
+        type_ = "string",
+        json_path = ".status.machineImageDetails.version"
+    ),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct PlanSpec {

@@ -287,6 +287,7 @@ mod tests {
     }
 
     impl Run {
+        #[allow(clippy::needless_pass_by_value)]
         fn decide(
             &self,
             status: &DebianRepositorySourceStatus,
@@ -328,7 +329,7 @@ mod tests {
             failures: 0,
         };
         let d = run.decide(
-            &Default::default(),
+            &DebianRepositorySourceStatus::default(),
             Ok(SyncOutcome::Fetched(listing(&["v1.31.1", "v1.31.2"], "aa"))),
             100,
         );
@@ -356,7 +357,7 @@ mod tests {
             failures: 0,
         };
         let first = run.decide(
-            &Default::default(),
+            &DebianRepositorySourceStatus::default(),
             Ok(SyncOutcome::Fetched(listing(&["v1.31.1"], "aa"))),
             100,
         );
@@ -379,7 +380,7 @@ mod tests {
             failures: 0,
         };
         let first = run.decide(
-            &Default::default(),
+            &DebianRepositorySourceStatus::default(),
             Ok(SyncOutcome::Fetched(listing(&["v1.31.1"], "aa"))),
             100,
         );
@@ -400,7 +401,7 @@ mod tests {
             failures: 0,
         };
         let good = run.decide(
-            &Default::default(),
+            &DebianRepositorySourceStatus::default(),
             Ok(SyncOutcome::Fetched(listing(&["v1.31.1"], "aa"))),
             100,
         );
@@ -481,7 +482,7 @@ mod tests {
             failures: 0,
         };
         let good = run.decide(
-            &Default::default(),
+            &DebianRepositorySourceStatus::default(),
             Ok(SyncOutcome::Fetched(listing(&["v1.31.1"], "aa"))),
             100,
         );
@@ -501,7 +502,7 @@ mod tests {
         );
         assert_eq!(verified(&down.status), ("True", REASON_SIGNATURE_VERIFIED));
         let first_down = run.decide(
-            &Default::default(),
+            &DebianRepositorySourceStatus::default(),
             Err(SyncError::HttpStatus {
                 url: "u".into(),
                 status: 503,
@@ -522,7 +523,7 @@ mod tests {
             failures: 0,
         };
         let good = run.decide(
-            &Default::default(),
+            &DebianRepositorySourceStatus::default(),
             Ok(SyncOutcome::Fetched(listing(&["v1.31.1"], "aa"))),
             100,
         );
@@ -552,7 +553,7 @@ mod tests {
             failures: 0,
         };
         let first = run.decide(
-            &Default::default(),
+            &DebianRepositorySourceStatus::default(),
             Ok(SyncOutcome::Fetched(listing(&["v1.27.1"], "aa"))),
             100,
         );
@@ -576,7 +577,7 @@ mod tests {
             failures: 30,
         };
         let d = run.decide(
-            &Default::default(),
+            &DebianRepositorySourceStatus::default(),
             Err(SyncError::ParseError("x".into())),
             1,
         );

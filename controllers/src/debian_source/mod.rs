@@ -15,7 +15,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
-use kube::runtime::{WatchStreamExt, predicates, reflector, watcher};
+use kube::runtime::{PredicateConfig, WatchStreamExt, predicates, reflector, watcher};
 use kube::{Api, Client, ResourceExt};
 
 pub use decide::{Decision, Observed, decide};
@@ -146,7 +146,7 @@ impl Error {
     }
 }
 
-fn start(shared: Shared) -> Running {
+fn start(shared: &Shared) -> Running {
     let api: Api<DeserializeGuard<DebianRepositorySource>> = match &shared.namespace {
         Some(ns) => Api::namespaced(shared.client.clone(), ns),
         None => Api::all(shared.client.clone()),
@@ -157,7 +157,7 @@ fn start(shared: Shared) -> Running {
         .default_backoff()
         .reflect(writer)
         .applied_objects()
-        .predicate_filter(predicates::generation, Default::default());
+        .predicate_filter(predicates::generation, PredicateConfig::default());
     let ready_store = reader.clone();
     let ctx = Arc::new(Context::new(
         shared.client.clone(),
@@ -177,14 +177,12 @@ fn start(shared: Shared) -> Running {
         })
         .boxed();
     Running {
-        ready: async move {
-            let _ = ready_store.wait_until_ready().await;
-        }
-        .boxed(),
+        ready: crate::manager::synced(ready_store),
         run,
     }
 }
 
+#[allow(clippy::needless_pass_by_value)] // the signature kube's Controller::run expects
 fn error_policy(
     _obj: Arc<DeserializeGuard<DebianRepositorySource>>,
     err: &Error,
@@ -493,21 +491,41 @@ mod tests {
     fn context(result: Result<SyncOutcome, SyncError>) -> (Arc<Context>, ApiHandle) {
         let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
         let client = Client::new(service, "default");
-        let ctx = Context::new(client, Arc::new(Metrics::default()), Some("test".into()), Box::new(Canned(result)));
+        let ctx = Context::new(
+            client,
+            Arc::new(Metrics::default()),
+            Some("test".into()),
+            Box::new(Canned(result)),
+        );
         (Arc::new(ctx), handle)
     }
 
-    async fn next(handle: &mut ApiHandle) -> (Method, String, Value, tower_test::mock::SendResponse<Response<Body>>) {
+    async fn next(
+        handle: &mut ApiHandle,
+    ) -> (
+        Method,
+        String,
+        Value,
+        tower_test::mock::SendResponse<Response<Body>>,
+    ) {
         let (request, send) = handle.next_request().await.expect("an API call");
         let method = request.method().clone();
         let uri = request.uri().to_string();
         let body = request.into_body().collect_bytes().await.unwrap();
-        let value = if body.is_empty() { Value::Null } else { serde_json::from_slice(&body).unwrap() };
+        let value = if body.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&body).unwrap()
+        };
         (method, uri, value, send)
     }
 
     fn respond(send: tower_test::mock::SendResponse<Response<Body>>, body: &Value) {
-        send.send_response(Response::builder().body(Body::from(serde_json::to_vec(body).unwrap())).unwrap());
+        send.send_response(
+            Response::builder()
+                .body(Body::from(serde_json::to_vec(body).unwrap()))
+                .unwrap(),
+        );
     }
 
     fn now() -> Time {
@@ -538,7 +556,10 @@ mod tests {
             for _ in 0..2 {
                 let (method, uri, event, send) = next(&mut handle).await;
                 assert_eq!(method, Method::POST);
-                assert!(uri.starts_with("/apis/events.k8s.io/v1/namespaces/team/events"), "{uri}");
+                assert!(
+                    uri.starts_with("/apis/events.k8s.io/v1/namespaces/team/events"),
+                    "{uri}"
+                );
                 assert_eq!(event["reportingController"], COMPONENT);
                 reasons.push(event["reason"].as_str().unwrap().to_owned());
                 respond(send, &event);
@@ -547,7 +568,10 @@ mod tests {
         });
         let action = reconcile_source(&obj, &ctx, &now(), 0.0).await.unwrap();
         assert_eq!(action, Action::requeue(Duration::from_secs(300)));
-        let reasons = tokio::time::timeout(Duration::from_secs(1), server).await.unwrap().unwrap();
+        let reasons = tokio::time::timeout(Duration::from_secs(1), server)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(reasons, ["VersionsChanged", "NoSignedBy"]);
     }
 
@@ -569,7 +593,10 @@ mod tests {
         reconcile_source(&obj, &ctx, &later, 0.0).await.unwrap();
         drop(ctx);
         let call = tokio::time::timeout(Duration::from_millis(200), handle.next_request()).await;
-        assert!(matches!(call, Ok(None) | Err(_)), "a steady-state reconcile must not call the API");
+        assert!(
+            matches!(call, Ok(None) | Err(_)),
+            "a steady-state reconcile must not call the API"
+        );
     }
 
     #[tokio::test]
@@ -580,7 +607,10 @@ mod tests {
             let (_, _, _, send) = next(&mut handle).await;
             let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 409, "reason": "Conflict", "message": "conflict"});
             send.send_response(
-                Response::builder().status(409).body(Body::from(serde_json::to_vec(&status).unwrap())).unwrap(),
+                Response::builder()
+                    .status(409)
+                    .body(Body::from(serde_json::to_vec(&status).unwrap()))
+                    .unwrap(),
             );
         });
         let err = reconcile_source(&obj, &ctx, &now(), 0.0).await.unwrap_err();

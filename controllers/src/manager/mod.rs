@@ -47,7 +47,24 @@ pub struct Registration {
     /// Name used in logs and metrics.
     pub name: &'static str,
     /// Starts the controller.
-    pub start: fn(Shared) -> Running,
+    pub start: fn(&Shared) -> Running,
+}
+
+/// Resolves once `store` has seen its first complete list.
+///
+/// The store's readiness signal wakes only the last task that polled it, and the controller polls
+/// it too, so this re-polls on a short timer instead of waiting once.
+pub fn synced<K>(store: kube::runtime::reflector::Store<K>) -> BoxFuture<'static, ()>
+where
+    K: kube::Resource + Clone + Send + Sync + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    Box::pin(async move {
+        while tokio::time::timeout(Duration::from_millis(100), store.wait_until_ready())
+            .await
+            .is_err()
+        {}
+    })
 }
 
 /// Every controller this build ships.
@@ -129,9 +146,9 @@ pub async fn run(
     let mut runs = Vec::new();
     for registration in CONTROLLERS {
         tracing::info!(controller = registration.name, "starting controller");
-        let running = (registration.start)(shared.clone());
+        let running = (registration.start)(&shared);
         ready.push(running.ready);
-        runs.push(running.run);
+        runs.push(tokio::spawn(running.run));
     }
     let readiness = {
         let health = Arc::clone(&health);
@@ -146,7 +163,11 @@ pub async fn run(
     health.set_ready(false);
     readiness.abort();
     controllers_trigger.fire();
-    join_all(runs).await;
+    for run in join_all(runs).await {
+        if let Err(err) = run {
+            tracing::error!(error = %err, "a controller task failed");
+        }
+    }
     if let Some(lease) = lease {
         lease.release().await;
     }
@@ -162,15 +183,14 @@ async fn supervise(
     shutdown: &Shutdown,
     controllers: &Trigger,
 ) -> Result<(), ManagerError> {
-    let result = match lease {
-        Some(lease) => tokio::select! {
+    let result = if let Some(lease) = lease {
+        tokio::select! {
             () = shutdown.clone().wait() => Ok(()),
             lost = lease.lost() => Err(ManagerError::Leader(lost)),
-        },
-        None => {
-            shutdown.clone().wait().await;
-            Ok(())
         }
+    } else {
+        shutdown.clone().wait().await;
+        Ok(())
     };
     controllers.fire();
     result
