@@ -8,25 +8,11 @@ use api::v1alpha1::{DebianRepositorySource, DebianRepositorySourceSpec, SignedBy
 
 pub use kubernetes_upgrader::debian::Compression;
 pub use kubernetes_upgrader::debian::testing::{
-    Fault, RepoBuilder, RepoServer, Repository, TestKey, clearsign, detached_signature,
+    Fault, Layout, RepoBuilder, RepoServer, Repository, TestKey, clearsign, detached_signature,
 };
 
 /// Architectures every served repository carries (the source lists `amd64`, its default).
 pub const ARCHITECTURES: [&str; 2] = ["amd64", "arm64"];
-
-/// The layout of a served repository.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Layout {
-    /// `URL/InRelease`, `URL/Packages*`.
-    Flat,
-    /// `URL/dists/SUITE/…`.
-    Dists {
-        /// Suite.
-        suite: String,
-        /// Component.
-        component: String,
-    },
-}
 
 /// A repository signed by a fresh key and served on loopback. Publishing new versions and
 /// injecting faults go through it.

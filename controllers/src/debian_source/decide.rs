@@ -405,25 +405,7 @@ mod tests {
             Ok(SyncOutcome::Fetched(listing(&["v1.31.1"], "aa"))),
             100,
         );
-        let failures: Vec<SyncError> = vec![
-            SyncError::FetchFailed {
-                url: "u".into(),
-                message: "timed out".into(),
-            },
-            SyncError::HttpStatus {
-                url: "u".into(),
-                status: 500,
-            },
-            SyncError::SignatureInvalid("bad".into()),
-            SyncError::ChecksumMismatch("sha".into()),
-            SyncError::IndexTooLarge("big".into()),
-            SyncError::ParseError("junk".into()),
-            SyncError::NoMatchingPackages {
-                package: "kubeadm".into(),
-                architecture: "amd64".into(),
-                index_url: "u".into(),
-            },
-        ];
+        let failures = sample_errors();
         for err in failures {
             let reason = err.reason();
             let d = run.decide(&good.status, Err(err), 200);
@@ -452,27 +434,36 @@ mod tests {
         }
     }
 
-    fn clone_error(d: &Decision) -> SyncError {
-        let c = conditions::find(d.status.conditions.as_deref().unwrap(), CONDITION_READY).unwrap();
-        match c.reason.as_str() {
-            "FetchFailed" => SyncError::FetchFailed {
+    /// One error of every kind.
+    fn sample_errors() -> Vec<SyncError> {
+        vec![
+            SyncError::FetchFailed {
                 url: "u".into(),
                 message: "timed out".into(),
             },
-            "HTTPStatus" => SyncError::HttpStatus {
+            SyncError::HttpStatus {
                 url: "u".into(),
                 status: 500,
             },
-            "SignatureInvalid" => SyncError::SignatureInvalid("bad".into()),
-            "ChecksumMismatch" => SyncError::ChecksumMismatch("sha".into()),
-            "IndexTooLarge" => SyncError::IndexTooLarge("big".into()),
-            "ParseError" => SyncError::ParseError("junk".into()),
-            _ => SyncError::NoMatchingPackages {
+            SyncError::SignatureInvalid("bad".into()),
+            SyncError::ChecksumMismatch("sha".into()),
+            SyncError::IndexTooLarge("big".into()),
+            SyncError::ParseError("junk".into()),
+            SyncError::NoMatchingPackages {
                 package: "kubeadm".into(),
                 architecture: "amd64".into(),
                 index_url: "u".into(),
             },
-        }
+        ]
+    }
+
+    /// The sample error whose reason the decision's Ready condition carries.
+    fn clone_error(d: &Decision) -> SyncError {
+        let reason = ready(&d.status).1.to_owned();
+        sample_errors()
+            .into_iter()
+            .find(|e| e.reason() == reason)
+            .unwrap()
     }
 
     #[test]

@@ -354,84 +354,84 @@ pub async fn load_keyring(
     namespace: &str,
     signed_by: &SignedBy,
 ) -> Result<Keyring, SyncError> {
-    let unusable = |field: &str, message: String| {
-        SyncError::SignatureInvalid(format!("spec.signedBy.{field}: {message}"))
-    };
-    let bytes: Vec<u8> = if let Some(inline) = &signed_by.inline {
+    let bytes = if let Some(inline) = &signed_by.inline {
         inline.clone().into_bytes()
     } else if let Some(selector) = &signed_by.config_map_key_ref {
-        let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
-        let config_map = api
-            .get_opt(&selector.name)
-            .await
-            .map_err(|e| {
-                unusable(
-                    "configMapKeyRef",
-                    format!("reading ConfigMap {namespace}/{}: {e}", selector.name),
-                )
-            })?
-            .ok_or_else(|| {
-                unusable(
-                    "configMapKeyRef",
-                    format!("ConfigMap {namespace}/{} not found", selector.name),
-                )
-            })?;
-        config_map
-            .data
-            .as_ref()
-            .and_then(|d| d.get(&selector.key))
-            .map(|s| s.clone().into_bytes())
-            .or_else(|| {
-                config_map
-                    .binary_data
+        read_key(
+            client,
+            namespace,
+            "configMapKeyRef",
+            &selector.name,
+            &selector.key,
+            |map: &ConfigMap, key| {
+                let text = map
+                    .data
                     .as_ref()
-                    .and_then(|d| d.get(&selector.key))
-                    .map(|b| b.0.clone())
-            })
-            .ok_or_else(|| {
-                unusable(
-                    "configMapKeyRef",
-                    format!(
-                        "ConfigMap {namespace}/{} has no key {:?}",
-                        selector.name, selector.key
-                    ),
-                )
-            })?
+                    .and_then(|d| d.get(key))
+                    .map(|s| s.clone().into_bytes());
+                text.or_else(|| {
+                    map.binary_data
+                        .as_ref()
+                        .and_then(|d| d.get(key))
+                        .map(|b| b.0.clone())
+                })
+            },
+        )
+        .await?
     } else if let Some(selector) = &signed_by.secret_key_ref {
-        let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
-        let secret = api
-            .get_opt(&selector.name)
-            .await
-            .map_err(|e| {
-                unusable(
-                    "secretKeyRef",
-                    format!("reading Secret {namespace}/{}: {e}", selector.name),
-                )
-            })?
-            .ok_or_else(|| {
-                unusable(
-                    "secretKeyRef",
-                    format!("Secret {namespace}/{} not found", selector.name),
-                )
-            })?;
-        secret
-            .data
-            .as_ref()
-            .and_then(|d| d.get(&selector.key))
-            .map(|b| b.0.clone())
-            .ok_or_else(|| {
-                unusable(
-                    "secretKeyRef",
-                    format!(
-                        "Secret {namespace}/{} has no key {:?}",
-                        selector.name, selector.key
-                    ),
-                )
-            })?
+        read_key(
+            client,
+            namespace,
+            "secretKeyRef",
+            &selector.name,
+            &selector.key,
+            |secret: &Secret, key| {
+                secret
+                    .data
+                    .as_ref()
+                    .and_then(|d| d.get(key))
+                    .map(|b| b.0.clone())
+            },
+        )
+        .await?
     } else {
-        return Err(unusable("inline", "no key source is set".to_owned()));
+        return Err(key_unusable("inline", "no key source is set"));
     };
     Keyring::parse(&bytes)
+}
+
+fn key_unusable(field: &str, message: &str) -> SyncError {
+    SyncError::SignatureInvalid(format!("spec.signedBy.{field}: {message}"))
+}
+
+/// Reads `key` of the ConfigMap or Secret `name`, through `extract`.
+async fn read_key<K>(
+    client: &Client,
+    namespace: &str,
+    field: &str,
+    name: &str,
+    key: &str,
+    extract: impl Fn(&K, &str) -> Option<Vec<u8>>,
+) -> Result<Vec<u8>, SyncError>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let kind = K::kind(&());
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
+    let object = api
+        .get_opt(name)
+        .await
+        .map_err(|e| key_unusable(field, &format!("reading {kind} {namespace}/{name}: {e}")))?
+        .ok_or_else(|| key_unusable(field, &format!("{kind} {namespace}/{name} not found")))?;
+    extract(&object, key).ok_or_else(|| {
+        key_unusable(
+            field,
+            &format!("{kind} {namespace}/{name} has no key {key:?}"),
+        )
+    })
 }
 
 #[cfg(test)]

@@ -99,7 +99,7 @@ impl Lease {
     /// Gives the lease up so that a standby takes over at once.
     pub async fn release(self) {
         drop(self.receiver);
-        match tokio::time::timeout(Duration::from_secs(3), self.task).await {
+        match tokio::time::timeout(Duration::from_millis(1500), self.task).await {
             Ok(Ok(Ok(_))) => tracing::info!("released the leader lease"),
             Ok(Ok(Err(err))) => tracing::warn!(error = %err, "releasing the leader lease failed"),
             Ok(Err(err)) => tracing::warn!(error = %err, "the leader election task failed"),

@@ -163,11 +163,7 @@ pub async fn run(
     health.set_ready(false);
     readiness.abort();
     controllers_trigger.fire();
-    for run in join_all(runs).await {
-        if let Err(err) = run {
-            tracing::error!(error = %err, "a controller task failed");
-        }
-    }
+    stop_controllers(runs).await;
     if let Some(lease) = lease {
         lease.release().await;
     }
@@ -176,6 +172,25 @@ pub async fn run(
         let _ = server.await;
     }
     outcome
+}
+
+/// In-flight reconciles get this long to finish after shutdown; a slow repository fetch is cut
+/// short rather than holding the process past its termination grace period.
+const CONTROLLER_STOP_GRACE: Duration = Duration::from_secs(3);
+
+async fn stop_controllers(runs: Vec<tokio::task::JoinHandle<()>>) {
+    let aborts: Vec<_> = runs
+        .iter()
+        .map(tokio::task::JoinHandle::abort_handle)
+        .collect();
+    if let Ok(results) = tokio::time::timeout(CONTROLLER_STOP_GRACE, join_all(runs)).await {
+        for err in results.into_iter().filter_map(Result::err) {
+            tracing::error!(error = %err, "a controller task failed");
+        }
+    } else {
+        tracing::warn!("controllers did not stop within {CONTROLLER_STOP_GRACE:?}; aborting them");
+        aborts.iter().for_each(tokio::task::AbortHandle::abort);
+    }
 }
 
 async fn supervise(
