@@ -3,6 +3,7 @@
 
 // `printcolumn(name = .., type_ = "string", ..)` repeats `type_` across columns by design.
 #![allow(clippy::duplicated_attributes)]
+#![deny(missing_docs)]
 
 pub mod conditions;
 pub mod constraint;
