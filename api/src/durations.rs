@@ -5,10 +5,6 @@ use std::time::Duration;
 /// RE2 pattern for an unsigned Go duration.
 pub const GO_DURATION_PATTERN: &str = "^(([0-9]+([.][0-9]*)?|[.][0-9]+)(ns|us|µs|ms|s|m|h))+$";
 
-/// RE2 pattern for a signed Go duration, including a bare `0`.
-pub const SIGNED_GO_DURATION_PATTERN: &str =
-    "^[-+]?((([0-9]+([.][0-9]*)?|[.][0-9]+)(ns|us|µs|ms|s|m|h))+|0)$";
-
 /// Why a duration is not usable.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum DurationError {
