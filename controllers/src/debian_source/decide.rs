@@ -574,4 +574,67 @@ mod tests {
         );
         assert_eq!(d.requeue, Duration::from_secs(300));
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        #[derive(Clone, Debug)]
+        enum Step {
+            Fetched(Vec<u32>, u8),
+            NotModified,
+            Failed(usize),
+        }
+
+        fn step() -> impl Strategy<Value = Step> {
+            prop_oneof![
+                (prop::collection::vec(0u32..5, 1..4), 0u8..3)
+                    .prop_map(|(v, sha)| Step::Fetched(v, sha)),
+                Just(Step::NotModified),
+                (0usize..7).prop_map(Step::Failed),
+            ]
+        }
+
+        fn outcome(step: &Step) -> Result<SyncOutcome, SyncError> {
+            match step {
+                Step::Fetched(patches, sha) => {
+                    let mut versions: Vec<String> =
+                        patches.iter().map(|p| format!("v1.31.{p}")).collect();
+                    versions.sort();
+                    versions.dedup();
+                    let refs: Vec<&str> = versions.iter().map(String::as_str).collect();
+                    Ok(SyncOutcome::Fetched(listing(&refs, &format!("sha{sha}"))))
+                }
+                Step::NotModified => Ok(SyncOutcome::NotModified),
+                Step::Failed(i) => Err(sample_errors().swap_remove(*i)),
+            }
+        }
+
+        proptest! {
+            /// Whatever happened before, repeating the last result writes nothing and
+            /// announces nothing, and only a fetched index changes the published versions.
+            #[test]
+            fn repeats_are_silent_and_failures_keep_versions(
+                signed in any::<bool>(),
+                steps in prop::collection::vec(step(), 1..12),
+            ) {
+                let mut status = DebianRepositorySourceStatus::default();
+                let mut failures = 0;
+                for (i, step) in steps.iter().enumerate() {
+                    let now = i64::try_from(i).unwrap() * 60 + 1_000;
+                    let run = Run { signed, failures };
+                    let d = run.decide(&status, outcome(step), now);
+                    if !matches!(step, Step::Fetched(..)) {
+                        prop_assert_eq!(&d.status.versions, &status.versions);
+                    }
+                    let again = Run { signed, failures: d.failures }.decide(&d.status, outcome(step), now + 30);
+                    prop_assert_eq!(&again.status, &d.status, "a repeat must not write");
+                    prop_assert!(again.notes.is_empty(), "a repeat must not announce: {:?}", again.notes);
+                    prop_assert!(d.requeue <= Duration::from_secs(330));
+                    status = d.status;
+                    failures = d.failures;
+                }
+            }
+        }
+    }
 }

@@ -98,6 +98,8 @@ pub struct Context {
     events: Events,
     repository: Box<dyn Repository>,
     memory: Mutex<HashMap<String, Memory>>,
+    /// The controller's cache, to forget deleted sources.
+    store: Option<reflector::Store<DeserializeGuard<DebianRepositorySource>>>,
 }
 
 impl std::fmt::Debug for Context {
@@ -121,6 +123,18 @@ impl Context {
             events,
             repository,
             memory: Mutex::default(),
+            store: None,
+        }
+    }
+
+    /// Forgets sources that are no longer in the controller's cache.
+    fn forget_deleted(&self) {
+        let Some(store) = &self.store else { return };
+        let live: std::collections::HashSet<String> =
+            store.state().iter().filter_map(|s| s.uid()).collect();
+        let mut memory = self.memory.lock().unwrap_or_else(PoisonError::into_inner);
+        if memory.len() > live.len() {
+            memory.retain(|uid, _| live.contains(uid));
         }
     }
 }
@@ -159,12 +173,14 @@ fn start(shared: &Shared) -> Running {
         .applied_objects()
         .predicate_filter(predicates::generation, PredicateConfig::default());
     let ready_store = reader.clone();
-    let ctx = Arc::new(Context::new(
+    let mut ctx = Context::new(
         shared.client.clone(),
         Arc::clone(&shared.metrics),
         shared.instance.clone(),
         Box::new(HttpRepository::default()),
-    ));
+    );
+    ctx.store = Some(reader.clone());
+    let ctx = Arc::new(ctx);
     let run = Controller::for_stream(stream, reader)
         .with_config(ControllerConfig::default().concurrency(16))
         .graceful_shutdown_on(shared.shutdown.clone().wait())
@@ -213,6 +229,7 @@ pub async fn reconcile(
         Timestamp::from_second(Timestamp::now().as_second()).unwrap_or_else(|_| Timestamp::now()),
     );
     let jitter: f64 = rand::random();
+    ctx.forget_deleted();
     reconcile_source(source, &ctx, &now, jitter).await
 }
 
@@ -616,5 +633,21 @@ mod tests {
         let err = reconcile_source(&obj, &ctx, &now(), 0.0).await.unwrap_err();
         assert_eq!(err.category(), "WriteStatus");
         server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn deleted_sources_are_forgotten() {
+        let (ctx, _handle) = context(Ok(SyncOutcome::NotModified));
+        let mut ctx = Arc::into_inner(ctx).unwrap();
+        let (reader, mut writer) = reflector::store();
+        writer.apply_watcher_event(&watcher::Event::Apply(DeserializeGuard(Ok(source(None)))));
+        ctx.store = Some(reader);
+        for uid in ["u-1", "gone"] {
+            remember_failures(&ctx, uid, 2);
+        }
+        ctx.forget_deleted();
+        assert_eq!(memory(&ctx, "u-1").failures, 2);
+        assert_eq!(memory(&ctx, "gone").failures, 0);
+        assert_eq!(ctx.memory.lock().unwrap().len(), 1);
     }
 }
