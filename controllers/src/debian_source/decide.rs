@@ -307,6 +307,29 @@ mod tests {
         }
     }
 
+    const SIGNED: Run = Run {
+        signed: true,
+        failures: 0,
+    };
+
+    impl Run {
+        /// A first successful sync of one version.
+        fn first_sync(&self) -> Decision {
+            self.decide(
+                &DebianRepositorySourceStatus::default(),
+                Ok(SyncOutcome::Fetched(listing(&["v1.31.1"], "aa"))),
+                100,
+            )
+        }
+    }
+
+    fn http_error(status: u16) -> SyncError {
+        SyncError::HttpStatus {
+            url: "u".into(),
+            status,
+        }
+    }
+
     fn ready(status: &DebianRepositorySourceStatus) -> (&str, &str) {
         let c = conditions::find(status.conditions.as_deref().unwrap(), CONDITION_READY).unwrap();
         (c.status.as_str(), c.reason.as_str())
@@ -324,10 +347,7 @@ mod tests {
 
     #[test]
     fn first_signed_sync_publishes_versions_and_verifies() {
-        let run = Run {
-            signed: true,
-            failures: 0,
-        };
+        let run = SIGNED;
         let d = run.decide(
             &DebianRepositorySourceStatus::default(),
             Ok(SyncOutcome::Fetched(listing(&["v1.31.1", "v1.31.2"], "aa"))),
@@ -352,15 +372,8 @@ mod tests {
 
     #[test]
     fn steady_state_changes_nothing() {
-        let run = Run {
-            signed: true,
-            failures: 0,
-        };
-        let first = run.decide(
-            &DebianRepositorySourceStatus::default(),
-            Ok(SyncOutcome::Fetched(listing(&["v1.31.1"], "aa"))),
-            100,
-        );
+        let run = SIGNED;
+        let first = run.first_sync();
         let not_modified = run.decide(&first.status, Ok(SyncOutcome::NotModified), 400);
         assert_eq!(not_modified.status, first.status);
         assert!(not_modified.notes.is_empty());
@@ -375,15 +388,8 @@ mod tests {
 
     #[test]
     fn new_index_with_same_versions_moves_only_the_sync_time() {
-        let run = Run {
-            signed: true,
-            failures: 0,
-        };
-        let first = run.decide(
-            &DebianRepositorySourceStatus::default(),
-            Ok(SyncOutcome::Fetched(listing(&["v1.31.1"], "aa"))),
-            100,
-        );
+        let run = SIGNED;
+        let first = run.first_sync();
         let next = run.decide(
             &first.status,
             Ok(SyncOutcome::Fetched(listing(&["v1.31.1"], "bb"))),
@@ -396,15 +402,8 @@ mod tests {
 
     #[test]
     fn every_failure_keeps_versions_and_warns_once_per_reason() {
-        let run = Run {
-            signed: true,
-            failures: 0,
-        };
-        let good = run.decide(
-            &DebianRepositorySourceStatus::default(),
-            Ok(SyncOutcome::Fetched(listing(&["v1.31.1"], "aa"))),
-            100,
-        );
+        let run = SIGNED;
+        let good = run.first_sync();
         let failures = sample_errors();
         for err in failures {
             let reason = err.reason();
@@ -441,10 +440,7 @@ mod tests {
                 url: "u".into(),
                 message: "timed out".into(),
             },
-            SyncError::HttpStatus {
-                url: "u".into(),
-                status: 500,
-            },
+            http_error(500),
             SyncError::SignatureInvalid("bad".into()),
             SyncError::ChecksumMismatch("sha".into()),
             SyncError::IndexTooLarge("big".into()),
@@ -468,36 +464,19 @@ mod tests {
 
     #[test]
     fn signature_failures_mark_verified_false_and_other_failures_keep_it() {
-        let run = Run {
-            signed: true,
-            failures: 0,
-        };
-        let good = run.decide(
-            &DebianRepositorySourceStatus::default(),
-            Ok(SyncOutcome::Fetched(listing(&["v1.31.1"], "aa"))),
-            100,
-        );
+        let run = SIGNED;
+        let good = run.first_sync();
         let bad = run.decide(
             &good.status,
             Err(SyncError::SignatureInvalid("unknown key".into())),
             200,
         );
         assert_eq!(verified(&bad.status), ("False", "SignatureInvalid"));
-        let down = run.decide(
-            &good.status,
-            Err(SyncError::HttpStatus {
-                url: "u".into(),
-                status: 503,
-            }),
-            200,
-        );
+        let down = run.decide(&good.status, Err(http_error(503)), 200);
         assert_eq!(verified(&down.status), ("True", REASON_SIGNATURE_VERIFIED));
         let first_down = run.decide(
             &DebianRepositorySourceStatus::default(),
-            Err(SyncError::HttpStatus {
-                url: "u".into(),
-                status: 503,
-            }),
+            Err(http_error(503)),
             200,
         );
         assert_eq!(
@@ -509,23 +488,9 @@ mod tests {
 
     #[test]
     fn recovery_is_announced_once() {
-        let run = Run {
-            signed: true,
-            failures: 0,
-        };
-        let good = run.decide(
-            &DebianRepositorySourceStatus::default(),
-            Ok(SyncOutcome::Fetched(listing(&["v1.31.1"], "aa"))),
-            100,
-        );
-        let bad = run.decide(
-            &good.status,
-            Err(SyncError::HttpStatus {
-                url: "u".into(),
-                status: 500,
-            }),
-            200,
-        );
+        let run = SIGNED;
+        let good = run.first_sync();
+        let bad = run.decide(&good.status, Err(http_error(500)), 200);
         let back = Run {
             signed: true,
             failures: 3,
