@@ -187,7 +187,7 @@ fn start(shared: &Shared) -> Running {
         .run(reconcile, error_policy, ctx)
         .for_each(|result| {
             if let Err(err) = result {
-                tracing::debug!(error = %err, "reconcile loop");
+                tracing::warn!(error = %err, "reconcile failed");
             }
             futures::future::ready(())
         })
@@ -358,11 +358,14 @@ pub fn repository_spec(source: &DebianRepositorySource) -> Result<RepositorySpec
 }
 
 fn memory_key(spec: &RepositorySpec, ca_bundle: Option<&str>, keyring: Option<&Keyring>) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    ca_bundle.hash(&mut hasher);
     let fingerprints = keyring
         .map(Keyring::fingerprints)
         .unwrap_or_default()
         .join(",");
-    format!("{spec:?}|{}|{fingerprints}", ca_bundle.map_or(0, str::len))
+    format!("{spec:?}|{:x}|{fingerprints}", hasher.finish())
 }
 
 /// Reads the trusted keys named by `spec.signedBy`.
@@ -649,5 +652,46 @@ mod tests {
         assert_eq!(memory(&ctx, "u-1").failures, 2);
         assert_eq!(memory(&ctx, "gone").failures, 0);
         assert_eq!(ctx.memory.lock().unwrap().len(), 1);
+    }
+
+    /// Records the validators each sync is given.
+    struct Recording(Arc<Mutex<Vec<Option<String>>>>);
+
+    impl Repository for Recording {
+        fn sync<'a>(
+            &'a self,
+            _spec: &'a RepositorySpec,
+            _ca_bundle: Option<&'a str>,
+            _keyring: Option<&'a Keyring>,
+            previous: Option<&'a Validators>,
+        ) -> BoxFuture<'a, Result<SyncOutcome, SyncError>> {
+            self.0
+                .lock()
+                .unwrap()
+                .push(previous.and_then(|v| v.etag.clone()));
+            let mut fetched = listing();
+            fetched.validators.etag = Some("v1".into());
+            async move { Ok(SyncOutcome::Fetched(fetched)) }.boxed()
+        }
+    }
+
+    #[tokio::test]
+    async fn validators_are_reused_only_for_an_unchanged_spec() {
+        let (service, _handle) = mock::pair::<Request<Body>, Response<Body>>();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let ctx = Context::new(
+            Client::new(service, "default"),
+            Arc::new(Metrics::default()),
+            None,
+            Box::new(Recording(Arc::clone(&seen))),
+        );
+        let mut obj = source(None);
+        sync(&obj, &ctx, "team", "u-1").await.unwrap();
+        sync(&obj, &ctx, "team", "u-1").await.unwrap();
+        obj.spec.architecture = Some("arm64".into());
+        sync(&obj, &ctx, "team", "u-1").await.unwrap();
+        sync(&obj, &ctx, "team", "u-2").await.unwrap();
+        let etag = Some("v1".to_owned());
+        assert_eq!(*seen.lock().unwrap(), [None, etag, None, None]);
     }
 }
