@@ -9,3 +9,5 @@ pub mod metrics;
 pub mod reconcile;
 pub mod shutdown;
 pub mod telemetry;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
