@@ -32,8 +32,9 @@ e2e:
 	$(CARGO) build --locked --bin kubernetes-upgrader
 	$(CARGO) test --locked -p e2e -- --test-threads=2
 
+## Debian index ingestion against zcat/xzcat, and 500 sources against a fake API server.
 bench:
-	$(CARGO) bench --locked -p kubernetes-upgrader --bench debian_index
+	$(CARGO) bench --locked -p kubernetes-upgrader --features testing
 
 bench-load:
 	$(CARGO) build --locked --release --bin kubernetes-upgrader
