@@ -13,12 +13,11 @@
     clippy::cast_precision_loss
 )]
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use kubernetes_upgrader::debian::testing::{RepoBuilder, RepoServer, TestKey};
 use kubernetes_upgrader::testing::{
-    FakeApiServer, FakeOptions, free_port, http_get, source_object,
+    FakeApiServer, FakeOptions, ManagerProcess, peak_rss_kib, source_object,
 };
 use serde_json::{Value, json};
 
@@ -29,62 +28,25 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
-fn proc_status_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap()
+/// Starts the manager against `fake` and waits until it is ready.
+async fn start_manager(fake: &FakeApiServer) -> ManagerProcess {
+    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_kubernetes-upgrader"));
+    let manager = ManagerProcess::spawn(binary, fake, "warn", &[]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while manager.readyz().await != Some(200) {
+        assert!(Instant::now() < deadline, "the manager never became ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    manager
 }
 
-struct Manager {
-    child: Child,
-    health: u16,
-    _dir: tempfile::TempDir,
+fn peak_rss_mib(manager: &ManagerProcess) -> f64 {
+    peak_rss_kib(manager.child.id()).unwrap() as f64 / 1024.0
 }
 
-impl Manager {
-    async fn start(fake: &FakeApiServer) -> Manager {
-        let dir = tempfile::tempdir().unwrap();
-        let kubeconfig = dir.path().join("kubeconfig");
-        std::fs::write(&kubeconfig, fake.kubeconfig()).unwrap();
-        let health = free_port().unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_kubernetes-upgrader"))
-            .args([
-                "run",
-                &format!("--health-probe-bind-address=127.0.0.1:{health}"),
-            ])
-            .arg("--metrics-bind-address=0")
-            .env("KUBECONFIG", kubeconfig)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let manager = Manager {
-            child,
-            health,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while http_get(manager.health, "/readyz").await.map(|(c, _)| c) != Some(200) {
-            assert!(Instant::now() < deadline, "the manager never became ready");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        manager
-    }
-
-    fn peak_rss_mib(&self) -> f64 {
-        proc_status_kib(self.child.id(), "VmHWM:") as f64 / 1024.0
-    }
-
-    fn stop(mut self) {
-        let pid = self.child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        self.child.wait().unwrap();
-    }
+fn stop(mut manager: ManagerProcess) {
+    manager.terminate().unwrap();
+    manager.wait_exit(Duration::from_secs(10)).unwrap();
 }
 
 #[tokio::main]
@@ -114,10 +76,10 @@ async fn main() {
     })
     .await
     .unwrap();
-    let idle = Manager::start(&idle_fake).await;
+    let idle = start_manager(&idle_fake).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let idle_rss = idle.peak_rss_mib();
-    idle.stop();
+    let idle_rss = peak_rss_mib(&idle);
+    stop(idle);
 
     let objects: Vec<Value> = (0..sources)
         .map(|i| {
@@ -136,7 +98,7 @@ async fn main() {
     .await
     .unwrap();
     let started = Instant::now();
-    let manager = Manager::start(&fake).await;
+    let manager = start_manager(&fake).await;
     let deadline = Instant::now() + Duration::from_secs(300);
     while fake.requests().get("patch status").copied().unwrap_or(0) < sources as u64 {
         assert!(
@@ -156,8 +118,8 @@ async fn main() {
     let steady = fake.requests();
     let repo_requests = repo_server.requests();
     let repo_304 = repo_server.not_modified();
-    let peak = manager.peak_rss_mib();
-    manager.stop();
+    let peak = peak_rss_mib(&manager);
+    stop(manager);
 
     let minutes = window.as_secs_f64() / 60.0;
     let writes: u64 = ["patch status", "create event"]

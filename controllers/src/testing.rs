@@ -301,3 +301,96 @@ pub fn free_port() -> std::io::Result<u16> {
         .local_addr()?
         .port())
 }
+
+/// Peak resident set size of process `pid`, in KiB (`VmHWM` in `/proc/PID/status`).
+pub fn peak_rss_kib(pid: u32) -> std::io::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("no VmHWM in /proc/{pid}/status")))
+}
+
+/// The manager binary running against a [`FakeApiServer`]; killed when dropped.
+#[derive(Debug)]
+pub struct ManagerProcess {
+    /// The process.
+    pub child: std::process::Child,
+    /// Port of `/livez`, `/readyz` and `/metrics` on 127.0.0.1.
+    pub health: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl ManagerProcess {
+    /// Starts `binary run` against `fake` with `extra` flags; stderr is piped, stdout dropped.
+    pub fn spawn(
+        binary: &std::path::Path,
+        fake: &FakeApiServer,
+        log_level: &str,
+        extra: &[&str],
+    ) -> std::io::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let kubeconfig = dir.path().join("kubeconfig");
+        std::fs::write(&kubeconfig, fake.kubeconfig())?;
+        let health = free_port()?;
+        let child = std::process::Command::new(binary)
+            .arg("run")
+            .arg(format!("--health-probe-bind-address=127.0.0.1:{health}"))
+            .arg("--metrics-bind-address=0")
+            .args(extra)
+            .env("KUBECONFIG", kubeconfig)
+            .env("RUST_LOG", log_level)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        Ok(Self {
+            child,
+            health,
+            _dir: dir,
+        })
+    }
+
+    /// The status code of `/readyz`, if the manager answers.
+    pub async fn readyz(&self) -> Option<u16> {
+        http_get(self.health, "/readyz").await.map(|(code, _)| code)
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) -> std::io::Result<()> {
+        let pid = self.child.id().to_string();
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(std::io::Error::other(format!("kill -TERM {pid}: {status}")))
+        }
+    }
+
+    /// Waits up to `within` for the process to exit; `None` if it is still running.
+    pub fn wait_exit(
+        &mut self,
+        within: Duration,
+    ) -> std::io::Result<Option<std::process::ExitStatus>> {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(Some(status));
+            }
+            if std::time::Instant::now() >= deadline {
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for ManagerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -4,70 +4,29 @@
 #![cfg(feature = "testing")]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use kubernetes_upgrader::debian::testing::{RepoBuilder, RepoServer, TestKey};
 use kubernetes_upgrader::testing::{
-    FakeApiServer, FakeOptions, free_port, http_get, source_object,
+    FakeApiServer, FakeOptions, ManagerProcess, http_get, source_object,
 };
 use serde_json::json;
 
-/// Kills the manager if a test fails before it stops it.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn manager(fake: &FakeApiServer, dir: &tempfile::TempDir, health: u16, extra: &[&str]) -> Guard {
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(&kubeconfig, fake.kubeconfig()).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_kubernetes-upgrader"))
-        .arg("run")
-        .arg(format!("--health-probe-bind-address=127.0.0.1:{health}"))
-        .arg("--metrics-bind-address=0")
-        .args(extra)
-        .env("KUBECONFIG", kubeconfig)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    Guard(child)
-}
-
-fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the manager did not exit within {within:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+fn manager(fake: &FakeApiServer, extra: &[&str]) -> ManagerProcess {
+    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_kubernetes-upgrader"));
+    ManagerProcess::spawn(binary, fake, "info", extra).unwrap()
 }
 
 #[tokio::test]
 async fn exits_with_an_actionable_message_without_crds() {
     let fake = FakeApiServer::start(FakeOptions::default()).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let mut guard = manager(
-        &fake,
-        &dir,
-        free_port().unwrap(),
-        &["--crd-wait-timeout=1s"],
-    );
+    let mut manager = manager(&fake, &["--crd-wait-timeout=1s"]);
     let (status, stderr) = tokio::task::spawn_blocking(move || {
-        let status = wait_exit(&mut guard.0, Duration::from_secs(10));
+        let status = manager.wait_exit(Duration::from_secs(10)).unwrap();
+        let status = status.expect("the manager did not exit within 10 s");
         let mut stderr = String::new();
-        std::io::Read::read_to_string(guard.0.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+        let pipe = manager.child.stderr.as_mut().unwrap();
+        std::io::Read::read_to_string(pipe, &mut stderr).unwrap();
         (status, stderr)
     })
     .await
@@ -104,16 +63,15 @@ async fn ready_after_sync_writes_status_once_and_stops_on_sigterm() {
     })
     .await
     .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let health = free_port().unwrap();
     let started = Instant::now();
-    let mut guard = manager(&fake, &dir, health, &[]);
+    let mut manager = manager(&fake, &[]);
+    let health = manager.health;
 
     // Not ready while the list is still outstanding, then ready.
     let mut saw_not_ready = false;
     let mut ready_after = None;
     while started.elapsed() < Duration::from_secs(10) {
-        match http_get(health, "/readyz").await.map(|(code, _)| code) {
+        match manager.readyz().await {
             Some(200) => {
                 ready_after = Some(started.elapsed());
                 break;
@@ -175,17 +133,12 @@ async fn ready_after_sync_writes_status_once_and_stops_on_sigterm() {
     );
 
     let stopping = Instant::now();
-    let pid = guard.0.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let exit = tokio::task::spawn_blocking(move || wait_exit(&mut guard.0, Duration::from_secs(5)))
+    manager.terminate().unwrap();
+    let exit = tokio::task::spawn_blocking(move || manager.wait_exit(Duration::from_secs(5)))
         .await
-        .unwrap();
+        .unwrap()
+        .unwrap()
+        .expect("still running 5 s after SIGTERM");
     assert!(exit.success(), "{exit:?}");
     assert!(stopping.elapsed() < Duration::from_secs(5));
     assert_eq!(

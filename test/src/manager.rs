@@ -447,16 +447,7 @@ pub fn has_metric(samples: &[Sample], name: &str) -> bool {
     samples.iter().any(|s| s.name == name)
 }
 
-/// Peak resident set size (`VmHWM`) of `pid`, in KiB.
-pub fn peak_rss_kib(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .context("no VmHWM in /proc/PID/status")
-}
+pub use kubernetes_upgrader::testing::peak_rss_kib;
 
 #[cfg(test)]
 #[allow(clippy::float_cmp)]

@@ -9,7 +9,6 @@
 use std::collections::BTreeSet;
 use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Mutex, OnceLock};
@@ -103,11 +102,8 @@ pub fn scratch_subdir(prefix: &str) -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// A TCP port on 127.0.0.1 that was free a moment ago.
-pub fn free_port() -> Result<u16> {
-    let listener = TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
-    Ok(listener.local_addr()?.port())
-}
+/// A free loopback port.
+pub use kubernetes_upgrader::testing::free_port;
 
 /// Sends `signal` (such as `TERM` or `KILL`) to `pid` with the shell's `kill`.
 pub fn send_signal(pid: u32, signal: &str) -> Result<()> {
