@@ -11,11 +11,19 @@ all: build
 build:
 	$(CARGO) build --locked --workspace
 
-## The test command: formatting, lints and every test. End-to-end suites skip without an API server.
+## The test command: formatting, lints and every test. End-to-end suites skip without an API server
+## (KUBEBUILDER_ASSETS, setup-envtest's folder or E2E_KUBECONFIG); --no-fail-fast runs every binary
+## even when one fails, and the end-to-end wall time is printed.
 test:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
-	$(CARGO) test --locked --workspace
+	$(CARGO) build --locked --bin kubernetes-upgrader
+	@status=0; \
+	$(CARGO) test --locked --workspace --exclude e2e --no-fail-fast || status=1; \
+	start=$$(date +%s); \
+	$(CARGO) test --locked -p e2e --no-fail-fast -- --test-threads=2 || status=1; \
+	echo "end-to-end suites: $$(( $$(date +%s) - start )) s wall"; \
+	exit $$status
 
 lint:
 	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
@@ -30,7 +38,7 @@ manifests:
 ## End-to-end suites; needs KUBEBUILDER_ASSETS (etcd, kube-apiserver) or E2E_KUBECONFIG.
 e2e:
 	$(CARGO) build --locked --bin kubernetes-upgrader
-	$(CARGO) test --locked -p e2e -- --test-threads=2
+	$(CARGO) test --locked -p e2e --no-fail-fast -- --test-threads=2
 
 ## Debian index ingestion against zcat/xzcat, and 500 sources against a fake API server.
 bench:

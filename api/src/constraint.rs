@@ -8,24 +8,32 @@ use std::fmt;
 
 use semver::{Prerelease, Version};
 
+use crate::version::{BUILD_IDENTIFIER, PRERELEASE_IDENTIFIER};
+
 /// Largest accepted range, in bytes; also bounds the CEL rule's cost.
 pub const MAX_LENGTH: usize = 256;
 
 const PART: &str = "([0-9]+|[xX*])";
-const IDENTS: &str = "[0-9A-Za-z-]+([.][0-9A-Za-z-]+)*";
 const OPERATOR: &str = "(!=|>=|=>|<=|=<|~>|[=><~^])";
+/// White space between terms, as Go's `\s` (Masterminds splits on it): space, tab, newline,
+/// form feed and carriage return.
+const SPACE: &str = "[\\t\\n\\f\\r ]";
+const SPACE_CHARS: [char; 5] = [' ', '\t', '\n', '\x0c', '\r'];
 
 /// The regular expression (RE2 syntax) behind [`cel_rule`].
 pub fn pattern() -> String {
-    let version = format!("v?{PART}([.]{PART}){{0,2}}(-{IDENTS})?([+]{IDENTS})?");
-    let term = format!("(({OPERATOR} *)?{version}|{version} +- +{version})");
-    let group = format!(" *{term}(( *, *| +){term})* *");
+    let pre = format!("{PRERELEASE_IDENTIFIER}([.]{PRERELEASE_IDENTIFIER})*");
+    let build = format!("{BUILD_IDENTIFIER}([.]{BUILD_IDENTIFIER})*");
+    let version = format!("v?{PART}([.]{PART}){{0,2}}(-{pre})?([+]{build})?");
+    let term = format!("(({OPERATOR}{SPACE}*)?{version}|{version}{SPACE}+-{SPACE}+{version})");
+    let group = format!("{SPACE}*{term}(({SPACE}*,{SPACE}*|{SPACE}+){term})*{SPACE}*");
     format!("^{group}([|][|]{group})*$")
 }
 
-/// The CEL expression that admission evaluates on every version range field.
+/// The CEL expression that admission evaluates on every version range field. Backslashes are
+/// escaped once more, so that CEL hands RE2 the escapes of [`pattern`] unchanged.
 pub fn cel_rule() -> String {
-    format!("self.matches('{}')", pattern())
+    format!("self.matches('{}')", pattern().replace('\\', "\\\\"))
 }
 
 /// The message admission returns when [`cel_rule`] fails.
@@ -134,7 +142,7 @@ impl VersionRange {
 fn parse_group(group: &str) -> Result<Vec<Term>, &'static str> {
     let tokens: Vec<&str> = group
         .split(',')
-        .map(|t| t.trim_matches(' '))
+        .map(|t| t.trim_matches(SPACE_CHARS))
         .map(|t| {
             if t.is_empty() {
                 Err("empty term")
@@ -145,7 +153,7 @@ fn parse_group(group: &str) -> Result<Vec<Term>, &'static str> {
         .collect::<Result<_, _>>()?;
     let mut terms = Vec::new();
     for token in tokens {
-        let words: Vec<&str> = token.split(' ').filter(|w| !w.is_empty()).collect();
+        let words: Vec<&str> = token.split(SPACE_CHARS).filter(|w| !w.is_empty()).collect();
         let mut i = 0;
         while i < words.len() {
             if words.get(i + 1) == Some(&"-") {
@@ -204,6 +212,14 @@ fn valid_identifiers(s: &str) -> bool {
             .all(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
 }
 
+/// Prerelease identifiers additionally refuse numeric identifiers with a leading zero.
+fn valid_prerelease(s: &str) -> bool {
+    valid_identifiers(s)
+        && s.split('.').all(|id| {
+            !(id.len() > 1 && id.starts_with('0') && id.bytes().all(|b| b.is_ascii_digit()))
+        })
+}
+
 fn parse_partial(text: &str) -> Result<Partial, &'static str> {
     let text = text.strip_prefix('v').unwrap_or(text);
     let (core, build) = match text.split_once('+') {
@@ -218,9 +234,7 @@ fn parse_partial(text: &str) -> Result<Partial, &'static str> {
         None => (core, None),
     };
     let pre = match pre {
-        Some(p) if valid_identifiers(p) => {
-            Prerelease::new(p).map_err(|_| "malformed prerelease")?
-        }
+        Some(p) if valid_prerelease(p) => Prerelease::new(p).map_err(|_| "malformed prerelease")?,
         Some(_) => return Err("malformed prerelease"),
         None => Prerelease::EMPTY,
     };
@@ -426,9 +440,44 @@ mod tests {
     }
 
     #[test]
+    fn go_white_space_separates_terms() {
+        check(">=1.27.0\t<1.29.0", &["1.28.5"], &["1.29.0"]);
+        check(">= 1.27.0,\n< 1.29.0", &["1.28.5"], &["1.29.0", "1.26.0"]);
+        check("1.26.x\r\n||\t1.28.x", &["1.26.1", "1.28.0"], &["1.27.0"]);
+        check("1.26\t-\t1.27", &["1.27.9"], &["1.28.0"]);
+        check("\x0c1.27.x\n", &["1.27.1"], &["1.28.0"]);
+    }
+
+    #[test]
+    fn numeric_prerelease_identifiers_have_no_leading_zero() {
+        check(">=1.28.0-0", &["1.28.0"], &[]);
+        check(">=1.28.0-rc.10", &["1.28.0"], &["1.28.0-rc.9"]);
+        check(">=1.28.0-0a", &["1.28.0-0b"], &[]);
+        for r in [">=1.28.0-01", "1.28.0-rc.007", "~1.28.0-00"] {
+            assert!(VersionRange::parse(r).is_err(), "{r:?} should be invalid");
+        }
+        assert!(VersionRange::parse("1.28.0+build.007").is_ok());
+    }
+
+    #[test]
     fn invalid_ranges_are_refused() {
         for r in [
-            "", " ", "1x", "x1", "a", "-1", "1.0.0p", "1.2.3.4", ">", "1 -", "1.2 - ", "||", "1,,2",
+            "",
+            " ",
+            "1x",
+            "x1",
+            "a",
+            "-1",
+            "1.0.0p",
+            "1.2.3.4",
+            ">",
+            "1 -",
+            "1.2 - ",
+            "||",
+            "1,,2",
+            "\t",
+            "1.2\u{b}",
+            "1.2\u{a0}1.3",
         ] {
             assert!(VersionRange::parse(r).is_err(), "{r:?} should be invalid");
         }

@@ -3,6 +3,22 @@
 
 use semver::Version;
 
+/// A prerelease identifier (RE2): numeric without a leading zero, or alphanumeric (semver 2.0.0).
+pub const PRERELEASE_IDENTIFIER: &str = "(0|[1-9][0-9]*|[0-9]*[A-Za-z-][0-9A-Za-z-]*)";
+/// A build metadata identifier (RE2).
+pub const BUILD_IDENTIFIER: &str = "[0-9A-Za-z-]+";
+
+/// The regular expression (RE2) that accepts exactly what [`parse_strict`] accepts, for the
+/// admission rule on `MachineImage.spec.version`.
+pub fn strict_pattern() -> String {
+    // 19 digits keep every number within u64.
+    let number = "(0|[1-9][0-9]{0,18})";
+    let pre = PRERELEASE_IDENTIFIER;
+    format!(
+        "^v?{number}[.]{number}[.]{number}(-{pre}([.]{pre})*)?([+]{BUILD_IDENTIFIER}([.]{BUILD_IDENTIFIER})*)?$"
+    )
+}
+
 /// Parses a candidate version strictly: one optional leading `v`, then
 /// `MAJOR.MINOR.PATCH[-pre][+build]`. Anything else is `None`, and callers skip it.
 pub fn parse_strict(text: &str) -> Option<Version> {

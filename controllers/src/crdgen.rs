@@ -39,10 +39,14 @@ const POLICIES: &[Policy] = &[
 ];
 
 /// The CEL expression a policy evaluates for one reference field. `namespace` is a CEL reserved
-/// word, so the API server exposes the property as `__namespace__`.
+/// word, and a ValidatingAdmissionPolicy over custom resources does not see it through the
+/// `__namespace__` escape (kube-apiserver 1.32), so the property is read by index.
 pub fn same_namespace_expression(field: &str) -> String {
-    let ns = format!("object.spec.{field}.__namespace__");
-    format!("!has(object.spec.{field}) || !has({ns}) || {ns} == '' || {ns} == request.namespace")
+    let reference = format!("object.spec.{field}");
+    let ns = format!("{reference}['namespace']");
+    format!(
+        "!has({reference}) || !('namespace' in {reference}) || {ns} == '' || {ns} == request.namespace"
+    )
 }
 
 /// The static message of the rule for `field`.
@@ -60,7 +64,7 @@ fn policy_documents(policy: &Policy) -> [Value; 2] {
                 "expression": same_namespace_expression(rule.field),
                 "message": message,
                 "messageExpression": format!(
-                    "\"{message} \" + request.namespace + \", not \" + object.spec.{}.__namespace__",
+                    "\"{message} \" + request.namespace + \", not \" + object.spec.{}['namespace']",
                     rule.field
                 ),
                 "reason": "Invalid",

@@ -12,7 +12,16 @@ use crate::control_plane::{Assets, ControlPlane};
 use crate::install;
 
 /// The one line printed by every skipped end-to-end test.
-pub const SKIP_HINT: &str = "set KUBEBUILDER_ASSETS to a folder with etcd and kube-apiserver, or E2E_KUBECONFIG to a kubeconfig";
+pub const SKIP_HINT: &str = "set KUBEBUILDER_ASSETS to a folder with etcd and kube-apiserver (`setup-envtest use 1.32` puts one in its default folder, which is found without it), or E2E_KUBECONFIG to a kubeconfig";
+
+/// Set (to anything but empty) when every end-to-end test must run: a test that would skip
+/// fails instead. `.ci/run` sets it once it has found the assets.
+pub const REQUIRE_ENV: &str = "E2E_REQUIRE";
+
+/// Whether skipping is a failure in this run.
+pub fn skipping_forbidden() -> bool {
+    std::env::var_os(REQUIRE_ENV).is_some_and(|v| !v.is_empty())
+}
 
 /// The API server of this test binary, with our CRDs and admission policy installed.
 #[derive(Debug)]
@@ -33,8 +42,13 @@ enum Target {
     None,
 }
 
+/// Looks where the ecosystem keeps a control plane: `KUBEBUILDER_ASSETS`, then setup-envtest's
+/// default folder, then `E2E_KUBECONFIG`.
 fn target() -> Result<Target> {
     if let Some(assets) = Assets::from_env()? {
+        return Ok(Target::Local(assets));
+    }
+    if let Some(assets) = Assets::from_setup_envtest() {
         return Ok(Target::Local(assets));
     }
     match std::env::var_os("E2E_KUBECONFIG").filter(|v| !v.is_empty()) {
@@ -48,9 +62,19 @@ pub fn configured() -> bool {
     !matches!(target(), Ok(Target::None))
 }
 
-/// Prints the skip line for `test` straight to stderr, past libtest's output capture.
+/// Prints the skip line for `test` straight to stderr, past libtest's output capture; fails the
+/// test instead when skipping is forbidden ([`REQUIRE_ENV`]).
 pub fn print_skip(test: &str) {
-    print_line(&format!("skipping {test}: {SKIP_HINT}"));
+    skip(test, SKIP_HINT);
+}
+
+/// Skips `test` for `why` with one line, or fails it when skipping is forbidden.
+pub fn skip(test: &str, why: &str) {
+    assert!(
+        !skipping_forbidden(),
+        "{test} would be skipped ({why}), but {REQUIRE_ENV} is set: every end-to-end test must run"
+    );
+    print_line(&format!("skipping {test}: {why}"));
 }
 
 /// Writes one whole line straight to stderr (one write, past libtest's output capture).

@@ -134,10 +134,10 @@ impl TestEnv {
                 if plane.ensure_controller_manager().await? {
                     Ok(true)
                 } else {
-                    crate::cluster::print_line(&format!(
-                        "skipping {}: needs kube-controller-manager in KUBEBUILDER_ASSETS (garbage collection)",
-                        self.test
-                    ));
+                    crate::cluster::skip(
+                        &self.test,
+                        "needs kube-controller-manager in KUBEBUILDER_ASSETS (garbage collection)",
+                    );
                     Ok(false)
                 }
             }

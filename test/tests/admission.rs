@@ -2,7 +2,12 @@
 //! ValidatingAdmissionPolicy refuse every manifest in `test/admission/invalid/` with the
 //! message its first line names, admit every manifest in `test/admission/valid/`, and admit
 //! every sample in `config/samples/`.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::needless_pass_by_value
+)]
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -239,4 +244,193 @@ async fn samples_pass_a_strict_server_side_dry_run() {
         failures.len(),
         failures.join("\n")
     );
+}
+
+fn syncer(name: &str, spec: serde_json::Value) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "kubernetesupgraded.dimitrikoshkin.com/v1alpha1",
+        "kind": "MachineImageSyncer",
+        "metadata": {"name": name},
+        "spec": spec,
+    })
+}
+
+/// v0.6 dropped `interval: null` and defaulted it; the schema must not declare it nullable.
+#[tokio::test]
+async fn a_null_interval_gets_the_default() {
+    let env = e2e_env!("a_null_interval_gets_the_default");
+    let doc = syncer(
+        "null-interval",
+        serde_json::json!({
+            "versionRange": "v1.27.x",
+            "sourceRef": {"kind": "DebianRepositorySource", "name": "s"},
+            "machineImageTemplateRef": {"name": "t"},
+            "interval": null,
+        }),
+    );
+    let gvk = manifests::gvk_of(&doc).unwrap();
+    let served = manifests::served(&env.client, &gvk).await.unwrap().unwrap();
+    let created = manifests::create(
+        &env.client,
+        &served,
+        &doc,
+        &env.namespace,
+        CreateOptions::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        created["spec"]["interval"],
+        serde_json::json!(3_600_000_000_000_i64),
+        "{created}"
+    );
+}
+
+/// References are atomic under server-side apply: a second manager's new reference replaces
+/// the whole map, so no subfield of the first one survives.
+#[tokio::test]
+async fn references_are_replaced_whole_under_server_side_apply() {
+    let env = e2e_env!("references_are_replaced_whole_under_server_side_apply");
+    let gvk = manifests::gvk_of(&syncer("x", serde_json::json!({}))).unwrap();
+    let served = manifests::served(&env.client, &gvk).await.unwrap().unwrap();
+    let api = served.api(&env.client, &env.namespace);
+    let apply = |manager: &'static str, spec: serde_json::Value| {
+        let api = api.clone();
+        async move {
+            let obj: DynamicObject = serde_json::from_value(syncer("atomic-refs", spec)).unwrap();
+            api.patch(
+                "atomic-refs",
+                &PatchParams::apply(manager).force(),
+                &Patch::Apply(&obj),
+            )
+            .await
+            .unwrap()
+        }
+    };
+    apply(
+        "first",
+        serde_json::json!({
+            "versionRange": "v1.27.x",
+            "sourceRef": {"apiVersion": "example.com/v1", "kind": "Mirror", "name": "old", "uid": "u-1"},
+            "machineImageTemplateRef": {"name": "t", "namespace": ""},
+        }),
+    )
+    .await;
+    let second = apply(
+        "second",
+        serde_json::json!({
+            "versionRange": "v1.27.x",
+            "sourceRef": {"kind": "DebianRepositorySource", "name": "new"},
+            "machineImageTemplateRef": {"name": "t2"},
+        }),
+    )
+    .await;
+    assert_eq!(
+        second.data["spec"]["sourceRef"],
+        serde_json::json!({"kind": "DebianRepositorySource", "name": "new"}),
+    );
+    assert_eq!(
+        second.data["spec"]["machineImageTemplateRef"],
+        serde_json::json!({"name": "t2"}),
+    );
+}
+
+/// What the offline evaluator gets wrong, shown on the real server: a ValidatingAdmissionPolicy
+/// over our custom resources cannot see `namespace` through `__namespace__`, and can by index.
+#[tokio::test]
+async fn the_server_sees_namespace_by_index_not_through_the_escape() {
+    use k8s_openapi::api::admissionregistration::v1::{
+        ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+    };
+    let env = e2e_env!("the_server_sees_namespace_by_index_not_through_the_escape");
+    let name = format!("e2e-escape-probe-{}", env.namespace);
+    let policy: ValidatingAdmissionPolicy = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name},
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {"resourceRules": [{
+                "apiGroups": [api::GROUP], "apiVersions": [api::VERSION],
+                "operations": ["CREATE"], "resources": ["clusterclassclusterupgraders"],
+            }]},
+            "validations": [
+                {"expression": "object.metadata.name != 'control'", "message": "control"},
+                {"expression": "!has(object.metadata.labels) || !('escape' in object.metadata.labels) || !has(object.spec.planRef.__namespace__)", "message": "escape sees it"},
+                {"expression": "!has(object.metadata.labels) || !('index' in object.metadata.labels) || !('namespace' in object.spec.planRef)", "message": "index sees it"},
+            ],
+        }
+    }))
+    .unwrap();
+    let binding: ValidatingAdmissionPolicyBinding = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name},
+        "spec": {
+            "policyName": name,
+            "validationActions": ["Deny"],
+            "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": env.namespace}}},
+        }
+    }))
+    .unwrap();
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    kube::Api::<ValidatingAdmissionPolicy>::all(env.client.clone())
+        .patch(&name, &params, &Patch::Apply(&policy))
+        .await
+        .unwrap();
+    kube::Api::<ValidatingAdmissionPolicyBinding>::all(env.client.clone())
+        .patch(&name, &params, &Patch::Apply(&binding))
+        .await
+        .unwrap();
+    let upgrader = |name: &str, label: &str| {
+        serde_json::json!({
+            "apiVersion": "kubernetesupgraded.dimitrikoshkin.com/v1alpha1",
+            "kind": "ClusterClassClusterUpgrader",
+            "metadata": {"name": name, "labels": {label: "yes"}},
+            "spec": {"clusterName": "c", "planRef": {"name": "p", "namespace": env.namespace}},
+        })
+    };
+    let gvk = manifests::gvk_of(&upgrader("x", "x")).unwrap();
+    let served = manifests::served(&env.client, &gvk).await.unwrap().unwrap();
+    let create = |doc: serde_json::Value| {
+        let (client, served, ns) = (env.client.clone(), served.clone(), env.namespace.clone());
+        async move {
+            manifests::create(
+                &client,
+                &served,
+                &doc,
+                &ns,
+                CreateOptions {
+                    dry_run: true,
+                    strict: false,
+                },
+            )
+            .await
+            .err()
+            .map(|e| manifests::error_message(&e))
+        }
+    };
+    // The policy is loaded once it refuses the control object.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while create(upgrader("control", "none")).await.is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the probe policy never took effect"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let by_index = create(upgrader("by-index", "index")).await;
+    assert!(
+        by_index
+            .as_deref()
+            .is_some_and(|m| m.contains("index sees it")),
+        "{by_index:?}"
+    );
+    let through_escape = create(upgrader("through-escape", "escape")).await;
+    assert_eq!(
+        through_escape, None,
+        "kube-apiserver now sees `namespace` through `__namespace__`: the offline divergence may be gone"
+    );
+    let _ = kube::Api::<ValidatingAdmissionPolicyBinding>::all(env.client.clone())
+        .delete(&name, &DeleteParams::default())
+        .await;
+    let _ = kube::Api::<ValidatingAdmissionPolicy>::all(env.client.clone())
+        .delete(&name, &DeleteParams::default())
+        .await;
 }

@@ -35,7 +35,7 @@ fn source(spec: Value) -> DebianRepositorySource {
 fn syncer(range: &str, interval: Value) -> MachineImageSyncer {
     object(
         "MachineImageSyncer",
-        json!({"versionRange": range, "sourceRef": {"name": "s"}, "machineImageTemplateRef": {"name": "t"}, "interval": interval}),
+        json!({"versionRange": range, "sourceRef": {"kind": "DebianRepositorySource", "name": "s"}, "machineImageTemplateRef": {"name": "t"}, "interval": interval}),
     )
 }
 
@@ -50,6 +50,13 @@ fn source_url_must_be_http() {
     ));
     assert!(r.is_ok(), "{r:?}");
     assert!(validate_cel(&source(json!({"url": "http://127.0.0.1:8080/Packages"}))).is_ok());
+    assert!(
+        validate_cel(&source(
+            json!({"url": "HTTPS://pkgs.k8s.io/core:/stable:/v1.31/deb/"})
+        ))
+        .is_ok()
+    );
+    assert!(validate_cel(&source(json!({"url": "Http://mirror/Packages?token=a#b"}))).is_ok());
     refused_with(
         &source(json!({"url": "ftp://mirror/debian"})),
         "spec.url must be an http:// or https:// URL",
@@ -131,14 +138,117 @@ fn syncer_interval_is_nanoseconds_or_a_duration() {
         json!("90s"),
         json!("0"),
         json!(0),
-        json!(-1),
+        json!("+5m"),
     ] {
         assert!(validate_cel(&syncer("v1.27.x", ok.clone())).is_ok(), "{ok}");
     }
+    for bad in [json!("soon"), json!(-1), json!("-1h"), json!("-5")] {
+        refused_with(
+            &syncer("v1.27.x", bad),
+            "spec.interval must be a non-negative integer of nanoseconds or a duration",
+        );
+    }
+}
+
+#[test]
+fn syncer_source_ref_needs_a_kind() {
+    let mut s = syncer("v1.27.x", json!("1h"));
+    s.spec.source_ref.kind = None;
+    refused_with(&s, "spec.sourceRef.kind must be set");
+    s.spec.source_ref.kind = Some(String::new());
+    refused_with(&s, "spec.sourceRef.kind must be set");
+}
+
+fn image(version: &str) -> MachineImage {
+    object(
+        "MachineImage",
+        json!({"version": version, "jobTemplate": {"spec": {"containers": [{"name": "b", "image": "busybox"}]}}}),
+    )
+}
+
+#[test]
+fn image_version_is_a_kubernetes_version() {
+    for ok in [
+        "v1.27.3",
+        "1.27.3",
+        "v1.31.0-rc.1",
+        "v1.31.0+build.7",
+        "v0.0.0",
+    ] {
+        assert!(validate_cel(&image(ok)).is_ok(), "{ok}");
+    }
+    for bad in [
+        "latest",
+        "v1.27",
+        "1.27.x",
+        "vv1.27.3",
+        "v1.27.03",
+        "v1.31.0-01",
+        " v1.27.3",
+    ] {
+        refused_with(&image(bad), "spec.version must be a Kubernetes version");
+    }
+}
+
+fn plan_with_selector(selector: Value) -> Plan {
+    object(
+        "Plan",
+        json!({"versionRange": "v1.27.x", "machineImageSelector": selector}),
+    )
+}
+
+#[test]
+fn plan_selector_requirements_are_consistent() {
+    for ok in [
+        json!({}),
+        json!({"matchLabels": {"imageBuilderVersion": "v1", "example.com/os": ""}}),
+        json!({"matchExpressions": [{"key": "tier", "operator": "In", "values": ["v1"]}]}),
+        json!({"matchExpressions": [{"key": "tier", "operator": "Exists"}]}),
+        json!({"matchExpressions": [{"key": "tier", "operator": "DoesNotExist", "values": []}]}),
+    ] {
+        assert!(
+            validate_cel(&plan_with_selector(ok.clone())).is_ok(),
+            "{ok}"
+        );
+    }
+    for bad in [
+        json!({"matchExpressions": [{"key": "tier", "operator": "In"}]}),
+        json!({"matchExpressions": [{"key": "tier", "operator": "NotIn", "values": []}]}),
+        json!({"matchExpressions": [{"key": "tier", "operator": "Exists", "values": ["v1"]}]}),
+    ] {
+        refused_with(
+            &plan_with_selector(bad),
+            "values must be non-empty for the In and NotIn operators",
+        );
+    }
     refused_with(
-        &syncer("v1.27.x", json!("soon")),
-        "spec.interval must be an integer of nanoseconds or a duration",
+        &plan_with_selector(json!({"matchLabels": {"bad key!": "v1"}})),
+        "matchLabels keys must be label keys",
     );
+    refused_with(
+        &plan_with_selector(json!({"matchExpressions": [{"key": "-tier", "operator": "Exists"}]})),
+        "key must be a label key",
+    );
+}
+
+#[test]
+fn signed_by_references_name_their_object() {
+    refused_with(
+        &source(
+            json!({"url": "https://r.example/", "signedBy": {"configMapKeyRef": {"key": "k"}}}),
+        ),
+        "spec.signedBy.configMapKeyRef.name must name a ConfigMap",
+    );
+    refused_with(
+        &source(
+            json!({"url": "https://r.example/", "signedBy": {"secretKeyRef": {"name": "", "key": "k"}}}),
+        ),
+        "spec.signedBy.secretKeyRef.name must name a Secret",
+    );
+    let named = source(
+        json!({"url": "https://r.example/", "signedBy": {"secretKeyRef": {"name": "keys", "key": "k"}}}),
+    );
+    assert!(validate_cel(&named).is_ok());
 }
 
 #[test]
@@ -193,7 +303,14 @@ fn range_text() -> impl Strategy<Value = String> {
         part.clone(),
         prop::option::of(part.clone()),
         prop::option::of(part),
-        prop::option::of(Just("-rc.1")),
+        prop::option::of(prop_oneof![
+            Just("-rc.1"),
+            Just("-0"),
+            Just("-01"),
+            Just("-rc.007"),
+            Just("-0a.1"),
+            Just("+build.007")
+        ]),
     )
         .prop_map(|(v, a, b, c, pre)| {
             let mut s = format!("{}{a}", v.unwrap_or(""));
@@ -227,7 +344,12 @@ fn range_text() -> impl Strategy<Value = String> {
         Just(" - "),
         Just("  "),
         Just("|"),
-        Just(",,")
+        Just(",,"),
+        Just("\t"),
+        Just(",\n"),
+        Just("\r\n||\t"),
+        Just("\t-\t"),
+        Just("\u{b}")
     ];
     let junk = prop_oneof![
         Just(""),
@@ -259,5 +381,75 @@ proptest! {
         let admitted = validate_cel(&plan(&range)).is_ok();
         let parsed = VersionRange::parse(&range).is_ok();
         prop_assert_eq!(admitted, parsed, "range {:?}", range);
+    }
+}
+
+fn version_text() -> impl Strategy<Value = String> {
+    let number = prop_oneof![
+        Just("0".to_owned()),
+        Just("00".to_owned()),
+        Just("01".to_owned()),
+        Just("x".to_owned()),
+        Just("99999999999999999999".to_owned()),
+        (0u32..40).prop_map(|n| n.to_string())
+    ];
+    let suffix = prop_oneof![
+        Just(""),
+        Just("-rc.1"),
+        Just("-0"),
+        Just("-01"),
+        Just("-0a"),
+        Just("-"),
+        Just("-rc..1"),
+        Just("+build.007"),
+        Just("+"),
+        Just("-alpha+b"),
+        Just(" "),
+        Just(".4")
+    ];
+    (
+        prop_oneof![Just(""), Just("v"), Just("V"), Just("vv")],
+        number.clone(),
+        prop::option::of(number.clone()),
+        prop::option::of(number),
+        suffix,
+    )
+        .prop_map(|(v, a, b, c, suffix)| {
+            let mut s = format!("{v}{a}");
+            for part in [b, c].into_iter().flatten() {
+                s.push('.');
+                s.push_str(&part);
+            }
+            s.push_str(suffix);
+            s
+        })
+}
+
+/// A kind holding only the image version rule: the full MachineImage schema (a PodSpec) makes
+/// each offline evaluation slow.
+#[derive(
+    kube::CustomResource, kube::KubeSchema, serde::Serialize, serde::Deserialize, Clone, Debug,
+)]
+#[kube(
+    group = "probe.example",
+    version = "v1",
+    kind = "VersionProbe",
+    namespaced
+)]
+struct VersionProbeSpec {
+    #[x_kube(validation = super::machine_image::version_rule())]
+    version: String,
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    /// Admission accepts exactly the image versions the controllers parse strictly.
+    #[test]
+    fn image_version_rule_agrees_with_the_strict_parser(version in version_text()) {
+        let probe = VersionProbe::new("x", VersionProbeSpec { version: version.clone() });
+        let admitted = validate_cel(&probe).is_ok();
+        let parsed = crate::version::parse_strict(&version).is_some();
+        prop_assert_eq!(admitted, parsed, "version {:?}", version);
     }
 }

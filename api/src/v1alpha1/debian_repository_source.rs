@@ -63,7 +63,7 @@ pub struct DebianRepositorySourceSpec {
     /// with `suite` and `component` (dists layout). A URL ending in `/Packages`, `/Packages.gz` or
     /// `/Packages.xz` is read directly as that index, as in v0.6.
     #[schemars(length(min = 1, max = 2048))]
-    #[x_kube(validation = kube::core::Rule::new("self.matches('^https?://[^ ]+$')").message("spec.url must be an http:// or https:// URL"))]
+    #[x_kube(validation = kube::core::Rule::new("self.matches('^[hH][tT][tT][pP][sS]?://[^ ]+$')").message("spec.url must be an http:// or https:// URL"))]
     pub url: String,
 
     /// Distribution suite for the dists layout, such as `bookworm` or `stable`; requires `component`.
@@ -138,9 +138,13 @@ pub struct SignedBy {
     pub inline: Option<String>,
     /// A key of a ConfigMap (in `data` or `binaryData`) holding the keyring.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-map-type" = "atomic"))]
+    #[x_kube(validation = kube::core::Rule::new("has(self.name) && self.name != ''").message("spec.signedBy.configMapKeyRef.name must name a ConfigMap in this namespace"))]
     pub config_map_key_ref: Option<ConfigMapKeySelector>,
     /// A key of a Secret holding the keyring.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-map-type" = "atomic"))]
+    #[x_kube(validation = kube::core::Rule::new("has(self.name) && self.name != ''").message("spec.signedBy.secretKeyRef.name must name a Secret in this namespace"))]
     pub secret_key_ref: Option<SecretKeySelector>,
 }
 
@@ -151,6 +155,7 @@ pub struct DebianRepositorySourceStatus {
     /// The versions found, as `vMAJOR.MINOR.PATCH`, de-duplicated and sorted ascending: the
     /// Source contract read by MachineImageSyncers. Kept at the last good value on failure.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
     pub versions: Option<Vec<String>>,
 
     /// `Ready` and `Verified`, in the metav1.Condition convention.

@@ -38,6 +38,7 @@ pub struct MachineImageSpec {
     /// Kubernetes version to build, such as `v1.27.3`; passed to every build container as
     /// `KUBERNETES_VERSION`.
     #[schemars(length(min = 1, max = 128))]
+    #[x_kube(validation = version_rule())]
     pub version: String,
 
     /// The built image's ID: an AMI, a vSphere template, `kindest/node:v1.27.3`, an OCI
@@ -48,6 +49,13 @@ pub struct MachineImageSpec {
 
     /// The build Job's pod template.
     pub job_template: JobTemplate,
+}
+
+/// The admission rule on `spec.version`: what [`crate::version::parse_strict`] accepts.
+pub fn version_rule() -> kube::core::Rule {
+    kube::core::Rule::new(format!("self.matches('{}')", crate::version::strict_pattern())).message(
+        "spec.version must be a Kubernetes version such as v1.27.3: MAJOR.MINOR.PATCH with an optional leading v, prerelease and build",
+    )
 }
 
 /// The build Job's template.
@@ -84,6 +92,7 @@ pub struct MachineImageStatus {
 
     /// The latest build Job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-map-type" = "atomic"))]
     pub job_ref: Option<ObjectReference>,
 
     /// `Ready`, in the metav1.Condition convention.

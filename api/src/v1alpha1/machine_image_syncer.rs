@@ -3,11 +3,11 @@
 use std::borrow::Cow;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
+use super::ObjectRef;
 use crate::constraint;
 use crate::durations::{self, DurationError};
 
@@ -61,16 +61,18 @@ pub struct MachineImageSyncerSpec {
     pub version_range: String,
 
     /// The object whose `status.versions` lists the available versions, such as a
-    /// DebianRepositorySource, in this namespace.
-    pub source_ref: ObjectReference,
+    /// DebianRepositorySource, in this namespace. `kind` and `name` are required; `apiVersion`
+    /// defaults to this API's group and version.
+    #[x_kube(validation = kube::core::Rule::new("has(self.kind) && self.kind != ''").message("spec.sourceRef.kind must be set: the source may be any kind that lists status.versions"))]
+    pub source_ref: ObjectRef,
 
     /// The MachineImageTemplate to create images from, in this namespace.
-    pub machine_image_template_ref: ObjectReference,
+    pub machine_image_template_ref: ObjectRef,
 
     /// Re-check period: an integer of nanoseconds (as v0.6 wrote it) or a duration such as `1h`.
-    /// Zero or less disables the periodic re-check.
+    /// Zero disables the periodic re-check; negative values are refused.
     #[serde(default = "default_interval", skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = kube::core::Rule::new(interval_rule()).message("spec.interval must be an integer of nanoseconds or a duration such as 1h or 30m"))]
+    #[x_kube(validation = kube::core::Rule::new(interval_rule()).message("spec.interval must be a non-negative integer of nanoseconds or a duration such as 1h or 30m"))]
     pub interval: Option<Interval>,
 }
 
@@ -121,9 +123,9 @@ fn interval_rule() -> String {
     format!("string(self).matches('{INTERVAL_PATTERN}')")
 }
 
-/// Nanoseconds (digits, optionally signed) or a signed Go duration.
+/// Nanoseconds (digits) or a Go duration, never negative.
 const INTERVAL_PATTERN: &str =
-    "^[-+]?([0-9]+|(([0-9]+([.][0-9]*)?|[.][0-9]+)(ns|us|µs|ms|s|m|h))+)$";
+    "^[+]?([0-9]+|(([0-9]+([.][0-9]*)?|[.][0-9]+)(ns|us|µs|ms|s|m|h))+)$";
 
 #[allow(clippy::unnecessary_wraps)]
 fn default_interval() -> Option<Interval> {

@@ -1,10 +1,11 @@
 //! Plan: the newest ready MachineImage within a version range.
 
 use k8s_openapi::api::core::v1::ObjectReference;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
+use super::LabelSelector;
 use crate::constraint;
 
 /// Picks the newest ready MachineImage whose version is within `versionRange`.
@@ -87,6 +88,7 @@ pub struct PlanStatus {
 
     /// The chosen MachineImage.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-map-type" = "atomic"))]
     pub machine_image_ref: Option<ObjectReference>,
 
     /// `Ready`, in the metav1.Condition convention.

@@ -1,10 +1,11 @@
 //! ClusterClassClusterUpgrader (the v0.6 name) and InClusterUpgradeAutomation (the later name):
 //! two kinds with one schema, served by one controller.
 
-use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
+
+use super::ObjectRef;
 
 macro_rules! upgrader_kind {
     ($spec:ident, $kind:literal, $short:literal, $doc:literal) => {
@@ -39,13 +40,14 @@ macro_rules! upgrader_kind {
             pub cluster_name: String,
 
             /// Name of an existing entry in `Cluster.spec.topology.variables` whose value is
-            /// replaced by the image ID, in the same write as the version.
+            /// replaced by the image ID, in the same write as the version. Empty means unset,
+            /// as in v0.6.
             #[serde(default, skip_serializing_if = "Option::is_none")]
-            #[schemars(length(min = 1, max = 253))]
+            #[schemars(length(max = 253))]
             pub topology_variable: Option<String>,
 
             /// The Plan to follow, in this namespace.
-            pub plan_ref: ObjectReference,
+            pub plan_ref: ObjectRef,
         }
 
         impl $spec {
@@ -54,7 +56,10 @@ macro_rules! upgrader_kind {
                 UpgraderSpecView {
                     paused: self.paused.unwrap_or(false),
                     cluster_name: &self.cluster_name,
-                    topology_variable: self.topology_variable.as_deref(),
+                    topology_variable: self
+                        .topology_variable
+                        .as_deref()
+                        .filter(|v| !v.is_empty()),
                     plan_ref: &self.plan_ref,
                 }
             }
@@ -83,10 +88,10 @@ pub struct UpgraderSpecView<'a> {
     pub paused: bool,
     /// `spec.clusterName`.
     pub cluster_name: &'a str,
-    /// `spec.topologyVariable`.
+    /// `spec.topologyVariable`, `None` when unset or empty.
     pub topology_variable: Option<&'a str>,
     /// `spec.planRef`.
-    pub plan_ref: &'a ObjectReference,
+    pub plan_ref: &'a ObjectRef,
 }
 
 /// Observed state of an upgrader.
