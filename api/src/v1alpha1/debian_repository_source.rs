@@ -191,6 +191,16 @@ pub struct DebianRepositorySourceStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signing_key_fingerprint: Option<String>,
 
+    /// `Date` of the last verified Release accepted. An older Release is refused as a replay
+    /// (`ReleaseReplayed`), even after a restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release_date: Option<Time>,
+
+    /// `Valid-Until` of the last verified Release accepted. Past it, the source is no longer
+    /// Ready until a newer Release arrives, even when the server answers 304.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release_valid_until: Option<Time>,
+
     /// Matching paragraphs whose upstream version is not semver, and so not published.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub skipped_versions: Option<i64>,
