@@ -9,5 +9,3 @@ pub mod metrics;
 pub mod reconcile;
 pub mod shutdown;
 pub mod telemetry;
-#[cfg(any(test, feature = "testing"))]
-pub mod testing;

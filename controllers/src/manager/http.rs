@@ -99,15 +99,10 @@ pub async fn bind(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use kubernetes_upgrader_testkit::http::get;
 
-    async fn get_path(address: SocketAddr, path: &str) -> String {
-        let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
-        let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await.unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await.unwrap();
-        response
+    async fn status(address: SocketAddr, path: &str) -> u16 {
+        get(address, path).await.unwrap().status
     }
 
     #[tokio::test]
@@ -123,23 +118,11 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(servers.len(), 1);
-        assert!(
-            get_path(address, "/readyz")
-                .await
-                .starts_with("HTTP/1.1 503")
-        );
-        assert!(
-            get_path(address, "/livez")
-                .await
-                .starts_with("HTTP/1.1 200")
-        );
+        assert_eq!(status(address, "/readyz").await, 503);
+        assert_eq!(status(address, "/livez").await, 200);
         health.set_ready(true);
-        assert!(
-            get_path(address, "/readyz")
-                .await
-                .starts_with("HTTP/1.1 200")
-        );
-        let metrics = get_path(address, "/metrics").await;
+        assert_eq!(status(address, "/readyz").await, 200);
+        let metrics = get(address, "/metrics").await.unwrap().body;
         assert!(
             metrics.contains("kubernetes_upgrader_reconcile_runs_total{controller=\"test\"} 1")
         );
