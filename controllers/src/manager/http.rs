@@ -10,7 +10,7 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
-use crate::metrics::Metrics;
+use crate::runtime::Metrics;
 use crate::shutdown::Shutdown;
 
 /// What the probes report.
@@ -112,7 +112,7 @@ mod tests {
         drop(probe);
         let health = Arc::new(Health::default());
         let metrics = Arc::new(Metrics::default());
-        drop(metrics.reconcile("test"));
+        drop(metrics.controller("test", &[]).reconcile());
         let (trigger, shutdown) = Shutdown::new();
         let servers = bind(&[address, address], Arc::clone(&health), metrics, shutdown)
             .await

@@ -1,0 +1,209 @@
+//! What controllers and the manager share, so that neither names the other: the [`Shared`]
+//! handles (client, metrics, caches, shutdown), a controller's [`Registration`] and [`Running`]
+//! futures, the one place that reports a failed reconcile ([`Reporter`]), status writes, events,
+//! backoff, owned children and the choreography fixtures.
+//!
+//! See `controllers/README.md` for the checklist a new controller follows.
+
+pub mod backoff;
+pub mod caches;
+pub mod children;
+pub mod events;
+#[cfg(test)]
+pub mod fixtures;
+pub mod metrics;
+pub mod status;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use kube::runtime::controller::{self, Action};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Api, Client, Resource};
+
+pub use caches::{Cache, Caches};
+pub use events::{Events, Note, cause_chain, truncate};
+pub use metrics::{ControllerMetrics, Metrics};
+
+use crate::shutdown::Shutdown;
+
+/// Everything a controller needs from the manager.
+#[derive(Clone)]
+pub struct Shared {
+    /// The API client.
+    pub client: Client,
+    /// Only this namespace is watched, when set.
+    pub namespace: Option<String>,
+    /// The manager's metrics registry.
+    pub metrics: Arc<Metrics>,
+    /// The reporting instance for events, normally the pod name.
+    pub instance: Option<String>,
+    /// Fires when the controllers stop.
+    pub shutdown: Shutdown,
+    /// One reflector per watched kind, shared by every controller.
+    pub caches: Arc<Caches>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("namespace", &self.namespace)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    /// Handles over `client`; `namespace` confines every watch.
+    pub fn new(
+        client: Client,
+        namespace: Option<String>,
+        metrics: Arc<Metrics>,
+        instance: Option<String>,
+        shutdown: Shutdown,
+    ) -> Self {
+        let caches = Arc::new(Caches::new(
+            client.clone(),
+            namespace.clone(),
+            shutdown.clone(),
+        ));
+        Self {
+            client,
+            namespace,
+            metrics,
+            instance,
+            shutdown,
+            caches,
+        }
+    }
+
+    /// The API of a namespaced kind, over the watched namespace (or all).
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        K::DynamicType: Default,
+    {
+        match &self.namespace {
+            Some(ns) => Api::namespaced(self.client.clone(), ns),
+            None => Api::all(self.client.clone()),
+        }
+    }
+}
+
+/// Why a controller stopped before it was asked to.
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    /// Its event stream ended although shutdown was not requested.
+    #[error("its event stream ended")]
+    StreamEnded,
+    /// A shared watch stopped.
+    #[error("the watch of {kind} ended")]
+    WatchEnded {
+        /// The kind watched.
+        kind: String,
+    },
+}
+
+/// A controller started by the manager.
+pub struct Running {
+    /// Resolves once the controller's caches have synced.
+    pub ready: BoxFuture<'static, ()>,
+    /// Runs the controller until shutdown; returning before shutdown, with `Ok` or `Err`, is a
+    /// failure the manager acts on.
+    pub run: BoxFuture<'static, Result<(), ControllerError>>,
+}
+
+/// A controller the manager knows how to start.
+#[derive(Clone, Copy, Debug)]
+pub struct Registration {
+    /// Name used in logs and metrics.
+    pub name: &'static str,
+    /// Starts the controller.
+    pub start: fn(&Shared) -> Running,
+}
+
+/// Resolves once `store` has seen its first complete list.
+///
+/// The store's readiness signal wakes only the last task that polled it, and the controller polls
+/// it too, so this re-polls on a short timer instead of waiting once.
+pub fn synced<K>(store: Store<K>) -> BoxFuture<'static, ()>
+where
+    K: kube::Resource + Clone + Send + Sync + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    Box::pin(async move {
+        while tokio::time::timeout(Duration::from_millis(100), store.wait_until_ready())
+            .await
+            .is_err()
+        {}
+    })
+}
+
+/// A controller's reconcile error: a stable category, used as the metric label and the Warning
+/// event's reason.
+pub trait ReconcileError: std::error::Error + Send + Sync + 'static {
+    /// Every category this error can have, registered at zero at start.
+    const CATEGORIES: &'static [&'static str];
+
+    /// The PascalCase category of this error.
+    fn category(&self) -> &'static str;
+}
+
+/// The category of failures that happen outside a reconcile (watch errors, the queue).
+pub const CATEGORY_WATCH: &str = "Watch";
+
+/// The one place a controller's results are reported: a failed reconcile becomes a Warning
+/// event (reason: the category; note: the cause chain cut to 1 KiB), a log line and a count in
+/// `reconcile_failures{controller, category}`.
+#[derive(Clone, Debug)]
+pub struct Reporter {
+    /// The controller's series.
+    pub metrics: ControllerMetrics,
+    events: Events,
+    controller: &'static str,
+}
+
+impl Reporter {
+    /// A reporter for `controller`, whose events come from `component`; registers the
+    /// controller's series for each category of `E`.
+    pub fn new<E: ReconcileError>(
+        shared: &Shared,
+        controller: &'static str,
+        component: &str,
+    ) -> Self {
+        let mut categories = E::CATEGORIES.to_vec();
+        categories.push(CATEGORY_WATCH);
+        Self {
+            metrics: shared.metrics.controller(controller, &categories),
+            events: Events::new(shared.client.clone(), component, shared.instance.clone()),
+            controller,
+        }
+    }
+
+    /// Reports one result of `Controller::run`.
+    pub async fn report<K, E, Q>(
+        &self,
+        result: Result<(ObjectRef<K>, Action), controller::Error<E, Q>>,
+    ) where
+        K: Resource<DynamicType = ()>,
+        E: ReconcileError,
+        Q: std::error::Error + 'static,
+    {
+        match result {
+            Ok(_) => {}
+            Err(controller::Error::ReconcilerFailed(err, object)) => {
+                let category = err.category();
+                let note = cause_chain(&err);
+                self.metrics.failure(category);
+                tracing::warn!(controller = self.controller, object = %object, category, error = %note, "reconcile failed");
+                self.events
+                    .publish_to(&(*object).into(), &Note::warning(category, note))
+                    .await;
+            }
+            Err(other) => {
+                self.metrics.failure(CATEGORY_WATCH);
+                tracing::warn!(controller = self.controller, error = %cause_chain(&other), "controller stream error");
+            }
+        }
+    }
+}
