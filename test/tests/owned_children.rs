@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use api::v1alpha1::{DebianRepositorySource, DebianRepositorySourceSpec};
 use e2e::e2e_env;
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::{ObjectMeta, PostParams};
+use kube::api::{ListParams, ObjectMeta, PostParams};
 use kube::{Api, ResourceExt};
 use kubernetes_upgrader::runtime::children::{Children, owned_cache};
 use kubernetes_upgrader::runtime::{Caches, synced};
@@ -64,7 +64,10 @@ async fn children_are_applied_labelled_owned_watched_and_pruned() {
     let labels = applied.labels();
     assert_eq!(labels["app.kubernetes.io/name"], "kubernetes-upgrader");
     assert_eq!(labels["app.kubernetes.io/instance"], "first");
-    assert_eq!(labels["app.kubernetes.io/managed-by"], "kubernetes-upgrader");
+    assert_eq!(
+        labels["app.kubernetes.io/managed-by"],
+        "kubernetes-upgrader"
+    );
     assert_eq!(labels["app.kubernetes.io/component"], COMPONENT);
     let owner_ref = &applied.owner_references()[0];
     assert_eq!(owner_ref.uid, first.uid().unwrap());
@@ -98,12 +101,15 @@ async fn children_are_applied_labelled_owned_watched_and_pruned() {
     assert_eq!(cached, ["first-a", "first-b", "second-a"]);
 
     // Pruning keeps the wanted child, other owners' children and unlabelled objects.
-    let deleted = children.delete_unwanted::<ConfigMap>(&["first-a"]).await.unwrap();
+    let deleted = children
+        .delete_unwanted::<ConfigMap>(&["first-a"])
+        .await
+        .unwrap();
     assert_eq!(deleted, ["first-b"]);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let mut left: Vec<String> = maps
-            .list(&Default::default())
+            .list(&ListParams::default())
             .await
             .unwrap()
             .into_iter()
@@ -120,7 +126,10 @@ async fn children_are_applied_labelled_owned_watched_and_pruned() {
     // The cache follows the deletion.
     let deadline = Instant::now() + Duration::from_secs(20);
     while cache.store.state().len() != 2 {
-        assert!(Instant::now() < deadline, "the cache did not see the deletion");
+        assert!(
+            Instant::now() < deadline,
+            "the cache did not see the deletion"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     trigger.fire();

@@ -23,12 +23,23 @@ pub fn mock_client() -> (Client, Verifier) {
     (Client::new(service, "default"), Verifier { handle })
 }
 
+/// The keys of a JSON object, sorted.
+pub fn sorted_keys(value: &Value) -> Vec<&str> {
+    let mut keys: Vec<&str> = value
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort_unstable();
+    keys
+}
+
 /// Awaits `future`, failing the test if it takes longer than `limit`.
 pub async fn within<F: Future>(what: &str, limit: Duration, future: F) -> F::Output {
-    match tokio::time::timeout(limit, future).await {
-        Ok(output) => output,
-        Err(_) => panic!("{what} did not finish within {limit:?}"),
-    }
+    tokio::time::timeout(limit, future)
+        .await
+        .unwrap_or_else(|_elapsed| panic!("{what} did not finish within {limit:?}"))
 }
 
 /// One API call the code under test made.

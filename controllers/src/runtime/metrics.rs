@@ -58,7 +58,7 @@ impl std::fmt::Debug for Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::default();
-        registry.register_collector(Box::new(ProcessCollector::default()));
+        registry.register_collector(Box::new(ProcessCollector));
         let metrics = Self {
             registry: Mutex::new(registry),
             runs: Family::default(),
@@ -212,7 +212,7 @@ impl ProcessStats {
         let limits = std::fs::read_to_string("/proc/self/limits").ok();
         let open_fds = std::fs::read_dir("/proc/self/fd")
             .ok()
-            .map(|dir| dir.count() as f64);
+            .map(|dir| f64::from(u32::try_from(dir.count()).unwrap_or(u32::MAX)));
         Self {
             open_fds,
             ..Self::parse(

@@ -207,3 +207,83 @@ impl Reporter {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use api::v1alpha1::DebianRepositorySource;
+    use fixtures::{STEP, mock_client, within};
+
+    #[derive(Debug, thiserror::Error)]
+    enum TestError {
+        #[error("writing status")]
+        WriteStatus(#[source] std::io::Error),
+    }
+
+    impl ReconcileError for TestError {
+        const CATEGORIES: &'static [&'static str] = &["WriteStatus"];
+
+        fn category(&self) -> &'static str {
+            "WriteStatus"
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_reconcile_is_one_warning_one_count_and_a_capped_cause_chain() {
+        let (client, verifier) = mock_client();
+        let (_trigger, shutdown) = Shutdown::new();
+        let metrics = Arc::new(Metrics::default());
+        let shared = Shared::new(
+            client,
+            None,
+            Arc::clone(&metrics),
+            Some("pod-1".into()),
+            shutdown,
+        );
+        let reporter = Reporter::new::<TestError>(&shared, "test", "test-reconciler");
+        let before = metrics.encode().unwrap();
+        let series = "kubernetes_upgrader_reconcile_failures_total{controller=\"test\",category=\"WriteStatus\"}";
+        assert!(before.contains(&format!("{series} 0")), "{before}");
+
+        let scenario = verifier.run(|mut server| async move {
+            let call = server.next().await;
+            assert_eq!(call.method, http::Method::POST);
+            assert!(
+                call.uri
+                    .starts_with("/apis/events.k8s.io/v1/namespaces/team/events")
+            );
+            assert_eq!(call.body["type"], "Warning");
+            assert_eq!(call.body["reason"], "WriteStatus");
+            assert_eq!(call.body["reportingController"], "test-reconciler");
+            assert_eq!(call.body["reportingInstance"], "pod-1");
+            assert_eq!(call.body["regarding"]["kind"], "DebianRepositorySource");
+            assert_eq!(call.body["regarding"]["name"], "src");
+            let note = call.body["note"].as_str().unwrap().to_owned();
+            assert!(note.starts_with("writing status: conflict "), "{note}");
+            assert!(
+                note.len() <= events::MAX_NOTE_BYTES && note.len() > 1000,
+                "{}",
+                note.len()
+            );
+            let event = call.body.clone();
+            call.reply(201, &event);
+            server
+        });
+        let object = ObjectRef::<DebianRepositorySource>::new("src").within("team");
+        let err = TestError::WriteStatus(std::io::Error::other(format!(
+            "conflict {}",
+            "x".repeat(4000)
+        )));
+        let result: Result<
+            (ObjectRef<DebianRepositorySource>, Action),
+            controller::Error<TestError, std::io::Error>,
+        > = Err(controller::Error::ReconcilerFailed(
+            err,
+            Box::new(object.erase()),
+        ));
+        within("the report", STEP, reporter.report(result)).await;
+        scenario.finish().await;
+        let after = metrics.encode().unwrap();
+        assert!(after.contains(&format!("{series} 1")), "{after}");
+    }
+}

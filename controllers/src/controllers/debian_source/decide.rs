@@ -266,14 +266,18 @@ fn no_signed_by_message() -> String {
     "spec.signedBy is not set, so the repository's signature and checksums are not verified against a trusted key".to_owned()
 }
 
+fn not_verified_unsigned() -> Desired {
+    Desired::new(
+        CONDITION_VERIFIED,
+        false,
+        REASON_NO_SIGNED_BY,
+        no_signed_by_message(),
+    )
+}
+
 fn verified_after_success(status: &DebianRepositorySourceStatus, signed: bool) -> Desired {
     if !signed {
-        return Desired::new(
-            CONDITION_VERIFIED,
-            false,
-            REASON_NO_SIGNED_BY,
-            no_signed_by_message(),
-        );
+        return not_verified_unsigned();
     }
     let by = status
         .signing_key_fingerprint
@@ -293,12 +297,7 @@ fn verified_after_failure(
     err: &Failure,
 ) -> Desired {
     if !signed {
-        return Desired::new(
-            CONDITION_VERIFIED,
-            false,
-            REASON_NO_SIGNED_BY,
-            no_signed_by_message(),
-        );
+        return not_verified_unsigned();
     }
     if err.unverified() {
         return Desired::new(CONDITION_VERIFIED, false, err.reason(), err.message());
@@ -603,15 +602,8 @@ mod tests {
         let run = SIGNED;
         let first = run.first_sync();
         let value = serde_json::to_value(&first.status).unwrap();
-        let mut keys: Vec<&str> = value
-            .as_object()
-            .unwrap()
-            .keys()
-            .map(String::as_str)
-            .collect();
-        keys.sort_unstable();
         assert_eq!(
-            keys,
+            crate::runtime::fixtures::sorted_keys(&value),
             [
                 "conditions",
                 "indexSHA256",

@@ -88,7 +88,7 @@ fn listing() -> Listing {
 }
 
 fn source_with(
-    spec: Value,
+    spec: &Value,
     status: Option<DebianRepositorySourceStatus>,
 ) -> DebianRepositorySource {
     let mut source: DebianRepositorySource = serde_json::from_value(json!({
@@ -103,7 +103,7 @@ fn source_with(
 }
 
 fn source(status: Option<DebianRepositorySourceStatus>) -> DebianRepositorySource {
-    source_with(json!({"url": "http://127.0.0.1:1/Packages"}), status)
+    source_with(&json!({"url": "http://127.0.0.1:1/Packages"}), status)
 }
 
 fn now() -> Time {
@@ -388,7 +388,7 @@ async fn a_missing_signed_by_config_map_has_its_own_reason() {
         server
     });
     let obj = source_with(
-        json!({"url": "http://127.0.0.1:1/", "signedBy": {"configMapKeyRef": {"name": "keys", "key": "k"}}}),
+        &json!({"url": "http://127.0.0.1:1/", "signedBy": {"configMapKeyRef": {"name": "keys", "key": "k"}}}),
         None,
     );
     let action = reconcile_once(&obj, &ctx).await.unwrap();
@@ -413,7 +413,7 @@ async fn an_unreadable_interval_is_a_spec_error_that_waits_for_a_change() {
         server
     });
     let obj = source_with(
-        json!({"url": "http://127.0.0.1:1/", "interval": "soon"}),
+        &json!({"url": "http://127.0.0.1:1/", "interval": "soon"}),
         None,
     );
     let err = reconcile_once(&obj, &ctx).await.unwrap_err();

@@ -91,7 +91,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn source(spec: serde_json::Value) -> DebianRepositorySource {
+    fn source(spec: &serde_json::Value) -> DebianRepositorySource {
         serde_json::from_value(json!({
             "apiVersion": "kubernetesupgraded.dimitrikoshkin.com/v1alpha1",
             "kind": "DebianRepositorySource",
@@ -132,7 +132,7 @@ mod tests {
             ),
         ];
         for (spec, reason, message) in cases {
-            let err = validate(&source(spec.clone())).unwrap_err();
+            let err = validate(&source(&spec)).unwrap_err();
             assert_eq!(err.reason(), reason, "{spec}");
             assert!(err.to_string().contains(message), "{err} for {spec}");
         }
@@ -140,11 +140,11 @@ mod tests {
 
     #[test]
     fn a_valid_spec_keeps_its_interval_and_defaults() {
-        let valid = validate(&source(json!({"url": "http://x/", "interval": "90s"}))).unwrap();
+        let valid = validate(&source(&json!({"url": "http://x/", "interval": "90s"}))).unwrap();
         assert_eq!(valid.interval, Duration::from_secs(90));
         assert_eq!(valid.repository.architecture, "amd64");
         assert_eq!(valid.repository.package, "kubeadm");
-        let defaulted = validate(&source(json!({"url": "http://x/"}))).unwrap();
+        let defaulted = validate(&source(&json!({"url": "http://x/"}))).unwrap();
         assert_eq!(defaulted.interval, default_interval());
         assert_eq!(default_interval(), Duration::from_secs(300));
     }
