@@ -77,6 +77,7 @@ impl<K: Cacheable> Cache<K> {
 type Starter = Box<dyn FnOnce(&Caches) -> BoxFuture<'static, Result<(), ControllerError>> + Send>;
 
 struct Entry {
+    kind: String,
     cache: Box<dyn Any + Send>,
     start: Option<Starter>,
     ready: Option<BoxFuture<'static, ()>>,
@@ -169,6 +170,7 @@ impl Caches {
         entries.insert(
             key,
             Entry {
+                kind: K::kind(&()).into_owned(),
                 cache: Box::new(cache.clone()),
                 start: Some(start),
                 ready: Some(synced(store)),
@@ -187,14 +189,12 @@ impl Caches {
                 continue;
             };
             let run = start(self);
-            started.push((
-                if selector.is_empty() {
-                    "watch".to_owned()
-                } else {
-                    format!("watch {selector}")
-                },
-                Running { ready, run },
-            ));
+            let name = if selector.is_empty() {
+                format!("the watch of {}", entry.kind)
+            } else {
+                format!("the watch of {} ({selector})", entry.kind)
+            };
+            started.push((name, Running { ready, run }));
         }
         started
     }

@@ -466,3 +466,39 @@ fn http_clients_are_shared_per_ca_bundle_and_dropped_when_unused() {
     repository.forget("b");
     assert_eq!(repository.clients(), 0);
 }
+
+#[tokio::test]
+async fn every_series_of_the_controller_shows_at_zero_once_it_has_started() {
+    let (client, _verifier) = mock_client();
+    let (_trigger, shutdown) = crate::shutdown::Shutdown::new();
+    let metrics = Arc::new(crate::runtime::Metrics::default());
+    let shared = Shared::new(client, None, Arc::clone(&metrics), None, shutdown);
+    let running = (REGISTRATION.start)(&shared);
+    let text = metrics.encode().unwrap();
+    let at_zero = |series: &str| {
+        assert!(
+            text.lines().any(|l| l == format!("{series} 0")),
+            "{series} is not at zero in:\n{text}"
+        );
+    };
+    at_zero("kubernetes_upgrader_reconcile_runs_total{controller=\"debianrepositorysource\"}");
+    at_zero(
+        "kubernetes_upgrader_reconcile_duration_seconds_count{controller=\"debianrepositorysource\"}",
+    );
+    for category in Error::CATEGORIES
+        .iter()
+        .chain(&[crate::runtime::CATEGORY_WATCH])
+    {
+        at_zero(&format!(
+            "kubernetes_upgrader_reconcile_failures_total{{controller=\"debianrepositorysource\",category=\"{category}\"}}"
+        ));
+    }
+    for result in ["Fetched", "NotModified"] {
+        at_zero(&format!(
+            "kubernetes_upgrader_debian_repository_syncs_total{{result=\"{result}\"}}"
+        ));
+    }
+    assert!(text.contains("process_resident_memory_bytes "), "{text}");
+    assert!(text.contains("process_start_time_seconds "), "{text}");
+    drop(running);
+}
