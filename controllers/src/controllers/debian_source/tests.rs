@@ -130,6 +130,21 @@ fn answer_status(
     call.ok(&answer);
 }
 
+/// The next call, which must be this controller's status apply of `team/src`.
+async fn status_apply(server: &mut Verifier) -> crate::runtime::fixtures::Call {
+    server
+        .expect_status_apply::<DebianRepositorySource>("team", "src", FIELD_MANAGER)
+        .await
+}
+
+/// The two events of a first unsigned sync, in order.
+async fn first_sync_events(server: &mut Verifier) {
+    server
+        .expect_event("team", COMPONENT, "VersionsChanged")
+        .await;
+    server.expect_event("team", COMPONENT, "NoSignedBy").await;
+}
+
 async fn reconcile_once(source: &DebianRepositorySource, ctx: &Context) -> Result<Action, Error> {
     within(
         "the reconcile",
@@ -143,18 +158,13 @@ async fn reconcile_once(source: &DebianRepositorySource, ctx: &Context) -> Resul
 async fn first_sync_applies_status_once_then_publishes_two_events_and_nothing_else() {
     let (ctx, verifier) = Context::test();
     let scenario = verifier.run(|mut server| async move {
-        let call = server
-            .expect_status_apply::<DebianRepositorySource>("team", "src", FIELD_MANAGER)
-            .await;
+        let call = status_apply(&mut server).await;
         let status = call.body["status"].clone();
         assert_eq!(status["versions"], json!(["v1.27.0", "v1.27.1"]));
         assert_eq!(status["observedGeneration"], 1);
         assert_eq!(status["conditions"].as_array().unwrap().len(), 2);
         answer_status(call, None);
-        server
-            .expect_event("team", COMPONENT, "VersionsChanged")
-            .await;
-        server.expect_event("team", COMPONENT, "NoSignedBy").await;
+        first_sync_events(&mut server).await;
         server
     });
     let action = reconcile_once(&source(None), &ctx).await.unwrap();
@@ -186,22 +196,14 @@ async fn unchanged_repository_makes_no_api_calls() {
 async fn after_a_failed_status_write_the_next_sync_is_unconditional_and_writes() {
     let (ctx, verifier, probe) = Context::test_with(Ok(SyncOutcome::Fetched(listing())));
     let scenario = verifier.run(|mut server| async move {
-        server
-            .expect_status_apply::<DebianRepositorySource>("team", "src", FIELD_MANAGER)
-            .await
-            .fail(500, "InternalError");
-        let call = server
-            .expect_status_apply::<DebianRepositorySource>("team", "src", FIELD_MANAGER)
-            .await;
+        status_apply(&mut server).await.fail(500, "InternalError");
+        let call = status_apply(&mut server).await;
         assert_eq!(
             call.body["status"]["versions"],
             json!(["v1.27.0", "v1.27.1"])
         );
         answer_status(call, None);
-        server
-            .expect_event("team", COMPONENT, "VersionsChanged")
-            .await;
-        server.expect_event("team", COMPONENT, "NoSignedBy").await;
+        first_sync_events(&mut server).await;
         server
     });
     let obj = source(None);
@@ -223,15 +225,10 @@ async fn validators_are_sent_once_the_status_holds_their_listing() {
     let scenario = verifier.run(|mut server| {
         let written = Arc::clone(&written);
         async move {
-            let call = server
-                .expect_status_apply::<DebianRepositorySource>("team", "src", FIELD_MANAGER)
-                .await;
+            let call = status_apply(&mut server).await;
             *written.lock().unwrap() = call.body["status"].clone();
             answer_status(call, None);
-            server
-                .expect_event("team", COMPONENT, "VersionsChanged")
-                .await;
-            server.expect_event("team", COMPONENT, "NoSignedBy").await;
+            first_sync_events(&mut server).await;
             server
         }
     });
@@ -253,9 +250,7 @@ async fn validators_are_sent_once_the_status_holds_their_listing() {
         ..Arc::into_inner(ctx).unwrap()
     };
     let scenario = verifier.run(|mut server| async move {
-        let call = server
-            .expect_status_apply::<DebianRepositorySource>("team", "src", FIELD_MANAGER)
-            .await;
+        let call = status_apply(&mut server).await;
         answer_status(call, None);
         server
     });
@@ -308,10 +303,7 @@ async fn a_failed_status_write_backs_off_like_a_failed_sync() {
     let (ctx, verifier) = Context::test();
     let scenario = verifier.run(|mut server| async move {
         for _ in 0..3 {
-            server
-                .expect_status_apply::<DebianRepositorySource>("team", "src", FIELD_MANAGER)
-                .await
-                .fail(409, "Conflict");
+            status_apply(&mut server).await.fail(409, "Conflict");
         }
         server
     });
@@ -338,9 +330,7 @@ async fn a_failed_status_write_backs_off_like_a_failed_sync() {
 async fn an_api_server_that_never_answers_fails_the_reconcile_in_bounded_time() {
     let (ctx, verifier) = Context::test();
     let scenario = verifier.run(|mut server| async move {
-        let call = server
-            .expect_status_apply::<DebianRepositorySource>("team", "src", FIELD_MANAGER)
-            .await;
+        let call = status_apply(&mut server).await;
         let hung = call.hang();
         tokio::spawn(async move {
             tokio::time::sleep(API_TIMEOUT * 2).await;
@@ -372,9 +362,7 @@ async fn a_missing_signed_by_config_map_has_its_own_reason() {
         assert_eq!(call.method, Method::GET);
         assert_eq!(call.uri, "/api/v1/namespaces/team/configmaps/keys");
         call.fail(404, "NotFound");
-        let call = server
-            .expect_status_apply::<DebianRepositorySource>("team", "src", FIELD_MANAGER)
-            .await;
+        let call = status_apply(&mut server).await;
         assert_eq!(ready_reason(&call.body["status"]), "SignedByNotFound");
         let message = call.body["status"]["conditions"][0]["message"].clone();
         assert_eq!(
@@ -404,9 +392,7 @@ async fn a_missing_signed_by_config_map_has_its_own_reason() {
 async fn an_unreadable_interval_is_a_spec_error_that_waits_for_a_change() {
     let (ctx, verifier, probe) = Context::test_with(Ok(SyncOutcome::Fetched(listing())));
     let scenario = verifier.run(|mut server| async move {
-        let call = server
-            .expect_status_apply::<DebianRepositorySource>("team", "src", FIELD_MANAGER)
-            .await;
+        let call = status_apply(&mut server).await;
         assert_eq!(ready_reason(&call.body["status"]), "InvalidInterval");
         answer_status(call, None);
         server.expect_event("team", COMPONENT, "NoSignedBy").await;
