@@ -96,6 +96,7 @@ async fn each_kind_is_watched_once_per_manager() {
         debian_source::REGISTRATION,
         Registration {
             name: "observer",
+            categories: &[],
             start: observer,
         },
     ];
@@ -109,6 +110,13 @@ async fn each_kind_is_watched_once_per_manager() {
         assert!(Instant::now() < deadline, "the observer saw {OBSERVED:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let metrics = http::get(address, "/metrics").await.unwrap().body;
+    assert!(
+        metrics.contains(
+            "kubernetes_upgrader_reconcile_failures_total{controller=\"observer\",category=\"Watch\"} 0"
+        ),
+        "{metrics}"
+    );
     let requests = fake.requests();
     assert_eq!(requests.get("watch"), Some(&1), "{requests:?}");
     assert_eq!(requests.get("list"), Some(&1), "{requests:?}");
@@ -157,10 +165,12 @@ async fn a_dying_controller_fails_readyz_and_the_manager() {
     let controllers = [
         Registration {
             name: "dying",
+            categories: &[],
             start: dying,
         },
         Registration {
             name: "slow",
+            categories: &[],
             start: slow_to_stop,
         },
     ];

@@ -92,6 +92,10 @@ pub async fn run(
 ) -> Result<(), ManagerError> {
     wait_for_crds(&client, config.crd_wait, &shutdown).await?;
     let metrics = Arc::new(Metrics::default());
+    // Every controller's series show from the start, also on a replica waiting for the lease.
+    for registration in controllers {
+        metrics.controller(registration.name, registration.categories);
+    }
     let health = Arc::new(Health::default());
     // The servers outlive the controllers, so that /readyz reports a failed controller, and stop
     // when the manager returns.

@@ -16,6 +16,8 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::{Metric, Registry, Unit};
 
+use super::CATEGORY_WATCH;
+
 /// Prefix of every series of ours (the process series keep their conventional names).
 pub const PREFIX: &str = "kubernetes_upgrader";
 
@@ -103,7 +105,7 @@ impl Metrics {
     }
 
     /// The series of one controller, created at zero: its runs, its duration and a failure
-    /// counter per error category it declares.
+    /// counter per error category it declares, and for [`CATEGORY_WATCH`].
     pub fn controller(
         self: &Arc<Self>,
         controller: &'static str,
@@ -112,7 +114,7 @@ impl Metrics {
         let labels = ControllerLabels { controller };
         let _ = self.runs.get_or_create(&labels);
         let _ = self.duration.get_or_create(&labels);
-        for category in categories {
+        for category in categories.iter().chain(&[CATEGORY_WATCH]) {
             let _ = self.failures.get_or_create(&FailureLabels {
                 controller,
                 category,

@@ -118,6 +118,9 @@ pub struct Running {
 pub struct Registration {
     /// Name used in logs and metrics.
     pub name: &'static str,
+    /// The categories of its reconcile error (`ReconcileError::CATEGORIES`), so the manager can
+    /// show its failure series at zero from the start, before it leads.
+    pub categories: &'static [&'static str],
     /// Starts the controller.
     pub start: fn(&Shared) -> Running,
 }
@@ -171,10 +174,8 @@ impl Reporter {
         controller: &'static str,
         component: &str,
     ) -> Self {
-        let mut categories = E::CATEGORIES.to_vec();
-        categories.push(CATEGORY_WATCH);
         Self {
-            metrics: shared.metrics.controller(controller, &categories),
+            metrics: shared.metrics.controller(controller, E::CATEGORIES),
             events: Events::new(shared.client.clone(), component, shared.instance.clone()),
             controller,
         }

@@ -48,6 +48,7 @@ pub const COMPONENT: &str = "debianrepositorysource-reconciler";
 /// The manager's handle on this controller.
 pub const REGISTRATION: Registration = Registration {
     name: CONTROLLER,
+    categories: Error::CATEGORIES,
     start,
 };
 
