@@ -42,7 +42,8 @@ e2e:
 
 ## Debian index ingestion against zcat/xzcat, and 500 sources against a fake API server.
 bench:
-	$(CARGO) bench --locked -p kubernetes-upgrader --features testing
+	$(CARGO) bench --locked -p kubernetes-upgrader --bench debian_index
+	$(CARGO) bench --locked -p e2e --bench manager_load
 
 bench-load:
 	$(CARGO) build --locked --release --bin kubernetes-upgrader

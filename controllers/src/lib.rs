@@ -1,13 +1,10 @@
-//! The kubernetes-upgrader controllers and the manager that runs them.
+//! The kubernetes-upgrader controllers, the runtime they share and the manager that runs them.
 
 pub mod cli;
+pub mod controllers;
 pub mod crdgen;
 pub mod debian;
-pub mod debian_source;
 pub mod manager;
-pub mod metrics;
-pub mod reconcile;
+pub mod runtime;
 pub mod shutdown;
 pub mod telemetry;
-#[cfg(any(test, feature = "testing"))]
-pub mod testing;

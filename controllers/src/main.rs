@@ -7,7 +7,7 @@ use clap::Parser;
 use kubernetes_upgrader::cli::{Cli, Command, RunArgs};
 use kubernetes_upgrader::manager::{self, LeaderElection, ManagerConfig};
 use kubernetes_upgrader::shutdown::Shutdown;
-use kubernetes_upgrader::{crdgen, debian, telemetry};
+use kubernetes_upgrader::{controllers, crdgen, debian, telemetry};
 
 const SERVICE_ACCOUNT_NAMESPACE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
 const DEFAULT_NAMESPACE: &str = "kubernetes-upgrader-system";
@@ -73,7 +73,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         instance: args.pod_name.clone(),
     };
     let shutdown = Shutdown::on_signals().context("installing the signal handlers")?;
-    manager::run(client, config, shutdown).await?;
+    manager::run(client, config, controllers::ALL, shutdown).await?;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }

@@ -1,16 +1,15 @@
 //! End-to-end tests of the Debian repository client against generated, signed repositories
 //! served on 127.0.0.1.
-#![cfg(feature = "testing")]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::Write as _;
 use std::time::Duration;
 
-use kubernetes_upgrader::debian::testing::{
-    RepoBuilder, RepoServer, TestKey, binary_keyring, compress,
-};
 use kubernetes_upgrader::debian::{
     Compression, Fetcher, Keyring, Listing, RepositorySpec, SyncError, SyncOutcome, Validators,
+};
+use kubernetes_upgrader_testkit::debian::{
+    RepoBuilder, RepoServer, TestKey, binary_keyring, compress,
 };
 
 fn init() {

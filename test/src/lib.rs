@@ -14,7 +14,6 @@ pub mod builds;
 pub mod chaos;
 pub mod cluster;
 pub mod control_plane;
-pub mod http;
 pub mod install;
 pub mod manager;
 pub mod manifests;
@@ -23,6 +22,8 @@ pub mod procs;
 pub mod repo;
 pub mod status;
 pub mod wait;
+
+pub use kubernetes_upgrader_testkit::http;
 
 use std::path::Path;
 use std::sync::Arc;

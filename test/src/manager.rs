@@ -8,6 +8,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, bail};
 
+use kubernetes_upgrader_testkit::fake_api::FakeApiServer;
+
 use crate::http;
 use crate::manifests::workspace_root;
 use crate::procs::{self, ChildGuard};
@@ -156,6 +158,25 @@ impl ManagerOptions {
             id: None,
             lease_duration: Some("4s".to_owned()),
         });
+        self
+    }
+
+    /// Options for a manager against `fake`, watching every namespace; the kubeconfig is written
+    /// to the harness's scratch directory.
+    pub fn for_fake_api(fake: &FakeApiServer) -> Result<Self> {
+        let dir = procs::scratch_subdir("fake-api-")?;
+        let kubeconfig = dir.join("kubeconfig");
+        std::fs::write(&kubeconfig, fake.kubeconfig())
+            .with_context(|| format!("writing {}", kubeconfig.display()))?;
+        let mut options = Self::new(&kubeconfig, "");
+        options.namespace = None;
+        Ok(options.labelled("manager-fake-api"))
+    }
+
+    /// With more arguments after `run`.
+    #[must_use]
+    pub fn with_args(mut self, args: &[&str]) -> Self {
+        self.extra_args.extend(args.iter().map(|a| (*a).to_owned()));
         self
     }
 
@@ -447,7 +468,7 @@ pub fn has_metric(samples: &[Sample], name: &str) -> bool {
     samples.iter().any(|s| s.name == name)
 }
 
-pub use kubernetes_upgrader::testing::peak_rss_kib;
+pub use kubernetes_upgrader_testkit::peak_rss_kib;
 
 #[cfg(test)]
 #[allow(clippy::float_cmp)]

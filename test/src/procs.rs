@@ -103,7 +103,7 @@ pub fn scratch_subdir(prefix: &str) -> Result<PathBuf> {
 }
 
 /// A free loopback port.
-pub use kubernetes_upgrader::testing::free_port;
+pub use kubernetes_upgrader_testkit::free_port;
 
 /// Sends `signal` (such as `TERM` or `KILL`) to `pid` with the shell's `kill`.
 pub fn send_signal(pid: u32, signal: &str) -> Result<()> {

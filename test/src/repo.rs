@@ -1,5 +1,5 @@
 //! Signed Debian repositories served from loopback, for the DebianRepositorySource suites,
-//! built on `kubernetes_upgrader::debian::testing`.
+//! built on `kubernetes_upgrader_testkit::debian`.
 
 use std::collections::BTreeSet;
 
@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use api::v1alpha1::{DebianRepositorySource, DebianRepositorySourceSpec, SignedBy};
 
 pub use kubernetes_upgrader::debian::Compression;
-pub use kubernetes_upgrader::debian::testing::{
+pub use kubernetes_upgrader_testkit::debian::{
     Fault, Layout, RepoBuilder, RepoServer, Repository, TestKey, clearsign, detached_signature,
 };
 

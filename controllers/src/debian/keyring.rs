@@ -29,7 +29,7 @@ impl std::fmt::Debug for Keyring {
 }
 
 /// Upper-case hex of a fingerprint.
-pub(crate) fn fingerprint_hex(key: &impl PublicKeyTrait) -> String {
+pub fn fingerprint_hex(key: &impl PublicKeyTrait) -> String {
     hex::encode_upper(key.fingerprint().as_bytes())
 }
 

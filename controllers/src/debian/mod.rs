@@ -12,8 +12,8 @@
 //!   are probed directly, as v0.6 did. A URL ending in `/Packages{,.gz,.xz}` is read directly
 //!   (verified against the InRelease beside it when a keyring is given).
 //! - [`scan`] is the streaming paragraph scanner, [`index`] the decompress-hash-scan pipeline,
-//!   [`versions`] the Debian → Kubernetes version mapping, [`cli`] the `versions` subcommand and
-//!   `testing` (feature `testing`) the signed test repositories and their loopback server.
+//!   [`versions`] the Debian → Kubernetes version mapping and [`cli`] the `versions` subcommand.
+//!   The signed test repositories and their loopback server live in the `testkit` crate.
 
 use std::time::Duration;
 
@@ -23,8 +23,6 @@ pub mod index;
 pub mod keyring;
 pub mod release;
 pub mod scan;
-#[cfg(any(test, feature = "testing"))]
-pub mod testing;
 pub mod versions;
 
 pub use cli::{OutputFormat, VersionsArgs, run_versions};

@@ -10,7 +10,7 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
-use crate::metrics::Metrics;
+use crate::runtime::Metrics;
 use crate::shutdown::Shutdown;
 
 /// What the probes report.
@@ -99,15 +99,10 @@ pub async fn bind(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use kubernetes_upgrader_testkit::http::get;
 
-    async fn get_path(address: SocketAddr, path: &str) -> String {
-        let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
-        let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await.unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await.unwrap();
-        response
+    async fn status(address: SocketAddr, path: &str) -> u16 {
+        get(address, path).await.unwrap().status
     }
 
     #[tokio::test]
@@ -117,29 +112,17 @@ mod tests {
         drop(probe);
         let health = Arc::new(Health::default());
         let metrics = Arc::new(Metrics::default());
-        drop(metrics.reconcile("test"));
+        drop(metrics.controller("test", &[]).reconcile());
         let (trigger, shutdown) = Shutdown::new();
         let servers = bind(&[address, address], Arc::clone(&health), metrics, shutdown)
             .await
             .unwrap();
         assert_eq!(servers.len(), 1);
-        assert!(
-            get_path(address, "/readyz")
-                .await
-                .starts_with("HTTP/1.1 503")
-        );
-        assert!(
-            get_path(address, "/livez")
-                .await
-                .starts_with("HTTP/1.1 200")
-        );
+        assert_eq!(status(address, "/readyz").await, 503);
+        assert_eq!(status(address, "/livez").await, 200);
         health.set_ready(true);
-        assert!(
-            get_path(address, "/readyz")
-                .await
-                .starts_with("HTTP/1.1 200")
-        );
-        let metrics = get_path(address, "/metrics").await;
+        assert_eq!(status(address, "/readyz").await, 200);
+        let metrics = get(address, "/metrics").await.unwrap().body;
         assert!(
             metrics.contains("kubernetes_upgrader_reconcile_runs_total{controller=\"test\"} 1")
         );

@@ -29,7 +29,7 @@ pub struct LeaderElection {
 #[derive(Debug, thiserror::Error)]
 pub enum LeaderError {
     /// The Lease could not be created or read.
-    #[error("leader election failed: {0}")]
+    #[error("leader election failed")]
     Lease(#[from] LeaseManagerError),
     /// Another replica took the lease.
     #[error("lost the leader lease; exiting so that a clean start takes over")]

@@ -1,5 +1,9 @@
 //! The controller manager: waits for the CRDs, serves probes and metrics, takes the leader lease
-//! when asked to, runs every registered controller and stops them all on one shutdown signal.
+//! when asked to, runs the controllers it is handed (it knows none by name) with their shared
+//! watches, supervises them, and stops them all on one shutdown signal.
+//!
+//! A controller or watch that ends before shutdown makes `/readyz` fail and the manager return an
+//! error naming it and its cause, so the process exits non-zero and is restarted.
 
 mod http;
 mod leader;
@@ -8,67 +12,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::{BoxFuture, join_all};
+use futures::future::join_all;
 use kube::Client;
 use kube::core::GroupVersion;
+use tokio::task::JoinSet;
 
 pub use http::Health;
 pub use leader::{DEFAULT_LEASE_NAME, LeaderElection};
 
-use crate::metrics::Metrics;
-use crate::shutdown::{Shutdown, Trigger};
-
-/// Everything a controller needs from the manager.
-#[derive(Clone)]
-pub struct Shared {
-    /// The API client.
-    pub client: Client,
-    /// Only this namespace is watched, when set.
-    pub namespace: Option<String>,
-    /// The manager's metrics.
-    pub metrics: Arc<Metrics>,
-    /// The reporting instance for events, normally the pod name.
-    pub instance: Option<String>,
-    /// Fires when the manager stops.
-    pub shutdown: Shutdown,
-}
-
-/// A controller started by the manager.
-pub struct Running {
-    /// Resolves once the controller's caches have synced.
-    pub ready: BoxFuture<'static, ()>,
-    /// Runs the controller until shutdown.
-    pub run: BoxFuture<'static, ()>,
-}
-
-/// A controller the manager knows how to start.
-#[derive(Clone, Copy, Debug)]
-pub struct Registration {
-    /// Name used in logs and metrics.
-    pub name: &'static str,
-    /// Starts the controller.
-    pub start: fn(&Shared) -> Running,
-}
-
-/// Resolves once `store` has seen its first complete list.
-///
-/// The store's readiness signal wakes only the last task that polled it, and the controller polls
-/// it too, so this re-polls on a short timer instead of waiting once.
-pub fn synced<K>(store: kube::runtime::reflector::Store<K>) -> BoxFuture<'static, ()>
-where
-    K: kube::Resource + Clone + Send + Sync + 'static,
-    K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
-{
-    Box::pin(async move {
-        while tokio::time::timeout(Duration::from_millis(100), store.wait_until_ready())
-            .await
-            .is_err()
-        {}
-    })
-}
-
-/// Every controller this build ships.
-pub const CONTROLLERS: &[Registration] = &[crate::debian_source::REGISTRATION];
+use crate::runtime::{ControllerError, Metrics, Registration, Shared};
+use crate::shutdown::Shutdown;
 
 /// How the manager runs.
 #[derive(Clone, Debug)]
@@ -97,36 +50,82 @@ pub enum ManagerError {
         missing: String,
     },
     /// Discovery failed.
-    #[error("checking for the CRDs failed: {0}")]
+    #[error("checking for the CRDs failed")]
     Discovery(#[source] kube::Error),
     /// The probe or metrics address could not be bound.
-    #[error("binding the probe and metrics server failed: {0}")]
+    #[error("binding the probe and metrics server failed")]
     Bind(#[source] std::io::Error),
     /// Leader election failed or the lease was lost.
     #[error(transparent)]
     Leader(#[from] leader::LeaderError),
+    /// A controller or shared watch stopped before shutdown.
+    #[error("{name} stopped unexpectedly")]
+    ControllerFailed {
+        /// The controller or watch.
+        name: String,
+        /// Why.
+        #[source]
+        cause: Stopped,
+    },
 }
 
-/// Runs the manager until `shutdown` fires.
+/// How a supervised task ended before shutdown.
+#[derive(Debug, thiserror::Error)]
+pub enum Stopped {
+    /// It returned an error.
+    #[error(transparent)]
+    Failed(#[from] ControllerError),
+    /// It returned without an error.
+    #[error("it returned although shutdown was not requested")]
+    Returned,
+    /// It panicked or was cancelled.
+    #[error("its task ended abnormally")]
+    Panicked(#[source] tokio::task::JoinError),
+}
+
+/// Runs `controllers` until `shutdown` fires, or until one of them stops.
 pub async fn run(
     client: Client,
     config: ManagerConfig,
+    controllers: &[Registration],
     shutdown: Shutdown,
 ) -> Result<(), ManagerError> {
     wait_for_crds(&client, config.crd_wait, &shutdown).await?;
     let metrics = Arc::new(Metrics::default());
+    // Every controller's series show from the start, also on a replica waiting for the lease.
+    for registration in controllers {
+        metrics.controller(registration.name, registration.categories);
+    }
     let health = Arc::new(Health::default());
+    // The servers outlive the controllers, so that /readyz reports a failed controller, and stop
+    // when the manager returns.
+    let (servers_trigger, servers_shutdown) = Shutdown::new();
     let servers = http::bind(
         &config.listen,
         Arc::clone(&health),
         Arc::clone(&metrics),
-        shutdown.clone(),
+        servers_shutdown,
     )
     .await
     .map_err(ManagerError::Bind)?;
+    let outcome = run_controllers(client, &config, controllers, &shutdown, metrics, &health).await;
+    servers_trigger.fire();
+    for server in servers {
+        let _ = server.await;
+    }
+    outcome
+}
 
+async fn run_controllers(
+    client: Client,
+    config: &ManagerConfig,
+    controllers: &[Registration],
+    shutdown: &Shutdown,
+    metrics: Arc<Metrics>,
+    health: &Arc<Health>,
+) -> Result<(), ManagerError> {
     let lease = match &config.leader_election {
-        Some(election) => match election.acquire(client.clone(), &shutdown).await? {
+        Some(election) => match election.acquire(client.clone(), shutdown).await? {
             Some(lease) => Some(lease),
             None => return Ok(()),
         },
@@ -135,23 +134,28 @@ pub async fn run(
 
     // Losing the lease stops every controller: a new leader takes over from a clean start.
     let (controllers_trigger, controllers_shutdown) = Shutdown::new();
-    let shared = Shared {
+    let shared = Shared::new(
         client,
-        namespace: config.namespace.clone(),
+        config.namespace.clone(),
         metrics,
-        instance: config.instance.clone(),
-        shutdown: controllers_shutdown,
-    };
+        config.instance.clone(),
+        controllers_shutdown,
+    );
     let mut ready = Vec::new();
-    let mut runs = Vec::new();
-    for registration in CONTROLLERS {
+    let mut tasks = JoinSet::new();
+    let mut started = Vec::new();
+    for registration in controllers {
         tracing::info!(controller = registration.name, "starting controller");
-        let running = (registration.start)(&shared);
+        started.push((registration.name.to_owned(), (registration.start)(&shared)));
+    }
+    // Each kind the controllers asked for is watched once, for all of them.
+    started.extend(shared.caches.start());
+    for (name, running) in started {
         ready.push(running.ready);
-        runs.push(tokio::spawn(running.run));
+        tasks.spawn(async move { (name, running.run.await) });
     }
     let readiness = {
-        let health = Arc::clone(&health);
+        let health = Arc::clone(health);
         tokio::spawn(async move {
             join_all(ready).await;
             tracing::info!("caches synced; ready");
@@ -159,18 +163,18 @@ pub async fn run(
         })
     };
 
-    let outcome = supervise(lease.as_ref(), &shutdown, &controllers_trigger).await;
+    let outcome = supervise(lease.as_ref(), shutdown, &mut tasks).await;
     health.set_ready(false);
     readiness.abort();
+    if let Err(err) = &outcome {
+        tracing::error!(error = %crate::runtime::cause_chain(err), "stopping every controller");
+    }
     controllers_trigger.fire();
-    stop_controllers(runs).await;
+    stop_controllers(tasks).await;
     if let Some(lease) = lease {
         lease.release().await;
     }
     drop(shared);
-    for server in servers {
-        let _ = server.await;
-    }
     outcome
 }
 
@@ -178,37 +182,56 @@ pub async fn run(
 /// short rather than holding the process past its termination grace period.
 const CONTROLLER_STOP_GRACE: Duration = Duration::from_secs(3);
 
-async fn stop_controllers(runs: Vec<tokio::task::JoinHandle<()>>) {
-    let aborts: Vec<_> = runs
-        .iter()
-        .map(tokio::task::JoinHandle::abort_handle)
-        .collect();
-    if let Ok(results) = tokio::time::timeout(CONTROLLER_STOP_GRACE, join_all(runs)).await {
-        for err in results.into_iter().filter_map(Result::err) {
-            tracing::error!(error = %err, "a controller task failed");
+type Task = (String, Result<(), ControllerError>);
+
+async fn stop_controllers(mut tasks: JoinSet<Task>) {
+    let drain = async {
+        while let Some(result) = tasks.join_next().await {
+            match result {
+                Ok((name, Err(err))) => {
+                    tracing::error!(controller = %name, error = %crate::runtime::cause_chain(&err), "a controller failed while stopping");
+                }
+                Err(err) if !err.is_cancelled() => {
+                    tracing::error!(error = %err, "a controller task failed while stopping");
+                }
+                _ => {}
+            }
         }
-    } else {
+    };
+    if tokio::time::timeout(CONTROLLER_STOP_GRACE, drain)
+        .await
+        .is_err()
+    {
         tracing::warn!("controllers did not stop within {CONTROLLER_STOP_GRACE:?}; aborting them");
-        aborts.iter().for_each(tokio::task::AbortHandle::abort);
+        tasks.abort_all();
     }
 }
 
+/// Waits for shutdown, the loss of the lease, or the first controller or watch to stop.
 async fn supervise(
     lease: Option<&leader::Lease>,
     shutdown: &Shutdown,
-    controllers: &Trigger,
+    tasks: &mut JoinSet<Task>,
 ) -> Result<(), ManagerError> {
-    let result = if let Some(lease) = lease {
-        tokio::select! {
-            () = shutdown.clone().wait() => Ok(()),
-            lost = lease.lost() => Err(ManagerError::Leader(lost)),
+    let lost = async {
+        match lease {
+            Some(lease) => lease.lost().await,
+            None => std::future::pending().await,
         }
-    } else {
-        shutdown.clone().wait().await;
-        Ok(())
     };
-    controllers.fire();
-    result
+    let stopped = async {
+        match tasks.join_next().await {
+            Some(Ok((name, Ok(())))) => (name, Stopped::Returned),
+            Some(Ok((name, Err(err)))) => (name, Stopped::Failed(err)),
+            Some(Err(err)) => ("a controller".to_owned(), Stopped::Panicked(err)),
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        () = shutdown.clone().wait() => Ok(()),
+        lost = lost => Err(ManagerError::Leader(lost)),
+        (name, cause) = stopped => Err(ManagerError::ControllerFailed { name, cause }),
+    }
 }
 
 /// Polls discovery until every CRD of ours is served, or `timeout` passes.

@@ -34,9 +34,9 @@ use pgp::{
 };
 use sha2::{Digest as _, Sha256};
 
-use super::Keyring;
-use super::index::Compression;
-use super::keyring::fingerprint_hex;
+use kubernetes_upgrader::debian::Keyring;
+use kubernetes_upgrader::debian::index::Compression;
+use kubernetes_upgrader::debian::keyring::fingerprint_hex;
 
 /// A generated OpenPGP key pair (Ed25519), optionally signing through a subkey.
 #[derive(Clone)]

@@ -4,7 +4,7 @@
 //! the API requests per minute at steady state by kind (writes should be zero), and the
 //! repository requests per interval (conditional GETs answered 304).
 //!
-//! `cargo bench -p kubernetes-upgrader --features testing --bench manager_load`;
+//! `cargo bench -p e2e --bench manager_load`;
 //! `LOAD_SOURCES` (500), `LOAD_INTERVAL` (30s) and `LOAD_WINDOW_INTERVALS` (2) tune it.
 #![allow(
     clippy::unwrap_used,
@@ -15,10 +15,10 @@
 
 use std::time::{Duration, Instant};
 
-use kubernetes_upgrader::debian::testing::{RepoBuilder, RepoServer, TestKey};
-use kubernetes_upgrader::testing::{
-    FakeApiServer, FakeOptions, ManagerProcess, peak_rss_kib, source_object,
-};
+use e2e::manager::peak_rss_kib;
+use e2e::{Manager, ManagerOptions};
+use kubernetes_upgrader_testkit::debian::{RepoBuilder, RepoServer, TestKey};
+use kubernetes_upgrader_testkit::fake_api::{FakeApiServer, FakeOptions, source_object};
 use serde_json::{Value, json};
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -29,24 +29,20 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 }
 
 /// Starts the manager against `fake` and waits until it is ready.
-async fn start_manager(fake: &FakeApiServer) -> ManagerProcess {
-    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_kubernetes-upgrader"));
-    let manager = ManagerProcess::spawn(binary, fake, "warn", &[]).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while manager.readyz().await != Some(200) {
-        assert!(Instant::now() < deadline, "the manager never became ready");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+async fn start_manager(fake: &FakeApiServer) -> Manager {
+    let mut options = ManagerOptions::for_fake_api(fake).unwrap();
+    options.env.push(("RUST_LOG".to_owned(), "warn".to_owned()));
+    let mut manager = Manager::spawn(options).unwrap();
+    manager.wait_ready(Duration::from_secs(30)).await.unwrap();
     manager
 }
 
-fn peak_rss_mib(manager: &ManagerProcess) -> f64 {
-    peak_rss_kib(manager.child.id()).unwrap() as f64 / 1024.0
+fn peak_rss_mib(manager: &Manager) -> f64 {
+    peak_rss_kib(manager.pid()).unwrap() as f64 / 1024.0
 }
 
-fn stop(mut manager: ManagerProcess) {
-    manager.terminate().unwrap();
-    manager.wait_exit(Duration::from_secs(10)).unwrap();
+async fn stop(mut manager: Manager) {
+    manager.terminate(Duration::from_secs(10)).await.unwrap();
 }
 
 #[tokio::main]
@@ -79,7 +75,7 @@ async fn main() {
     let idle = start_manager(&idle_fake).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let idle_rss = peak_rss_mib(&idle);
-    stop(idle);
+    stop(idle).await;
 
     let objects: Vec<Value> = (0..sources)
         .map(|i| {
@@ -119,7 +115,7 @@ async fn main() {
     let repo_requests = repo_server.requests();
     let repo_304 = repo_server.not_modified();
     let peak = peak_rss_mib(&manager);
-    stop(manager);
+    stop(manager).await;
 
     let minutes = window.as_secs_f64() / 60.0;
     let writes: u64 = ["patch status", "create event"]

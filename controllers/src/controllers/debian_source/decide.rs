@@ -7,8 +7,11 @@ use api::conditions::{self, Desired, Status};
 use api::v1alpha1::{CONDITION_READY, CONDITION_VERIFIED, DebianRepositorySourceStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
+use super::keys::KeyError;
+use super::validate::SpecError;
 use crate::debian::{Listing, SyncError, SyncOutcome};
-use crate::reconcile::{Note, backoff, with_jitter};
+use crate::runtime::backoff::with_jitter;
+use crate::runtime::{Note, cause_chain};
 
 /// Reason of `Ready=True`.
 pub const REASON_SYNCED: &str = "Synced";
@@ -28,6 +31,48 @@ pub const EVENT_RECOVERED: &str = "Recovered";
 /// First retry delay after a failure.
 pub const RETRY_BASE: Duration = Duration::from_secs(5);
 
+/// Why a sync did not happen or did not succeed. Each has its own condition reason.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    /// The spec cannot be acted on; the controller waits for it to change.
+    #[error(transparent)]
+    Spec(SpecError),
+    /// The keys `spec.signedBy` names cannot be read.
+    #[error(transparent)]
+    Keys(KeyError),
+    /// The repository could not be read or verified.
+    #[error(transparent)]
+    Sync(SyncError),
+}
+
+impl Failure {
+    /// The condition reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Spec(err) => err.reason(),
+            Self::Keys(err) => err.reason(),
+            Self::Sync(err) => err.reason(),
+        }
+    }
+
+    /// The condition message: the cause chain, cut to 1 KiB.
+    pub fn message(&self) -> String {
+        match self {
+            Self::Spec(err) => cause_chain(err),
+            Self::Keys(err) => cause_chain(err),
+            Self::Sync(err) => cause_chain(err),
+        }
+    }
+
+    /// Whether the repository failed verification itself.
+    fn unverified(&self) -> bool {
+        matches!(
+            self,
+            Self::Sync(SyncError::SignatureInvalid(_) | SyncError::ChecksumMismatch(_))
+        )
+    }
+}
+
 /// What the observe step found.
 #[derive(Debug)]
 pub struct Observed<'a> {
@@ -38,13 +83,11 @@ pub struct Observed<'a> {
     /// Whether `spec.signedBy` is set.
     pub signed: bool,
     /// The sync result.
-    pub result: &'a Result<SyncOutcome, SyncError>,
+    pub result: &'a Result<SyncOutcome, Failure>,
     /// The current time.
     pub now: &'a Time,
     /// `spec.interval`.
     pub interval: Duration,
-    /// Consecutive failures before this sync.
-    pub failures: u32,
     /// A number in [0, 1] that spreads requeues.
     pub jitter: f64,
 }
@@ -58,14 +101,48 @@ pub struct Decision {
     pub notes: Vec<Note>,
     /// When to sync again.
     pub requeue: Duration,
-    /// Consecutive failures after this sync.
-    pub failures: u32,
+}
+
+/// The retry delay after a failure: as long as the source has been failing (so the delay doubles
+/// from one retry to the next), at least [`RETRY_BASE`] and at most the interval. It is read from
+/// `Ready`'s `lastTransitionTime`, so it survives a restart or a leader failover.
+pub fn retry_after(
+    ready: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
+    now: &Time,
+    interval: Duration,
+) -> Duration {
+    let failing_for = ready
+        .filter(|c| c.status == "False")
+        .and_then(|c| {
+            now.0
+                .duration_since(c.last_transition_time.0)
+                .try_into()
+                .ok()
+        })
+        .unwrap_or(Duration::ZERO);
+    failing_for.clamp(RETRY_BASE, interval.max(RETRY_BASE))
+}
+
+/// The status fields this controller owns, carried over from `current`: the applied status is
+/// built from these alone, never from a clone of whatever the status holds.
+fn owned_fields(current: &DebianRepositorySourceStatus) -> DebianRepositorySourceStatus {
+    DebianRepositorySourceStatus {
+        versions: current.versions.clone(),
+        conditions: None,
+        observed_generation: None,
+        last_sync_time: current.last_sync_time.clone(),
+        last_change_time: current.last_change_time.clone(),
+        index_url: current.index_url.clone(),
+        index_sha256: current.index_sha256.clone(),
+        signing_key_fingerprint: current.signing_key_fingerprint.clone(),
+        skipped_versions: current.skipped_versions,
+    }
 }
 
 /// Decides the status, the events and the requeue for one sync.
 pub fn decide(observed: &Observed<'_>) -> Decision {
     let current = observed.status;
-    let mut status = current.clone();
+    let mut status = owned_fields(current);
     let mut notes = Vec::new();
     let previous_ready = current
         .conditions
@@ -74,7 +151,7 @@ pub fn decide(observed: &Observed<'_>) -> Decision {
     let was_failing = previous_ready.is_some_and(|c| c.status != "True");
     let mut desired = Vec::new();
 
-    let (requeue, failures) = match observed.result {
+    let requeue = match observed.result {
         Ok(outcome) => {
             if let SyncOutcome::Fetched(listing) = outcome {
                 apply_listing(&mut status, listing, observed.signed, observed.now);
@@ -95,12 +172,15 @@ pub fn decide(observed: &Observed<'_>) -> Decision {
                 ready_message(&status),
             ));
             desired.push(verified_after_success(&status, observed.signed));
-            (with_jitter(observed.interval, observed.jitter), 0)
+            with_jitter(observed.interval, observed.jitter)
         }
         Err(err) => {
             let reason = err.reason();
-            let message = err.to_string();
-            if previous_ready.is_none_or(|c| c.status != "False" || c.reason != reason) {
+            let message = err.message();
+            // A spec error is reported once by the controller's failure report instead.
+            let announce = !matches!(err, Failure::Spec(_));
+            if announce && previous_ready.is_none_or(|c| c.status != "False" || c.reason != reason)
+            {
                 notes.push(Note::warning(
                     EVENT_LIST_VERSIONS_FAILED,
                     format!("{reason}: {message}"),
@@ -113,11 +193,7 @@ pub fn decide(observed: &Observed<'_>) -> Decision {
                 message.clone(),
             ));
             desired.push(verified_after_failure(current, observed.signed, err));
-            let failures = observed.failures.saturating_add(1);
-            (
-                backoff(failures, RETRY_BASE, observed.interval.max(RETRY_BASE)),
-                failures,
-            )
+            retry_after(previous_ready, observed.now, observed.interval)
         }
     };
 
@@ -140,7 +216,6 @@ pub fn decide(observed: &Observed<'_>) -> Decision {
         status,
         notes,
         requeue,
-        failures,
     }
 }
 
@@ -191,14 +266,18 @@ fn no_signed_by_message() -> String {
     "spec.signedBy is not set, so the repository's signature and checksums are not verified against a trusted key".to_owned()
 }
 
+fn not_verified_unsigned() -> Desired {
+    Desired::new(
+        CONDITION_VERIFIED,
+        false,
+        REASON_NO_SIGNED_BY,
+        no_signed_by_message(),
+    )
+}
+
 fn verified_after_success(status: &DebianRepositorySourceStatus, signed: bool) -> Desired {
     if !signed {
-        return Desired::new(
-            CONDITION_VERIFIED,
-            false,
-            REASON_NO_SIGNED_BY,
-            no_signed_by_message(),
-        );
+        return not_verified_unsigned();
     }
     let by = status
         .signing_key_fingerprint
@@ -215,21 +294,13 @@ fn verified_after_success(status: &DebianRepositorySourceStatus, signed: bool) -
 fn verified_after_failure(
     current: &DebianRepositorySourceStatus,
     signed: bool,
-    err: &SyncError,
+    err: &Failure,
 ) -> Desired {
     if !signed {
-        return Desired::new(
-            CONDITION_VERIFIED,
-            false,
-            REASON_NO_SIGNED_BY,
-            no_signed_by_message(),
-        );
+        return not_verified_unsigned();
     }
-    if matches!(
-        err,
-        SyncError::SignatureInvalid(_) | SyncError::ChecksumMismatch(_)
-    ) {
-        return Desired::new(CONDITION_VERIFIED, false, err.reason(), err.to_string());
+    if err.unverified() {
+        return Desired::new(CONDITION_VERIFIED, false, err.reason(), err.message());
     }
     match current
         .conditions
@@ -283,7 +354,6 @@ mod tests {
 
     struct Run {
         signed: bool,
-        failures: u32,
     }
 
     impl Run {
@@ -298,19 +368,15 @@ mod tests {
                 generation: Some(3),
                 status,
                 signed: self.signed,
-                result: &result,
+                result: &result.map_err(Failure::Sync),
                 now: &at(now),
                 interval: Duration::from_secs(300),
-                failures: self.failures,
                 jitter: 0.0,
             })
         }
     }
 
-    const SIGNED: Run = Run {
-        signed: true,
-        failures: 0,
-    };
+    const SIGNED: Run = Run { signed: true };
 
     impl Run {
         /// A first successful sync of one version.
@@ -367,7 +433,6 @@ mod tests {
         assert_eq!(d.status.last_sync_time, Some(at(100)));
         assert_eq!(reasons(&d), [EVENT_VERSIONS_CHANGED]);
         assert_eq!(d.requeue, Duration::from_secs(300));
-        assert_eq!(d.failures, 0);
     }
 
     #[test]
@@ -414,13 +479,8 @@ mod tests {
             assert_eq!(reasons(&d), [EVENT_LIST_VERSIONS_FAILED], "{reason}");
             assert!(d.notes[0].warning);
             assert!(d.notes[0].message.starts_with(reason));
-            assert_eq!(d.failures, 1);
             assert_eq!(d.requeue, RETRY_BASE);
-            let again = Run {
-                signed: true,
-                failures: 1,
-            }
-            .decide(&d.status, Err(clone_error(&d)), 210);
+            let again = run.decide(&d.status, Err(clone_error(&d)), 210);
             assert!(
                 again.notes.is_empty(),
                 "{reason}: a repeated failure must not warn again"
@@ -491,23 +551,15 @@ mod tests {
         let run = SIGNED;
         let good = run.first_sync();
         let bad = run.decide(&good.status, Err(http_error(500)), 200);
-        let back = Run {
-            signed: true,
-            failures: 3,
-        }
-        .decide(&bad.status, Ok(SyncOutcome::NotModified), 300);
+        let back = run.decide(&bad.status, Ok(SyncOutcome::NotModified), 300);
         assert_eq!(ready(&back.status), ("True", REASON_SYNCED));
         assert_eq!(reasons(&back), [EVENT_RECOVERED]);
-        assert_eq!(back.failures, 0);
         assert_eq!(back.status.versions, good.status.versions);
     }
 
     #[test]
     fn unsigned_sources_warn_once_that_they_are_not_verified() {
-        let run = Run {
-            signed: false,
-            failures: 0,
-        };
+        let run = Run { signed: false };
         let first = run.decide(
             &DebianRepositorySourceStatus::default(),
             Ok(SyncOutcome::Fetched(listing(&["v1.27.1"], "aa"))),
@@ -527,17 +579,59 @@ mod tests {
     }
 
     #[test]
-    fn backoff_never_exceeds_the_interval() {
-        let run = Run {
-            signed: true,
-            failures: 30,
-        };
-        let d = run.decide(
-            &DebianRepositorySourceStatus::default(),
-            Err(SyncError::ParseError("x".into())),
-            1,
+    fn retries_double_from_the_first_failure_and_stop_at_the_interval() {
+        let run = SIGNED;
+        let good = run.first_sync();
+        let mut status = good.status;
+        let mut now = 1_000;
+        let mut delays = Vec::new();
+        for _ in 0..8 {
+            let d = run.decide(&status, Err(http_error(503)), now);
+            delays.push(d.requeue.as_secs());
+            now += i64::try_from(d.requeue.as_secs()).unwrap();
+            status = d.status;
+        }
+        assert_eq!(delays, [5, 5, 10, 20, 40, 80, 160, 300]);
+        // The delay is read from status, so a new process (or leader) continues the sequence.
+        let after_failover = run.decide(&status, Err(http_error(503)), now + 7);
+        assert_eq!(after_failover.requeue, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn the_applied_status_holds_only_owned_fields() {
+        let run = SIGNED;
+        let first = run.first_sync();
+        let value = serde_json::to_value(&first.status).unwrap();
+        assert_eq!(
+            crate::runtime::fixtures::sorted_keys(&value),
+            [
+                "conditions",
+                "indexSHA256",
+                "indexURL",
+                "lastChangeTime",
+                "lastSyncTime",
+                "observedGeneration",
+                "signingKeyFingerprint",
+                "skippedVersions",
+                "versions"
+            ]
         );
-        assert_eq!(d.requeue, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn a_spec_error_sets_its_reason_without_a_list_versions_warning() {
+        let err = SpecError::InvalidInterval("\"soon\" is not a duration".into());
+        let d = decide(&Observed {
+            generation: Some(4),
+            status: &DebianRepositorySourceStatus::default(),
+            signed: true,
+            result: &Err(Failure::Spec(err)),
+            now: &at(100),
+            interval: Duration::from_secs(300),
+            jitter: 0.0,
+        });
+        assert_eq!(ready(&d.status), ("False", "InvalidInterval"));
+        assert!(reasons(&d).is_empty(), "{:?}", d.notes);
     }
 
     mod properties {
@@ -584,20 +678,18 @@ mod tests {
                 steps in prop::collection::vec(step(), 1..12),
             ) {
                 let mut status = DebianRepositorySourceStatus::default();
-                let mut failures = 0;
                 for (i, step) in steps.iter().enumerate() {
                     let now = i64::try_from(i).unwrap() * 60 + 1_000;
-                    let run = Run { signed, failures };
+                    let run = Run { signed };
                     let d = run.decide(&status, outcome(step), now);
                     if !matches!(step, Step::Fetched(..)) {
                         prop_assert_eq!(&d.status.versions, &status.versions);
                     }
-                    let again = Run { signed, failures: d.failures }.decide(&d.status, outcome(step), now + 30);
+                    let again = run.decide(&d.status, outcome(step), now + 30);
                     prop_assert_eq!(&again.status, &d.status, "a repeat must not write");
                     prop_assert!(again.notes.is_empty(), "a repeat must not announce: {:?}", again.notes);
                     prop_assert!(d.requeue <= Duration::from_secs(330));
                     status = d.status;
-                    failures = d.failures;
                 }
             }
         }

@@ -1,0 +1,9 @@
+//! The controllers, one module each. The binary hands [`ALL`] to the manager, which knows none of
+//! them by name. `controllers/README.md` has the checklist for adding one.
+
+pub mod debian_source;
+
+use crate::runtime::Registration;
+
+/// Every controller this build ships.
+pub const ALL: &[Registration] = &[debian_source::REGISTRATION];

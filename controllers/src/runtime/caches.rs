@@ -1,0 +1,276 @@
+//! One reflector per watched kind (and label selector), shared by every controller of the
+//! manager: the Syncer, Plan and upgraders map events through the same store instead of each
+//! opening its own watch.
+//!
+//! Controllers ask for a [`Cache`] while they start, and subscribe to its events; the manager then
+//! calls [`Caches::start`], which opens each watch once and drives it until shutdown.
+
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use futures::future::BoxFuture;
+use futures::{FutureExt, Stream, StreamExt};
+use kube::runtime::reflector::{self, ReflectHandle, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+
+use super::{ControllerError, Running, synced};
+use crate::shutdown::Shutdown;
+
+/// Events buffered per subscriber before the watch waits for slow readers.
+const BUFFER: usize = 1024;
+
+/// What a shared cache may hold: a namespaced kind with a static type.
+pub trait Cacheable:
+    Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+    + Clone
+    + DeserializeOwned
+    + Debug
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<K> Cacheable for K where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Debug
+        + Send
+        + Sync
+        + 'static
+{
+}
+
+/// A shared reflector: its store, and subscriptions to the objects it applies.
+pub struct Cache<K: Cacheable> {
+    /// The store, filled by the one watch of this kind.
+    pub store: Store<K>,
+    writer: Arc<Mutex<Option<reflector::store::Writer<K>>>>,
+}
+
+impl<K: Cacheable> Clone for Cache<K> {
+    fn clone(&self) -> Self {
+        Self {
+            store: self.store.clone(),
+            writer: Arc::clone(&self.writer),
+        }
+    }
+}
+
+impl<K: Cacheable> Cache<K> {
+    /// A stream of the objects the watch applies, for `Controller::for_shared_stream` or
+    /// `watches_shared_stream`. `None` once the manager has started the watches.
+    pub fn subscribe(&self) -> Option<ReflectHandle<K>> {
+        self.writer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .and_then(reflector::store::Writer::subscribe)
+    }
+}
+
+type Starter = Box<dyn FnOnce(&Caches) -> BoxFuture<'static, Result<(), ControllerError>> + Send>;
+
+struct Entry {
+    kind: String,
+    cache: Box<dyn Any + Send>,
+    start: Option<Starter>,
+    ready: Option<BoxFuture<'static, ()>>,
+}
+
+/// The manager's shared reflectors.
+pub struct Caches {
+    client: Client,
+    namespace: Option<String>,
+    shutdown: Shutdown,
+    entries: Mutex<HashMap<(TypeId, String), Entry>>,
+}
+
+impl Debug for Caches {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Caches")
+            .field("namespace", &self.namespace)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Caches {
+    /// No caches yet; watches will be confined to `namespace` when set.
+    pub fn new(client: Client, namespace: Option<String>, shutdown: Shutdown) -> Self {
+        Self {
+            client,
+            namespace,
+            shutdown,
+            entries: Mutex::default(),
+        }
+    }
+
+    /// The cache of every `K`.
+    pub fn cache<K: Cacheable>(&self) -> Cache<K> {
+        self.cache_with(None)
+    }
+
+    /// The cache of the `K` that match `label_selector` (all of them when `None`).
+    pub fn cache_with<K: Cacheable>(&self, label_selector: Option<&str>) -> Cache<K> {
+        let selector = label_selector.unwrap_or_default().to_owned();
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        let key = (TypeId::of::<K>(), selector.clone());
+        if let Some(cache) = entries
+            .get(&key)
+            .and_then(|e| e.cache.downcast_ref::<Cache<K>>())
+        {
+            return cache.clone();
+        }
+        let (store, writer) = reflector::store_shared::<K>(BUFFER);
+        let cache = Cache {
+            store: store.clone(),
+            writer: Arc::new(Mutex::new(Some(writer))),
+        };
+        let writer = Arc::clone(&cache.writer);
+        let start: Starter = Box::new(move |caches: &Caches| {
+            let writer = writer.lock().unwrap_or_else(PoisonError::into_inner).take();
+            let api: Api<K> = match &caches.namespace {
+                Some(ns) => Api::namespaced(caches.client.clone(), ns),
+                None => Api::all(caches.client.clone()),
+            };
+            let mut config = watcher::Config::default();
+            if !selector.is_empty() {
+                config = config.labels(&selector);
+            }
+            let shutdown = caches.shutdown.clone();
+            async move {
+                let kind = K::kind(&()).into_owned();
+                let Some(writer) = writer else {
+                    return Err(ControllerError::WatchEnded { kind });
+                };
+                let stopped = shutdown.clone();
+                let events = watcher(api, config)
+                    .default_backoff()
+                    .reflect_shared(writer)
+                    .take_until(stopped.wait());
+                futures::pin_mut!(events);
+                while let Some(event) = events.next().await {
+                    if let Err(err) = event {
+                        tracing::warn!(%kind, error = %super::cause_chain(&err), "watch error; retrying with backoff");
+                    }
+                }
+                if shutdown.is_requested() {
+                    Ok(())
+                } else {
+                    Err(ControllerError::WatchEnded { kind })
+                }
+            }
+            .boxed()
+        });
+        entries.insert(
+            key,
+            Entry {
+                kind: K::kind(&()).into_owned(),
+                cache: Box::new(cache.clone()),
+                start: Some(start),
+                ready: Some(synced(store)),
+            },
+        );
+        cache
+    }
+
+    /// Opens each watch once. Returns, per watch, its name, the future that drives it (to be
+    /// supervised like a controller) and the future that resolves once its store has synced.
+    pub fn start(&self) -> Vec<(String, Running)> {
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut started = Vec::new();
+        for ((_, selector), entry) in entries.iter_mut() {
+            let (Some(start), Some(ready)) = (entry.start.take(), entry.ready.take()) else {
+                continue;
+            };
+            let run = start(self);
+            let name = if selector.is_empty() {
+                format!("the watch of {}", entry.kind)
+            } else {
+                format!("the watch of {} ({selector})", entry.kind)
+            };
+            started.push((name, Running { ready, run }));
+        }
+        started
+    }
+}
+
+/// Passes an object on only when its `metadata.generation` differs from the last one passed (or
+/// it has none), so status-only updates, our own included, trigger no reconcile. Entries of
+/// objects gone from `store` are dropped as the map grows.
+pub fn generation_changed<K>(
+    stream: impl Stream<Item = Arc<K>> + Send + 'static,
+    store: Store<K>,
+) -> impl Stream<Item = Arc<K>> + Send + 'static
+where
+    K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+{
+    let mut seen: HashMap<String, i64> = HashMap::new();
+    stream.filter(move |object| {
+        let key = object.uid().unwrap_or_else(|| {
+            format!(
+                "{}/{}",
+                object.namespace().unwrap_or_default(),
+                object.name_any()
+            )
+        });
+        let pass = match object.meta().generation {
+            Some(generation) => seen.insert(key, generation) != Some(generation),
+            None => true,
+        };
+        if seen.len() > store.len() * 2 + 64 {
+            let live: std::collections::HashSet<String> =
+                store.state().iter().filter_map(|o| o.uid()).collect();
+            seen.retain(|uid, _| live.contains(uid));
+        }
+        futures::future::ready(pass)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use api::v1alpha1::DebianRepositorySource;
+    use serde_json::json;
+
+    fn source(uid: &str, generation: i64, note: &str) -> Arc<DebianRepositorySource> {
+        Arc::new(
+            serde_json::from_value(json!({
+                "apiVersion": "kubernetesupgraded.dimitrikoshkin.com/v1alpha1",
+                "kind": "DebianRepositorySource",
+                "metadata": {"name": uid, "namespace": "team", "uid": uid, "generation": generation},
+                "spec": {"url": format!("http://127.0.0.1:1/{note}")},
+            }))
+            .unwrap(),
+        )
+    }
+
+    #[tokio::test]
+    async fn only_generation_changes_pass() {
+        let (store, _writer) = reflector::store::<DebianRepositorySource>();
+        let events = futures::stream::iter([
+            source("a", 1, "first"),
+            source("a", 1, "status write"),
+            source("b", 1, "first"),
+            source("a", 2, "spec change"),
+            source("a", 2, "status write"),
+        ]);
+        let passed: Vec<(String, i64)> = generation_changed(events, store)
+            .map(|o| (o.name_any(), o.metadata.generation.unwrap()))
+            .collect()
+            .await;
+        assert_eq!(
+            passed,
+            [
+                ("a".to_owned(), 1),
+                ("b".to_owned(), 1),
+                ("a".to_owned(), 2)
+            ]
+        );
+    }
+}
