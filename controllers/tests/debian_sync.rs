@@ -12,8 +12,8 @@ use kubernetes_upgrader::debian::testing::{
     KeyOptions, RepoBuilder, RepoServer, TestKey, binary_keyring, clearsign, compress,
 };
 use kubernetes_upgrader::debian::{
-    Compression, FixedClock, Fetcher, Keyring, Listing, MAX_CLOCK_SKEW, RepositorySpec,
-    SyncError, SyncOutcome, Validators,
+    Compression, Fetcher, FixedClock, Keyring, Listing, MAX_CLOCK_SKEW, RepositorySpec, SyncError,
+    SyncOutcome, Validators,
 };
 
 fn init() {
@@ -968,7 +968,10 @@ async fn a_304_is_refused_once_the_accepted_release_has_expired() {
     );
     assert_eq!(server.not_modified(), 1);
     assert_eq!(reason, "ReleaseExpired", "{message}");
-    assert!(message.contains("304") && message.contains("Valid-Until"), "{message}");
+    assert!(
+        message.contains("304") && message.contains("Valid-Until"),
+        "{message}"
+    );
 }
 
 #[tokio::test]
@@ -1015,7 +1018,11 @@ async fn an_older_signed_release_is_refused_as_a_replay() {
     server.publish(&old);
     let (reason, message) = failure(
         at(fetcher(), now)
-            .sync(&spec(server.url()), Some(&keyring), Some(&accepted.validators))
+            .sync(
+                &spec(server.url()),
+                Some(&keyring),
+                Some(&accepted.validators),
+            )
             .await,
     );
     assert_eq!(reason, "ReleaseReplayed", "{message}");
@@ -1023,7 +1030,11 @@ async fn an_older_signed_release_is_refused_as_a_replay() {
     server.remove("InRelease");
     let (reason, _) = failure(
         at(fetcher(), now)
-            .sync(&spec(server.url()), Some(&keyring), Some(&accepted.validators))
+            .sync(
+                &spec(server.url()),
+                Some(&keyring),
+                Some(&accepted.validators),
+            )
             .await,
     );
     assert_eq!(reason, "ReleaseReplayed");
@@ -1066,7 +1077,9 @@ async fn only_the_first_signatures_are_considered() {
     let stranger = TestKey::generate("stranger").unwrap();
     let builder = RepoBuilder::flat().kubeadm("1.31.0-1.1", "amd64");
     let release = builder.build().unwrap();
-    let text = std::str::from_utf8(release.file("Release").unwrap()).unwrap().to_owned();
+    let text = std::str::from_utf8(release.file("Release").unwrap())
+        .unwrap()
+        .to_owned();
     let server = RepoServer::start().await.unwrap();
     server.publish(&release);
     let keyring = key.keyring().unwrap();
@@ -1076,15 +1089,27 @@ async fn only_the_first_signatures_are_considered() {
         clearsign(&signers, &text).unwrap()
     };
     server.put("InRelease", signed_after(7));
-    fetched(fetcher().sync(&spec(server.url()), Some(&keyring), None).await);
+    fetched(
+        fetcher()
+            .sync(&spec(server.url()), Some(&keyring), None)
+            .await,
+    );
     server.put("InRelease", signed_after(8));
-    let (reason, message) = failure(fetcher().sync(&spec(server.url()), Some(&keyring), None).await);
+    let (reason, message) = failure(
+        fetcher()
+            .sync(&spec(server.url()), Some(&keyring), None)
+            .await,
+    );
     assert_eq!(reason, "SignatureInvalid", "{message}");
     assert!(message.contains("only the first 8"), "{message}");
     // A flood of packets ahead of a good one costs no more than the cap, and is refused.
     server.put("InRelease", signed_after(5000));
     let started = std::time::Instant::now();
-    let (reason, _) = failure(fetcher().sync(&spec(server.url()), Some(&keyring), None).await);
+    let (reason, _) = failure(
+        fetcher()
+            .sync(&spec(server.url()), Some(&keyring), None)
+            .await,
+    );
     assert_eq!(reason, "SignatureInvalid");
     assert!(started.elapsed() < Duration::from_secs(20));
 }
@@ -1096,8 +1121,14 @@ async fn weak_hashes_and_bad_signature_times_are_refused() {
     let server = RepoServer::start().await.unwrap();
     let now = jiff::Timestamp::now();
     for (signer, why) in [
-        (key.hashing_with(pgp::crypto::hash::HashAlgorithm::SHA1), "SHA1"),
-        (key.hashing_with(pgp::crypto::hash::HashAlgorithm::MD5), "MD5"),
+        (
+            key.hashing_with(pgp::crypto::hash::HashAlgorithm::SHA1),
+            "SHA1",
+        ),
+        (
+            key.hashing_with(pgp::crypto::hash::HashAlgorithm::MD5),
+            "MD5",
+        ),
         (key.signing_at(now + hours(2)), "future"),
         (
             key.signing_at(now - hours(2))
@@ -1111,14 +1142,20 @@ async fn weak_hashes_and_bad_signature_times_are_refused() {
             .build()
             .unwrap();
         server.publish(&repo);
-        let (reason, message) =
-            failure(fetcher().sync(&spec(server.url()), Some(&keyring), None).await);
+        let (reason, message) = failure(
+            fetcher()
+                .sync(&spec(server.url()), Some(&keyring), None)
+                .await,
+        );
         assert_eq!(reason, "SignatureInvalid", "{why}: {message}");
         assert!(message.contains(why), "{why}: {message}");
         // Release.gpg is held to the same rules.
         server.remove("InRelease");
-        let (reason, message) =
-            failure(fetcher().sync(&spec(server.url()), Some(&keyring), None).await);
+        let (reason, message) = failure(
+            fetcher()
+                .sync(&spec(server.url()), Some(&keyring), None)
+                .await,
+        );
         assert_eq!(reason, "SignatureInvalid", "{why}: {message}");
     }
     // SHA-512 is fine.
@@ -1128,10 +1165,18 @@ async fn weak_hashes_and_bad_signature_times_are_refused() {
         .build()
         .unwrap();
     server.publish(&repo);
-    fetched(fetcher().sync(&spec(server.url()), Some(&keyring), None).await);
+    fetched(
+        fetcher()
+            .sync(&spec(server.url()), Some(&keyring), None)
+            .await,
+    );
 }
 
-async fn verifies(key: &TestKey, signer: &TestKey, now: jiff::Timestamp) -> Result<SyncOutcome, SyncError> {
+async fn verifies(
+    key: &TestKey,
+    signer: &TestKey,
+    now: jiff::Timestamp,
+) -> Result<SyncOutcome, SyncError> {
     let repo = RepoBuilder::flat()
         .kubeadm("1.31.0-1.1", "amd64")
         .signed_by(signer)
@@ -1254,8 +1299,16 @@ async fn credentials_in_the_url_are_sent_but_never_shown() {
             .await,
     );
     assert!(server.requests_with_authorization() >= 2);
-    assert!(!listing.index_url.contains("s3cret"), "{}", listing.index_url);
-    assert!(listing.index_url.contains("redacted@"), "{}", listing.index_url);
+    assert!(
+        !listing.index_url.contains("s3cret"),
+        "{}",
+        listing.index_url
+    );
+    assert!(
+        listing.index_url.contains("redacted@"),
+        "{}",
+        listing.index_url
+    );
     assert!(!listing.validators.url.contains("s3cret"));
     server.fail_with_status("Packages.gz", 500);
     let (_, message) = failure(
@@ -1263,7 +1316,10 @@ async fn credentials_in_the_url_are_sent_but_never_shown() {
             .sync(&spec(&with_userinfo), Some(&keyring), None)
             .await,
     );
-    assert!(!message.contains("s3cret") && !message.contains("robot"), "{message}");
+    assert!(
+        !message.contains("s3cret") && !message.contains("robot"),
+        "{message}"
+    );
     server.remove("InRelease");
     server.remove("Release");
     let (_, message) = failure(
@@ -1299,10 +1355,7 @@ async fn a_stalled_body_fails_at_the_idle_timeout() {
 async fn acquire_by_hash_reads_the_index_by_its_digest() {
     let key = TestKey::generate("archive").unwrap();
     let keyring = key.keyring().unwrap();
-    for builder in [
-        RepoBuilder::flat(),
-        RepoBuilder::dists("stable", "main"),
-    ] {
+    for builder in [RepoBuilder::flat(), RepoBuilder::dists("stable", "main")] {
         let builder = builder
             .kubeadm("1.31.0-1.1", "amd64")
             .signed_by(&key)
@@ -1317,14 +1370,26 @@ async fn acquire_by_hash_reads_the_index_by_its_digest() {
         };
         // A mirror in mid-update: the plain path already holds the next index.
         let plain = builder.index_path("amd64", Compression::Gzip);
-        server.replace(&plain, compress(b"Package: kubeadm\nVersion: 9.9.9-1\n", Compression::Gzip).unwrap());
+        server.replace(
+            &plain,
+            compress(b"Package: kubeadm\nVersion: 9.9.9-1\n", Compression::Gzip).unwrap(),
+        );
         let listing = fetched(fetcher().sync(&spec, Some(&keyring), None).await);
-        assert!(listing.index_url.contains("/by-hash/SHA256/"), "{}", listing.index_url);
+        assert!(
+            listing.index_url.contains("/by-hash/SHA256/"),
+            "{}",
+            listing.index_url
+        );
         assert_eq!(listing.versions, ["v1.31.0"]);
         assert_eq!(server.requests_for(&plain), 0);
         // Without the by-hash file, the plain path is read.
         server.clear_faults();
-        let hashed = listing.index_url.split_once(server.url()).unwrap().1.to_owned();
+        let hashed = listing
+            .index_url
+            .split_once(server.url())
+            .unwrap()
+            .1
+            .to_owned();
         server.remove(&hashed);
         let listing = fetched(fetcher().sync(&spec, Some(&keyring), None).await);
         assert_eq!(listing.index_url, server.url_for(&plain));
@@ -1378,7 +1443,8 @@ fn a_current_thread_runtime_keeps_serving_while_a_big_index_is_read() {
         let key = TestKey::generate("archive").unwrap();
         // Highly compressible: each downloaded chunk decompresses to megabytes at once.
         let mut index = Vec::new();
-        let paragraph = b"Package: kubelet\nVersion: 1.31.0-1.1\nArchitecture: amd64\nDescription: x\n\n";
+        let paragraph =
+            b"Package: kubelet\nVersion: 1.31.0-1.1\nArchitecture: amd64\nDescription: x\n\n";
         while index.len() < 48 << 20 {
             index.extend_from_slice(paragraph);
         }
@@ -1425,7 +1491,11 @@ fn a_current_thread_runtime_keeps_serving_while_a_big_index_is_read() {
             ..spec(&url)
         };
         let started = std::time::Instant::now();
-        let listing = fetched(fetcher().sync(&big, Some(&key.keyring().unwrap()), None).await);
+        let listing = fetched(
+            fetcher()
+                .sync(&big, Some(&key.keyring().unwrap()), None)
+                .await,
+        );
         let took = started.elapsed();
         ticker.abort();
         let _ = stop.send(());
@@ -1437,4 +1507,34 @@ fn a_current_thread_runtime_keeps_serving_while_a_big_index_is_read() {
             "the runtime was blocked for {worst:?} of a {took:?} sync"
         );
     });
+}
+
+/// Issue 7: the CLI says once on stderr that nothing was verified without `--keyring`, and a
+/// missing repository root is an HTTP failure.
+#[tokio::test]
+async fn cli_without_a_keyring_says_nothing_was_verified() {
+    let (server, _, _) = flat_repo().await;
+    let binary = env!("CARGO_BIN_EXE_kubernetes-upgrader");
+    let output = tokio::process::Command::new(binary)
+        .args(["versions", server.url()])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(output.status.success(), "{stderr}");
+    assert_eq!(stdout, "v1.31.1\nv1.31.2\n");
+    assert_eq!(stderr.matches("not verified").count(), 1, "{stderr}");
+    let empty = RepoServer::start().await.unwrap();
+    let output = tokio::process::Command::new(binary)
+        .args(["versions", empty.url()])
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(!output.status.success());
+    assert!(
+        stderr.starts_with("error: HTTPStatus: repository root not found"),
+        "{stderr}"
+    );
 }

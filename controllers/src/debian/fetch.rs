@@ -55,10 +55,7 @@ pub fn redirect_refusal(previous: &[Url], next: &Url) -> Option<String> {
         return Some(format!("more than {MAX_REDIRECTS} redirects"));
     }
     if !matches!(next.scheme(), "http" | "https") {
-        return Some(format!(
-            "refusing a redirect to a {} URL",
-            next.scheme()
-        ));
+        return Some(format!("refusing a redirect to a {} URL", next.scheme()));
     }
     if next.scheme() != "https" && previous.iter().any(|u| u.scheme() == "https") {
         return Some(format!(
@@ -384,7 +381,10 @@ impl Session<'_> {
         path: &str,
         candidate: Candidate,
     ) -> Vec<Candidate> {
-        let Some(expected) = candidate.expected.as_ref().filter(|_| release.acquire_by_hash())
+        let Some(expected) = candidate
+            .expected
+            .as_ref()
+            .filter(|_| release.acquire_by_hash())
         else {
             return vec![candidate];
         };
@@ -420,7 +420,12 @@ impl Session<'_> {
                 }
                 Got2::NotModified => return Ok(SyncOutcome::NotModified),
                 Got2::Ingested(ingested, _) => {
-                    return self.listing(&candidate.url, *ingested, release.fingerprint.clone(), validators);
+                    return self.listing(
+                        &candidate.url,
+                        *ingested,
+                        release.fingerprint.clone(),
+                        validators,
+                    );
                 }
             }
         }
@@ -661,7 +666,11 @@ impl Session<'_> {
         }
     }
 
-    async fn read_small(&self, url: &Url, mut response: Box<Response>) -> Result<Vec<u8>, SyncError> {
+    async fn read_small(
+        &self,
+        url: &Url,
+        mut response: Box<Response>,
+    ) -> Result<Vec<u8>, SyncError> {
         let mut body = Vec::new();
         while let Some(chunk) = self
             .within(url, response.chunk())

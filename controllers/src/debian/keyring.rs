@@ -405,9 +405,11 @@ impl DataHash {
 fn trust(key: SignedPublicKey, now: i64) -> Result<TrustedKey, (String, &'static str)> {
     let fingerprint = fingerprint_hex(&key);
     let primary = &key.primary_key;
-    let revoked = key.details.revocation_signatures.iter().any(|s| {
-        s.typ() == SignatureType::KeyRevocation && s.verify_key(primary).is_ok()
-    });
+    let revoked = key
+        .details
+        .revocation_signatures
+        .iter()
+        .any(|s| s.typ() == SignatureType::KeyRevocation && s.verify_key(primary).is_ok());
     if revoked {
         return Err((fingerprint, "revoked"));
     }
@@ -418,9 +420,10 @@ fn trust(key: SignedPublicKey, now: i64) -> Result<TrustedKey, (String, &'static
         .users
         .iter()
         .flat_map(|user| {
-            user.signatures
-                .iter()
-                .filter(move |s| s.verify_certification(primary, Tag::UserId, &user.id).is_ok())
+            user.signatures.iter().filter(move |s| {
+                s.verify_certification(primary, Tag::UserId, &user.id)
+                    .is_ok()
+            })
         })
         .chain(
             key.details

@@ -6,11 +6,17 @@
 //!
 //! - [`Keyring`] holds the trusted keys (armored or binary, several keys, subkeys count).
 //! - [`Fetcher::sync`] reads the repository: `InRelease` (or `Release` + `Release.gpg`), verified
-//!   when a keyring is given, then the best index the Release lists (`.xz`, `.gz`, plain, falling
-//!   back on 404), checked for size and SHA256 while it is decompressed and scanned.
+//!   when a keyring is given, then the best index the Release lists (`.gz`, `.xz`, plain, falling
+//!   back on 404; at `by-hash/SHA256/<hex>` first with `Acquire-By-Hash: yes`), checked for size
+//!   and SHA256 while it is decompressed and scanned on a blocking thread.
+//!   A verified Release is refused when past its `Valid-Until`, dated more than
+//!   [`MAX_CLOCK_SKEW`] ahead, or older than the last accepted one ([`Validators`] carries its
+//!   `Date` and `Valid-Until`); a 304 is refused once the remembered `Valid-Until` has passed.
 //!   Without a keyring the Release is still used when present; without any Release the indexes
-//!   are probed directly, as v0.6 did. A URL ending in `/Packages{,.gz,.xz}` is read directly
-//!   (verified against the InRelease beside it when a keyring is given).
+//!   are probed directly, as v0.6 did. A URL whose parsed path ends in `/Packages{,.gz,.xz}`
+//!   (with or without a query) is read as written (verified against the InRelease beside it
+//!   when a keyring is given).
+//! - [`message`] bounds, cleans and redacts every text the client renders.
 //! - [`scan`] is the streaming paragraph scanner, [`index`] the decompress-hash-scan pipeline,
 //!   [`versions`] the Debian → Kubernetes version mapping, [`cli`] the `versions` subcommand and
 //!   `testing` (feature `testing`) the signed test repositories and their loopback server.

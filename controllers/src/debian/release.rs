@@ -6,9 +6,9 @@ use std::io::Cursor;
 use debian_packaging::repository::release::{ChecksumType, ReleaseFile};
 use pgp::cleartext::CleartextSignedMessage;
 
-use super::{MAX_CLOCK_SKEW, SyncError, Validators};
 use super::index::Expected;
 use super::keyring::Keyring;
+use super::{MAX_CLOCK_SKEW, SyncError, Validators};
 
 /// Largest `InRelease`, `Release` or `Release.gpg` accepted. Ubuntu's biggest are about 300 KiB.
 pub const MAX_RELEASE_BYTES: u64 = 16 << 20;
@@ -122,10 +122,12 @@ impl Release {
         verified: bool,
         now: jiff::Timestamp,
     ) -> Result<Release, SyncError> {
-        let file = ReleaseFile::from_reader(Cursor::new(text.to_vec())).map_err(|_| {
-            SyncError::ParseError(format!("{url}: not a valid Release file"))
-        })?;
-        let timestamp = |field: &str, value: Option<debian_packaging::error::Result<chrono::DateTime<chrono::Utc>>>| match value {
+        let file = ReleaseFile::from_reader(Cursor::new(text.to_vec()))
+            .map_err(|_| SyncError::ParseError(format!("{url}: not a valid Release file")))?;
+        let timestamp = |field: &str,
+                         value: Option<
+            debian_packaging::error::Result<chrono::DateTime<chrono::Utc>>,
+        >| match value {
             None => Ok(None),
             Some(Ok(time)) => jiff::Timestamp::from_second(time.timestamp())
                 .map(Some)
@@ -162,9 +164,7 @@ impl Release {
         }
         let skew = jiff::SignedDuration::try_from(MAX_CLOCK_SKEW).unwrap_or_default();
         if let Some(date) = self.date
-            && now
-                .checked_add(skew)
-                .is_ok_and(|latest| date > latest)
+            && now.checked_add(skew).is_ok_and(|latest| date > latest)
         {
             return Err(SyncError::ReleaseNotYetValid(format!(
                 "{}: dated {date} (Date), more than {}s ahead of our clock ({now})",

@@ -21,8 +21,8 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::response::Response;
 use bytes::Bytes;
-use futures::StreamExt as _;
 use chrono::SubsecRound as _;
+use futures::StreamExt as _;
 use http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use pgp::cleartext::CleartextSignedMessage;
 use pgp::crypto::hash::HashAlgorithm;
@@ -211,8 +211,9 @@ impl TestKey {
                 chrono::Utc::now().trunc_subsecs(0),
             )),
         ];
-        config.unhashed_subpackets =
-            vec![Subpacket::regular(SubpacketData::Issuer(self.secret.key_id()))];
+        config.unhashed_subpackets = vec![Subpacket::regular(SubpacketData::Issuer(
+            self.secret.key_id(),
+        ))];
         config
     }
 
