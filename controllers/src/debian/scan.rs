@@ -192,7 +192,7 @@ impl Scanner {
         }
         self.end_paragraph()?;
         self.seen.clear();
-        self.summary.debian_versions = self.order.iter().map(|v| v.to_string()).collect();
+        self.summary.debian_versions = self.order.iter().map(ToString::to_string).collect();
         self.parsed.sort();
         self.parsed.dedup();
         self.summary.versions = self.parsed.iter().map(|v| format!("v{v}")).collect();
