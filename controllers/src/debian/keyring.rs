@@ -503,3 +503,54 @@ fn armored_text(bytes: &[u8]) -> Option<&str> {
     let text = std::str::from_utf8(bytes).ok()?;
     text.contains("-----BEGIN PGP ").then_some(text)
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_signatures_hash_crlf_line_endings() {
+        assert_eq!(canonical_text(b"a\nb\r\nc\rd"), b"a\r\nb\r\nc\r\nd");
+        assert_eq!(canonical_text(b"\r\n\n"), b"\r\n\r\n");
+        assert_eq!(canonical_text(b""), b"");
+    }
+
+    #[test]
+    fn only_sha2_hashes_are_accepted() {
+        for weak in [
+            HashAlgorithm::MD5,
+            HashAlgorithm::SHA1,
+            HashAlgorithm::RIPEMD160,
+        ] {
+            assert!(DataHash::new(weak).is_none(), "{weak:?}");
+        }
+        for strong in [
+            HashAlgorithm::SHA2_224,
+            HashAlgorithm::SHA2_256,
+            HashAlgorithm::SHA2_384,
+            HashAlgorithm::SHA2_512,
+        ] {
+            assert!(DataHash::new(strong).is_some(), "{strong:?}");
+        }
+    }
+
+    #[test]
+    fn a_signer_is_held_to_its_validity_at_signing_and_now() {
+        let signer = |expires| Signer {
+            which: Which::Primary,
+            key_id: pgp::types::KeyId::from_slice(&[0u8; 8]).unwrap(),
+            fingerprint: pgp::types::Fingerprint::V4([0u8; 20]),
+            algorithm: pgp::crypto::public_key::PublicKeyAlgorithm::EdDSALegacy,
+            created: 100,
+            expires,
+        };
+        let forever = signer(None);
+        assert!(forever.valid(100, 10_000));
+        assert!(!forever.valid(99, 10_000), "signed before the key existed");
+        let expiring = signer(Some(200));
+        assert!(expiring.valid(150, 199));
+        assert!(!expiring.valid(150, 200), "expired by now");
+        assert!(!expiring.valid(200, 150), "signed after expiry");
+    }
+}
