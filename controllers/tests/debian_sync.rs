@@ -1445,16 +1445,25 @@ fn a_current_thread_runtime_keeps_serving_while_a_big_index_is_read() {
         let mut index = Vec::new();
         let paragraph =
             b"Package: kubelet\nVersion: 1.31.0-1.1\nArchitecture: amd64\nDescription: x\n\n";
-        while index.len() < 48 << 20 {
+        while index.len() < 16 << 20 {
             index.extend_from_slice(paragraph);
         }
         index.extend_from_slice(b"Package: kubeadm\nVersion: 1.31.0-1.1\nArchitecture: amd64\n");
-        let repo = RepoBuilder::flat()
+        let mut repo = RepoBuilder::flat()
             .index_text(index)
             .compressions(&[Compression::Gzip])
-            .signed_by(&key)
             .build()
             .unwrap();
+        // A 12 MiB signed Release: verifying and parsing it is one long computation.
+        let mut release = String::from_utf8(repo.file("Release").unwrap().to_vec()).unwrap();
+        release.push_str("X-Padding: start\n");
+        while release.len() < 12 << 20 {
+            release.push_str(" padding padding padding padding padding padding padding padding\n");
+        }
+        repo.insert(
+            "InRelease",
+            clearsign(std::slice::from_ref(&key), &release).unwrap(),
+        );
         // The server runs on its own runtime, so only the client shares this thread.
         let (ready, served) = std::sync::mpsc::channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
