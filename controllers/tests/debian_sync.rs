@@ -1015,28 +1015,23 @@ async fn an_older_signed_release_is_refused_as_a_replay() {
             .await,
     );
     // An older signed Release, served in its place, would shrink the list: refused.
+    let sync_after_accepted = async || {
+        failure(
+            at(fetcher(), now)
+                .sync(
+                    &spec(server.url()),
+                    Some(&keyring),
+                    Some(&accepted.validators),
+                )
+                .await,
+        )
+    };
     server.publish(&old);
-    let (reason, message) = failure(
-        at(fetcher(), now)
-            .sync(
-                &spec(server.url()),
-                Some(&keyring),
-                Some(&accepted.validators),
-            )
-            .await,
-    );
+    let (reason, message) = sync_after_accepted().await;
     assert_eq!(reason, "ReleaseReplayed", "{message}");
     // Release + Release.gpg are held to the same rule.
     server.remove("InRelease");
-    let (reason, _) = failure(
-        at(fetcher(), now)
-            .sync(
-                &spec(server.url()),
-                Some(&keyring),
-                Some(&accepted.validators),
-            )
-            .await,
-    );
+    let (reason, _) = sync_after_accepted().await;
     assert_eq!(reason, "ReleaseReplayed");
 }
 
@@ -1211,16 +1206,20 @@ async fn revoked_and_expired_keys_and_subkeys_do_not_verify() {
     let (reason, message) = failure(verifies(&subkey_revoked, &subkeyed, now).await);
     assert_eq!(reason, "SignatureInvalid", "{message}");
 
-    // A primary key that expired an hour ago.
-    let expired = TestKey::generate_with(
-        "archive",
-        &KeyOptions {
-            created: Some(now - hours(3)),
-            expires_after: Some(Duration::from_secs(2 * 3600)),
-            ..KeyOptions::default()
-        },
-    )
-    .unwrap();
+    // A primary key created `age` hours ago that lives two hours.
+    let living_two_hours = |age: i64| {
+        TestKey::generate_with(
+            "archive",
+            &KeyOptions {
+                created: Some(now - hours(age)),
+                expires_after: Some(Duration::from_secs(2 * 3600)),
+                ..KeyOptions::default()
+            },
+        )
+        .unwrap()
+    };
+    // Expired an hour ago.
+    let expired = living_two_hours(3);
     let keyring = expired.keyring().unwrap();
     assert_eq!(keyring.dropped(), [(expired.fingerprint(), "expired")]);
     let (reason, message) = failure(verifies(&expired, &expired, now).await);
@@ -1228,15 +1227,7 @@ async fn revoked_and_expired_keys_and_subkeys_do_not_verify() {
     assert!(message.contains("expired"), "{message}");
 
     // A key valid now, checked as of a time after its expiry (the keyring loaded before).
-    let expiring = TestKey::generate_with(
-        "archive",
-        &KeyOptions {
-            created: Some(now - hours(1)),
-            expires_after: Some(Duration::from_secs(2 * 3600)),
-            ..KeyOptions::default()
-        },
-    )
-    .unwrap();
+    let expiring = living_two_hours(1);
     fetched(verifies(&expiring, &expiring, now).await);
     let repo = RepoBuilder::flat()
         .kubeadm("1.31.0-1.1", "amd64")

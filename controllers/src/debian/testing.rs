@@ -134,36 +134,16 @@ impl TestKey {
             .map_err(|e| anyhow!("signing public key: {e}"))?;
         if let Some(after) = options.expires_after {
             for user in &mut public.details.users {
-                let mut signatures = Vec::new();
-                for signature in &user.signatures {
-                    let mut config = signature.config.clone();
-                    config.hashed_subpackets.push(Subpacket::regular(
-                        SubpacketData::KeyExpirationTime(chrono_duration(after)),
-                    ));
-                    signatures.push(
-                        config
-                            .sign_certification(&secret, String::new, Tag::UserId, &user.id)
-                            .map_err(|e| anyhow!("certifying with an expiry: {e}"))?,
-                    );
-                }
-                user.signatures = signatures;
+                user.signatures = re_signed(&user.signatures, after, |config| {
+                    config.sign_certification(&secret, String::new, Tag::UserId, &user.id)
+                })?;
             }
         }
         if let Some(after) = options.subkey_expires_after {
             for subkey in &mut public.public_subkeys {
-                let mut signatures = Vec::new();
-                for signature in &subkey.signatures {
-                    let mut config = signature.config.clone();
-                    config.hashed_subpackets.push(Subpacket::regular(
-                        SubpacketData::KeyExpirationTime(chrono_duration(after)),
-                    ));
-                    signatures.push(
-                        config
-                            .sign_key_binding(&secret, String::new, &subkey.key)
-                            .map_err(|e| anyhow!("binding with an expiry: {e}"))?,
-                    );
-                }
-                subkey.signatures = signatures;
+                subkey.signatures = re_signed(&subkey.signatures, after, |config| {
+                    config.sign_key_binding(&secret, String::new, &subkey.key)
+                })?;
             }
         }
         Ok(TestKey {
@@ -287,6 +267,26 @@ impl TestKey {
     pub fn detached_signature(&self, data: &[u8]) -> anyhow::Result<String> {
         detached_signature(std::slice::from_ref(self), data)
     }
+}
+
+/// `signatures` made again with a `KeyExpirationTime` of `after`, by `sign`.
+fn re_signed(
+    signatures: &[pgp::Signature],
+    after: std::time::Duration,
+    sign: impl Fn(SignatureConfig) -> pgp::errors::Result<pgp::Signature>,
+) -> anyhow::Result<Vec<pgp::Signature>> {
+    signatures
+        .iter()
+        .map(|signature| {
+            let mut config = signature.config.clone();
+            config
+                .hashed_subpackets
+                .push(Subpacket::regular(SubpacketData::KeyExpirationTime(
+                    chrono_duration(after),
+                )));
+            sign(config).map_err(|e| anyhow!("signing with an expiry: {e}"))
+        })
+        .collect()
 }
 
 struct SignHow {
