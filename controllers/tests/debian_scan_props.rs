@@ -7,7 +7,7 @@ use std::collections::HashSet;
 
 use kubernetes_upgrader::debian::Compression;
 use kubernetes_upgrader::debian::index::ingest_reader;
-use kubernetes_upgrader::debian::scan::{ScanSummary, Scanner};
+use kubernetes_upgrader::debian::scan::{MAX_VERSION_BYTES, ScanSummary, Scanner};
 use kubernetes_upgrader::debian::versions::kubernetes_version;
 use proptest::prelude::*;
 
@@ -60,7 +60,8 @@ fn reference(text: &str) -> (Vec<String>, Vec<String>, u64, u64) {
             continue;
         }
         matched += 1;
-        let Some(version) = get("version") else {
+        let Some(version) = get("version").filter(|v| v.len() <= MAX_VERSION_BYTES) else {
+            // Missing, or too long to be a real version: skipped and not kept.
             skipped += 1;
             continue;
         };
@@ -97,6 +98,9 @@ fn version() -> impl Strategy<Value = String> {
         Just("1.2.3+dfsg-1".to_owned()),
         Just("2.0~rc1-1".to_owned()),
         Just("1.2.3.4".to_owned()),
+        // Well-formed, but longer than any real version: skipped, never kept.
+        (MAX_VERSION_BYTES - 5..MAX_VERSION_BYTES + 40)
+            .prop_map(|length| format!("1.2.3-{}", "1".repeat(length - 6))),
     ]
 }
 

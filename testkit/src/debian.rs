@@ -22,12 +22,13 @@ use axum::extract::State;
 use axum::response::Response;
 use bytes::Bytes;
 use chrono::SubsecRound as _;
+use futures::StreamExt as _;
 use http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use pgp::cleartext::CleartextSignedMessage;
 use pgp::crypto::hash::HashAlgorithm;
 use pgp::packet::{SignatureConfig, SignatureType, Subpacket, SubpacketData};
 use pgp::ser::Serialize as _;
-use pgp::types::SecretKeyTrait;
+use pgp::types::{PublicKeyTrait as _, SecretKeyTrait, Tag};
 use pgp::{
     ArmorOptions, KeyType, SecretKeyParamsBuilder, SignedPublicKey, SignedSecretKey,
     StandaloneSignature, SubkeyParamsBuilder,
@@ -38,47 +39,85 @@ use kubernetes_upgrader::debian::Keyring;
 use kubernetes_upgrader::debian::index::Compression;
 use kubernetes_upgrader::debian::keyring::fingerprint_hex;
 
-/// A generated OpenPGP key pair (Ed25519), optionally signing through a subkey.
+/// A generated OpenPGP key pair (Ed25519), optionally signing through a subkey, with knobs for
+/// the hostile and broken cases: expiry, revocation, weak hashes and signature times.
 #[derive(Clone)]
 pub struct TestKey {
     secret: SignedSecretKey,
     public: SignedPublicKey,
     sign_with_subkey: bool,
+    hash: HashAlgorithm,
+    signed_at: Option<chrono::DateTime<chrono::Utc>>,
+    signature_lifetime: Option<chrono::Duration>,
 }
 
 impl std::fmt::Debug for TestKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TestKey")
             .field("fingerprint", &self.fingerprint())
-            .finish()
+            .finish_non_exhaustive()
     }
+}
+
+/// How [`TestKey::generate_with`] makes a key.
+#[derive(Clone, Debug, Default)]
+pub struct KeyOptions {
+    /// Sign through a signing subkey (the primary key only certifies).
+    pub signing_subkey: bool,
+    /// Creation time of the key (and subkey); now when unset.
+    pub created: Option<jiff::Timestamp>,
+    /// The primary key expires this long after its creation (`KeyExpirationTime`).
+    pub expires_after: Option<std::time::Duration>,
+    /// The subkey expires this long after its creation.
+    pub subkey_expires_after: Option<std::time::Duration>,
+}
+
+fn chrono_time(time: jiff::Timestamp) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp(time.as_second(), 0).unwrap_or_default()
+}
+
+fn chrono_duration(duration: std::time::Duration) -> chrono::Duration {
+    chrono::Duration::seconds(i64::try_from(duration.as_secs()).unwrap_or(i64::MAX))
 }
 
 impl TestKey {
     /// A new key whose primary key signs. Every call gives a different key, so a second call
     /// is the usual way to get an untrusted key.
     pub fn generate(name: &str) -> anyhow::Result<TestKey> {
-        Self::generate_inner(name, false)
+        Self::generate_with(name, &KeyOptions::default())
     }
 
     /// A new key whose primary key only certifies; signatures are made by its signing subkey.
     pub fn generate_with_signing_subkey(name: &str) -> anyhow::Result<TestKey> {
-        Self::generate_inner(name, true)
+        Self::generate_with(
+            name,
+            &KeyOptions {
+                signing_subkey: true,
+                ..KeyOptions::default()
+            },
+        )
     }
 
-    fn generate_inner(name: &str, subkey: bool) -> anyhow::Result<TestKey> {
+    /// A new key made as `options` say.
+    pub fn generate_with(name: &str, options: &KeyOptions) -> anyhow::Result<TestKey> {
+        let subkey = options.signing_subkey;
+        let created = options
+            .created
+            .map_or_else(|| chrono::Utc::now().trunc_subsecs(0), chrono_time);
         let mut rng = rand08::thread_rng();
         let mut params = SecretKeyParamsBuilder::default();
         params
             .key_type(KeyType::EdDSALegacy)
             .can_certify(true)
             .can_sign(!subkey)
+            .created_at(created)
             .primary_user_id(format!("{name} <{name}@repository.test>"));
         if subkey {
             params.subkey(
                 SubkeyParamsBuilder::default()
                     .key_type(KeyType::EdDSALegacy)
                     .can_sign(true)
+                    .created_at(created)
                     .build()
                     .map_err(|e| anyhow!("subkey parameters: {e}"))?,
             );
@@ -89,15 +128,100 @@ impl TestKey {
             .map_err(|e| anyhow!("generating key: {e}"))?
             .sign(&mut rng, String::new)
             .map_err(|e| anyhow!("self-signing key: {e}"))?;
-        let public = secret
+        let mut public = secret
             .public_key()
             .sign(&mut rng, &secret, String::new)
             .map_err(|e| anyhow!("signing public key: {e}"))?;
+        if let Some(after) = options.expires_after {
+            for user in &mut public.details.users {
+                user.signatures = re_signed(&user.signatures, after, |config| {
+                    config.sign_certification(&secret, String::new, Tag::UserId, &user.id)
+                })?;
+            }
+        }
+        if let Some(after) = options.subkey_expires_after {
+            for subkey in &mut public.public_subkeys {
+                subkey.signatures = re_signed(&subkey.signatures, after, |config| {
+                    config.sign_key_binding(&secret, String::new, &subkey.key)
+                })?;
+            }
+        }
         Ok(TestKey {
             secret,
             public,
             sign_with_subkey: subkey,
+            hash: HashAlgorithm::SHA2_256,
+            signed_at: None,
+            signature_lifetime: None,
         })
+    }
+
+    /// The same key with a valid revocation signature on its primary key.
+    pub fn revoked(&self) -> anyhow::Result<TestKey> {
+        let mut key = self.clone();
+        let config = self.revocation_config(SignatureType::KeyRevocation);
+        let revocation = config
+            .sign_key(&self.secret, String::new, &self.public.primary_key)
+            .map_err(|e| anyhow!("revoking: {e}"))?;
+        key.public.details.revocation_signatures.push(revocation);
+        Ok(key)
+    }
+
+    /// The same key with a valid revocation signature on its (first) subkey.
+    pub fn subkey_revoked(&self) -> anyhow::Result<TestKey> {
+        let mut key = self.clone();
+        let config = self.revocation_config(SignatureType::SubkeyRevocation);
+        let subkey = key
+            .public
+            .public_subkeys
+            .first_mut()
+            .ok_or_else(|| anyhow!("the key has no subkey"))?;
+        let revocation = config
+            .sign_key_binding(&self.secret, String::new, &subkey.key)
+            .map_err(|e| anyhow!("revoking the subkey: {e}"))?;
+        subkey.signatures.push(revocation);
+        Ok(key)
+    }
+
+    fn revocation_config(&self, typ: SignatureType) -> SignatureConfig {
+        let mut config = SignatureConfig::v4(typ, self.secret.algorithm(), HashAlgorithm::SHA2_256);
+        config.hashed_subpackets = vec![
+            Subpacket::regular(SubpacketData::IssuerFingerprint(self.secret.fingerprint())),
+            Subpacket::regular(SubpacketData::SignatureCreationTime(
+                chrono::Utc::now().trunc_subsecs(0),
+            )),
+        ];
+        config.unhashed_subpackets = vec![Subpacket::regular(SubpacketData::Issuer(
+            self.secret.key_id(),
+        ))];
+        config
+    }
+
+    /// The same key, signing with `hash` (for example SHA-1, which must be refused).
+    #[must_use]
+    pub fn hashing_with(&self, hash: HashAlgorithm) -> TestKey {
+        TestKey {
+            hash,
+            ..self.clone()
+        }
+    }
+
+    /// The same key, dating its signatures `at` instead of now.
+    #[must_use]
+    pub fn signing_at(&self, at: jiff::Timestamp) -> TestKey {
+        TestKey {
+            signed_at: Some(chrono_time(at)),
+            ..self.clone()
+        }
+    }
+
+    /// The same key, making signatures that expire `after` their creation.
+    #[must_use]
+    pub fn signatures_expiring_after(&self, after: std::time::Duration) -> TestKey {
+        TestKey {
+            signature_lifetime: Some(chrono_duration(after)),
+            ..self.clone()
+        }
     }
 
     /// The public key, ASCII-armored.
@@ -125,9 +249,17 @@ impl TestKey {
     }
 
     fn sign(&self, typ: SignatureType, data: &[u8]) -> pgp::errors::Result<pgp::Signature> {
+        let how = SignHow {
+            typ,
+            hash: self.hash,
+            at: self
+                .signed_at
+                .unwrap_or_else(|| chrono::Utc::now().trunc_subsecs(0)),
+            lifetime: self.signature_lifetime,
+        };
         match self.secret.secret_subkeys.first() {
-            Some(subkey) if self.sign_with_subkey => sign_with(&subkey.key, typ, data),
-            _ => sign_with(&self.secret, typ, data),
+            Some(subkey) if self.sign_with_subkey => sign_with(&subkey.key, &how, data),
+            _ => sign_with(&self.secret, &how, data),
         }
     }
 
@@ -137,18 +269,50 @@ impl TestKey {
     }
 }
 
+/// `signatures` made again with a `KeyExpirationTime` of `after`, by `sign`.
+fn re_signed(
+    signatures: &[pgp::Signature],
+    after: std::time::Duration,
+    sign: impl Fn(SignatureConfig) -> pgp::errors::Result<pgp::Signature>,
+) -> anyhow::Result<Vec<pgp::Signature>> {
+    signatures
+        .iter()
+        .map(|signature| {
+            let mut config = signature.config.clone();
+            config
+                .hashed_subpackets
+                .push(Subpacket::regular(SubpacketData::KeyExpirationTime(
+                    chrono_duration(after),
+                )));
+            sign(config).map_err(|e| anyhow!("signing with an expiry: {e}"))
+        })
+        .collect()
+}
+
+struct SignHow {
+    typ: SignatureType,
+    hash: HashAlgorithm,
+    at: chrono::DateTime<chrono::Utc>,
+    lifetime: Option<chrono::Duration>,
+}
+
 fn sign_with(
     key: &impl SecretKeyTrait,
-    typ: SignatureType,
+    how: &SignHow,
     data: &[u8],
 ) -> pgp::errors::Result<pgp::Signature> {
-    let mut config = SignatureConfig::v4(typ, key.algorithm(), HashAlgorithm::SHA2_256);
+    let mut config = SignatureConfig::v4(how.typ, key.algorithm(), how.hash);
     config.hashed_subpackets = vec![
         Subpacket::regular(SubpacketData::IssuerFingerprint(key.fingerprint())),
-        Subpacket::regular(SubpacketData::SignatureCreationTime(
-            chrono::Utc::now().trunc_subsecs(0),
-        )),
+        Subpacket::regular(SubpacketData::SignatureCreationTime(how.at)),
     ];
+    if let Some(lifetime) = how.lifetime {
+        config
+            .hashed_subpackets
+            .push(Subpacket::regular(SubpacketData::SignatureExpirationTime(
+                lifetime,
+            )));
+    }
     config.unhashed_subpackets = vec![Subpacket::regular(SubpacketData::Issuer(key.key_id()))];
     config.sign(key, String::new, data)
 }
@@ -251,6 +415,8 @@ pub struct RepoBuilder {
     in_release: bool,
     release_gpg: bool,
     valid_until: Option<jiff::Timestamp>,
+    date: Option<jiff::Timestamp>,
+    acquire_by_hash: bool,
     index_override: Option<Vec<u8>>,
     raw_indexes: BTreeMap<Compression, Vec<u8>>,
     unlisted: BTreeSet<Compression>,
@@ -281,6 +447,8 @@ impl RepoBuilder {
             in_release: true,
             release_gpg: true,
             valid_until: None,
+            date: None,
+            acquire_by_hash: false,
             index_override: None,
             raw_indexes: BTreeMap::new(),
             unlisted: BTreeSet::new(),
@@ -356,6 +524,20 @@ impl RepoBuilder {
     #[must_use]
     pub fn valid_until(mut self, until: jiff::Timestamp) -> Self {
         self.valid_until = Some(until);
+        self
+    }
+
+    /// Sets `Date` (default: the time of [`RepoBuilder::build`]).
+    #[must_use]
+    pub fn date(mut self, date: jiff::Timestamp) -> Self {
+        self.date = Some(date);
+        self
+    }
+
+    /// Says `Acquire-By-Hash: yes` and also writes every index at `by-hash/SHA256/<hex>` beside it.
+    #[must_use]
+    pub fn acquire_by_hash(mut self, yes: bool) -> Self {
+        self.acquire_by_hash = yes;
         self
     }
 
@@ -466,6 +648,18 @@ impl RepoBuilder {
                 if !self.unlisted.contains(&compression) {
                     listed.push((release_path.clone(), bytes.clone()));
                 }
+                if self.acquire_by_hash {
+                    let dir = release_path.rsplit_once('/').map_or("", |(d, _)| d);
+                    let slash = if dir.is_empty() { "" } else { "/" };
+                    files.insert(
+                        format!(
+                            "{}{dir}{slash}by-hash/SHA256/{}",
+                            self.release_dir(),
+                            hex::encode(Sha256::digest(&bytes))
+                        ),
+                        Bytes::from(bytes.clone()),
+                    );
+                }
                 files.insert(
                     format!("{}{release_path}", self.release_dir()),
                     Bytes::from(bytes),
@@ -496,7 +690,7 @@ impl RepoBuilder {
     }
 
     fn release_text(&self, architectures: &[String], listed: &[(String, Vec<u8>)]) -> String {
-        let now = jiff::Timestamp::now();
+        let now = self.date.unwrap_or_else(jiff::Timestamp::now);
         let (suite, component) = match &self.layout {
             Layout::Flat => ("stable".to_owned(), None),
             Layout::Dists { suite, component } => (suite.clone(), Some(component.clone())),
@@ -515,6 +709,9 @@ impl RepoBuilder {
                     .timestamp_to_rfc9110_string(&until)
                     .unwrap_or_default()
             );
+        }
+        if self.acquire_by_hash {
+            text.push_str("Acquire-By-Hash: yes\n");
         }
         let _ = writeln!(text, "Architectures: {}", architectures.join(" "));
         if let Some(component) = component {
@@ -562,6 +759,147 @@ fn paragraph(package: &TestPackage) -> String {
         ))),
     );
     text
+}
+
+/// Deterministic xorshift generator.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: usize) -> usize {
+        usize::try_from(self.next() % n as u64).unwrap_or(0)
+    }
+}
+
+const WORDS: &[&str] = &[
+    "library",
+    "runtime",
+    "support",
+    "files",
+    "for",
+    "the",
+    "GNU",
+    "C",
+    "compiler",
+    "shared",
+    "development",
+    "headers",
+    "documentation",
+    "utilities",
+    "network",
+    "kernel",
+    "cluster",
+    "container",
+    "daemon",
+    "client",
+    "server",
+    "package",
+    "provides",
+    "implementation",
+    "of",
+    "and",
+    "with",
+    "a",
+    "an",
+    "to",
+    "Python",
+    "module",
+    "bindings",
+    "data",
+    "tools",
+    "command",
+    "line",
+    "interface",
+    "graphical",
+    "toolkit",
+    "system",
+    "service",
+    "manager",
+    "secure",
+];
+
+const ARCHES: &[&str] = &["amd64", "arm64", "ppc64el", "s390x", "all"];
+
+/// A deterministic, realistic Packages index of `paragraphs` paragraphs (about 850 bytes each): a few Kubernetes packages with many
+/// versions on every architecture, in a sea of ordinary packages.
+pub fn synthetic_index(paragraphs: usize) -> Vec<u8> {
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let mut out = String::with_capacity(paragraphs * 900);
+    let kube = [
+        "kubeadm",
+        "kubelet",
+        "kubectl",
+        "cri-tools",
+        "kubernetes-cni",
+    ];
+    for i in 0..paragraphs {
+        let arch = ARCHES[rng.below(ARCHES.len())];
+        let (name, version) = if i % 97 == 0 {
+            let minor = 20 + rng.below(13);
+            let patch = rng.below(15);
+            let name = kube[rng.below(kube.len())];
+            (name.to_owned(), format!("1.{minor}.{patch}-1.1"))
+        } else {
+            let base = WORDS[rng.below(WORDS.len())];
+            (
+                format!("lib{base}{}-{}", rng.below(400), rng.below(9)),
+                format!(
+                    "{}.{}.{}-{}",
+                    rng.below(10),
+                    rng.below(40),
+                    rng.below(30),
+                    1 + rng.below(4)
+                ),
+            )
+        };
+        let _ = write!(
+            out,
+            "Package: {name}\nSource: {name}-src\nVersion: {version}\nInstalled-Size: {}\n\
+             Maintainer: Debian Maintainers <maintainers-{}@lists.debian.org>\nArchitecture: {arch}\n\
+             Depends: libc6 (>= 2.{}), libgcc-s1 (>= 3.0), lib{}{} (>= {}.{})\n",
+            rng.below(90_000),
+            rng.below(500),
+            rng.below(40),
+            WORDS[rng.below(WORDS.len())],
+            rng.below(50),
+            rng.below(5),
+            rng.below(20),
+        );
+        out.push_str("Description: ");
+        for _ in 0..6 + rng.below(6) {
+            out.push_str(WORDS[rng.below(WORDS.len())]);
+            out.push(' ');
+        }
+        out.push('\n');
+        for _ in 0..2 + rng.below(3) {
+            out.push(' ');
+            for _ in 0..8 + rng.below(6) {
+                out.push_str(WORDS[rng.below(WORDS.len())]);
+                out.push(' ');
+            }
+            out.push('\n');
+        }
+        let _ = write!(
+            out,
+            "Multi-Arch: same\nHomepage: https://example.org/{name}\nDescription-md5: {:032x}\n\
+             Section: libs\nPriority: optional\nFilename: pool/main/{}/{name}/{name}_{version}_{arch}.deb\n\
+             Size: {}\nMD5sum: {:032x}\nSHA256: {:016x}{:016x}{:016x}{:016x}\n\n",
+            u128::from(rng.next()) << 64 | u128::from(rng.next()),
+            &name[..1],
+            rng.below(5_000_000),
+            u128::from(rng.next()) << 64 | u128::from(rng.next()),
+            rng.next(),
+            rng.next(),
+            rng.next(),
+            rng.next(),
+        );
+    }
+    out.into_bytes()
 }
 
 /// Compresses `data` as an index file would be.
@@ -627,6 +965,8 @@ pub enum Fault {
     Replace(Bytes),
     /// Redirect (302) to this location.
     Redirect(String),
+    /// Send only this many bytes, then keep the connection open without sending anything more.
+    Stall(usize),
 }
 
 #[derive(Clone)]
@@ -648,6 +988,7 @@ struct ServerState {
 struct Shared {
     state: Mutex<ServerState>,
     requests: AtomicU64,
+    with_authorization: AtomicU64,
     not_modified: AtomicU64,
 }
 
@@ -776,6 +1117,11 @@ impl RepoServer {
         self.inject(path, Fault::Truncate(keep));
     }
 
+    /// Sends the first `keep` bytes of `path`, then nothing more, without closing.
+    pub fn stall(&self, path: &str, keep: usize) {
+        self.inject(path, Fault::Stall(keep));
+    }
+
     /// Flips bytes in the middle of `path`.
     pub fn corrupt(&self, path: &str) {
         self.inject(path, Fault::Corrupt);
@@ -809,6 +1155,11 @@ impl RepoServer {
         self.shared.requests.load(Ordering::SeqCst)
     }
 
+    /// Requests that carried an `Authorization` header (credentials from the URL's userinfo).
+    pub fn requests_with_authorization(&self) -> u64 {
+        self.shared.with_authorization.load(Ordering::SeqCst)
+    }
+
     /// 304 answers so far.
     pub fn not_modified(&self) -> u64 {
         self.shared.not_modified.load(Ordering::SeqCst)
@@ -828,6 +1179,7 @@ impl RepoServer {
     pub fn reset_counters(&self) {
         self.shared.requests.store(0, Ordering::SeqCst);
         self.shared.not_modified.store(0, Ordering::SeqCst);
+        self.shared.with_authorization.store(0, Ordering::SeqCst);
         self.shared.lock().per_path.clear();
     }
 
@@ -884,6 +1236,9 @@ fn status_response(status: StatusCode) -> Response {
 async fn handle(State(shared): State<Arc<Shared>>, uri: Uri, headers: HeaderMap) -> Response {
     let path = uri.path().trim_start_matches('/').to_owned();
     shared.requests.fetch_add(1, Ordering::SeqCst);
+    if headers.contains_key(header::AUTHORIZATION) {
+        shared.with_authorization.fetch_add(1, Ordering::SeqCst);
+    }
     let (fault, file) = {
         let mut state = shared.lock();
         *state.per_path.entry(path.clone()).or_default() += 1;
@@ -930,6 +1285,17 @@ async fn handle(State(shared): State<Arc<Shared>>, uri: Uri, headers: HeaderMap)
         status_response(StatusCode::NOT_MODIFIED)
     } else {
         match fault {
+            Some(Fault::Stall(keep)) => {
+                let keep = keep.min(file.body.len());
+                let head = file.body.slice(..keep);
+                let stream = futures::stream::iter(vec![Ok::<_, std::io::Error>(head)])
+                    .chain(futures::stream::pending::<Result<Bytes, std::io::Error>>());
+                let mut response = Response::new(Body::from_stream(stream));
+                response
+                    .headers_mut()
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(file.body.len()));
+                response
+            }
             Some(Fault::Truncate(keep)) => {
                 let keep = keep.min(file.body.len());
                 let head = file.body.slice(..keep);

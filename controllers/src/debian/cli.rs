@@ -67,12 +67,23 @@ struct JsonListing<'a> {
     #[serde(rename = "indexSHA256")]
     index_sha256: &'a str,
     signing_key_fingerprint: Option<&'a str>,
+    /// `Date` of the verified Release.
+    release_date: Option<String>,
+    /// `Valid-Until` of the verified Release.
+    valid_until: Option<String>,
 }
+
+/// What `versions` prints on stderr when no keyring was given, as the controller's
+/// `Verified=False`.
+pub const NOT_VERIFIED_NOTICE: &str = "warning: no --keyring given: the Release and the index were not verified (their signatures and checksums prove nothing)";
 
 /// Runs `versions`. Failures print one `error: Reason: message` line on stderr and exit 1.
 pub async fn run_versions(args: VersionsArgs) -> anyhow::Result<ExitCode> {
     match versions(&args).await {
         Ok(listing) => {
+            if args.keyring.is_empty() {
+                eprintln!("{NOT_VERIFIED_NOTICE}");
+            }
             let mut out = std::io::stdout().lock();
             match args.format {
                 OutputFormat::Text => {
@@ -88,6 +99,8 @@ pub async fn run_versions(args: VersionsArgs) -> anyhow::Result<ExitCode> {
                         index_url: &listing.index_url,
                         index_sha256: &listing.index_sha256,
                         signing_key_fingerprint: listing.signing_key_fingerprint.as_deref(),
+                        release_date: listing.release_date().map(|t| t.to_string()),
+                        valid_until: listing.valid_until().map(|t| t.to_string()),
                     };
                     writeln!(out, "{}", serde_json::to_string_pretty(&json)?)?;
                 }

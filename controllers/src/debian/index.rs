@@ -29,8 +29,10 @@ pub enum Compression {
 }
 
 impl Compression {
-    /// Preferred order: smallest download first.
-    pub const PREFERRED: [Compression; 3] = [Compression::Xz, Compression::Gzip, Compression::None];
+    /// Preferred order: gzip first (it decodes about 6 times faster than xz at a quarter of the
+    /// memory, and with conditional requests its larger download is paid once per change), then
+    /// xz, then plain.
+    pub const PREFERRED: [Compression; 3] = [Compression::Gzip, Compression::Xz, Compression::None];
 
     /// The file-name extension, with its dot.
     pub fn extension(self) -> &'static str {

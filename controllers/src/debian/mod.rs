@@ -6,21 +6,29 @@
 //!
 //! - [`Keyring`] holds the trusted keys (armored or binary, several keys, subkeys count).
 //! - [`Fetcher::sync`] reads the repository: `InRelease` (or `Release` + `Release.gpg`), verified
-//!   when a keyring is given, then the best index the Release lists (`.xz`, `.gz`, plain, falling
-//!   back on 404), checked for size and SHA256 while it is decompressed and scanned.
+//!   when a keyring is given, then the best index the Release lists (`.gz`, `.xz`, plain, falling
+//!   back on 404; at `by-hash/SHA256/<hex>` first with `Acquire-By-Hash: yes`), checked for size
+//!   and SHA256 while it is decompressed and scanned on a blocking thread.
+//!   A verified Release is refused when past its `Valid-Until`, dated more than
+//!   [`MAX_CLOCK_SKEW`] ahead, or older than the last accepted one ([`Validators`] carries its
+//!   `Date` and `Valid-Until`); a 304 is refused once the remembered `Valid-Until` has passed.
 //!   Without a keyring the Release is still used when present; without any Release the indexes
-//!   are probed directly, as v0.6 did. A URL ending in `/Packages{,.gz,.xz}` is read directly
-//!   (verified against the InRelease beside it when a keyring is given).
+//!   are probed directly, as v0.6 did. A URL whose parsed path ends in `/Packages{,.gz,.xz}`
+//!   (with or without a query) is read as written (verified against the InRelease beside it
+//!   when a keyring is given).
+//! - [`message`] bounds, cleans and redacts every text the client renders.
 //! - [`scan`] is the streaming paragraph scanner, [`index`] the decompress-hash-scan pipeline,
 //!   [`versions`] the Debian → Kubernetes version mapping and [`cli`] the `versions` subcommand.
 //!   The signed test repositories and their loopback server live in the `testkit` crate.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 pub mod cli;
 pub mod fetch;
 pub mod index;
 pub mod keyring;
+pub mod message;
 pub mod release;
 pub mod scan;
 pub mod versions;
@@ -49,7 +57,9 @@ pub struct RepositorySpec {
     pub timeout: Duration,
 }
 
-/// Validators from the last successful sync, for conditional requests.
+/// What the client remembers about the last accepted sync: the HTTP validators for conditional
+/// requests, and the accepted Release's `Date` and `Valid-Until`, so that a later 304 is still
+/// held to the Release's expiry and an older Release is recognised as a replay.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Validators {
     /// URL the validators belong to.
@@ -58,6 +68,10 @@ pub struct Validators {
     pub etag: Option<String>,
     /// `Last-Modified` response header.
     pub last_modified: Option<String>,
+    /// `Date` of the accepted (verified) Release.
+    pub release_date: Option<jiff::Timestamp>,
+    /// `Valid-Until` of the accepted (verified) Release.
+    pub valid_until: Option<jiff::Timestamp>,
 }
 
 /// What one sync found.
@@ -69,53 +83,104 @@ pub struct Listing {
     pub debian_versions: Vec<String>,
     /// Matching paragraphs whose upstream version is not semver.
     pub skipped: u64,
-    /// The index read.
+    /// The index read, with any `user:password@` redacted.
     pub index_url: String,
     /// SHA256 of the index bytes as downloaded, lower-case hex.
     pub index_sha256: String,
     /// Fingerprint (upper-case hex) of the key whose signature verified, when a keyring was given.
     pub signing_key_fingerprint: Option<String>,
-    /// Validators to send next time.
+    /// What to pass back as `previous` next time: validators, Release `Date` and `Valid-Until`.
     pub validators: Validators,
 }
 
+impl Listing {
+    /// `Date` of the accepted Release (verified Releases only).
+    pub fn release_date(&self) -> Option<jiff::Timestamp> {
+        self.validators.release_date
+    }
+
+    /// `Valid-Until` of the accepted Release (verified Releases only).
+    pub fn valid_until(&self) -> Option<jiff::Timestamp> {
+        self.validators.valid_until
+    }
+}
+
 /// The result of a sync.
+// Boxing the listing would change the variant's shape for every caller; one per sync is cheap.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SyncOutcome {
-    /// The server answered 304 to the conditional request: nothing changed.
+    /// The server answered 304 to the conditional request: nothing changed (and the remembered
+    /// Release is still within its `Valid-Until`).
     NotModified,
     /// A new listing.
     Fetched(Listing),
 }
 
-/// A failed sync. `reason()` is the condition reason.
-#[derive(Debug, thiserror::Error)]
+/// Most a Release's `Date` may lie ahead of our clock (apt refuses a Release that is "not valid
+/// yet"; a little skew between mirror and controller clocks is tolerated).
+pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(5 * 60);
+
+/// The time source of a [`Fetcher`]: the wall clock in production, a fixed time in tests.
+pub trait Clock: Send + Sync {
+    /// The current time.
+    fn now(&self) -> jiff::Timestamp;
+}
+
+/// The wall clock.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> jiff::Timestamp {
+        jiff::Timestamp::now()
+    }
+}
+
+/// A clock that always says the same time.
+#[derive(Clone, Copy, Debug)]
+pub struct FixedClock(pub jiff::Timestamp);
+
+impl Clock for FixedClock {
+    fn now(&self) -> jiff::Timestamp {
+        self.0
+    }
+}
+
+/// The shared clock handle a [`Fetcher`] holds.
+pub type SharedClock = Arc<dyn Clock>;
+
+/// A failed sync. `reason()` is the condition reason. Every message is redacted (no
+/// `user:password@`), free of control characters and at most [`message::MAX_MESSAGE_BYTES`].
+#[derive(Debug)]
 pub enum SyncError {
-    /// Connection, timeout, redirect limit or truncated body.
-    #[error("fetching {url}: {message}")]
+    /// Connection, timeout, idle read timeout, refused redirect or truncated body.
     FetchFailed { url: String, message: String },
     /// A non-success HTTP status.
-    #[error("fetching {url}: HTTP {status}")]
     HttpStatus { url: String, status: u16 },
     /// The Release signature did not verify against any trusted key, or was missing.
-    #[error("{0}")]
     SignatureInvalid(String),
     /// The index does not match the size or SHA256 the Release lists.
-    #[error("{0}")]
     ChecksumMismatch(String),
     /// The decompressed index, or one of its lines, exceeds the cap.
-    #[error("{0}")]
     IndexTooLarge(String),
     /// The Release or index could not be parsed or decompressed.
-    #[error("{0}")]
     ParseError(String),
     /// No paragraph matched the package and architecture.
-    #[error("no {package} packages for architecture {architecture} in {index_url}")]
     NoMatchingPackages {
         package: String,
         architecture: String,
         index_url: String,
     },
+    /// The server answered 304 for a Release whose `Valid-Until` has passed since it was
+    /// accepted: a stale or forged 304 must not keep an expired Release alive.
+    ReleaseExpired(String),
+    /// The verified Release is older (`Date`) than the last accepted one: a replay.
+    ReleaseReplayed(String),
+    /// The verified Release's `Date` is more than [`MAX_CLOCK_SKEW`] in the future.
+    ReleaseNotYetValid(String),
+    /// Neither `InRelease` nor `Release` exists: the URL is not a repository root.
+    RepositoryNotFound { url: String },
 }
 
 impl SyncError {
@@ -123,12 +188,63 @@ impl SyncError {
     pub fn reason(&self) -> &'static str {
         match self {
             Self::FetchFailed { .. } => "FetchFailed",
-            Self::HttpStatus { .. } => "HTTPStatus",
+            Self::HttpStatus { .. } | Self::RepositoryNotFound { .. } => "HTTPStatus",
             Self::SignatureInvalid(_) => "SignatureInvalid",
             Self::ChecksumMismatch(_) => "ChecksumMismatch",
             Self::IndexTooLarge(_) => "IndexTooLarge",
             Self::ParseError(_) => "ParseError",
             Self::NoMatchingPackages { .. } => "NoMatchingPackages",
+            Self::ReleaseExpired(_) => "ReleaseExpired",
+            Self::ReleaseReplayed(_) => "ReleaseReplayed",
+            Self::ReleaseNotYetValid(_) => "ReleaseNotYetValid",
+        }
+    }
+
+    /// Same as [`SyncError::reason`].
+    pub fn category(&self) -> &'static str {
+        self.reason()
+    }
+
+    /// True when the failure says the repository's content could not be trusted (the
+    /// `Verified` condition turns False), rather than that it could not be read.
+    pub fn is_verification_failure(&self) -> bool {
+        matches!(
+            self,
+            Self::SignatureInvalid(_)
+                | Self::ChecksumMismatch(_)
+                | Self::ReleaseExpired(_)
+                | Self::ReleaseReplayed(_)
+                | Self::ReleaseNotYetValid(_)
+        )
+    }
+
+    fn raw_message(&self) -> String {
+        match self {
+            Self::FetchFailed { url, message } => format!("fetching {url}: {message}"),
+            Self::HttpStatus { url, status } => format!("fetching {url}: HTTP {status}"),
+            Self::RepositoryNotFound { url } => format!(
+                "repository root not found: {url} has neither InRelease nor Release (HTTP 404)"
+            ),
+            Self::SignatureInvalid(m)
+            | Self::ChecksumMismatch(m)
+            | Self::IndexTooLarge(m)
+            | Self::ParseError(m)
+            | Self::ReleaseExpired(m)
+            | Self::ReleaseReplayed(m)
+            | Self::ReleaseNotYetValid(m) => m.clone(),
+            Self::NoMatchingPackages {
+                package,
+                architecture,
+                index_url,
+            } => format!("no {package} packages for architecture {architecture} in {index_url}"),
         }
     }
 }
+
+impl std::fmt::Display for SyncError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&message::bounded(&self.raw_message()))
+    }
+}
+
+impl std::error::Error for SyncError {}

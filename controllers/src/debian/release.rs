@@ -4,10 +4,11 @@ use std::collections::HashMap;
 use std::io::Cursor;
 
 use debian_packaging::repository::release::{ChecksumType, ReleaseFile};
+use pgp::cleartext::CleartextSignedMessage;
 
-use super::SyncError;
 use super::index::Expected;
 use super::keyring::Keyring;
+use super::{MAX_CLOCK_SKEW, SyncError, Validators};
 
 /// Largest `InRelease`, `Release` or `Release.gpg` accepted. Ubuntu's biggest are about 300 KiB.
 pub const MAX_RELEASE_BYTES: u64 = 16 << 20;
@@ -18,6 +19,10 @@ pub struct Release {
     url: String,
     /// Fingerprint of the primary key whose signature verified, when a keyring was given.
     pub fingerprint: Option<String>,
+    /// `Date`, when the Release has one.
+    pub date: Option<jiff::Timestamp>,
+    /// `Valid-Until`, when the Release has one.
+    pub valid_until: Option<jiff::Timestamp>,
 }
 
 impl std::fmt::Debug for Release {
@@ -25,6 +30,8 @@ impl std::fmt::Debug for Release {
         f.debug_struct("Release")
             .field("url", &self.url)
             .field("fingerprint", &self.fingerprint)
+            .field("date", &self.date)
+            .field("valid_until", &self.valid_until)
             .finish_non_exhaustive()
     }
 }
@@ -35,7 +42,8 @@ fn is_clearsigned(body: &[u8]) -> bool {
 }
 
 impl Release {
-    /// Reads an `InRelease` body; with a keyring, at least one signature must verify.
+    /// Reads an `InRelease` body; with a keyring, at least one signature must verify, and the
+    /// Release is parsed only after it did.
     pub fn from_inrelease(
         url: &str,
         body: &[u8],
@@ -50,40 +58,36 @@ impl Release {
             }
             return Self::from_release(url, body, None, None, now);
         }
-        let file =
-            ReleaseFile::from_armored_reader(Cursor::new(body)).map_err(|e| match keyring {
-                Some(_) => SyncError::SignatureInvalid(format!(
-                    "{url}: cannot read the signed Release: {e}"
-                )),
-                None => SyncError::ParseError(format!("{url}: {e}")),
-            })?;
+        let message = std::str::from_utf8(body)
+            .ok()
+            .and_then(|text| CleartextSignedMessage::from_string(text).ok())
+            .map(|(message, _headers)| message);
+        let Some(message) = message else {
+            let text = format!("{url}: not a valid clear-signed message");
+            return Err(match keyring {
+                Some(_) => SyncError::SignatureInvalid(text),
+                None => SyncError::ParseError(text),
+            });
+        };
+        let signed = message.signed_text();
         let fingerprint = match keyring {
             None => None,
             Some(keyring) => {
-                let Some(signatures) = file.signatures() else {
+                let packets: Vec<&pgp::packet::Signature> =
+                    message.signatures().iter().map(|s| &s.signature).collect();
+                if packets.is_empty() {
                     return Err(SyncError::SignatureInvalid(format!("{url}: no signature")));
-                };
-                let found = keyring.find_verifying(
-                    |key| signatures.verify(key).is_ok(),
-                    |key| signatures.verify(key).is_ok(),
-                );
-                let Some(fingerprint) = found else {
-                    return Err(SyncError::SignatureInvalid(format!(
-                        "{url}: none of its {} signatures verifies with a trusted key ({})",
-                        signatures.iter_signatures().count(),
-                        keyring.fingerprints().join(", ")
-                    )));
-                };
-                Some(fingerprint)
+                }
+                Some(
+                    keyring
+                        .verify(&packets, signed.as_bytes(), now)
+                        .map_err(|e| SyncError::SignatureInvalid(format!("{url}: {e}")))?,
+                )
             }
         };
-        let release = Release {
-            file,
-            url: url.to_owned(),
-            fingerprint,
-        };
-        release.check_valid_until(keyring.is_some(), now)?;
-        Ok(release)
+        // The signed text has CRLF line endings; the Release is read with LF.
+        let text = signed.replace("\r\n", "\n");
+        Self::read(url, text.as_bytes(), fingerprint, keyring.is_some(), now)
     }
 
     /// Reads a `Release` body; with a keyring, `signature` (the `Release.gpg` body, fetched from
@@ -102,41 +106,99 @@ impl Release {
             }
             (Some(keyring), Some((signature_url, signature))) => Some(
                 keyring
-                    .verify_detached(signature, body)
+                    .verify_detached(signature, body, now)
                     .map_err(|e| SyncError::SignatureInvalid(format!("{signature_url}: {e}")))?,
             ),
         };
-        let file = ReleaseFile::from_reader(Cursor::new(body))
-            .map_err(|e| SyncError::ParseError(format!("{url}: {e}")))?;
+        Self::read(url, body, fingerprint, keyring.is_some(), now)
+    }
+
+    /// Parses the Release text. Errors name the field, never the text: the content may be
+    /// unverified and is the mirror's to choose.
+    fn read(
+        url: &str,
+        text: &[u8],
+        fingerprint: Option<String>,
+        verified: bool,
+        now: jiff::Timestamp,
+    ) -> Result<Release, SyncError> {
+        let file = ReleaseFile::from_reader(Cursor::new(text.to_vec()))
+            .map_err(|_| SyncError::ParseError(format!("{url}: not a valid Release file")))?;
+        let timestamp = |field: &str,
+                         value: Option<
+            debian_packaging::error::Result<chrono::DateTime<chrono::Utc>>,
+        >| match value {
+            None => Ok(None),
+            Some(Ok(time)) => jiff::Timestamp::from_second(time.timestamp())
+                .map(Some)
+                .map_err(|_| SyncError::ParseError(format!("{url}: {field} is out of range"))),
+            Some(Err(_)) => Err(SyncError::ParseError(format!(
+                "{url}: {field} is not an RFC 2822 date"
+            ))),
+        };
+        let date = timestamp("Date", file.date())?;
+        let valid_until = timestamp("Valid-Until", file.valid_until())?;
         let release = Release {
             file,
             url: url.to_owned(),
             fingerprint,
+            date,
+            valid_until,
         };
-        release.check_valid_until(keyring.is_some(), now)?;
+        if verified {
+            release.check_times(now)?;
+        }
         Ok(release)
     }
 
-    /// Refuses an expired Release. Only a verified Release is held to its `Valid-Until`: an
-    /// unsigned one proves nothing either way.
-    fn check_valid_until(&self, verified: bool, now: jiff::Timestamp) -> Result<(), SyncError> {
-        if !verified {
+    /// Refuses a verified Release that has expired or is dated in the future. An unsigned one
+    /// proves nothing either way.
+    fn check_times(&self, now: jiff::Timestamp) -> Result<(), SyncError> {
+        if let Some(until) = self.valid_until
+            && until < now
+        {
+            return Err(SyncError::SignatureInvalid(format!(
+                "{}: expired at {until} (Valid-Until); refusing a possibly replayed Release",
+                self.url
+            )));
+        }
+        let skew = jiff::SignedDuration::try_from(MAX_CLOCK_SKEW).unwrap_or_default();
+        if let Some(date) = self.date
+            && now.checked_add(skew).is_ok_and(|latest| date > latest)
+        {
+            return Err(SyncError::ReleaseNotYetValid(format!(
+                "{}: dated {date} (Date), more than {}s ahead of our clock ({now})",
+                self.url,
+                MAX_CLOCK_SKEW.as_secs()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Refuses a Release older (`Date`) than the one accepted last time: a replay that would
+    /// roll the listing back. Only verified Releases are remembered, so only they are compared.
+    pub fn check_not_replayed(&self, previous: Option<&Validators>) -> Result<(), SyncError> {
+        if self.fingerprint.is_none() {
             return Ok(());
         }
-        match self.file.valid_until() {
-            Some(Err(e)) => Err(SyncError::ParseError(format!(
-                "{}: Valid-Until: {e}",
-                self.url
-            ))),
-            Some(Ok(until)) if until.timestamp() < now.as_second() => {
-                Err(SyncError::SignatureInvalid(format!(
-                    "{}: expired at {} (Valid-Until); refusing a possibly replayed Release",
-                    self.url,
-                    self.file.valid_until_str().unwrap_or_default()
+        match (self.date, previous.and_then(|p| p.release_date)) {
+            (Some(date), Some(accepted)) if date < accepted => {
+                Err(SyncError::ReleaseReplayed(format!(
+                    "{}: dated {date} (Date), older than the Release accepted before ({accepted}); refusing a replayed Release",
+                    self.url
                 )))
             }
-            None | Some(Ok(_)) => Ok(()),
+            (None, Some(accepted)) => Err(SyncError::ReleaseReplayed(format!(
+                "{}: has no Date, but the Release accepted before was dated {accepted}",
+                self.url
+            ))),
+            _ => Ok(()),
         }
+    }
+
+    /// Whether the Release says `Acquire-By-Hash: yes`.
+    pub fn acquire_by_hash(&self) -> bool {
+        self.file.acquire_by_hash() == Some(true)
     }
 
     /// The URL the Release was read from.
@@ -149,8 +211,9 @@ impl Release {
         let mut entries = HashMap::new();
         if let Some(iter) = self.file.iter_index_files(ChecksumType::Sha256) {
             for entry in iter {
-                let entry = entry
-                    .map_err(|e| SyncError::ParseError(format!("{}: SHA256: {e}", self.url)))?;
+                let entry = entry.map_err(|_| {
+                    SyncError::ParseError(format!("{}: a SHA256 line is malformed", self.url))
+                })?;
                 entries.insert(
                     entry.path.to_owned(),
                     Expected {

@@ -21,6 +21,7 @@
 //! line does.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use memchr::{memchr, memchr_iter};
 
@@ -29,6 +30,10 @@ use super::versions::kubernetes_version;
 /// Longest line accepted, in bytes. Real indexes stay far below (long `Description` lines are
 /// a few KiB).
 pub const MAX_LINE_BYTES: usize = 1 << 20;
+
+/// Longest `Version` value kept, in bytes. Real ones are a few dozen bytes; a longer value is
+/// skipped (and counted) without being copied.
+pub const MAX_VERSION_BYTES: usize = 256;
 
 /// Most distinct matching Debian versions accepted from one index.
 pub const MAX_DISTINCT_MATCHES: usize = 65_536;
@@ -99,12 +104,15 @@ enum Slot {
 #[derive(Default)]
 struct Value {
     set: bool,
+    /// Longer than the slot keeps: set, but its bytes were not copied.
+    too_long: bool,
     bytes: Vec<u8>,
 }
 
 impl Value {
     fn reset(&mut self) {
         self.set = false;
+        self.too_long = false;
         self.bytes.clear();
     }
 }
@@ -119,7 +127,9 @@ pub struct Scanner {
     malformed: bool,
     last_tracked: bool,
     values: [Value; 3],
-    seen: HashMap<String, bool>,
+    /// Each distinct matching version once: shared with `order`, not copied.
+    seen: HashMap<Arc<str>, bool>,
+    order: Vec<Arc<str>>,
     parsed: Vec<semver::Version>,
     summary: ScanSummary,
 }
@@ -138,6 +148,7 @@ impl Scanner {
             last_tracked: false,
             values: [Value::default(), Value::default(), Value::default()],
             seen: HashMap::new(),
+            order: Vec::new(),
             parsed: Vec::new(),
             summary: ScanSummary::default(),
         }
@@ -180,6 +191,8 @@ impl Scanner {
             self.line(&line)?;
         }
         self.end_paragraph()?;
+        self.seen.clear();
+        self.summary.debian_versions = self.order.iter().map(ToString::to_string).collect();
         self.parsed.sort();
         self.parsed.dedup();
         self.summary.versions = self.parsed.iter().map(|v| format!("v{v}")).collect();
@@ -234,6 +247,9 @@ impl Scanner {
         let stored = &mut self.values[slot as usize];
         if stored.set || value.is_empty() {
             self.malformed = true;
+        } else if slot == Slot::Version && value.len() > MAX_VERSION_BYTES {
+            stored.set = true;
+            stored.too_long = true;
         } else {
             stored.set = true;
             stored.bytes.extend_from_slice(value);
@@ -277,8 +293,7 @@ impl Scanner {
     fn matched(&mut self) -> Result<(), ScanError> {
         self.summary.matched += 1;
         let version = &self.values[Slot::Version as usize];
-        let Some(raw) = version
-            .set
+        let Some(raw) = (version.set && !version.too_long)
             .then(|| std::str::from_utf8(&version.bytes).ok())
             .flatten()
         else {
@@ -295,8 +310,9 @@ impl Scanner {
             return Err(ScanError::TooManyMatches);
         }
         let parsed = kubernetes_version(raw);
-        self.seen.insert(raw.to_owned(), parsed.is_some());
-        self.summary.debian_versions.push(raw.to_owned());
+        let shared: Arc<str> = Arc::from(raw);
+        self.seen.insert(Arc::clone(&shared), parsed.is_some());
+        self.order.push(shared);
         match parsed {
             Some(version) => self.parsed.push(version),
             None => self.summary.skipped += 1,
@@ -441,6 +457,21 @@ Architecture: ppc64el
         );
         assert_eq!(summary.skipped, 3);
         assert_eq!(summary.matched, 6);
+    }
+
+    #[test]
+    fn overlong_versions_are_skipped_and_not_kept() {
+        let long = format!("1.2.3-{}", "1".repeat(MAX_VERSION_BYTES));
+        let edge = format!("1.2.4-{}", "1".repeat(MAX_VERSION_BYTES - 6));
+        let index = format!(
+            "Package: kubeadm\nVersion: {long}\n\nPackage: kubeadm\nVersion: {edge}\n\n\
+             Package: kubeadm\nVersion: {long}\n"
+        );
+        let summary = scan_bytes(index.as_bytes(), "kubeadm", "amd64").unwrap();
+        assert_eq!(summary.versions, ["v1.2.4"]);
+        assert_eq!(summary.debian_versions, [edge]);
+        assert_eq!(summary.skipped, 2);
+        assert_eq!(summary.matched, 3);
     }
 
     #[test]

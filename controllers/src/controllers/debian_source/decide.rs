@@ -66,10 +66,7 @@ impl Failure {
 
     /// Whether the repository failed verification itself.
     fn unverified(&self) -> bool {
-        matches!(
-            self,
-            Self::Sync(SyncError::SignatureInvalid(_) | SyncError::ChecksumMismatch(_))
-        )
+        matches!(self, Self::Sync(err) if err.is_verification_failure())
     }
 }
 
@@ -136,6 +133,8 @@ fn owned_fields(current: &DebianRepositorySourceStatus) -> DebianRepositorySourc
         index_sha256: current.index_sha256.clone(),
         signing_key_fingerprint: current.signing_key_fingerprint.clone(),
         skipped_versions: current.skipped_versions,
+        release_date: current.release_date.clone(),
+        release_valid_until: current.release_valid_until.clone(),
     }
 }
 
@@ -244,6 +243,8 @@ fn apply_listing(
         None
     };
     status.skipped_versions = Some(i64::try_from(listing.skipped).unwrap_or(i64::MAX));
+    status.release_date = listing.release_date().map(Time);
+    status.release_valid_until = listing.valid_until().map(Time);
 }
 
 fn ready_message(status: &DebianRepositorySourceStatus) -> String {
@@ -332,6 +333,32 @@ fn status_of(text: &str) -> Status {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_accepted_release_times_are_kept_in_status() {
+        let date = k8s_openapi::jiff::Timestamp::from_second(1_700_000_000).unwrap();
+        let until = k8s_openapi::jiff::Timestamp::from_second(1_700_600_000).unwrap();
+        let mut fetched = listing(&["v1.31.1"], "aa");
+        fetched.validators.release_date = Some(date);
+        fetched.validators.valid_until = Some(until);
+        let mut status = DebianRepositorySourceStatus::default();
+        apply_listing(&mut status, &fetched, true, &Time(date));
+        assert_eq!(status.release_date, Some(Time(date)));
+        assert_eq!(status.release_valid_until, Some(Time(until)));
+        assert_eq!(owned_fields(&status).release_date, Some(Time(date)));
+    }
+
+    #[test]
+    fn replayed_expired_and_future_releases_are_unverified() {
+        for err in [
+            SyncError::ReleaseReplayed("older".into()),
+            SyncError::ReleaseExpired("expired".into()),
+            SyncError::ReleaseNotYetValid("future".into()),
+        ] {
+            assert!(Failure::Sync(err).unverified());
+        }
+        assert!(!Failure::Sync(SyncError::ParseError("x".into())).unverified());
+    }
+
     use super::*;
     use crate::debian::Validators;
     use k8s_openapi::jiff::Timestamp;

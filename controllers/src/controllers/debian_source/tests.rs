@@ -83,6 +83,7 @@ fn listing() -> Listing {
             url: "http://127.0.0.1:1/Packages".into(),
             etag: Some("v1".into()),
             last_modified: None,
+            ..Validators::default()
         },
     }
 }
