@@ -8,3 +8,4 @@ pub mod manager;
 pub mod runtime;
 pub mod shutdown;
 pub mod telemetry;
+pub mod text;

@@ -24,11 +24,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use crate::text as message;
+
 pub mod cli;
 pub mod fetch;
 pub mod index;
 pub mod keyring;
-pub mod message;
 pub mod release;
 pub mod scan;
 pub mod versions;

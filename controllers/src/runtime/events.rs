@@ -8,7 +8,7 @@ use kube::{Client, Resource};
 use super::status::API_TIMEOUT;
 
 /// Longest event note, and longest cause chain reported.
-pub const MAX_NOTE_BYTES: usize = 1024;
+pub const MAX_NOTE_BYTES: usize = crate::text::MAX_MESSAGE_BYTES;
 
 /// Publishes events for one controller. Publishing failures are logged, never fatal.
 #[derive(Clone)]
@@ -80,7 +80,7 @@ impl Events {
                 EventType::Normal
             },
             reason: note.reason.to_owned(),
-            note: Some(truncate(&note.message, MAX_NOTE_BYTES)),
+            note: Some(crate::text::bounded(&note.message)),
             action: "Reconcile".to_owned(),
             secondary: None,
         };
@@ -101,7 +101,8 @@ impl Events {
     }
 }
 
-/// `err` and each of its sources, once each, joined by `: ` and cut to [`MAX_NOTE_BYTES`].
+/// `err` and each of its sources, once each, joined by `: `, then bounded, printable and
+/// redacted ([`crate::text::bounded`]).
 pub fn cause_chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
@@ -114,30 +115,12 @@ pub fn cause_chain(err: &(dyn std::error::Error + 'static)) -> String {
         }
         source = cause.source();
     }
-    truncate(&text, MAX_NOTE_BYTES)
-}
-
-/// Cuts `text` to at most `max` bytes on a character boundary.
-pub fn truncate(text: &str, max: usize) -> String {
-    if text.len() <= max {
-        return text.to_owned();
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    text[..end].to_owned()
+    crate::text::bounded(&text)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn truncate_respects_char_boundaries() {
-        assert_eq!(truncate("héllo", 2), "h");
-        assert_eq!(truncate("short", 1024), "short");
-    }
 
     #[derive(Debug, thiserror::Error)]
     #[error("writing status")]
@@ -149,7 +132,14 @@ mod tests {
         assert_eq!(cause_chain(&err), "writing status: connection reset");
         let long = Outer(std::io::Error::other("é".repeat(2000)));
         let chain = cause_chain(&long);
-        assert!(chain.len() <= MAX_NOTE_BYTES && chain.len() > MAX_NOTE_BYTES - 2);
-        assert!(chain.starts_with("writing status: é"));
+        assert!(chain.len() <= MAX_NOTE_BYTES && chain.len() > MAX_NOTE_BYTES - 8);
+        assert!(chain.starts_with("writing status: é") && chain.ends_with('…'));
+        let secret = Outer(std::io::Error::other(
+            "GET https://user:pw@mirror/x\nfailed",
+        ));
+        assert_eq!(
+            cause_chain(&secret),
+            "writing status: GET https://redacted@mirror/x failed"
+        );
     }
 }

@@ -23,7 +23,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, Resource};
 
 pub use caches::{Cache, Caches};
-pub use events::{Events, Note, cause_chain, truncate};
+pub use events::{Events, Note, cause_chain};
 pub use metrics::{ControllerMetrics, Metrics};
 
 use crate::shutdown::Shutdown;

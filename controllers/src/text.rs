@@ -1,5 +1,5 @@
-//! Text the client shows to people (errors, reported URLs, logs): bounded, printable, and
-//! without credentials.
+//! Text shown to people (errors, reported URLs, event notes, logs): bounded, printable, and
+//! without credentials. The Debian client and every controller's events go through it.
 //!
 //! A repository URL may carry `user:password@`; the requests send it, nothing we render does.
 //! Messages may end up in a status condition, so each is capped at [`MAX_MESSAGE_BYTES`] and
