@@ -126,16 +126,8 @@ impl Verifier {
         );
         assert_eq!(call.body["apiVersion"], K::api_version(&()).as_ref());
         assert_eq!(call.body["kind"], K::kind(&()).as_ref());
-        let mut keys: Vec<&str> = call
-            .body
-            .as_object()
-            .unwrap()
-            .keys()
-            .map(String::as_str)
-            .collect();
-        keys.sort_unstable();
         assert_eq!(
-            keys,
+            sorted_keys(&call.body),
             ["apiVersion", "kind", "status"],
             "only status is applied"
         );
