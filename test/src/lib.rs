@@ -11,6 +11,7 @@
 //! client and a fresh namespace.
 
 pub mod builds;
+pub mod capi;
 pub mod chaos;
 pub mod cluster;
 pub mod control_plane;

@@ -37,16 +37,18 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
                 .unwrap_or_else(|| client.default_namespace().to_owned()),
         )
     };
-    let by_namespace = fetch(&client, namespace.as_deref()).await?;
-    let trees: Vec<tree::Namespace> = by_namespace
-        .iter()
-        .map(|(ns, objects)| tree::build(ns, objects))
-        .collect();
     let output = match args.output {
-        StatusOutput::Json => render::json(&trees).context("rendering JSON")?,
+        StatusOutput::Json => {
+            render::json(&trees(&client, namespace.as_deref()).await?).context("rendering JSON")?
+        }
         StatusOutput::Text => {
             let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-            render::text(&trees, if colour { Style::Colour } else { Style::Plain })
+            text(
+                &client,
+                namespace.as_deref(),
+                if colour { Style::Colour } else { Style::Plain },
+            )
+            .await?
         }
     };
     print!("{output}");
@@ -54,6 +56,27 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
         println!();
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The trees of `namespace`, or of every namespace with objects.
+pub async fn trees(
+    client: &Client,
+    namespace: Option<&str>,
+) -> anyhow::Result<Vec<tree::Namespace>> {
+    Ok(fetch(client, namespace)
+        .await?
+        .iter()
+        .map(|(ns, objects)| tree::build(ns, objects))
+        .collect())
+}
+
+/// The trees of `namespace` (or of every namespace) as text.
+pub async fn text(
+    client: &Client,
+    namespace: Option<&str>,
+    style: Style,
+) -> anyhow::Result<String> {
+    Ok(render::text(&trees(client, namespace).await?, style))
 }
 
 /// The objects grouped by namespace, in namespace order. With `namespace`, only that one.
