@@ -397,7 +397,8 @@ async fn expired_release_is_refused() {
             .sync(&spec(server.url()), Some(&key.keyring().unwrap()), None)
             .await,
     );
-    assert_eq!(reason, "SignatureInvalid", "{message}");
+    // Its own reason: the signature is fine, the Release is out of date.
+    assert_eq!(reason, "ReleaseExpired", "{message}");
     assert!(message.contains("Valid-Until"), "{message}");
     let future = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24);
     server.publish(&builder.valid_until(future).build().unwrap());
@@ -971,6 +972,48 @@ async fn a_304_is_refused_once_the_accepted_release_has_expired() {
         message.contains("304") && message.contains("Valid-Until"),
         "{message}"
     );
+}
+
+/// A freshly started controller remembers the accepted Release's times (in status) but not the
+/// HTTP validators: a forged 304 to its unconditional request is refused past Valid-Until, and
+/// is an HTTP error before it.
+#[tokio::test]
+async fn a_304_to_an_unconditional_request_is_not_a_release() {
+    let key = TestKey::generate("archive").unwrap();
+    let now = jiff::Timestamp::now();
+    let repo = RepoBuilder::flat()
+        .kubeadm("1.31.0-1.1", "amd64")
+        .signed_by(&key)
+        .valid_until(now + hours(1))
+        .build()
+        .unwrap();
+    let server = RepoServer::start().await.unwrap();
+    server.publish(&repo);
+    let keyring = key.keyring().unwrap();
+    let first = fetched(
+        at(fetcher(), now)
+            .sync(&spec(server.url()), Some(&keyring), None)
+            .await,
+    );
+    let from_status = Validators {
+        release_date: first.release_date(),
+        valid_until: first.valid_until(),
+        ..Validators::default()
+    };
+    server.fail_with_status("InRelease", 304);
+    let (reason, message) = failure(
+        at(fetcher(), now + hours(2))
+            .sync(&spec(server.url()), Some(&keyring), Some(&from_status))
+            .await,
+    );
+    assert_eq!(reason, "ReleaseExpired", "{message}");
+    let (reason, message) = failure(
+        at(fetcher(), now)
+            .sync(&spec(server.url()), Some(&keyring), Some(&from_status))
+            .await,
+    );
+    assert_eq!(reason, "HTTPStatus", "{message}");
+    assert!(message.contains("304"), "{message}");
 }
 
 #[tokio::test]
