@@ -12,7 +12,8 @@ use kubernetes_upgrader::debian::{
     SyncOutcome, Validators,
 };
 use kubernetes_upgrader_testkit::debian::{
-    KeyOptions, RepoBuilder, RepoServer, TestKey, binary_keyring, clearsign, compress,
+    KeyOptions, RepoBuilder, RepoServer, TestKey, binary_keyring, clearsign, clearsign_flooded,
+    compress,
 };
 
 fn init() {
@@ -1149,6 +1150,39 @@ async fn only_the_first_signatures_are_considered() {
     );
     assert_eq!(reason, "SignatureInvalid");
     assert!(started.elapsed() < Duration::from_secs(20));
+}
+
+#[tokio::test]
+async fn a_flood_of_copied_signature_packets_is_refused_and_the_trusted_one_first_is_not() {
+    let key = TestKey::generate("archive").unwrap();
+    let stranger = TestKey::generate("stranger").unwrap();
+    let release = RepoBuilder::flat()
+        .kubeadm("1.31.0-1.1", "amd64")
+        .build()
+        .unwrap();
+    let text = std::str::from_utf8(release.file("Release").unwrap()).unwrap();
+    let server = RepoServer::start().await.unwrap();
+    server.publish(&release);
+    let keyring = key.keyring().unwrap();
+    let flooded = clearsign_flooded(&stranger, 3000, std::slice::from_ref(&key), text).unwrap();
+    assert!(flooded.len() > 3000 * 100, "{} bytes", flooded.len());
+    server.put("InRelease", flooded);
+    let (reason, message) = failure(
+        fetcher()
+            .sync(&spec(server.url()), Some(&keyring), None)
+            .await,
+    );
+    assert_eq!(reason, "SignatureInvalid", "{message}");
+    assert!(message.contains("only the first 8"), "{message}");
+    server.put(
+        "InRelease",
+        clearsign_flooded(&key, 3000, &[], text).unwrap(),
+    );
+    fetched(
+        fetcher()
+            .sync(&spec(server.url()), Some(&keyring), None)
+            .await,
+    );
 }
 
 #[tokio::test]

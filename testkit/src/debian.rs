@@ -370,6 +370,44 @@ pub fn clearsign(keys: &[TestKey], text: &str) -> anyhow::Result<String> {
         .map_err(|e| anyhow!("armoring: {e}"))
 }
 
+/// `text` clear-signed with a flood of signature packets: `flood`'s signature `copies` times,
+/// then one by each of `keys`. It costs one signing per key to make, however many copies.
+pub fn clearsign_flooded(
+    flood: &TestKey,
+    copies: usize,
+    keys: &[TestKey],
+    text: &str,
+) -> anyhow::Result<String> {
+    let packets_of = |key: &TestKey| -> anyhow::Result<(String, Vec<u8>)> {
+        let signed = clearsign(std::slice::from_ref(key), text)?;
+        let at = signed
+            .find("-----BEGIN PGP SIGNATURE-----")
+            .context("the clear-signed text has no signature block")?;
+        let mut packets = Vec::new();
+        std::io::Read::read_to_end(
+            &mut pgp::armor::Dearmor::new(signed[at..].as_bytes()),
+            &mut packets,
+        )
+        .context("dearmoring the signature")?;
+        Ok((signed[..at].to_owned(), packets))
+    };
+    let (head, one) = packets_of(flood)?;
+    let mut packets = one.repeat(copies);
+    for key in keys {
+        packets.extend(packets_of(key)?.1);
+    }
+    let mut out = Vec::new();
+    pgp::armor::write(
+        &RawPackets(packets),
+        pgp::armor::BlockType::Signature,
+        &mut out,
+        None,
+        true,
+    )
+    .map_err(|e| anyhow!("armoring signatures: {e}"))?;
+    Ok(format!("{head}{}", std::str::from_utf8(&out)?))
+}
+
 /// A concatenation of binary public keys: a binary keyring with several keys.
 pub fn binary_keyring(keys: &[&TestKey]) -> anyhow::Result<Vec<u8>> {
     let mut out = Vec::new();
