@@ -189,7 +189,7 @@ async fn a_hostile_mirror_cannot_roll_back_freeze_or_stall_a_source() {
     // Four repositories, each signed by its own key. `expiring` says its Release is valid for
     // a few seconds only: long enough for the first sync, over before the next poll.
     let mut expiring = ServedRepo::flat(&["1.30.0-1.1"]).await.unwrap();
-    let valid_until = Timestamp::now() + SignedDuration::from_secs(6);
+    let valid_until = Timestamp::now() + SignedDuration::from_secs(9);
     expiring
         .publish_with(&["1.30.0-1.1"], |b| b.valid_until(valid_until))
         .unwrap();
