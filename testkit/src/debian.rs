@@ -385,7 +385,7 @@ pub fn clearsign_flooded(
             .context("the clear-signed text has no signature block")?;
         let mut packets = Vec::new();
         std::io::Read::read_to_end(
-            &mut pgp::armor::Dearmor::new(signed[at..].as_bytes()),
+            &mut pgp::armor::Dearmor::new(&signed.as_bytes()[at..]),
             &mut packets,
         )
         .context("dearmoring the signature")?;
