@@ -104,12 +104,7 @@ impl ServedRepo {
     /// key ahead of the trusted signature.
     pub fn flood_signatures(&self, copies: usize) -> Result<()> {
         let untrusted = TestKey::generate("flood")?;
-        let dir = self.builder().release_dir();
-        let release = self
-            .repository
-            .file(&format!("{dir}Release"))
-            .context("the repository has no Release")?;
-        let text = String::from_utf8(release.to_vec())?;
+        let (dir, text) = self.release_text()?;
         self.server.replace(
             &format!("{dir}InRelease"),
             clearsign_flooded(&untrusted, copies, std::slice::from_ref(&self.key), &text)?,
@@ -159,15 +154,20 @@ impl ServedRepo {
         }
     }
 
-    /// Serves the current Release signed by another, untrusted key.
-    pub fn sign_with_untrusted_key(&self) -> Result<()> {
-        let untrusted = TestKey::generate("untrusted")?;
+    /// The directory of the Release files and the current Release's text.
+    fn release_text(&self) -> Result<(String, String)> {
         let dir = self.builder().release_dir();
         let release = self
             .repository
             .file(&format!("{dir}Release"))
             .context("the repository has no Release")?;
-        let text = String::from_utf8(release.to_vec())?;
+        Ok((dir, String::from_utf8(release.to_vec())?))
+    }
+
+    /// Serves the current Release signed by another, untrusted key.
+    pub fn sign_with_untrusted_key(&self) -> Result<()> {
+        let untrusted = TestKey::generate("untrusted")?;
+        let (dir, text) = self.release_text()?;
         self.server.replace(
             &format!("{dir}InRelease"),
             clearsign(std::slice::from_ref(&untrusted), &text)?,
@@ -251,6 +251,15 @@ fn build(
         builder = builder.kubernetes(version, &ARCHITECTURES);
     }
     adjust(builder.signed_by(key)).build()
+}
+
+/// A source's `status.versions`, empty when it has none.
+pub fn published_versions(source: &DebianRepositorySource) -> Vec<String> {
+    source
+        .status
+        .as_ref()
+        .and_then(|s| s.versions.clone())
+        .unwrap_or_default()
 }
 
 /// The `status.versions` a source publishes for these Debian versions: epoch and revision

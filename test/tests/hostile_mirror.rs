@@ -10,14 +10,13 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use api::v1alpha1::DebianRepositorySource;
+use e2e::e2e_env;
 use e2e::manager::{metric_sum, parse_metrics};
-use e2e::repo::{Fault, ServedRepo};
+use e2e::repo::{Fault, ServedRepo, published_versions};
 use e2e::status::{condition_message, condition_reason, condition_status, to_json};
-use e2e::{TestEnv, e2e_env};
-use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::Api;
-use kube::api::{ListParams, PostParams};
+use kube::api::PostParams;
 use tokio::sync::watch;
 
 const INTERVAL: &str = "10s";
@@ -25,16 +24,23 @@ const INTERVAL: &str = "10s";
 const ONE_INTERVAL: Duration = Duration::from_secs(10 + 1 + 4);
 /// Longest `/readyz` answer allowed.
 const READYZ_LIMIT: Duration = Duration::from_secs(1);
+/// The four sources, each on its own repository.
+const NAMES: [&str; 4] = ["expiring", "replayed", "future", "flooded"];
+/// What each is refused with once its mirror turns hostile.
+const REFUSALS: [&str; 4] = [
+    "ReleaseExpired",
+    "ReleaseReplayed",
+    "ReleaseNotYetValid",
+    "SignatureInvalid",
+];
+
+/// Each source's name with its repository.
+fn named(repos: [&ServedRepo; 4]) -> impl Iterator<Item = (&'static str, &ServedRepo)> {
+    NAMES.into_iter().zip(repos)
+}
+
 /// The password in the URL of one source; it must show up nowhere.
 const PASSWORD: &str = "s3cret-e2e";
-
-fn versions(source: &DebianRepositorySource) -> Vec<String> {
-    source
-        .status
-        .as_ref()
-        .and_then(|s| s.versions.clone())
-        .unwrap_or_default()
-}
 
 fn semver(version: &str) -> semver::Version {
     semver::Version::parse(version.trim_start_matches('v')).unwrap()
@@ -54,7 +60,7 @@ async fn watch_versions(
             let Ok(Some(source)) = api.get_opt(name).await else {
                 continue;
             };
-            let now = versions(&source);
+            let now = published_versions(&source);
             let before = seen.entry(name).or_default();
             if let Some(lost) = before.iter().find(|v| !now.contains(v)) {
                 return Err(format!("{name} dropped {lost}: {before:?} -> {now:?}"));
@@ -102,33 +108,12 @@ async fn watch_readyz(
     Ok((slowest, probes))
 }
 
-/// Waits until `name` is Ready=False and Verified=False with `reason`.
-async fn wait_refused(
+/// Waits until `name` is Ready and Verified with the `expected` versions, or, with a `reason`,
+/// until both conditions are False with it.
+async fn wait_until(
     api: &Api<DebianRepositorySource>,
     name: &str,
-    reason: &str,
-    manager: &e2e::Manager,
-) -> DebianRepositorySource {
-    e2e::wait_for(
-        api,
-        name,
-        |s| {
-            let json = to_json(s);
-            ["Ready", "Verified"].iter().all(|type_| {
-                condition_status(&json, type_).as_deref() == Some("False")
-                    && condition_reason(&json, type_).as_deref() == Some(reason)
-            })
-        },
-        ONE_INTERVAL + Duration::from_secs(5),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{name}: {e:#}\nmanager log:\n{}", manager.log_tail()))
-}
-
-async fn wait_ready(
-    api: &Api<DebianRepositorySource>,
-    name: &str,
-    expected: &[String],
+    expected: Result<&[String], &str>,
     timeout: Duration,
     manager: &e2e::Manager,
 ) -> DebianRepositorySource {
@@ -137,30 +122,26 @@ async fn wait_ready(
         name,
         |s| {
             let json = to_json(s);
-            condition_status(&json, "Ready").as_deref() == Some("True")
-                && condition_status(&json, "Verified").as_deref() == Some("True")
-                && versions(s) == expected
+            let holds = |type_, status, reason: Option<&str>| {
+                condition_status(&json, type_).as_deref() == Some(status)
+                    && reason.is_none_or(|r| condition_reason(&json, type_).as_deref() == Some(r))
+            };
+            match expected {
+                Ok(versions) => {
+                    holds("Ready", "True", None)
+                        && holds("Verified", "True", None)
+                        && published_versions(s) == versions
+                }
+                Err(reason) => {
+                    holds("Ready", "False", Some(reason))
+                        && holds("Verified", "False", Some(reason))
+                }
+            }
         },
         timeout,
     )
     .await
     .unwrap_or_else(|e| panic!("{name}: {e:#}\nmanager log:\n{}", manager.log_tail()))
-}
-
-/// Warning events about `name`.
-async fn warnings(env: &TestEnv, name: &str) -> Vec<Event> {
-    let events: Api<Event> = env.api();
-    events
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter(|e| {
-            e.type_.as_deref() == Some("Warning")
-                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
-        })
-        .collect()
 }
 
 /// Syncs by result, as the current manager process counts them.
@@ -201,13 +182,7 @@ async fn a_hostile_mirror_cannot_roll_back_freeze_or_stall_a_source() {
 
     eprintln!("{:?}: repositories served", suite.elapsed());
     let api: Api<DebianRepositorySource> = env.api();
-    let names = vec!["expiring", "replayed", "future", "flooded"];
-    for (name, repo) in [
-        ("expiring", &expiring),
-        ("replayed", &replayed),
-        ("future", &future),
-        ("flooded", &flooded),
-    ] {
+    for (name, repo) in named([&expiring, &replayed, &future, &flooded]) {
         let mut source = repo.source(name, INTERVAL, Some(repo.inline_key().unwrap()));
         if name == "future" {
             source.spec.url = repo
@@ -219,19 +194,14 @@ async fn a_hostile_mirror_cannot_roll_back_freeze_or_stall_a_source() {
 
     let (stop, stopped) = watch::channel(false);
     let (health, health_seen) = watch::channel(Some(manager.health));
-    let versions_watch = tokio::spawn(watch_versions(api.clone(), names.clone(), stopped.clone()));
+    let versions_watch = tokio::spawn(watch_versions(api.clone(), NAMES.to_vec(), stopped.clone()));
     let readyz_watch = tokio::spawn(watch_readyz(health_seen, stopped));
 
-    for (name, repo) in [
-        ("expiring", &expiring),
-        ("replayed", &replayed),
-        ("future", &future),
-        ("flooded", &flooded),
-    ] {
-        wait_ready(
+    for (name, repo) in named([&expiring, &replayed, &future, &flooded]) {
+        wait_until(
             &api,
             name,
-            &repo.expected_versions(),
+            Ok(&repo.expected_versions()),
             Duration::from_secs(30),
             &manager,
         )
@@ -276,36 +246,36 @@ async fn a_hostile_mirror_cannot_roll_back_freeze_or_stall_a_source() {
     );
     flooded.flood_signatures(3000).unwrap();
 
-    let refusals = [
-        ("expiring", "ReleaseExpired"),
-        ("replayed", "ReleaseReplayed"),
-        ("future", "ReleaseNotYetValid"),
-        ("flooded", "SignatureInvalid"),
-    ];
-    for ((name, reason), repo) in refusals
-        .iter()
-        .zip([&expiring, &replayed, &future, &flooded])
-    {
-        let refused = wait_refused(&api, name, reason, &manager).await;
+    for ((name, repo), reason) in named([&expiring, &replayed, &future, &flooded]).zip(REFUSALS) {
+        let refused = wait_until(
+            &api,
+            name,
+            Err(reason),
+            ONE_INTERVAL + Duration::from_secs(5),
+            &manager,
+        )
+        .await;
         assert_eq!(
-            versions(&refused),
+            published_versions(&refused),
             repo.expected_versions(),
             "{name}: the last good versions are kept"
         );
-        if *name == "flooded" {
+        if name == "flooded" {
             let message = condition_message(&to_json(&refused), "Ready").unwrap_or_default();
             assert!(message.contains("only the first 8"), "{message}");
         }
     }
-    for (name, reason) in refusals {
+    for (name, reason) in NAMES.into_iter().zip(REFUSALS) {
         e2e::eventually(
             &format!("a Warning event for {name}: {reason}"),
             Duration::from_secs(5),
             || {
                 let env = &env;
                 async move {
-                    let found = warnings(env, name)
+                    let found = env
+                        .warnings(name)
                         .await
+                        .unwrap()
                         .into_iter()
                         .filter_map(|e| e.note)
                         .any(|n| n.starts_with(reason));
@@ -339,18 +309,19 @@ async fn a_hostile_mirror_cannot_roll_back_freeze_or_stall_a_source() {
     )
     .await
     .unwrap_or_else(|e| panic!("{e:#}\nmanager log:\n{}", manager.log_tail()));
-    for ((name, reason), repo) in refusals
-        .iter()
-        .zip([&expiring, &replayed, &future, &flooded])
-    {
+    for ((name, repo), reason) in named([&expiring, &replayed, &future, &flooded]).zip(REFUSALS) {
         let source = api.get(name).await.unwrap();
         let json = to_json(&source);
         assert_eq!(
             condition_reason(&json, "Ready").as_deref(),
-            Some(*reason),
+            Some(reason),
             "{name} after the restart: {json:#}"
         );
-        assert_eq!(versions(&source), repo.expected_versions(), "{name}");
+        assert_eq!(
+            published_versions(&source),
+            repo.expected_versions(),
+            "{name}"
+        );
     }
     eprintln!("{:?}: refused again after a restart", suite.elapsed());
 
@@ -361,16 +332,11 @@ async fn a_hostile_mirror_cannot_roll_back_freeze_or_stall_a_source() {
     replayed.publish_added("1.30.2-1.1").unwrap();
     future.publish_added("1.29.1-1.1").unwrap();
     flooded.publish_added("1.28.1-1.1").unwrap();
-    for (name, repo) in [
-        ("expiring", &expiring),
-        ("replayed", &replayed),
-        ("future", &future),
-        ("flooded", &flooded),
-    ] {
-        wait_ready(
+    for (name, repo) in named([&expiring, &replayed, &future, &flooded]) {
+        wait_until(
             &api,
             name,
-            &repo.expected_versions(),
+            Ok(&repo.expected_versions()),
             ONE_INTERVAL,
             &manager,
         )
@@ -400,7 +366,7 @@ async fn a_hostile_mirror_cannot_roll_back_freeze_or_stall_a_source() {
     let source = api.get("future").await.unwrap();
     let status = serde_json::to_string(&source.status).unwrap();
     assert!(status.contains("redacted@"), "{status}");
-    let notes = serde_json::to_string(&warnings(&env, "future").await).unwrap();
+    let notes = serde_json::to_string(&env.warnings("future").await.unwrap()).unwrap();
     let logs =
         e2e::procs::tail(&first_log, 1 << 24) + &e2e::procs::tail(manager.log_path(), 1 << 24);
     assert!(

@@ -335,6 +335,12 @@ pub fn detached_signature(keys: &[TestKey], data: &[u8]) -> anyhow::Result<Strin
             .to_writer(&mut packets)
             .map_err(|e| anyhow!("serializing signature: {e}"))?;
     }
+    armored.push_str(&armored_signatures(packets)?);
+    Ok(armored)
+}
+
+/// Signature packets in one armored `PGP SIGNATURE` block.
+fn armored_signatures(packets: Vec<u8>) -> anyhow::Result<String> {
     let mut out = Vec::new();
     pgp::armor::write(
         &RawPackets(packets),
@@ -343,9 +349,8 @@ pub fn detached_signature(keys: &[TestKey], data: &[u8]) -> anyhow::Result<Strin
         None,
         true,
     )
-    .map_err(|e| anyhow!("armoring signature: {e}"))?;
-    armored.push_str(std::str::from_utf8(&out)?);
-    Ok(armored)
+    .map_err(|e| anyhow!("armoring signatures: {e}"))?;
+    Ok(String::from_utf8(out)?)
 }
 
 struct RawPackets(Vec<u8>);
@@ -396,16 +401,7 @@ pub fn clearsign_flooded(
     for key in keys {
         packets.extend(packets_of(key)?.1);
     }
-    let mut out = Vec::new();
-    pgp::armor::write(
-        &RawPackets(packets),
-        pgp::armor::BlockType::Signature,
-        &mut out,
-        None,
-        true,
-    )
-    .map_err(|e| anyhow!("armoring signatures: {e}"))?;
-    Ok(format!("{head}{}", std::str::from_utf8(&out)?))
+    Ok(format!("{head}{}", armored_signatures(packets)?))
 }
 
 /// A concatenation of binary public keys: a binary keyring with several keys.

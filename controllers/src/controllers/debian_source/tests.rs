@@ -578,6 +578,19 @@ mod hostile {
         (seen.0.clone(), seen.1.clone())
     }
 
+    /// A fresh controller's first sync of `server`'s repository, signed by `key`: the status.
+    async fn first_signed_sync(
+        server: &RepoServer,
+        key: &TestKey,
+        clock: Option<Timestamp>,
+    ) -> Value {
+        let (ctx, verifier) = fresh(clock);
+        let obj = signed_source(server.url(), key, None);
+        sync_once(&ctx, verifier, &obj, &["VersionsChanged"])
+            .await
+            .0
+    }
+
     fn stored(status: &Value) -> DebianRepositorySourceStatus {
         serde_json::from_value(status.clone()).unwrap()
     }
@@ -603,14 +616,7 @@ mod hostile {
             .unwrap();
         let server = RepoServer::start().await.unwrap();
         server.publish(&new);
-        let (ctx, verifier) = fresh(None);
-        let (first, _) = sync_once(
-            &ctx,
-            verifier,
-            &signed_source(server.url(), &key, None),
-            &["VersionsChanged"],
-        )
-        .await;
+        let first = first_signed_sync(&server, &key, None).await;
         assert_eq!(first["versions"], json!(["v1.27.0", "v1.27.1"]));
         assert!(first["releaseDate"].is_string(), "{first:#}");
 
@@ -662,14 +668,7 @@ mod hostile {
             .unwrap();
         let server = RepoServer::start().await.unwrap();
         server.publish(&repo);
-        let (ctx, verifier) = fresh(Some(t0));
-        let (first, _) = sync_once(
-            &ctx,
-            verifier,
-            &signed_source(server.url(), &key, None),
-            &["VersionsChanged"],
-        )
-        .await;
+        let first = first_signed_sync(&server, &key, Some(t0)).await;
         assert!(first["releaseValidUntil"].is_string(), "{first:#}");
         let obj = signed_source(server.url(), &key, Some(stored(&first)));
 
@@ -743,23 +742,6 @@ mod hostile {
         );
     }
 
-    /// Answers every sync with `listing`.
-    struct Serves(Listing);
-
-    impl Repository for Serves {
-        fn sync<'a>(
-            &'a self,
-            _user: &'a str,
-            _spec: &'a RepositorySpec,
-            _ca_bundle: Option<&'a str>,
-            _keyring: Option<&'a Keyring>,
-            _previous: Option<&'a Validators>,
-        ) -> BoxFuture<'a, Result<SyncOutcome, SyncError>> {
-            let listing = self.0.clone();
-            async move { Ok(SyncOutcome::Fetched(listing)) }.boxed()
-        }
-    }
-
     /// Finding 5 and 9: whatever a listing holds, status and events get bounded, printable,
     /// redacted text, and no more versions than the schema allows (the highest kept, and said).
     #[tokio::test]
@@ -777,13 +759,7 @@ mod hostile {
             index_url: url,
             ..listing()
         };
-        let (client, verifier) = mock_client();
-        let ctx = Context::new(
-            client,
-            test_metrics(),
-            Some("test".into()),
-            Box::new(Serves(listing)),
-        );
+        let (ctx, verifier, _) = Context::test_with(Ok(SyncOutcome::Fetched(listing)));
         let (status, events) = sync_once(
             &ctx,
             verifier,
