@@ -469,7 +469,13 @@ async fn observe(
     };
     let ca_bundle = source.spec.ca_bundle.as_deref();
     let key = memory_key(&valid.repository, ca_bundle, keyring.as_ref());
-    let validators = previous(&valid.repository, current, &ctx.remembered(uid), &key);
+    let validators = previous(
+        &valid.repository,
+        keyring.is_some(),
+        current,
+        &ctx.remembered(uid),
+        &key,
+    );
     let result = ctx
         .repository
         .sync(
@@ -485,12 +491,14 @@ async fn observe(
 }
 
 /// What the client is handed as `previous`. The accepted Release's `Date` and `Valid-Until` come
-/// from status, so they hold across restarts and leader changes, as long as the status's listing
-/// was read through the Release the spec reads now. The HTTP validators come from memory, for
+/// from status, so they hold across restarts and leader changes, as long as the source is
+/// `signed` (only a verified Release's times mean anything) and the status's listing was read
+/// through the Release the spec reads now. The HTTP validators come from memory, for
 /// the same spec and keys only, and only while the status still holds the listing they were
 /// remembered with.
 fn previous(
     spec: &RepositorySpec,
+    signed: bool,
     current: &DebianRepositorySourceStatus,
     remembered: &Memory,
     key: &str,
@@ -500,10 +508,11 @@ fn previous(
         .as_ref()
         .filter(|(_, sha)| remembered.key == key && current.index_sha256.as_ref() == Some(sha))
         .map(|(validators, _)| validators.clone());
-    let same_repository = current
-        .index_url
-        .as_deref()
-        .is_some_and(|url| index_url_belongs_to(spec, url));
+    let same_repository = signed
+        && current
+            .index_url
+            .as_deref()
+            .is_some_and(|url| index_url_belongs_to(spec, url));
     let accepted = |time: &Option<Time>| time.as_ref().filter(|_| same_repository).map(|t| t.0);
     let release_date = accepted(&current.release_date);
     let valid_until = accepted(&current.release_valid_until);

@@ -719,13 +719,24 @@ mod hostile {
             timeout: Duration::from_secs(5),
         };
         let same = spec("http://u:p@mirror/deb/");
-        let got = previous(&same, &status, &Memory::default(), "k").unwrap();
+        let got = previous(&same, true, &status, &Memory::default(), "k").unwrap();
         assert_eq!(got.release_date, Some(date.0));
         assert_eq!(got.valid_until, Some(date.0));
         assert_eq!(got.etag, None, "nothing remembered over HTTP");
         assert_eq!(
-            previous(&spec("http://other/deb/"), &status, &Memory::default(), "k"),
+            previous(
+                &spec("http://other/deb/"),
+                true,
+                &status,
+                &Memory::default(),
+                "k"
+            ),
             None
+        );
+        assert_eq!(
+            previous(&same, false, &status, &Memory::default(), "k"),
+            None,
+            "an unsigned source is held to no Release times"
         );
         // Remembered validators come along for the same key and listing.
         let memory = Memory {
@@ -733,11 +744,13 @@ mod hostile {
             validators: Some((listing().validators, "ab".into())),
             write_failures: 0,
         };
-        let got = previous(&same, &status, &memory, "k").unwrap();
+        let got = previous(&same, true, &status, &memory, "k").unwrap();
         assert_eq!(got.etag.as_deref(), Some("v1"));
         assert_eq!(got.release_date, Some(date.0));
         assert_eq!(
-            previous(&same, &status, &memory, "other").unwrap().etag,
+            previous(&same, true, &status, &memory, "other")
+                .unwrap()
+                .etag,
             None
         );
     }
