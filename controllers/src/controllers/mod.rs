@@ -3,8 +3,13 @@
 
 pub mod debian_source;
 pub mod machine_image;
+pub mod machine_image_template;
 
 use crate::runtime::Registration;
 
 /// Every controller this build ships.
-pub const ALL: &[Registration] = &[debian_source::REGISTRATION, machine_image::REGISTRATION];
+pub const ALL: &[Registration] = &[
+    debian_source::REGISTRATION,
+    machine_image::REGISTRATION,
+    machine_image_template::REGISTRATION,
+];

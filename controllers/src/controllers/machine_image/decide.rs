@@ -358,7 +358,10 @@ pub fn decide(observed: &Observed<'_>) -> Decision {
         match render_job(image, attempt, rebuild.as_deref()) {
             Ok(job) => {
                 let why = if rebuild_requested {
-                    format!("the rebuild annotation is {:?}", rebuild.unwrap_or_default())
+                    format!(
+                        "the rebuild annotation is {:?}",
+                        rebuild.unwrap_or_default()
+                    )
                 } else if template_changed {
                     "the job template changed".to_owned()
                 } else {
@@ -530,7 +533,11 @@ fn decide_job(
                             stamp: build_stamp,
                         });
                     }
-                    let shown = if handed_off { id.unwrap_or(&built) } else { &built };
+                    let shown = if handed_off {
+                        id.unwrap_or(&built)
+                    } else {
+                        &built
+                    };
                     Outcome {
                         phase: Some(MachineImagePhase::Created),
                         ready: true,

@@ -158,7 +158,9 @@ impl ReconcileError for Error {
 fn start(shared: &Shared) -> Running {
     let images = shared.caches.cache::<Guarded>();
     // Only Jobs that carry the image label, v0.6's included; never every Job of the cluster.
-    let jobs = shared.caches.cache_with::<Job>(Some(MACHINE_IMAGE_NAME_LABEL));
+    let jobs = shared
+        .caches
+        .cache_with::<Job>(Some(MACHINE_IMAGE_NAME_LABEL));
     let reporter = Reporter::new::<Error>(shared, CONTROLLER, COMPONENT);
     let ctx = Arc::new(Context::new(
         shared.client.clone(),

@@ -6,8 +6,7 @@ use std::collections::BTreeMap;
 
 use api::v1alpha1::{
     ATTEMPT_ANNOTATION, JOB_TEMPLATE_HASH_ANNOTATION, JobTemplate, KUBERNETES_VERSION_ENV,
-    MACHINE_IMAGE_NAME_LABEL, MachineImage, OS_IMAGE_STAMP_ANNOTATION,
-    REBUILD_ANNOTATION,
+    MACHINE_IMAGE_NAME_LABEL, MachineImage, OS_IMAGE_STAMP_ANNOTATION, REBUILD_ANNOTATION,
 };
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{Container, EnvVar, PodTemplateSpec};
@@ -191,8 +190,14 @@ pub fn job_labels(image: &str) -> BTreeMap<String, String> {
         (MACHINE_IMAGE_NAME_LABEL.to_owned(), image.to_owned()),
         ("app.kubernetes.io/name".to_owned(), APP_NAME.to_owned()),
         ("app.kubernetes.io/instance".to_owned(), image.to_owned()),
-        ("app.kubernetes.io/managed-by".to_owned(), MANAGED_BY.to_owned()),
-        ("app.kubernetes.io/component".to_owned(), COMPONENT.to_owned()),
+        (
+            "app.kubernetes.io/managed-by".to_owned(),
+            MANAGED_BY.to_owned(),
+        ),
+        (
+            "app.kubernetes.io/component".to_owned(),
+            COMPONENT.to_owned(),
+        ),
     ])
 }
 
@@ -348,10 +353,7 @@ mod tests {
         build.extend(injected.clone());
         assert_eq!(env_of(&pod.containers[0]), build);
         assert_eq!(env_of(&pod.containers[1]), injected);
-        assert_eq!(
-            env_of(&pod.init_containers.as_ref().unwrap()[0]),
-            injected
-        );
+        assert_eq!(env_of(&pod.init_containers.as_ref().unwrap()[0]), injected);
         assert_eq!(pod.restart_policy.as_deref(), Some("Never"));
     }
 
@@ -382,7 +384,10 @@ mod tests {
         let job = render_job(&image, 2, Some("again")).unwrap();
         let labels = job.labels();
         assert_eq!(labels[MACHINE_IMAGE_NAME_LABEL], "img");
-        assert_eq!(labels["app.kubernetes.io/managed-by"], "kubernetes-upgrader");
+        assert_eq!(
+            labels["app.kubernetes.io/managed-by"],
+            "kubernetes-upgrader"
+        );
         assert_eq!(labels["app.kubernetes.io/component"], COMPONENT);
         let spec = job.spec.as_ref().unwrap();
         assert_eq!(
@@ -405,7 +410,11 @@ mod tests {
         assert_eq!(job.name_any(), job_name("img", "uid-1", 2));
         assert_eq!(job.namespace().as_deref(), Some("team"));
         assert_eq!(
-            (spec.backoff_limit, spec.ttl_seconds_after_finished, spec.active_deadline_seconds),
+            (
+                spec.backoff_limit,
+                spec.ttl_seconds_after_finished,
+                spec.active_deadline_seconds
+            ),
             (Some(2), Some(60), None)
         );
     }
@@ -423,7 +432,10 @@ mod tests {
                 ),
                 "InvalidVersion",
             ),
-            (image(&"a".repeat(64), "v1.31.2", json!({})), "LabelValueInvalid"),
+            (
+                image(&"a".repeat(64), "v1.31.2", json!({})),
+                "LabelValueInvalid",
+            ),
         ];
         for (image, reason) in cases {
             let err = render_job(&image, 1, None).unwrap_err();
@@ -433,10 +445,24 @@ mod tests {
 
     #[test]
     fn debian_versions_are_checked() {
-        for ok in ["1.31.2-1.1", "1:1.27.0-2.1", "1.27.3-00", "1.31.2", "1.31.2~rc.1-1.1"] {
+        for ok in [
+            "1.31.2-1.1",
+            "1:1.27.0-2.1",
+            "1.27.3-00",
+            "1.31.2",
+            "1.31.2~rc.1-1.1",
+        ] {
             assert!(is_debian_version(ok), "{ok}");
         }
-        for bad in ["", "v1.31.2", "1.31.2 -1", "1.31.2-", "a:1.0", "1.0\n", &"1".repeat(200)] {
+        for bad in [
+            "",
+            "v1.31.2",
+            "1.31.2 -1",
+            "1.31.2-",
+            "a:1.0",
+            "1.0\n",
+            &"1".repeat(200),
+        ] {
             assert!(!is_debian_version(bad), "{bad:?}");
         }
     }

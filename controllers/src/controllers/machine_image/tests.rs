@@ -3,7 +3,9 @@
 
 use super::*;
 use crate::runtime::fixtures::{STEP, Verifier, mock_client, within};
-use api::v1alpha1::{IMAGE_ID_ANNOTATION, MachineImagePhase, MachineImageStatus, REBUILD_ANNOTATION};
+use api::v1alpha1::{
+    IMAGE_ID_ANNOTATION, MachineImagePhase, MachineImageStatus, REBUILD_ANNOTATION,
+};
 use http::Method;
 use kube::runtime::{reflector, watcher};
 use serde_json::{Value, json};
@@ -142,21 +144,33 @@ fn job_outcomes_follow_conditions_and_fall_back_to_counters() {
         (json!({"active": 1, "failed": 2}), JobOutcome::Running),
         // A retry within the backoff limit: counters say failed, no condition says so.
         (json!({"failed": 3}), JobOutcome::Running),
-        (json!({"failed": 7}), JobOutcome::Failed {
-            reason: "BackoffLimitExceeded".into(),
-            message: "7 pods failed, more than the backoff limit of 6".into(),
-        }),
-        (json!({"failed": 1, "conditions": [{"type": "FailureTarget", "status": "True"}]}), JobOutcome::Running),
+        (
+            json!({"failed": 7}),
+            JobOutcome::Failed {
+                reason: "BackoffLimitExceeded".into(),
+                message: "7 pods failed, more than the backoff limit of 6".into(),
+            },
+        ),
+        (
+            json!({"failed": 1, "conditions": [{"type": "FailureTarget", "status": "True"}]}),
+            JobOutcome::Running,
+        ),
         (complete(), JobOutcome::Succeeded),
         (json!({"succeeded": 1}), JobOutcome::Succeeded),
-        (failed(), JobOutcome::Failed {
-            reason: "BackoffLimitExceeded".into(),
-            message: "Job has reached the specified backoff limit".into(),
-        }),
-        (json!({"succeeded": 1, "conditions": [{"type": "Complete", "status": "False"}, {"type": "Failed", "status": "True", "reason": "DeadlineExceeded"}]}), JobOutcome::Failed {
-            reason: "DeadlineExceeded".into(),
-            message: String::new(),
-        }),
+        (
+            failed(),
+            JobOutcome::Failed {
+                reason: "BackoffLimitExceeded".into(),
+                message: "Job has reached the specified backoff limit".into(),
+            },
+        ),
+        (
+            json!({"succeeded": 1, "conditions": [{"type": "Complete", "status": "False"}, {"type": "Failed", "status": "True", "reason": "DeadlineExceeded"}]}),
+            JobOutcome::Failed {
+                reason: "DeadlineExceeded".into(),
+                message: String::new(),
+            },
+        ),
     ];
     for (status, want) in cases {
         assert_eq!(job_outcome(&job_of(&image, 1, &status)), want, "{status}");
@@ -167,22 +181,40 @@ fn job_outcomes_follow_conditions_and_fall_back_to_counters() {
 fn image_ids_are_validated() {
     assert_eq!(validate_image_id("  ami-1\n"), Ok("ami-1".into()));
     assert_eq!(validate_image_id(" \n"), Err(IdError::Missing));
-    assert!(matches!(validate_image_id("a\u{7}b"), Err(IdError::Invalid(_))));
-    assert!(matches!(validate_image_id(&"a".repeat(1025)), Err(IdError::Invalid(_))));
-    assert_eq!(validate_image_id(&"a".repeat(1024)).map(|s| s.len()), Ok(1024));
+    assert!(matches!(
+        validate_image_id("a\u{7}b"),
+        Err(IdError::Invalid(_))
+    ));
+    assert!(matches!(
+        validate_image_id(&"a".repeat(1025)),
+        Err(IdError::Invalid(_))
+    ));
+    assert_eq!(
+        validate_image_id(&"a".repeat(1024)).map(|s| s.len()),
+        Ok(1024)
+    );
 }
 
 #[test]
 fn the_annotation_wins_over_the_termination_message() {
     let image = image(None);
     let mut job = job_of(&image, 1, &complete());
-    let pods = [pod(&[("build", 0, "Completed", "wrong"), ("publish", 0, "Completed", "oci://r/x@sha256:ab")])];
-    assert_eq!(handed_off_id(&job, &pods, Some("publish")), Ok("oci://r/x@sha256:ab".into()));
+    let pods = [pod(&[
+        ("build", 0, "Completed", "wrong"),
+        ("publish", 0, "Completed", "oci://r/x@sha256:ab"),
+    ])];
+    assert_eq!(
+        handed_off_id(&job, &pods, Some("publish")),
+        Ok("oci://r/x@sha256:ab".into())
+    );
     job.metadata
         .annotations
         .get_or_insert_default()
         .insert(IMAGE_ID_ANNOTATION.into(), "ami-9".into());
-    assert_eq!(handed_off_id(&job, &pods, Some("publish")), Ok("ami-9".into()));
+    assert_eq!(
+        handed_off_id(&job, &pods, Some("publish")),
+        Ok("ami-9".into())
+    );
     assert!(!needs_pods(&job));
 }
 
@@ -192,7 +224,10 @@ fn a_succeeded_build_writes_the_id_and_its_stamp_once() {
     let job = job_of(&image, 1, &complete());
     assert!(needs_pods(&job));
     // The default container is the last one.
-    let pods = [pod(&[("build", 0, "Completed", "x"), ("publish", 0, "Completed", " kindest/node:v1.31.2\n")])];
+    let pods = [pod(&[
+        ("build", 0, "Completed", "x"),
+        ("publish", 0, "Completed", " kindest/node:v1.31.2\n"),
+    ])];
     let d = decide_on(&image, Some(&job), false, &pods);
     assert_eq!(
         d.write_id,
@@ -204,8 +239,14 @@ fn a_succeeded_build_writes_the_id_and_its_stamp_once() {
     assert!(d.status.ready);
     assert_eq!(d.status.phase, Some(MachineImagePhase::Created));
     assert_eq!(ready(&d.status), ("True".into(), "Built".into()));
-    assert_eq!(d.status.job_ref.as_ref().unwrap().uid.as_deref(), Some("job-uid-1"));
-    assert_eq!(d.notes.iter().map(|n| n.reason).collect::<Vec<_>>(), ["Built"]);
+    assert_eq!(
+        d.status.job_ref.as_ref().unwrap().uid.as_deref(),
+        Some("job-uid-1")
+    );
+    assert_eq!(
+        d.notes.iter().map(|n| n.reason).collect::<Vec<_>>(),
+        ["Built"]
+    );
     assert_eq!(d.requeue, None);
 
     // After the write: the ID and stamp are there, nothing more to write, no event again.
@@ -229,7 +270,10 @@ fn the_named_container_carries_the_id() {
     spec["jobTemplate"]["imageIDContainer"] = json!("build");
     let image = image_with(&spec, &json!({}), None);
     let job = job_of(&image, 1, &complete());
-    let pods = [pod(&[("build", 0, "Completed", "ami-7"), ("publish", 0, "Completed", "")])];
+    let pods = [pod(&[
+        ("build", 0, "Completed", "ami-7"),
+        ("publish", 0, "Completed", ""),
+    ])];
     let d = decide_on(&image, Some(&job), false, &pods);
     assert_eq!(d.write_id.unwrap().id, "ami-7");
 }
@@ -239,7 +283,10 @@ fn a_build_without_an_id_or_with_a_bad_one_fails_once() {
     let image = image(Some(building_status(&image(None), 1)));
     let job = job_of(&image, 1, &complete());
     for (message, reason) in [("", "MissingImageID"), ("bad\u{1b}[31m", "InvalidImageID")] {
-        let pods = [pod(&[("build", 0, "Completed", ""), ("publish", 0, "Completed", message)])];
+        let pods = [pod(&[
+            ("build", 0, "Completed", ""),
+            ("publish", 0, "Completed", message),
+        ])];
         let d = decide_on(&image, Some(&job), false, &pods);
         assert_eq!(d.write_id, None);
         assert!(!d.status.ready);
@@ -260,19 +307,40 @@ fn a_build_without_an_id_or_with_a_bad_one_fails_once() {
 fn a_failed_job_carries_its_reason_and_the_exit_code() {
     let image = image(Some(building_status(&image(None), 1)));
     let job = job_of(&image, 1, &failed());
-    let pods = [pod(&[("build", 2, "Error", "packer failed"), ("publish", 0, "Completed", "")])];
+    let pods = [pod(&[
+        ("build", 2, "Error", "packer failed"),
+        ("publish", 0, "Completed", ""),
+    ])];
     let d = decide_on(&image, Some(&job), false, &pods);
     assert_eq!(d.status.phase, Some(MachineImagePhase::Failed));
     let condition = d.status.conditions.as_ref().unwrap()[0].clone();
-    assert_eq!((condition.status.as_str(), condition.reason.as_str()), ("False", "JobFailed"));
-    assert!(condition.message.contains("BackoffLimitExceeded: Job has reached the specified backoff limit"), "{}", condition.message);
-    assert!(condition.message.contains("container build exited with code 2 (Error)"), "{}", condition.message);
+    assert_eq!(
+        (condition.status.as_str(), condition.reason.as_str()),
+        ("False", "JobFailed")
+    );
+    assert!(
+        condition
+            .message
+            .contains("BackoffLimitExceeded: Job has reached the specified backoff limit"),
+        "{}",
+        condition.message
+    );
+    assert!(
+        condition
+            .message
+            .contains("container build exited with code 2 (Error)"),
+        "{}",
+        condition.message
+    );
     assert_eq!(d.notes.len(), 1);
     assert!(d.notes[0].warning && d.notes[0].reason == "JobFailed");
     assert!(d.create.is_none());
     assert_eq!(d.requeue, None);
     assert_eq!(
-        d.status.build_completion_time.as_ref().map(|t| t.0.to_string()),
+        d.status
+            .build_completion_time
+            .as_ref()
+            .map(|t| t.0.to_string()),
         Some("2026-01-01T00:00:10Z".into())
     );
 }
@@ -291,7 +359,11 @@ fn new_attempts_start_only_when_asked() {
     assert!(decide_on(&img, Some(&first), false, &[]).create.is_none());
 
     // A new rebuild value starts attempt 2, recording it; the same value again does not.
-    let asked = image_with(&build_spec(), &json!({REBUILD_ANNOTATION: "1"}), Some(failed_status.clone()));
+    let asked = image_with(
+        &build_spec(),
+        &json!({REBUILD_ANNOTATION: "1"}),
+        Some(failed_status.clone()),
+    );
     let d = decide_on(&asked, Some(&first), false, &[]);
     let job = d.create.expect("attempt 2");
     assert_eq!(job.name_any(), job_name("img", "uid-1", 2));
@@ -301,22 +373,41 @@ fn new_attempts_start_only_when_asked() {
     second.status = Some(Default::default());
     let mut after = asked.clone();
     after.status = Some(d.status.clone());
-    assert!(decide_on(&after, Some(&second), false, &[]).create.is_none());
+    assert!(
+        decide_on(&after, Some(&second), false, &[])
+            .create
+            .is_none()
+    );
     // Even before the status is written, the Job records the value it answers.
-    assert!(decide_on(&asked, Some(&second), false, &[]).create.is_none());
+    assert!(
+        decide_on(&asked, Some(&second), false, &[])
+            .create
+            .is_none()
+    );
 
     // A changed template while not built starts a new attempt; once built, it does not.
     let mut changed = image(Some(failed_status.clone()));
     changed.spec.job_template.backoff_limit = Some(1);
     let d = decide_on(&changed, Some(&first), false, &[]);
     assert_eq!(d.status.attempts, Some(2));
-    assert!(d.notes[0].message.contains("job template changed"), "{}", d.notes[0].message);
+    assert!(
+        d.notes[0].message.contains("job template changed"),
+        "{}",
+        d.notes[0].message
+    );
     changed.spec.id = Some("ami-1".into());
-    assert!(decide_on(&changed, Some(&first), false, &[]).create.is_none());
+    assert!(
+        decide_on(&changed, Some(&first), false, &[])
+            .create
+            .is_none()
+    );
 
     // A deleted Job retries, unless a TTL removed a failed one.
     let d = decide_on(&img, None, true, &[]);
-    assert_eq!(d.create.map(|j| j.name_any()), Some(job_name("img", "uid-1", 2)));
+    assert_eq!(
+        d.create.map(|j| j.name_any()),
+        Some(job_name("img", "uid-1", 2))
+    );
     let mut ttl = img.clone();
     ttl.spec.job_template.ttl_seconds_after_finished = Some(60);
     ttl.status.as_mut().unwrap().job_template_hash = Some(template_hash(&ttl.spec.job_template));
@@ -343,7 +434,11 @@ fn an_invalid_version_creates_no_job() {
 #[test]
 fn the_latest_job_is_the_highest_attempt() {
     let image = image(None);
-    let jobs = [job_of(&image, 2, &json!({})), job_of(&image, 10, &json!({})), job_of(&image, 3, &json!({}))];
+    let jobs = [
+        job_of(&image, 2, &json!({})),
+        job_of(&image, 10, &json!({})),
+        job_of(&image, 3, &json!({})),
+    ];
     assert_eq!(latest_job(&jobs).map(decide::attempt_of), Some(10));
     assert!(latest_job(&[]).is_none());
 }
@@ -366,7 +461,12 @@ impl Context {
 }
 
 async fn run(image: &MachineImage, ctx: &Arc<Context>) -> Result<Action, Error> {
-    within("the reconcile", STEP * 3, reconcile_image(image, ctx, &now())).await
+    within(
+        "the reconcile",
+        STEP * 3,
+        reconcile_image(image, ctx, &now()),
+    )
+    .await
 }
 
 fn answer_status(call: crate::runtime::fixtures::Call, image: &MachineImage) {
@@ -383,7 +483,10 @@ async fn first_build_creates_the_job_then_status_then_an_event() {
     let scenario = verifier.run(|mut server| async move {
         let call = server.next().await;
         assert_eq!(call.method, Method::POST);
-        assert_eq!(call.uri, "/apis/batch/v1/namespaces/team/jobs?&fieldManager=kubernetes-upgrader-machineimage");
+        assert_eq!(
+            call.uri,
+            "/apis/batch/v1/namespaces/team/jobs?&fieldManager=kubernetes-upgrader-machineimage"
+        );
         assert_eq!(call.body["metadata"]["name"], job_name("img", "uid-1", 1));
         assert_eq!(call.body["metadata"]["ownerReferences"][0]["uid"], "uid-1");
         let created = call.body.clone();
@@ -532,7 +635,10 @@ async fn a_job_missing_from_the_cache_is_read_before_anything_is_created() {
     let scenario = verifier.run(move |mut server| async move {
         let call = server.next().await;
         assert_eq!(call.method, Method::GET);
-        assert_eq!(call.uri, format!("/apis/batch/v1/namespaces/team/jobs/{name}"));
+        assert_eq!(
+            call.uri,
+            format!("/apis/batch/v1/namespaces/team/jobs/{name}")
+        );
         call.ok(&serde_json::to_value(&job).unwrap());
         server
     });
