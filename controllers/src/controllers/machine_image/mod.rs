@@ -298,7 +298,15 @@ pub async fn reconcile_image(
             Err(source) => return Err(Error::GetLatestJobsError { job, source }),
         }
     }
-    let latest = latest_job(&jobs).cloned();
+    let mut latest = latest_job(&jobs).cloned();
+    // A Job being deleted (held by a finalizer, such as the orphan one) counts as deleted.
+    if latest
+        .as_ref()
+        .is_some_and(|j| j.metadata.deletion_timestamp.is_some())
+    {
+        latest = None;
+        job_gone = true;
+    }
     let pods = match &latest {
         Some(job) if needs_pods(job) => {
             let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);

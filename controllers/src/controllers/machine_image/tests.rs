@@ -647,3 +647,29 @@ async fn a_job_missing_from_the_cache_is_read_before_anything_is_created() {
     assert_eq!(action, Action::requeue(decide::BUILDING_RECHECK));
     scenario.finish().await;
 }
+
+#[tokio::test]
+async fn a_job_being_deleted_is_retried_with_the_next_attempt() {
+    let image = image(Some(building_status(&image(None), 1)));
+    let mut job = job_of(&image, 1, &json!({"active": 1}));
+    job.metadata.deletion_timestamp = Some(now());
+    job.metadata.finalizers = Some(vec!["orphan".into()]);
+    let (ctx, verifier) = Context::test(&[job]);
+    let answer = image.clone();
+    let scenario = verifier.run(|mut server| async move {
+        let call = server.next().await;
+        assert_eq!(call.method, Method::POST);
+        assert_eq!(call.body["metadata"]["name"], job_name("img", "uid-1", 2));
+        let body = call.body.clone();
+        call.reply(201, &body);
+        let call = server
+            .expect_status_apply::<MachineImage>("team", "img", FIELD_MANAGER)
+            .await;
+        assert_eq!(call.body["status"]["attempts"], 2);
+        answer_status(call, &answer);
+        server.expect_event("team", COMPONENT, "CreatingJob").await;
+        server
+    });
+    run(&image, &ctx).await.unwrap();
+    scenario.finish().await;
+}
