@@ -29,8 +29,8 @@ use kube::runtime::reflector::Store;
 use kube::{Api, Client, ResourceExt};
 
 pub use decide::{
-    Decision, IdError, IdWrite, JobOutcome, Observed, decide, handed_off_id, job_outcome,
-    latest_job, needs_pods, validate_image_id,
+    Decision, IdError, IdWrite, JobOutcome, Observed, decide, handed_off_id, id_container,
+    job_outcome, latest_job, needs_pods, validate_image_id,
 };
 pub use render::{RenderError, job_labels, job_name, render_job, stamp, template_hash};
 

@@ -372,3 +372,6 @@ async fn dry_run(ctx: &Context, namespace: &str, image: &MachineImage) -> Result
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod jobs_tests;
