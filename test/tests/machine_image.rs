@@ -449,7 +449,7 @@ async fn a_deleted_job_is_retried_with_the_next_attempt() {
     })
     .await;
     let jobs: Api<Job> = env.api();
-    jobs.delete(&job.name_any(), &Default::default())
+    jobs.delete(&job.name_any(), &kube::api::DeleteParams::default())
         .await
         .unwrap();
     wait_job(&env, &image, 2).await;

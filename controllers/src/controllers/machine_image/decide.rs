@@ -432,9 +432,9 @@ pub fn decide(observed: &Observed<'_>) -> Decision {
 
     status.ready = outcome.ready;
     status.phase = outcome.phase;
-    status.job_ref = outcome.job_ref.clone();
+    status.job_ref.clone_from(&outcome.job_ref);
     if !start {
-        status.build_completion_time = outcome.completion.clone();
+        status.build_completion_time.clone_from(&outcome.completion);
     }
     let previous = current
         .conditions

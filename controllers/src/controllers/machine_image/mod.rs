@@ -208,17 +208,15 @@ fn start(shared: &Shared) -> Running {
 /// Permanent errors wait for a change; API failures retry with backoff.
 #[allow(clippy::needless_pass_by_value)] // the signature kube's Controller::run expects
 fn error_policy(obj: Arc<Guarded>, err: &Error, ctx: Arc<Context>) -> Action {
-    match err {
-        Error::InvalidObject(_) => Action::await_change(),
-        _ => {
-            let failures = ctx
-                .failures()
-                .get(&obj.uid().unwrap_or_default())
-                .copied()
-                .unwrap_or(1);
-            Action::requeue(backoff(failures, RETRY_BASE, RETRY_CAP))
-        }
+    if let Error::InvalidObject(_) = err {
+        return Action::await_change();
     }
+    let failures = ctx
+        .failures()
+        .get(&obj.uid().unwrap_or_default())
+        .copied()
+        .unwrap_or(1);
+    Action::requeue(backoff(failures, RETRY_BASE, RETRY_CAP))
 }
 
 /// Reconciles one image.
@@ -235,14 +233,11 @@ pub async fn reconcile(obj: Arc<Guarded>, ctx: Arc<Context>) -> Result<Action, E
     let uid = image.uid().unwrap_or_default();
     let result = reconcile_image(image, &ctx, &now).await;
     let mut failures = ctx.failures();
-    match &result {
-        Ok(_) => {
-            failures.remove(&uid);
-        }
-        Err(_) => {
-            let entry = failures.entry(uid).or_default();
-            *entry = entry.saturating_add(1);
-        }
+    if result.is_ok() {
+        failures.remove(&uid);
+    } else {
+        let entry = failures.entry(uid).or_default();
+        *entry = entry.saturating_add(1);
     }
     result
 }

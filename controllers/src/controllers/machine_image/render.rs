@@ -278,7 +278,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    pub(crate) fn image(name: &str, version: &str, annotations: serde_json::Value) -> MachineImage {
+    fn image(name: &str, version: &str, annotations: &serde_json::Value) -> MachineImage {
         serde_json::from_value(json!({
             "apiVersion": "kubernetesupgraded.dimitrikoshkin.com/v1alpha1",
             "kind": "MachineImage",
@@ -336,7 +336,7 @@ mod tests {
         let image = image(
             "img",
             "v1.31.2",
-            json!({"kubernetes-upgrader.dimitrikoshkin.com/debian-version": "1.31.2-1.1"}),
+            &json!({"kubernetes-upgrader.dimitrikoshkin.com/debian-version": "1.31.2-1.1"}),
         );
         let job = render_job(&image, 3, Some("r1")).unwrap();
         let pod = job.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
@@ -359,7 +359,7 @@ mod tests {
 
     #[test]
     fn without_the_annotation_there_is_no_deb_version() {
-        let job = render_job(&image("img", "1.31.2", json!({})), 1, None).unwrap();
+        let job = render_job(&image("img", "1.31.2", &json!({})), 1, None).unwrap();
         let pod = job.spec.unwrap().template.spec.unwrap();
         let names: Vec<String> = env_of(&pod.containers[1])
             .into_iter()
@@ -380,7 +380,7 @@ mod tests {
 
     #[test]
     fn the_job_is_labelled_owned_annotated_and_carries_the_knobs() {
-        let image = image("img", "v1.31.2", json!({}));
+        let image = image("img", "v1.31.2", &json!({}));
         let job = render_job(&image, 2, Some("again")).unwrap();
         let labels = job.labels();
         assert_eq!(labels[MACHINE_IMAGE_NAME_LABEL], "img");
@@ -422,18 +422,18 @@ mod tests {
     #[test]
     fn invalid_inputs_render_no_job() {
         let cases = [
-            (image("img", "v1.31", json!({})), "InvalidVersion"),
-            (image("img", "latest", json!({})), "InvalidVersion"),
+            (image("img", "v1.31", &json!({})), "InvalidVersion"),
+            (image("img", "latest", &json!({})), "InvalidVersion"),
             (
                 image(
                     "img",
                     "v1.31.2",
-                    json!({"kubernetes-upgrader.dimitrikoshkin.com/debian-version": "1.31.2-00; rm -rf /"}),
+                    &json!({"kubernetes-upgrader.dimitrikoshkin.com/debian-version": "1.31.2-00; rm -rf /"}),
                 ),
                 "InvalidVersion",
             ),
             (
-                image(&"a".repeat(64), "v1.31.2", json!({})),
+                image(&"a".repeat(64), "v1.31.2", &json!({})),
                 "LabelValueInvalid",
             ),
         ];
@@ -469,7 +469,7 @@ mod tests {
 
     #[test]
     fn the_template_hash_follows_the_template() {
-        let a = image("img", "v1.31.2", json!({}));
+        let a = image("img", "v1.31.2", &json!({}));
         let mut b = a.clone();
         assert_eq!(
             template_hash(&a.spec.job_template),

@@ -370,7 +370,7 @@ fn new_attempts_start_only_when_asked() {
     assert_eq!(d.status.attempts, Some(2));
     assert_eq!(d.status.rebuild.as_deref(), Some("1"));
     let mut second = job;
-    second.status = Some(Default::default());
+    second.status = Some(k8s_openapi::api::batch::v1::JobStatus::default());
     let mut after = asked.clone();
     after.status = Some(d.status.clone());
     assert!(
@@ -460,13 +460,19 @@ impl Context {
     }
 }
 
-async fn run(image: &MachineImage, ctx: &Arc<Context>) -> Result<Action, Error> {
-    within(
-        "the reconcile",
-        STEP * 3,
-        reconcile_image(image, ctx, &now()),
-    )
-    .await
+fn run<'a>(
+    image: &'a MachineImage,
+    ctx: &'a Arc<Context>,
+) -> futures::future::BoxFuture<'a, Result<Action, Error>> {
+    Box::pin(async move {
+        let now = now();
+        within(
+            "the reconcile",
+            STEP * 3,
+            Box::pin(reconcile_image(image, ctx, &now)),
+        )
+        .await
+    })
 }
 
 fn answer_status(call: crate::runtime::fixtures::Call, image: &MachineImage) {

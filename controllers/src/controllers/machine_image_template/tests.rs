@@ -140,7 +140,7 @@ async fn a_new_generation_is_dry_run_then_status_is_written() {
     within(
         "reconcile",
         STEP * 3,
-        reconcile_template(&t, &ctx, vec![], &now()),
+        Box::pin(reconcile_template(&t, &ctx, vec![], &now())),
     )
     .await
     .unwrap();
@@ -176,7 +176,7 @@ async fn a_refused_job_makes_the_template_invalid_with_the_servers_message() {
     within(
         "reconcile",
         STEP * 3,
-        reconcile_template(&t, &ctx, vec![], &now()),
+        Box::pin(reconcile_template(&t, &ctx, vec![], &now())),
     )
     .await
     .unwrap();
@@ -193,7 +193,7 @@ async fn steady_state_makes_no_calls_and_a_server_failure_is_an_error() {
     );
     let t = template(1, Some(serde_json::to_value(&status).unwrap()), "Never");
     let (ctx, verifier) = Context::test();
-    reconcile_template(&t, &ctx, vec!["a".into()], &now())
+    Box::pin(reconcile_template(&t, &ctx, vec!["a".into()], &now()))
         .await
         .unwrap();
     verifier.assert_no_more_calls().await;
@@ -207,7 +207,7 @@ async fn steady_state_makes_no_calls_and_a_server_failure_is_an_error() {
     let err = within(
         "reconcile",
         STEP * 3,
-        reconcile_template(&t, &ctx, vec![], &now()),
+        Box::pin(reconcile_template(&t, &ctx, vec![], &now())),
     )
     .await
     .unwrap_err();
