@@ -17,11 +17,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use api::v1alpha1::{MACHINE_IMAGE_NAME_LABEL, MachineImage, OS_IMAGE_STAMP_ANNOTATION};
-use futures::{FutureExt, StreamExt};
+use futures::FutureExt;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use k8s_openapi::jiff::Timestamp;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
@@ -38,7 +37,7 @@ use crate::runtime::backoff::backoff;
 use crate::runtime::status::{WriteError, apply_status, bounded};
 use crate::runtime::{
     ControllerError, ControllerMetrics, Events, ReconcileError, Registration, Reporter, Running,
-    Shared, synced,
+    Shared, drive, now, synced,
 };
 
 /// Name in logs and metrics.
@@ -185,21 +184,12 @@ fn start(shared: &Shared) -> Running {
     let run = async move {
         // Every image change counts (the rebuild annotation does not change the generation);
         // our own status writes then find nothing to do.
-        Controller::for_shared_stream(image_events, images.store)
+        let results = Controller::for_shared_stream(image_events, images.store)
             .owns_shared_stream(job_events)
             .with_config(ControllerConfig::default().concurrency(16))
             .graceful_shutdown_on(shutdown.clone().wait())
-            .run(reconcile, error_policy, ctx)
-            .for_each(|result| {
-                let reporter = reporter.clone();
-                async move { reporter.report(result).await }
-            })
-            .await;
-        if shutdown.is_requested() {
-            Ok(())
-        } else {
-            Err(ControllerError::StreamEnded)
-        }
+            .run(reconcile, error_policy, ctx);
+        drive(results, reporter, shutdown).await
     }
     .boxed();
     Running { ready, run }
@@ -227,9 +217,7 @@ pub async fn reconcile(obj: Arc<Guarded>, ctx: Arc<Context>) -> Result<Action, E
         Ok(image) => image,
         Err(invalid) => return Err(Error::InvalidObject(invalid.error.clone())),
     };
-    let now = Time(
-        Timestamp::from_second(Timestamp::now().as_second()).unwrap_or_else(|_| Timestamp::now()),
-    );
+    let now = now();
     let uid = image.uid().unwrap_or_default();
     let result = reconcile_image(image, &ctx, &now).await;
     let mut failures = ctx.failures();

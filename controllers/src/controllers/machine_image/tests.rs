@@ -75,7 +75,7 @@ fn pod(container_states: &[(&str, i32, &str, &str)]) -> Pod {
 }
 
 fn now() -> Time {
-    Time(Timestamp::from_second(1_700_000_000).unwrap())
+    Time(k8s_openapi::jiff::Timestamp::from_second(1_700_000_000).unwrap())
 }
 
 fn decide_on(image: &MachineImage, latest: Option<&Job>, gone: bool, pods: &[Pod]) -> Decision {

@@ -11,10 +11,9 @@ use api::v1alpha1::{
     CLONED_FROM_ANNOTATION, CONDITION_READY, DEBIAN_VERSION_ANNOTATION, MachineImage,
     MachineImageSpec, MachineImageTemplate, MachineImageTemplateStatus,
 };
-use futures::{FutureExt, StreamExt};
+use futures::FutureExt;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use k8s_openapi::jiff::Timestamp;
 use kube::api::{ObjectMeta, PostParams};
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
@@ -26,7 +25,7 @@ use crate::runtime::backoff::backoff;
 use crate::runtime::status::{WriteError, apply_status, bounded};
 use crate::runtime::{
     ControllerError, ControllerMetrics, Events, Note, ReconcileError, Registration, Reporter,
-    Running, Shared, synced,
+    Running, Shared, drive, now, synced,
 };
 
 /// Name in logs and metrics.
@@ -142,7 +141,7 @@ fn start(shared: &Shared) -> Running {
     };
     let shutdown = shared.shutdown.clone();
     let run = async move {
-        Controller::for_shared_stream(template_events, templates.store)
+        let results = Controller::for_shared_stream(template_events, templates.store)
             .watches_shared_stream(image_events, |image: Arc<machine_image::Guarded>| {
                 let namespace = image.namespace()?;
                 let template = image.annotations().get(CLONED_FROM_ANNOTATION)?.clone();
@@ -150,17 +149,8 @@ fn start(shared: &Shared) -> Running {
             })
             .with_config(ControllerConfig::default().concurrency(4))
             .graceful_shutdown_on(shutdown.clone().wait())
-            .run(reconcile, error_policy, ctx)
-            .for_each(|result| {
-                let reporter = reporter.clone();
-                async move { reporter.report(result).await }
-            })
-            .await;
-        if shutdown.is_requested() {
-            Ok(())
-        } else {
-            Err(ControllerError::StreamEnded)
-        }
+            .run(reconcile, error_policy, ctx);
+        drive(results, reporter, shutdown).await
     }
     .boxed();
     Running { ready, run }
@@ -291,9 +281,7 @@ pub async fn reconcile(obj: Arc<Guarded>, ctx: Arc<Context>) -> Result<Action, E
         Ok(template) => template,
         Err(invalid) => return Err(Error::InvalidObject(invalid.error.clone())),
     };
-    let now = Time(
-        Timestamp::from_second(Timestamp::now().as_second()).unwrap_or_else(|_| Timestamp::now()),
-    );
+    let now = now();
     let images: Vec<MachineImage> = ctx
         .images
         .state()

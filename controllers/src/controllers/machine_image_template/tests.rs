@@ -33,7 +33,7 @@ fn image(name: &str, namespace: &str, cloned_from: &str, created: &str) -> Machi
 }
 
 fn now() -> Time {
-    Time(Timestamp::from_second(1_700_000_000).unwrap())
+    Time(k8s_openapi::jiff::Timestamp::from_second(1_700_000_000).unwrap())
 }
 
 impl Context {
