@@ -113,6 +113,24 @@ pub struct Running {
     pub run: BoxFuture<'static, Result<(), ControllerError>>,
 }
 
+impl Running {
+    /// A controller that cannot run (a shared watch was started before it subscribed): it
+    /// reports [`ControllerError::StreamEnded`] at once.
+    pub fn stream_ended(ready: BoxFuture<'static, ()>) -> Self {
+        Self {
+            ready,
+            run: Box::pin(async { Err(ControllerError::StreamEnded) }),
+        }
+    }
+}
+
+/// Resolves once every one of `readiness` has.
+pub fn all_ready(readiness: Vec<BoxFuture<'static, ()>>) -> BoxFuture<'static, ()> {
+    Box::pin(async move {
+        futures::future::join_all(readiness).await;
+    })
+}
+
 /// A controller the manager knows how to start.
 #[derive(Clone, Copy, Debug)]
 pub struct Registration {

@@ -36,8 +36,8 @@ pub use render::{RenderError, job_labels, job_name, render_job, stamp, template_
 use crate::runtime::backoff::backoff;
 use crate::runtime::status::{WriteError, apply_status, bounded};
 use crate::runtime::{
-    ControllerError, ControllerMetrics, Events, ReconcileError, Registration, Reporter, Running,
-    Shared, drive, now, synced,
+    ControllerMetrics, Events, ReconcileError, Registration, Reporter, Running, Shared, all_ready,
+    drive, now, synced,
 };
 
 /// Name in logs and metrics.
@@ -167,18 +167,12 @@ fn start(shared: &Shared) -> Running {
         shared.instance.clone(),
         jobs.store.clone(),
     ));
-    let images_ready = synced(images.store.clone());
-    let jobs_ready = synced(jobs.store.clone());
-    let ready = async move {
-        images_ready.await;
-        jobs_ready.await;
-    }
-    .boxed();
+    let ready = all_ready(vec![
+        synced(images.store.clone()),
+        synced(jobs.store.clone()),
+    ]);
     let (Some(image_events), Some(job_events)) = (images.subscribe(), jobs.subscribe()) else {
-        return Running {
-            ready,
-            run: async { Err(ControllerError::StreamEnded) }.boxed(),
-        };
+        return Running::stream_ended(ready);
     };
     let shutdown = shared.shutdown.clone();
     let run = async move {

@@ -24,8 +24,8 @@ use crate::controllers::machine_image::{self, render_job};
 use crate::runtime::backoff::backoff;
 use crate::runtime::status::{WriteError, apply_status, bounded};
 use crate::runtime::{
-    ControllerError, ControllerMetrics, Events, Note, ReconcileError, Registration, Reporter,
-    Running, Shared, drive, now, synced,
+    ControllerMetrics, Events, Note, ReconcileError, Registration, Reporter, Running, Shared,
+    all_ready, drive, now, synced,
 };
 
 /// Name in logs and metrics.
@@ -125,19 +125,13 @@ fn start(shared: &Shared) -> Running {
         shared.instance.clone(),
         images.store.clone(),
     ));
-    let templates_ready = synced(templates.store.clone());
-    let images_ready = synced(images.store.clone());
-    let ready = async move {
-        templates_ready.await;
-        images_ready.await;
-    }
-    .boxed();
+    let ready = all_ready(vec![
+        synced(templates.store.clone()),
+        synced(images.store.clone()),
+    ]);
     let (Some(template_events), Some(image_events)) = (templates.subscribe(), images.subscribe())
     else {
-        return Running {
-            ready,
-            run: async { Err(ControllerError::StreamEnded) }.boxed(),
-        };
+        return Running::stream_ended(ready);
     };
     let shutdown = shared.shutdown.clone();
     let run = async move {
