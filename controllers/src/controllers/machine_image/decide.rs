@@ -336,7 +336,7 @@ pub fn decide(observed: &Observed<'_>) -> Decision {
         id.is_none() && attempts > 0 && recorded_hash.as_ref().is_some_and(|h| *h != hash);
     // A Job removed by its TTL is not a request to retry (the rebuild annotation is).
     let gone_after_failure =
-        observed.job_gone && ttl && current.phase == Some(MachineImagePhase::Failed);
+        observed.latest.is_none() && ttl && current.phase == Some(MachineImagePhase::Failed);
     let no_job = observed.latest.is_none() && id.is_none() && !gone_after_failure;
     let start = rebuild_requested || template_changed || no_job;
 

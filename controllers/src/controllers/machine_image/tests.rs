@@ -414,6 +414,12 @@ fn new_attempts_start_only_when_asked() {
     let d = decide_on(&ttl, None, true, &[]);
     assert!(d.create.is_none());
     assert_eq!(d.status.phase, Some(MachineImagePhase::Failed));
+    assert_eq!(d.status.job_ref, None);
+    // Nor on the next reconcile, when the status no longer names the Job.
+    ttl.status = Some(d.status.clone());
+    let d = decide_on(&ttl, None, false, &[]);
+    assert!(d.create.is_none());
+    assert_eq!(d.status.phase, Some(MachineImagePhase::Failed));
 }
 
 #[test]
