@@ -21,6 +21,7 @@ pub mod manifests;
 pub mod namespace;
 pub mod procs;
 pub mod repo;
+pub mod stand_in;
 pub mod status;
 pub mod wait;
 

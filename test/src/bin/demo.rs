@@ -8,7 +8,6 @@
 //! finished). It prints the `status` tree as the pipeline converges, then publishes a new patch
 //! release and follows it to the Cluster. Ctrl-C stops everything it started.
 
-use std::collections::BTreeSet;
 use std::io::{IsTerminal as _, Write as _};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -17,10 +16,10 @@ use anyhow::{Context, Result, bail};
 use api::v1alpha1::DebianRepositorySource;
 use e2e::manager::{Manager, ManagerOptions};
 use e2e::repo::ServedRepo;
-use e2e::{SKIP_HINT, builds, capi, cluster, manifests, namespace};
-use k8s_openapi::api::batch::v1::Job;
-use kube::api::{ListParams, PostParams};
-use kube::{Api, Client, ResourceExt};
+use e2e::stand_in::{ClusterApi, HandOff, Kubelet, Rollout};
+use e2e::{SKIP_HINT, capi, cluster, manifests, namespace};
+use kube::api::PostParams;
+use kube::{Api, Client};
 use kubernetes_upgrader::describe;
 use kubernetes_upgrader::describe::render::Style;
 use serde_json::{Value, json};
@@ -36,8 +35,6 @@ const CLUSTER: &str = "capi-quickstart";
 const CLUSTER_API_VERSION: &str = "v1beta1";
 /// How long the Cluster API stand-in takes to "roll out" a new version.
 const ROLLOUT: Duration = Duration::from_secs(3);
-/// The label the MachineImage controller puts on its build Jobs (v0.6).
-const JOB_LABEL: &str = "kubernetesupgraded.dimitrikoshkin.com/machine-image-name";
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
@@ -89,7 +86,8 @@ async fn main() -> Result<()> {
         "applied the CAPD sample and Cluster {CLUSTER} at {CLUSTER_START}"
     ));
 
-    let mut stand_in = StandIn::default();
+    let mut kubelet = Kubelet::default();
+    let mut cluster_api = ClusterApi::new(CLUSTER_API_VERSION, CLUSTER, CLUSTER_START, ROLLOUT);
     let mut last_tree = String::new();
     let mut published_later = false;
     let started = Instant::now();
@@ -105,8 +103,32 @@ async fn main() -> Result<()> {
         if let Some(status) = manager.try_exit()? {
             bail!("the manager exited with {status}:\n{}", manager.log_tail());
         }
-        Box::pin(stand_in.kubelet(&client, &ns)).await?;
-        let finished = stand_in.cluster_api(&client, &ns).await?;
+        let builds = kubelet.finish_new_jobs(
+            &client,
+            &ns,
+            |_| HandOff::TerminationMessage,
+            |version| format!("docker.io/kindest/node:{version}"),
+        );
+        for build in Box::pin(builds).await? {
+            say(&format!(
+                "kubelet stand-in: build Job {} finished; termination message {}",
+                build.job, build.id
+            ));
+        }
+        match cluster_api.poll(&client, &ns).await? {
+            Rollout::Started(version) => {
+                say(&format!(
+                    "Cluster API stand-in: {CLUSTER} set to {version}; rolling out"
+                ));
+            }
+            Rollout::Finished(version) => {
+                say(&format!(
+                    "Cluster API stand-in: rollout of {CLUSTER} to {version} finished"
+                ));
+            }
+            Rollout::Idle(_) => {}
+        }
+        let finished = cluster_api.reported().map(str::to_owned);
         let tree = describe::text(&client, Some(&ns), style).await?;
         if tree != last_tree {
             println!(
@@ -205,89 +227,4 @@ async fn apply_sample(client: &Client, ns: &str, repo: &ServedRepo) -> Result<()
     }
     capi::rollout_finished(client, ns, CLUSTER_API_VERSION, CLUSTER, CLUSTER_START).await?;
     Ok(())
-}
-
-/// What the demo does in place of the kubelet and of Cluster API.
-#[derive(Default)]
-struct StandIn {
-    /// Build Jobs already finished.
-    finished_jobs: BTreeSet<String>,
-    /// The Cluster version whose rollout was reported finished, and when a new one was seen.
-    reported: Option<String>,
-    rolling: Option<(String, Instant)>,
-}
-
-impl StandIn {
-    /// Finishes every new build Job: a Pod whose container's termination message carries the
-    /// kindest/node image of the Job's version, then the Job's Complete condition.
-    async fn kubelet(&mut self, client: &Client, ns: &str) -> Result<()> {
-        let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
-        for job in jobs
-            .list(&ListParams::default().labels(JOB_LABEL))
-            .await?
-            .items
-        {
-            let name = job.name_any();
-            if self.finished_jobs.contains(&name) {
-                continue;
-            }
-            let version = job_env(&job, "KUBERNETES_VERSION").unwrap_or_default();
-            let id = format!("docker.io/kindest/node:{version}");
-            builds::build_succeeded_with_termination_message(client, ns, &name, &id).await?;
-            say(&format!(
-                "kubelet stand-in: build Job {name} finished; termination message {id}"
-            ));
-            self.finished_jobs.insert(name);
-        }
-        Ok(())
-    }
-
-    /// Reports a rollout finished `ROLLOUT` after the Cluster's topology version changed.
-    /// Returns the version last reported finished.
-    async fn cluster_api(&mut self, client: &Client, ns: &str) -> Result<Option<String>> {
-        let clusters = capi::clusters(client, ns, CLUSTER_API_VERSION);
-        let cluster = clusters.get(CLUSTER).await?;
-        let version = cluster.data["spec"]["topology"]["version"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        if self.reported.is_none() {
-            self.reported = Some(CLUSTER_START.to_owned());
-        }
-        if self.reported.as_deref() != Some(version.as_str()) {
-            match &self.rolling {
-                Some((rolling, since)) if *rolling == version => {
-                    if since.elapsed() >= ROLLOUT {
-                        capi::rollout_finished(client, ns, CLUSTER_API_VERSION, CLUSTER, &version)
-                            .await?;
-                        say(&format!(
-                            "Cluster API stand-in: rollout of {CLUSTER} to {version} finished"
-                        ));
-                        self.reported = Some(version);
-                        self.rolling = None;
-                    }
-                }
-                _ => {
-                    say(&format!(
-                        "Cluster API stand-in: {CLUSTER} set to {version}; rolling out"
-                    ));
-                    self.rolling = Some((version, Instant::now()));
-                }
-            }
-        }
-        Ok(self.reported.clone())
-    }
-}
-
-fn job_env(job: &Job, name: &str) -> Option<String> {
-    job.spec
-        .as_ref()?
-        .template
-        .spec
-        .as_ref()?
-        .containers
-        .iter()
-        .flat_map(|c| c.env.iter().flatten())
-        .find(|e| e.name == name)
-        .and_then(|e| e.value.clone())
 }
