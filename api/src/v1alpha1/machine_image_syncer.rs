@@ -88,7 +88,9 @@ pub struct MachineImageSyncerSpec {
 /// next reconcile, which is queued at once.
 pub const MAX_IMAGES_PER_RECONCILE: usize = 5;
 
-/// Which in-range versions a MachineImageSyncer builds.
+/// Which in-range versions get a MachineImage: `Latest` (the default, as in v0.6) only the
+/// highest, `LatestPerMinor` the highest patch of every minor, `AllInRange` every version. One
+/// reconcile creates at most 5 images, newest first; the rest follow in the next reconcile.
 #[derive(
     Serialize, Deserialize, schemars::JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Default,
 )]

@@ -2,8 +2,12 @@
 //! them by name. `controllers/README.md` has the checklist for adding one.
 
 pub mod debian_source;
+pub mod machine_image_syncer;
 
 use crate::runtime::Registration;
 
 /// Every controller this build ships.
-pub const ALL: &[Registration] = &[debian_source::REGISTRATION];
+pub const ALL: &[Registration] = &[
+    debian_source::REGISTRATION,
+    machine_image_syncer::REGISTRATION,
+];

@@ -1,0 +1,1 @@
+//! Choreography tests.
