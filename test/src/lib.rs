@@ -21,6 +21,7 @@ pub mod namespace;
 pub mod procs;
 pub mod repo;
 pub mod status;
+pub mod syncer;
 pub mod wait;
 
 pub use kubernetes_upgrader_testkit::http;

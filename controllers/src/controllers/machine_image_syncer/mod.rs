@@ -214,9 +214,11 @@ fn start(shared: &Shared) -> Running {
             // Every change of a source, status included: a new version is acted on at once.
             .watches_shared_stream(source_events, move |source| {
                 let name = source.name_any();
-                naming(&by_source, source.namespace(), &name, |v| {
+                let syncers = naming(&by_source, source.namespace(), &name, |v| {
                     v.source.is_watched().then_some(v.source.name.as_str())
-                })
+                });
+                tracing::debug!(source = %name, syncers = syncers.len(), resource_version = ?source.resource_version(), "source changed");
+                syncers
             })
             .with_config(ControllerConfig::default().concurrency(16))
             .graceful_shutdown_on(shutdown.clone().wait())
@@ -267,6 +269,7 @@ pub async fn reconcile(obj: Arc<Guarded>, ctx: Arc<Context>) -> Result<Action, E
         let _ = ctx.stores.sources.wait_until_ready().await;
     };
     if tokio::time::timeout(CACHE_WAIT, caches).await.is_err() {
+        tracing::warn!("the MachineImage, template or source cache has not synced yet; retrying");
         return Ok(Action::requeue(Duration::from_secs(1)));
     }
     let now = Time(
@@ -308,6 +311,8 @@ pub async fn reconcile_syncer(
         template: template.as_ref(),
         now,
     });
+
+    tracing::debug!(creates = decision.creates.len(), requeue = ?decision.requeue, "decided");
 
     // Apply: the images first, so that the status never claims an image that is not there.
     let api: Api<MachineImage> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -394,7 +399,9 @@ async fn read_source(ctx: &Context, source: &SourceRef) -> Result<SourceView, So
         })?;
         let json = serde_json::to_value(object)
             .map_err(|e| SourceFailure::Unreachable(format!("{what} cannot be read: {e}")))?;
-        return Ok(SourceView::from_json(&json));
+        let view = SourceView::from_json(&json);
+        tracing::debug!(source = %what, versions = view.versions.len(), resource_version = ?object.resource_version(), "read the source from the cache");
+        return Ok(view);
     }
     let (group, version) = match source.api_version.split_once('/') {
         Some((group, version)) => (group, version),
