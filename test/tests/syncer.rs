@@ -467,7 +467,7 @@ async fn one_image_per_version_after_restart_chaos() {
         );
         async move {
             // Every other cycle a new patch is published and the source nudged to read it.
-            if iteration % 2 == 0 {
+            if iteration.is_multiple_of(2) {
                 let patch = iteration / 2 + 1;
                 repo.lock()
                     .unwrap()

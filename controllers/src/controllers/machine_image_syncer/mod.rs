@@ -153,14 +153,14 @@ impl ReconcileError for Error {
 /// The syncers in `store` whose reference (chosen by `pick`) resolves to `namespace`/`name`.
 fn naming(
     store: &Store<Guarded>,
-    namespace: Option<String>,
+    namespace: Option<&str>,
     name: &str,
     pick: impl Fn(&Validated) -> Option<&str>,
 ) -> Vec<ObjectRef<Guarded>> {
     store
         .state()
         .iter()
-        .filter(|s| s.namespace() == namespace)
+        .filter(|s| s.namespace().as_deref() == namespace)
         .filter_map(|s| {
             let syncer = s.0.as_ref().ok()?;
             let valid = validate(syncer).ok()?;
@@ -207,14 +207,14 @@ fn start(shared: &Shared) -> Running {
             .owns_shared_stream(image_events)
             .watches_shared_stream(template_events, move |template| {
                 let name = template.name_any();
-                naming(&by_template, template.namespace(), &name, |v| {
+                naming(&by_template, template.namespace().as_deref(), &name, |v| {
                     Some(v.template.as_str())
                 })
             })
             // Every change of a source, status included: a new version is acted on at once.
             .watches_shared_stream(source_events, move |source| {
                 let name = source.name_any();
-                let syncers = naming(&by_source, source.namespace(), &name, |v| {
+                let syncers = naming(&by_source, source.namespace().as_deref(), &name, |v| {
                     v.source.is_watched().then_some(v.source.name.as_str())
                 });
                 tracing::debug!(source = %name, syncers = syncers.len(), resource_version = ?source.resource_version(), "source changed");
@@ -291,7 +291,7 @@ pub async fn reconcile_syncer(
     let validated = validate(syncer);
     let paused = syncer.spec.paused.unwrap_or(false);
     let source = match (&validated, paused) {
-        (Ok(valid), false) => Some(read_source(ctx, &valid.source).await),
+        (Ok(valid), false) => Some(Box::pin(read_source(ctx, &valid.source)).await),
         _ => None,
     };
     let images = existing_images(&ctx.stores.images, &namespace, &name);

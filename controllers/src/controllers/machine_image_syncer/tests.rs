@@ -124,6 +124,16 @@ fn ready_reason(status: &Value) -> &str {
         .unwrap()
 }
 
+/// One reconcile at [`now`], under the step timeout.
+async fn reconcile_once(syncer: &MachineImageSyncer, ctx: &Context) -> Result<Action, Error> {
+    within(
+        "the reconcile",
+        STEP,
+        Box::pin(reconcile_syncer(syncer, ctx, &now())),
+    )
+    .await
+}
+
 #[tokio::test]
 async fn first_sync_creates_one_image_then_one_event_and_one_status_write() {
     let (ctx, verifier) = Context::test(vec![]);
@@ -138,31 +148,14 @@ async fn first_sync_creates_one_image_then_one_event_and_one_status_write() {
         assert_eq!(status["observedGeneration"], 1);
         server
     });
-    let action = within(
-        "the reconcile",
-        STEP,
-        reconcile_syncer(&syncer(None), &ctx, &now()),
-    )
-    .await
-    .unwrap();
+    let action = reconcile_once(&syncer(None), &ctx).await.unwrap();
     assert_eq!(action, Action::requeue(decide::DEFAULT_INTERVAL));
     scenario.finish().await;
 }
 
 #[tokio::test]
 async fn steady_state_makes_no_calls() {
-    // The status the first sync wrote, and the image it created, seen through the caches.
-    let (ctx, verifier) = Context::test(vec![]);
-    let scenario = verifier.run(|mut server| async move {
-        let create = expect_create(&mut server, "v1.27.3").await;
-        let body = create.body.clone();
-        create.reply(201, &body);
-        server.expect_event(NS, COMPONENT, EVENT_CREATED).await;
-        expect_status(&mut server).await;
-        server
-    });
-    reconcile_syncer(&syncer(None), &ctx, &now()).await.unwrap();
-    scenario.finish().await;
+    // The status a first sync decided, and the image it created, seen through the caches.
     let first = decide(&Observed {
         syncer: &syncer(None),
         validated: &validate(&syncer(None)),
@@ -177,13 +170,7 @@ async fn steady_state_makes_no_calls() {
 
     let (ctx, verifier) = Context::test(vec![image_of("v1.27.3")]);
     let scenario = verifier.run(|server| async move { server });
-    let action = within(
-        "the reconcile",
-        STEP,
-        reconcile_syncer(&settled, &ctx, &now()),
-    )
-    .await
-    .unwrap();
+    let action = reconcile_once(&settled, &ctx).await.unwrap();
     assert_eq!(action, Action::requeue(decide::DEFAULT_INTERVAL));
     scenario.finish().await;
 }
@@ -202,13 +189,7 @@ async fn already_exists_after_a_crash_is_success() {
         assert_eq!(ready_reason(&status), "Synced");
         server
     });
-    within(
-        "the reconcile",
-        STEP,
-        reconcile_syncer(&syncer(None), &ctx, &now()),
-    )
-    .await
-    .unwrap();
+    reconcile_once(&syncer(None), &ctx).await.unwrap();
     scenario.finish().await;
 }
 
@@ -221,13 +202,7 @@ async fn a_failed_create_writes_no_status_and_retries() {
             .fail(500, "InternalError");
         server
     });
-    let err = within(
-        "the reconcile",
-        STEP,
-        reconcile_syncer(&syncer(None), &ctx, &now()),
-    )
-    .await
-    .unwrap_err();
+    let err = reconcile_once(&syncer(None), &ctx).await.unwrap_err();
     assert_eq!(err.category(), "CreateMachineImageFailed");
     scenario.finish().await;
     let ctx = Arc::new(ctx);
@@ -250,13 +225,7 @@ async fn a_missing_template_is_a_condition_and_a_v06_warning_without_a_create() 
             .await;
         server
     });
-    within(
-        "the reconcile",
-        STEP,
-        reconcile_syncer(&syncer(None), &ctx, &now()),
-    )
-    .await
-    .unwrap();
+    reconcile_once(&syncer(None), &ctx).await.unwrap();
     scenario.finish().await;
 }
 
@@ -299,9 +268,7 @@ async fn other_source_kinds_are_read_through_discovery_and_the_dynamic_api() {
         assert_eq!(status["latestVersion"], "v1.27.8");
         server
     });
-    within("the reconcile", STEP, reconcile_syncer(&feed, &ctx, &now()))
-        .await
-        .unwrap();
+    reconcile_once(&feed, &ctx).await.unwrap();
     scenario.finish().await;
 
     // A kind the server does not serve is SourceNotFound.
@@ -315,8 +282,6 @@ async fn other_source_kinds_are_read_through_discovery_and_the_dynamic_api() {
             .await;
         server
     });
-    within("the reconcile", STEP, reconcile_syncer(&feed, &ctx, &now()))
-        .await
-        .unwrap();
+    reconcile_once(&feed, &ctx).await.unwrap();
     scenario.finish().await;
 }
