@@ -40,6 +40,24 @@ async fn setup(env: &TestEnv, versions: &[&str]) -> ServedRepo {
     repo
 }
 
+/// Creates the syncer `name` in the test namespace (see [`syncer`]).
+async fn add_syncer(
+    env: &TestEnv,
+    name: &str,
+    range: &str,
+    source: &str,
+    template: &str,
+    extra: &serde_json::Value,
+) -> MachineImageSyncer {
+    create(
+        &env.client,
+        &env.namespace,
+        &syncer(name, range, source, template, extra).unwrap(),
+    )
+    .await
+    .unwrap()
+}
+
 async fn wait_syncer(
     env: &TestEnv,
     manager: &Manager,
@@ -51,6 +69,18 @@ async fn wait_syncer(
     e2e::wait_for(&api, name, |s| what(&to_json(s)), timeout)
         .await
         .unwrap_or_else(|e| panic!("{e:#}\nmanager log:\n{}", manager.log_tail()))
+}
+
+/// Waits until the syncer `name` has `Ready=status` with `reason` for its current generation.
+async fn wait_reason(
+    env: &TestEnv,
+    manager: &Manager,
+    name: &str,
+    status: &str,
+    reason: &str,
+    timeout: Duration,
+) -> MachineImageSyncer {
+    wait_syncer(env, manager, name, ready_with(status, reason), timeout).await
 }
 
 fn ready_with(status: &str, reason: &str) -> impl Fn(&serde_json::Value) -> bool {
@@ -85,13 +115,7 @@ async fn syncer_builds_the_highest_version_in_range_then_each_new_one_at_once() 
     )
     .await;
     let manager = env.start_manager().await.unwrap();
-    let created = create(
-        &env.client,
-        &env.namespace,
-        &syncer("sync", "v1.27.x", "src", "tpl", &json!({})).unwrap(),
-    )
-    .await
-    .unwrap();
+    let created = add_syncer(&env, "sync", "v1.27.x", "src", "tpl", &json!({})).await;
 
     wait_images(&env, "sync", &["v1.27.3"], Duration::from_secs(30)).await;
     let image: MachineImage = images_of(&env.client, &env.namespace, "sync")
@@ -122,11 +146,12 @@ async fn syncer_builds_the_highest_version_in_range_then_each_new_one_at_once() 
         image.spec.job_template.spec.containers[0].image.as_deref(),
         Some("registry.example/builder:1")
     );
-    let synced = wait_syncer(
+    let synced = wait_reason(
         &env,
         &manager,
         "sync",
-        ready_with("True", "Synced"),
+        "True",
+        "Synced",
         Duration::from_secs(10),
     )
     .await;
@@ -217,13 +242,15 @@ async fn strategies_latest_per_minor_and_all_in_range() {
         ("all", "AllInRange"),
         ("latest", "Latest"),
     ] {
-        create(
-            &env.client,
-            &env.namespace,
-            &syncer(name, range, "src", "tpl", &json!({"strategy": strategy})).unwrap(),
+        add_syncer(
+            &env,
+            name,
+            range,
+            "src",
+            "tpl",
+            &json!({"strategy": strategy}),
         )
-        .await
-        .unwrap();
+        .await;
     }
     let timeout = Duration::from_secs(30);
     wait_images(
@@ -242,11 +269,12 @@ async fn strategies_latest_per_minor_and_all_in_range() {
     .await;
     wait_images(&env, "latest", &["v1.28.0"], timeout).await;
     for name in ["per-minor", "all", "latest"] {
-        let s = wait_syncer(
+        let s = wait_reason(
             &env,
             &manager,
             name,
-            ready_with("True", "Synced"),
+            "True",
+            "Synced",
             Duration::from_secs(10),
         )
         .await;
@@ -263,13 +291,15 @@ async fn paused_creates_nothing_until_unpaused() {
     let env = e2e_env!("paused_creates_nothing_until_unpaused");
     let _repo = setup(&env, &["1.27.1-1.1"]).await;
     let manager = env.start_manager().await.unwrap();
-    create(
-        &env.client,
-        &env.namespace,
-        &syncer("sync", "v1.27.x", "src", "tpl", &json!({"paused": true})).unwrap(),
+    add_syncer(
+        &env,
+        "sync",
+        "v1.27.x",
+        "src",
+        "tpl",
+        &json!({"paused": true}),
     )
-    .await
-    .unwrap();
+    .await;
     wait_syncer(
         &env,
         &manager,
@@ -318,18 +348,13 @@ async fn missing_template_gives_its_reason_until_it_is_created() {
     let env = e2e_env!("missing_template_gives_its_reason_until_it_is_created");
     let _repo = setup(&env, &["1.27.1-1.1"]).await;
     let manager = env.start_manager().await.unwrap();
-    create(
-        &env.client,
-        &env.namespace,
-        &syncer("sync", "v1.27.x", "src", "absent", &json!({})).unwrap(),
-    )
-    .await
-    .unwrap();
-    wait_syncer(
+    add_syncer(&env, "sync", "v1.27.x", "src", "absent", &json!({})).await;
+    wait_reason(
         &env,
         &manager,
         "sync",
-        ready_with("False", "TemplateNotFound"),
+        "False",
+        "TemplateNotFound",
         Duration::from_secs(30),
     )
     .await;
@@ -372,11 +397,12 @@ async fn missing_template_gives_its_reason_until_it_is_created() {
         .await
         .unwrap();
     wait_images(&env, "sync", &["v1.27.1"], Duration::from_secs(10)).await;
-    wait_syncer(
+    wait_reason(
         &env,
         &manager,
         "sync",
-        ready_with("True", "Synced"),
+        "True",
+        "Synced",
         Duration::from_secs(10),
     )
     .await;
@@ -401,33 +427,23 @@ async fn nothing_in_range_and_no_source_give_their_reasons() {
     )
     .await
     .unwrap_or_else(|e| panic!("{e:#}\nmanager log:\n{}", manager.log_tail()));
-    create(
-        &env.client,
-        &env.namespace,
-        &syncer("out", "1.30.x", "src", "tpl", &json!({})).unwrap(),
-    )
-    .await
-    .unwrap();
-    create(
-        &env.client,
-        &env.namespace,
-        &syncer("orphan", "1.27.x", "nowhere", "tpl", &json!({})).unwrap(),
-    )
-    .await
-    .unwrap();
-    wait_syncer(
+    add_syncer(&env, "out", "1.30.x", "src", "tpl", &json!({})).await;
+    add_syncer(&env, "orphan", "1.27.x", "nowhere", "tpl", &json!({})).await;
+    wait_reason(
         &env,
         &manager,
         "out",
-        ready_with("False", "NoVersionInRange"),
+        "False",
+        "NoVersionInRange",
         Duration::from_secs(30),
     )
     .await;
-    wait_syncer(
+    wait_reason(
         &env,
         &manager,
         "orphan",
-        ready_with("False", "SourceNotFound"),
+        "False",
+        "SourceNotFound",
         Duration::from_secs(30),
     )
     .await;
