@@ -263,10 +263,11 @@ pub async fn reconcile(obj: Arc<Guarded>, ctx: Arc<Context>) -> Result<Action, E
     };
     // A reconcile before the caches hold their first list would take a missing object for a
     // deleted one.
+    // `synced` re-polls: a store's readiness wakes only the last task that waited on it.
     let caches = async {
-        let _ = ctx.stores.images.wait_until_ready().await;
-        let _ = ctx.stores.templates.wait_until_ready().await;
-        let _ = ctx.stores.sources.wait_until_ready().await;
+        synced(ctx.stores.images.clone()).await;
+        synced(ctx.stores.templates.clone()).await;
+        synced(ctx.stores.sources.clone()).await;
     };
     if tokio::time::timeout(CACHE_WAIT, caches).await.is_err() {
         tracing::warn!("the MachineImage, template or source cache has not synced yet; retrying");

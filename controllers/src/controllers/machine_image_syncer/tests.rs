@@ -70,6 +70,20 @@ where
     reader
 }
 
+/// A store whose watch has completed its first list of `objects`.
+fn listed<K>(objects: Vec<K>) -> Store<DeserializeGuard<K>>
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + Send + Sync + 'static,
+{
+    let (reader, mut writer) = reflector::store();
+    writer.apply_watcher_event(&watcher::Event::Init);
+    for object in objects {
+        writer.apply_watcher_event(&watcher::Event::InitApply(DeserializeGuard(Ok(object))));
+    }
+    writer.apply_watcher_event(&watcher::Event::InitDone);
+    reader
+}
+
 impl Context {
     /// A context over stores holding the source, the template and `images`.
     fn test(images: Vec<MachineImage>) -> (Context, Verifier) {
@@ -283,5 +297,47 @@ async fn other_source_kinds_are_read_through_discovery_and_the_dynamic_api() {
         server
     });
     reconcile_once(&feed, &ctx).await.unwrap();
+    scenario.finish().await;
+}
+
+/// Before the shared caches hold their first list, a reconcile writes nothing (a missing
+/// source or template could be one the cache has not listed yet) and looks again soon.
+#[tokio::test(start_paused = true)]
+async fn no_calls_before_the_caches_have_listed() {
+    let (mut ctx, verifier) = Context::test(vec![]);
+    // The images' watch is open (its writer lives) but has not finished its first list.
+    let (reader, _writer) = reflector::store::<GuardedImage>();
+    ctx.stores.images = reader;
+    let scenario = verifier.run(|server| async move { server });
+    let obj = Arc::new(DeserializeGuard(Ok(syncer(None))));
+    let action = reconcile(obj, Arc::new(ctx)).await.unwrap();
+    assert_eq!(action, Action::requeue(Duration::from_secs(1)));
+    scenario.finish().await;
+}
+
+#[tokio::test]
+async fn once_the_caches_have_listed_the_reconcile_proceeds() {
+    let (mut ctx, verifier) = Context::test(vec![]);
+    ctx.stores = Stores {
+        images: listed::<MachineImage>(vec![]),
+        templates: listed(vec![template()]),
+        sources: listed(vec![source()]),
+    };
+    let scenario = verifier.run(|mut server| async move {
+        expect_create(&mut server, "v1.27.3")
+            .await
+            .fail(409, "AlreadyExists");
+        expect_status(&mut server).await;
+        server
+    });
+    let obj = Arc::new(DeserializeGuard(Ok(syncer(None))));
+    let action = within(
+        "the reconcile",
+        STEP,
+        Box::pin(reconcile(obj, Arc::new(ctx))),
+    )
+    .await
+    .unwrap();
+    assert_eq!(action, Action::requeue(decide::DEFAULT_INTERVAL));
     scenario.finish().await;
 }
