@@ -182,8 +182,16 @@ async fn handle(
     let query = query.unwrap_or_default();
     let options = &state.options;
     let is_list = path.starts_with(GROUP_PATH) && path.ends_with("/debianrepositorysources");
+    // Our other kinds, which other controllers watch: none exist here.
+    let is_other_list = !is_list
+        && path.starts_with(GROUP_PATH)
+        && api::v1alpha1::crds()
+            .iter()
+            .any(|crd| path.ends_with(&format!("/{}", crd.spec.names.plural)));
     let kind = match (&method, path.as_str()) {
         (&Method::GET, GROUP_PATH) => "discovery",
+        (&Method::GET, _) if is_other_list && query.contains("watch=true") => "watch other",
+        (&Method::GET, _) if is_other_list => "list other",
         (&Method::GET, _) if is_list && query.contains("watch=true") => "watch",
         (&Method::GET, _) if is_list => "list",
         (&Method::PATCH, p) if p.ends_with("/status") => "patch status",
@@ -226,6 +234,16 @@ async fn handle(
             )
                 .into_response()
         }
+        "watch other" => (
+            StatusCode::OK,
+            [("content-type", "application/json")],
+            Body::from_stream(futures::stream::pending::<Result<Bytes, std::io::Error>>()),
+        )
+            .into_response(),
+        "list other" => json_response(
+            StatusCode::OK,
+            &json!({"apiVersion": "kubernetesupgraded.dimitrikoshkin.com/v1alpha1", "kind": "List", "metadata": {"resourceVersion": "1"}, "items": []}),
+        ),
         "list" => {
             tokio::time::sleep(options.list_delay).await;
             let objects = state.objects.lock().unwrap_or_else(PoisonError::into_inner);

@@ -521,14 +521,13 @@ fn outcome(observed: &Observed<'_>) -> Outcome {
             ),
         )
     } else {
-        let versions: Vec<&str> = selected.iter().map(|(_, t)| *t).collect();
         Desired::new(
             CONDITION_READY,
             Status::True,
             REASON_SYNCED,
             format!(
                 "every selected version has a MachineImage: {}",
-                versions.join(", ")
+                listing(selected.iter().map(|(_, t)| *t))
             ),
         )
     };
@@ -541,6 +540,21 @@ fn outcome(observed: &Observed<'_>) -> Outcome {
         } else {
             valid.interval
         },
+    }
+}
+
+/// Longest list of versions a condition message names.
+const MESSAGE_VERSIONS: usize = 10;
+
+/// `versions`, highest first, cut after [`MESSAGE_VERSIONS`] with a count of the rest.
+fn listing<'a>(versions: impl ExactSizeIterator<Item = &'a str>) -> String {
+    let total = versions.len();
+    let shown: Vec<&str> = versions.take(MESSAGE_VERSIONS).collect();
+    let text = shown.join(", ");
+    if total > shown.len() {
+        format!("{text} and {} more", total - shown.len())
+    } else {
+        text
     }
 }
 

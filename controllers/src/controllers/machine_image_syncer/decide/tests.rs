@@ -269,6 +269,17 @@ fn strategies_choose_versions_newest_first_and_bounded() {
     assert_eq!(batch.creates.len(), MAX_IMAGES_PER_RECONCILE);
     assert_eq!(ready(&batch), ("False".into(), REASON_PROGRESSING.into()));
     assert_eq!(batch.requeue, Some(NEXT_BATCH));
+    // Once all exist: Synced, and the message names ten versions and counts the rest.
+    let done = Case {
+        images: many.iter().map(|v| existing(v)).collect(),
+        ..Case::new(&json!({"strategy": "AllInRange"}), &many)
+    }
+    .decide();
+    assert_eq!(ready(&done), ("True".into(), REASON_SYNCED.into()));
+    let message = &conditions::find(done.status.conditions.as_deref().unwrap(), CONDITION_READY)
+        .unwrap()
+        .message;
+    assert!(message.ends_with("v1.27.2 and 2 more"), "{message}");
 }
 
 #[test]
