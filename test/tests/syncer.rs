@@ -135,6 +135,10 @@ async fn syncer_builds_the_highest_version_in_range_then_each_new_one_at_once() 
     assert_eq!(labels["imageBuilderVersion"], "v1");
     assert_eq!(image.annotations()[CLONED_FROM_ANNOTATION], "tpl");
     assert_eq!(image.annotations()["team"], "infra");
+    assert_eq!(
+        image.annotations()["kubernetes-upgrader.dimitrikoshkin.com/debian-version"],
+        "1.27.3-1.1"
+    );
     let owner = &image.owner_references()[0];
     assert_eq!(owner.uid, created.uid().unwrap());
     assert_eq!(

@@ -2,12 +2,16 @@
 //! them by name. `controllers/README.md` has the checklist for adding one.
 
 pub mod debian_source;
+pub mod machine_image;
 pub mod machine_image_syncer;
+pub mod machine_image_template;
 
 use crate::runtime::Registration;
 
 /// Every controller this build ships.
 pub const ALL: &[Registration] = &[
     debian_source::REGISTRATION,
+    machine_image::REGISTRATION,
+    machine_image_template::REGISTRATION,
     machine_image_syncer::REGISTRATION,
 ];

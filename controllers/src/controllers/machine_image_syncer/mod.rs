@@ -19,9 +19,8 @@ use api::v1alpha1::{
     KUBERNETES_VERSION_LABEL, MachineImage, MachineImageSyncer, MachineImageTemplate,
     SYNCER_NAME_LABEL,
 };
-use futures::{FutureExt, StreamExt};
+use futures::FutureExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use k8s_openapi::jiff::Timestamp;
 use kube::api::{DynamicObject, GroupVersionKind, PostParams};
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
@@ -38,8 +37,8 @@ use super::debian_source;
 use crate::runtime::caches::generation_changed;
 use crate::runtime::status::{WriteError, apply_status, bounded};
 use crate::runtime::{
-    ControllerError, ControllerMetrics, Events, Note, ReconcileError, Registration, Reporter,
-    Running, Shared, synced,
+    ControllerMetrics, Events, Note, ReconcileError, Registration, Reporter, Running, Shared,
+    all_ready, drive, now, synced,
 };
 
 /// Name in logs and metrics.
@@ -185,17 +184,19 @@ fn start(shared: &Shared) -> Running {
             sources: sources.store.clone(),
         },
     ));
-    let ready = synced(cache.store.clone());
+    let ready = all_ready(vec![
+        synced(cache.store.clone()),
+        synced(images.store.clone()),
+        synced(templates.store.clone()),
+        synced(sources.store.clone()),
+    ]);
     let (Some(events), Some(image_events), Some(template_events), Some(source_events)) = (
         cache.subscribe(),
         images.subscribe(),
         templates.subscribe(),
         sources.subscribe(),
     ) else {
-        return Running {
-            ready,
-            run: async { Err(ControllerError::StreamEnded) }.boxed(),
-        };
+        return Running::stream_ended(ready);
     };
     let shutdown = shared.shutdown.clone();
     // Our own status writes do not change the generation, so they do not trigger a sync.
@@ -203,7 +204,7 @@ fn start(shared: &Shared) -> Running {
     let by_template = cache.store.clone();
     let by_source = cache.store.clone();
     let run = async move {
-        Controller::for_shared_stream(trigger, cache.store)
+        let results = Controller::for_shared_stream(trigger, cache.store)
             .owns_shared_stream(image_events)
             .watches_shared_stream(template_events, move |template| {
                 let name = template.name_any();
@@ -222,17 +223,8 @@ fn start(shared: &Shared) -> Running {
             })
             .with_config(ControllerConfig::default().concurrency(16))
             .graceful_shutdown_on(shutdown.clone().wait())
-            .run(reconcile, error_policy, ctx)
-            .for_each(|result| {
-                let reporter = reporter.clone();
-                async move { reporter.report(result).await }
-            })
-            .await;
-        if shutdown.is_requested() {
-            Ok(())
-        } else {
-            Err(ControllerError::StreamEnded)
-        }
+            .run(reconcile, error_policy, ctx);
+        drive(results, reporter, shutdown).await
     }
     .boxed();
     Running { ready, run }
@@ -273,10 +265,7 @@ pub async fn reconcile(obj: Arc<Guarded>, ctx: Arc<Context>) -> Result<Action, E
         tracing::warn!("the MachineImage, template or source cache has not synced yet; retrying");
         return Ok(Action::requeue(Duration::from_secs(1)));
     }
-    let now = Time(
-        Timestamp::from_second(Timestamp::now().as_second()).unwrap_or_else(|_| Timestamp::now()),
-    );
-    reconcile_syncer(syncer, &ctx, &now).await
+    reconcile_syncer(syncer, &ctx, &now()).await
 }
 
 /// The reconcile body with the time injected.

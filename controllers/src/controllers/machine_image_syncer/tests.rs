@@ -4,6 +4,7 @@ use super::*;
 use crate::runtime::fixtures::{Call, STEP, Verifier, mock_client, within};
 use api::v1alpha1::DebianRepositorySource;
 use http::Method;
+use k8s_openapi::jiff::Timestamp;
 use kube::Resource;
 use kube::runtime::{reflector, watcher};
 use serde_json::{Value, json};
@@ -33,7 +34,10 @@ fn source() -> DebianRepositorySource {
         "kind": "DebianRepositorySource",
         "metadata": {"name": "src", "namespace": NS},
         "spec": {"url": "http://127.0.0.1:1/"},
-        "status": {"versions": ["v1.27.1", "v1.27.3", "v1.28.0"]},
+        "status": {
+            "versions": ["v1.27.1", "v1.27.3", "v1.28.0"],
+            "debianVersions": [{"version": "v1.27.3", "debian": "1.27.3-1.1"}],
+        },
     }))
     .unwrap()
 }
@@ -153,6 +157,11 @@ async fn first_sync_creates_one_image_then_one_event_and_one_status_write() {
     let (ctx, verifier) = Context::test(vec![]);
     let scenario = verifier.run(|mut server| async move {
         let create = expect_create(&mut server, "v1.27.3").await;
+        // The Debian version, read from the cached source's status.debianVersions.
+        assert_eq!(
+            create.body["metadata"]["annotations"][DEBIAN_VERSION_ANNOTATION],
+            "1.27.3-1.1"
+        );
         let body = create.body.clone();
         create.reply(201, &body);
         server.expect_event(NS, COMPONENT, EVENT_CREATED).await;
