@@ -21,6 +21,7 @@ pub mod manifests;
 pub mod namespace;
 pub mod procs;
 pub mod repo;
+pub mod stats;
 pub mod status;
 pub mod syncer;
 pub mod wait;

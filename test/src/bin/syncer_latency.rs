@@ -20,6 +20,7 @@ use anyhow::{Context, Result, bail};
 use api::v1alpha1::{DebianRepositorySource, KUBERNETES_VERSION_LABEL, MachineImage};
 use e2e::manager::{Manager, ManagerOptions};
 use e2e::repo::ServedRepo;
+use e2e::stats::percentile;
 use e2e::syncer::{create, resync_source, syncer, template};
 use e2e::{SKIP_HINT, cluster, namespace};
 use futures::StreamExt;
@@ -50,16 +51,6 @@ where
             }
         }
     });
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    #[allow(
-        clippy::cast_possible_truncation,
-        clippy::cast_sign_loss,
-        clippy::cast_precision_loss
-    )]
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
 fn summary(what: &str, samples: &[Duration]) -> String {
