@@ -4,7 +4,7 @@ KUBECTL ?= kubectl
 IMG ?= ghcr.io/kubernetes-upgrader/kubernetes-upgrader:latest
 BIN := $(CARGO) run --release --locked --bin kubernetes-upgrader --
 
-.PHONY: all build test ci lint fmt manifests e2e bench bench-load run install docker-build
+.PHONY: all build test ci lint fmt manifests e2e bench bench-load bench-syncer run install docker-build
 
 all: build
 
@@ -48,6 +48,12 @@ bench:
 bench-load:
 	$(CARGO) build --locked --release --bin kubernetes-upgrader
 	$(CARGO) run --locked --release -p e2e --bin load
+
+## A new version in a served repository → its MachineImage, p50/p99 over 25 publications
+## (SYNCER_BENCH_PUBLICATIONS), on the real API server with the debug manager binary.
+bench-syncer:
+	$(CARGO) build --locked --bin kubernetes-upgrader
+	$(CARGO) run --locked -p e2e --bin syncer_latency
 
 ## Install the CRDs and admission policies into the current cluster, then run every controller
 ## against the current kubeconfig.

@@ -359,6 +359,44 @@ pub fn select_highest<T>(
     best
 }
 
+/// Which of the matching candidates a selection keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Selection {
+    /// The single highest (as [`select_highest`]).
+    Highest,
+    /// The highest of every `MAJOR.MINOR`.
+    HighestPerMinor,
+    /// Every distinct version.
+    All,
+}
+
+/// The candidates that satisfy `range`, kept as `selection` says, highest first. Versions of
+/// equal precedence count once, and the earlier candidate wins (build metadata does not count).
+pub fn select<T>(
+    range: &VersionRange,
+    selection: Selection,
+    candidates: impl IntoIterator<Item = (Version, T)>,
+) -> Vec<(Version, T)> {
+    let mut kept: Vec<(Version, T)> = Vec::new();
+    for (version, item) in candidates {
+        if !range.matches(&version) {
+            continue;
+        }
+        let same = |(v, _): &(Version, T)| match selection {
+            Selection::Highest => true,
+            Selection::HighestPerMinor => v.major == version.major && v.minor == version.minor,
+            Selection::All => v.cmp_precedence(&version).is_eq(),
+        };
+        match kept.iter().position(same) {
+            Some(at) if version.cmp_precedence(&kept[at].0).is_gt() => kept[at] = (version, item),
+            Some(_) => {}
+            None => kept.push((version, item)),
+        }
+    }
+    kept.sort_by(|(a, _), (b, _)| b.cmp_precedence(a));
+    kept
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -480,6 +518,109 @@ mod tests {
             "1.2\u{a0}1.3",
         ] {
             assert!(VersionRange::parse(r).is_err(), "{r:?} should be invalid");
+        }
+    }
+
+    fn picked(range: &str, selection: Selection, candidates: &[&str]) -> Vec<String> {
+        let range = VersionRange::parse(range).unwrap();
+        select(
+            &range,
+            selection,
+            candidates
+                .iter()
+                .map(|c| (v(c), (*c).to_owned()))
+                .collect::<Vec<_>>(),
+        )
+        .into_iter()
+        .map(|(_, c)| c)
+        .collect()
+    }
+
+    #[test]
+    fn selections_keep_highest_per_minor_or_all_highest_first() {
+        let list = [
+            "1.26.3",
+            "1.27.1",
+            "1.27.10",
+            "1.27.2",
+            "1.28.0-rc.1",
+            "1.28.0",
+            "1.29.0",
+            "1.27.10+b",
+        ];
+        let range = ">=1.26.0, <1.29.0";
+        assert_eq!(picked(range, Selection::Highest, &list), ["1.28.0"]);
+        assert_eq!(
+            picked(range, Selection::HighestPerMinor, &list),
+            ["1.28.0", "1.27.10", "1.26.3"]
+        );
+        assert_eq!(
+            picked(range, Selection::All, &list),
+            ["1.28.0", "1.27.10", "1.27.2", "1.27.1", "1.26.3"]
+        );
+        // A prerelease is kept only when the range names one.
+        assert_eq!(
+            picked(">=1.28.0-0", Selection::All, &list),
+            ["1.29.0", "1.28.0", "1.28.0-rc.1"]
+        );
+        assert!(picked("1.30.x", Selection::All, &list).is_empty());
+        // The same as select_highest, tie included.
+        let highest = picked("1.27.x", Selection::Highest, &["1.27.10+a", "1.27.10+b"]);
+        assert_eq!(highest, ["1.27.10+a"]);
+    }
+
+    /// What v0.6 users write, from its docs, samples and issues: each range with versions that
+    /// must and must not match.
+    #[test]
+    fn v06_user_ranges() {
+        let table: &[(&str, &[&str], &[&str])] = &[
+            (
+                "v1.27.x",
+                &["1.27.0", "1.27.6"],
+                &["1.28.0", "1.26.9", "1.27.7-rc.0"],
+            ),
+            ("v1.27", &["1.27.6"], &["1.28.0"]),
+            ("V1.27.x", &[], &[]),
+            ("~v1.27.3", &["1.27.9"], &["1.27.2", "1.28.0"]),
+            ("^v1.27.3", &["1.99.0"], &["2.0.0"]),
+            (">= v1.27.0, < v1.29.0", &["1.28.9"], &["1.29.0"]),
+            (
+                ">=v1.27.0 <v1.29.0 || 1.30.x",
+                &["1.28.0", "1.30.2"],
+                &["1.29.1"],
+            ),
+            ("v1.26 - v1.27", &["1.26.0", "1.27.9"], &["1.28.0"]),
+            ("1.26.x - 1.27.x", &["1.26.0", "1.27.9"], &["1.28.0"]),
+            (">1.27.x", &["1.28.0"], &["1.27.9"]),
+            ("<1.27.x", &["1.26.9"], &["1.27.0"]),
+            ("*", &["1.27.0", "0.0.0"], &["1.28.0-alpha.1"]),
+            ("x", &["1.27.0"], &["1.28.0-alpha.1"]),
+            // Per term, as Masterminds: `<1.29.0` names no prerelease, so it refuses every one.
+            (
+                ">=1.28.0-alpha.0, <1.29.0",
+                &["1.28.4"],
+                &["1.28.0-beta.2", "1.29.0-rc.0"],
+            ),
+            (
+                ">=1.28.0-alpha.0",
+                &["1.28.0-beta.2", "1.29.0"],
+                &["1.27.9"],
+            ),
+            ("1.28.0-rc.1", &["1.28.0-rc.1"], &["1.28.0-rc.2", "1.28.0"]),
+            ("~1.28.0-0", &["1.28.0-rc.1", "1.28.3"], &["1.29.0"]),
+            ("^0.0.x", &["0.0.9"], &["0.1.0"]),
+            ("!=1.27.3, 1.27.x", &["1.27.2"], &["1.27.3"]),
+            ("=v1.27.3", &["1.27.3"], &["1.27.4"]),
+        ];
+        for (range, yes, no) in table {
+            if yes.is_empty() && no.is_empty() {
+                assert!(
+                    VersionRange::parse(range).is_err(),
+                    "{range:?} should be invalid"
+                );
+                continue;
+            }
+            check(range, yes, no);
         }
     }
 

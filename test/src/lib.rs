@@ -22,7 +22,9 @@ pub mod namespace;
 pub mod procs;
 pub mod repo;
 pub mod stand_in;
+pub mod stats;
 pub mod status;
+pub mod syncer;
 pub mod wait;
 
 pub use kubernetes_upgrader_testkit::http;

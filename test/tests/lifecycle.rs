@@ -327,7 +327,11 @@ async fn metrics_carry_reconcile_counters_and_durations() {
     assert!(samples.iter().any(failed_sync), "{text}");
     let failure = samples
         .iter()
-        .find(|s| s.name == failures && s.label("category") == Some("WriteStatus"))
+        .find(|s| {
+            s.name == failures
+                && s.label("category") == Some("WriteStatus")
+                && s.label("controller") == Some("debianrepositorysource")
+        })
         .unwrap_or_else(|| panic!("no WriteStatus failure series in {text}"));
     assert_eq!(failure.label("controller"), Some("debianrepositorysource"));
     assert!(manager::has_metric(

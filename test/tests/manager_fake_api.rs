@@ -73,12 +73,20 @@ async fn ready_after_sync_writes_status_once_and_stops_on_sigterm() {
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    let ready_after = ready_after.expect("the manager never became ready");
+    let ready_after = ready_after.unwrap_or_else(|| {
+        panic!(
+            "the manager never became ready; requests {:?}; log:\n{}",
+            fake.requests(),
+            manager.log_tail()
+        )
+    });
     assert!(saw_not_ready, "readyz answered 200 before the cache synced");
     // The list takes 0.7 s; the rest is process start on a loaded 2-CPU machine.
     assert!(
         ready_after < Duration::from_secs(8),
-        "ready after {ready_after:?}"
+        "ready after {ready_after:?}; requests {:?}; log:\n{}",
+        fake.requests(),
+        manager.log_tail()
     );
 
     // One status write by server-side apply, then events.

@@ -54,8 +54,8 @@ pub struct MachineImageSyncerSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub paused: Option<bool>,
 
-    /// Semver constraint for the versions to build, such as `v1.27.x`; the single highest match
-    /// is built.
+    /// Semver constraint for the versions to build, such as `v1.27.x`. Which matches are built
+    /// is set by `strategy`: by default only the single highest.
     #[schemars(length(min = 1, max = 256))]
     #[x_kube(validation = kube::core::Rule::new(constraint::cel_rule()).message(constraint::CEL_MESSAGE))]
     pub version_range: String,
@@ -74,6 +74,34 @@ pub struct MachineImageSyncerSpec {
     #[serde(default = "default_interval", skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = kube::core::Rule::new(interval_rule()).message("spec.interval must be a non-negative integer of nanoseconds or a duration such as 1h or 30m"))]
     pub interval: Option<Interval>,
+
+    /// Which in-range versions get an image: `Latest` (the default, as in v0.6) builds only the
+    /// highest; `LatestPerMinor` the highest patch of every minor in range; `AllInRange` every
+    /// version in range. One reconcile creates at most
+    /// [`MAX_IMAGES_PER_RECONCILE`] images, newest first, and the next reconcile follows at once
+    /// with the rest. Images are never deleted when a version leaves the range.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<SyncStrategy>,
+}
+
+/// How many MachineImages one reconcile of a syncer creates at most; the rest follow in the
+/// next reconcile, which is queued at once.
+pub const MAX_IMAGES_PER_RECONCILE: usize = 5;
+
+/// Which in-range versions get a MachineImage: `Latest` (the default, as in v0.6) only the
+/// highest, `LatestPerMinor` the highest patch of every minor, `AllInRange` every version. One
+/// reconcile creates at most 5 images, newest first; the rest follow in the next reconcile.
+#[derive(
+    Serialize, Deserialize, schemars::JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Default,
+)]
+pub enum SyncStrategy {
+    /// Only the highest version in range (v0.6 behaviour).
+    #[default]
+    Latest,
+    /// The highest patch of every `MAJOR.MINOR` in range.
+    LatestPerMinor,
+    /// Every version in range.
+    AllInRange,
 }
 
 /// A re-check period, as written: nanoseconds or a Go duration string.
@@ -136,7 +164,7 @@ fn default_interval() -> Option<Interval> {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct MachineImageSyncerStatus {
-    /// The highest in-range version that has a MachineImage.
+    /// The highest in-range version that has a MachineImage of this syncer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latest_version: Option<String>,
 

@@ -3,6 +3,7 @@
 
 pub mod debian_source;
 pub mod machine_image;
+pub mod machine_image_syncer;
 pub mod machine_image_template;
 
 use crate::runtime::Registration;
@@ -12,4 +13,5 @@ pub const ALL: &[Registration] = &[
     debian_source::REGISTRATION,
     machine_image::REGISTRATION,
     machine_image_template::REGISTRATION,
+    machine_image_syncer::REGISTRATION,
 ];

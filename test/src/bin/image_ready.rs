@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use api::v1alpha1::MachineImage;
 use e2e::manager::{Manager, ManagerOptions};
+use e2e::stats::percentile;
 use e2e::{SKIP_HINT, builds, cluster, namespace};
 use kube::api::PostParams;
 use kube::{Api, ResourceExt};
@@ -21,16 +22,6 @@ use serde_json::json;
 /// How often the bench looks at the image while it waits.
 const POLL: Duration = Duration::from_millis(5);
 const TIMEOUT: Duration = Duration::from_secs(30);
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    #[allow(
-        clippy::cast_possible_truncation,
-        clippy::cast_sign_loss,
-        clippy::cast_precision_loss
-    )]
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
 
 #[tokio::main]
 async fn main() -> Result<()> {
