@@ -43,15 +43,15 @@ pub struct Finished {
 }
 
 impl Kubelet {
-    /// Finishes every build Job in `namespace` not finished yet, with the image ID
-    /// `id_for(version)` handed off as `hand_off` says. Jobs that already carry a condition
+    /// Finishes every build Job in `namespace` not finished yet, handing off the image ID
+    /// `id_for(hand_off, version)` the way `hand_off(job)` says. Jobs that already carry a condition
     /// (finished by someone else) are left alone.
     pub async fn finish_new_jobs(
         &mut self,
         client: &Client,
         namespace: &str,
         hand_off: impl Fn(&Job) -> HandOff,
-        id_for: impl Fn(&str) -> String,
+        id_for: impl Fn(HandOff, &str) -> String,
     ) -> Result<Vec<Finished>> {
         let jobs: Api<Job> = Api::namespaced(client.clone(), namespace);
         let mut done = Vec::new();
@@ -70,8 +70,12 @@ impl Kubelet {
             {
                 continue;
             }
-            let id = id_for(&job_env(&job, "KUBERNETES_VERSION").unwrap_or_default());
-            match hand_off(&job) {
+            let how = hand_off(&job);
+            let id = id_for(
+                how,
+                &job_env(&job, "KUBERNETES_VERSION").unwrap_or_default(),
+            );
+            match how {
                 HandOff::TerminationMessage => {
                     builds::build_succeeded_with_termination_message(client, namespace, &name, &id)
                         .await?;

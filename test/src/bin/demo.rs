@@ -107,7 +107,7 @@ async fn main() -> Result<()> {
             &client,
             &ns,
             |_| HandOff::TerminationMessage,
-            |version| format!("docker.io/kindest/node:{version}"),
+            |_, version| format!("docker.io/kindest/node:{version}"),
         );
         for build in Box::pin(builds).await? {
             say(&format!(
@@ -175,7 +175,7 @@ async fn apply_sample(client: &Client, ns: &str, repo: &ServedRepo) -> Result<()
     sources
         .create(
             &PostParams::default(),
-            &repo.source("kubernetes", "2s", Some(repo.inline_key()?)),
+            &repo.source("kubernetes", "10s", Some(repo.inline_key()?)),
         )
         .await
         .context("creating the DebianRepositorySource")?;
