@@ -2,8 +2,15 @@
 //! them by name. `controllers/README.md` has the checklist for adding one.
 
 pub mod debian_source;
+pub mod plan;
+pub mod upgrader;
 
 use crate::runtime::Registration;
 
 /// Every controller this build ships.
-pub const ALL: &[Registration] = &[debian_source::REGISTRATION];
+pub const ALL: &[Registration] = &[
+    debian_source::REGISTRATION,
+    plan::REGISTRATION,
+    upgrader::CLUSTER_CLASS_REGISTRATION,
+    upgrader::IN_CLUSTER_REGISTRATION,
+];
