@@ -190,7 +190,10 @@ async fn every_gate_holds_without_writing_the_cluster() {
     // Not built from a ClusterClass.
     let plain = json!({"apiVersion": "cluster.x-k8s.io/v1beta1", "kind": "Cluster", "metadata": {"name": "plain"}, "spec": {}});
     clusters(&env, "v1beta1")
-        .create(&kube::api::PostParams::default(), &serde_json::from_value(plain).unwrap())
+        .create(
+            &kube::api::PostParams::default(),
+            &serde_json::from_value(plain).unwrap(),
+        )
         .await
         .unwrap();
     upgrader(&env, CCCU, "plain", "plain", "p", json!({}))

@@ -230,3 +230,80 @@ pub struct UpgraderStatus {
     #[schemars(length(max = 10))]
     pub history: Option<Vec<StepRecord>>,
 }
+
+#[cfg(test)]
+mod cel {
+    use kube::core::cel::validate_cel;
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    fn upgrader(extra: Value) -> ClusterClassClusterUpgrader {
+        let mut spec = json!({"clusterName": "c", "planRef": {"name": "p"}});
+        if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
+            spec.extend(extra.clone());
+        }
+        serde_json::from_value(json!({
+            "apiVersion": "kubernetesupgraded.dimitrikoshkin.com/v1alpha1",
+            "kind": "ClusterClassClusterUpgrader",
+            "metadata": {"name": "x", "namespace": "team"},
+            "spec": spec,
+        }))
+        .unwrap()
+    }
+
+    fn refused(extra: Value, message: &str) {
+        let errors = validate_cel(&upgrader(extra)).expect_err("should be refused");
+        let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert!(
+            text.iter().any(|e| e.contains(message)),
+            "{message:?} in {text:?}"
+        );
+    }
+
+    fn window(schedule: &str, duration: &str, zone: &str) -> Value {
+        json!({"maintenanceWindow": {"schedule": schedule, "duration": duration, "timeZone": zone}})
+    }
+
+    #[test]
+    fn window_rules_accept_and_refuse_with_the_field() {
+        for ok in [
+            window("0 2 * * SAT", "4h", "Europe/Berlin"),
+            window("30 0 2 * * MON-FRI", "1m", "UTC"),
+            window("*/15 22-23 * * *", "168h", "America/Argentina/Buenos_Aires"),
+        ] {
+            assert!(validate_cel(&upgrader(ok.clone())).is_ok(), "{ok}");
+        }
+        refused(
+            window("every day", "4h", "UTC"),
+            "spec.maintenanceWindow.schedule",
+        );
+        refused(
+            window("0 2 * *", "4h", "UTC"),
+            "spec.maintenanceWindow.schedule",
+        );
+        refused(
+            window("0 2 * * *", "30s", "UTC"),
+            "spec.maintenanceWindow.duration",
+        );
+        refused(
+            window("0 2 * * *", "169h", "UTC"),
+            "spec.maintenanceWindow.duration",
+        );
+        refused(
+            window("0 2 * * *", "1h", "Europe/../x"),
+            "spec.maintenanceWindow.timeZone",
+        );
+    }
+
+    #[test]
+    fn image_map_and_topology_variable_are_exclusive() {
+        let map = json!({"variable": "osImages"});
+        assert!(validate_cel(&upgrader(json!({"imageMap": map}))).is_ok());
+        assert!(validate_cel(&upgrader(json!({"imageMap": map, "topologyVariable": ""}))).is_ok());
+        refused(
+            json!({"imageMap": map, "topologyVariable": "image"}),
+            "spec.imageMap and spec.topologyVariable are exclusive",
+        );
+    }
+}

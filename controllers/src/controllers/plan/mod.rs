@@ -175,8 +175,13 @@ pub async fn reconcile_plan(plan: &Plan, ctx: &Context, now: &Time) -> Result<Ac
     for note in &decision.notes {
         ctx.events.publish(plan, note).await;
     }
-    Ok(Action::await_change())
+    Ok(Action::requeue(SAFETY_NET))
 }
+
+/// The shared MachineImage cache passes on applied objects only, not deletions, so a deleted
+/// image is noticed by this long safety-net requeue (a reconcile that writes nothing when
+/// nothing changed); every other change is event-driven.
+pub const SAFETY_NET: std::time::Duration = std::time::Duration::from_secs(600);
 
 #[cfg(test)]
 mod tests;
