@@ -232,6 +232,7 @@ pub struct UpgraderStatus {
 }
 
 #[cfg(test)]
+#[allow(clippy::needless_pass_by_value)]
 mod cel {
     use kube::core::cel::validate_cel;
     use serde_json::{Value, json};

@@ -649,3 +649,103 @@ async fn nothing_to_do_is_one_read_and_no_write() {
     .unwrap();
     scenario.finish().await;
 }
+
+fn atomic_context() -> (Arc<Context>, Verifier) {
+    let (ctx, verifier) = context();
+    let ctx = Arc::try_unwrap(ctx).ok().unwrap();
+    let mut atomic = access();
+    atomic.list_map = false;
+    (Arc::new(ctx.with_access(atomic)), verifier)
+}
+
+#[tokio::test]
+async fn on_an_atomic_variables_list_a_step_is_one_guarded_json_patch() {
+    let (ctx, verifier) = atomic_context();
+    let scenario = verifier.run(|mut server| async move {
+        let read = cluster_json("v1.30.1", "i-1301");
+        server.next().await.ok(&read);
+        let patch = server.next().await;
+        assert_eq!(patch.method, Method::PATCH);
+        assert_eq!(
+            patch.uri,
+            format!("{CLUSTER_URL}?&fieldManager={FIELD_MANAGER}")
+        );
+        let variables = read["spec"]["topology"]["variables"].clone();
+        assert_eq!(
+            patch.body,
+            json!([
+                {"op": "test", "path": "/spec/topology/version", "value": "v1.30.1"},
+                {"op": "replace", "path": "/spec/topology/version", "value": "v1.30.2"},
+                {"op": "test", "path": "/spec/topology/variables", "value": variables},
+                {"op": "replace", "path": "/spec/topology/variables/0/value", "value": "i-1302"},
+            ])
+        );
+        patch.ok(&cluster_json("v1.30.2", "i-1302"));
+        let status = server
+            .expect_status_apply::<ClusterClassClusterUpgrader>("team", "u", FIELD_MANAGER)
+            .await;
+        status.ok(&serde_json::to_value(upgrader(None)).unwrap());
+        server
+            .expect_event("team", COMPONENT, "SettingClusterVersion")
+            .await;
+        server
+    });
+    within(
+        "reconcile",
+        STEP,
+        reconcile_upgrader(&upgrader(None), &ctx, now()),
+    )
+    .await
+    .unwrap();
+    scenario.finish().await;
+}
+
+#[tokio::test]
+async fn a_refused_write_is_one_warning_and_no_status_claiming_it() {
+    let (ctx, verifier) = atomic_context();
+    let scenario = verifier.run(|mut server| async move {
+        server.next().await.ok(&cluster_json("v1.30.1", "i-1301"));
+        // A `test` operation failed: someone changed the Cluster in between.
+        server.next().await.fail(422, "Invalid");
+        server
+            .expect_event("team", COMPONENT, "ErrorUpdatingVersion")
+            .await;
+        server
+    });
+    let result = within(
+        "reconcile",
+        STEP,
+        reconcile_upgrader(&upgrader(None), &ctx, now()),
+    )
+    .await;
+    assert!(matches!(result, Err(Error::WriteCluster(_))), "{result:?}");
+    scenario.finish().await;
+}
+
+#[tokio::test]
+async fn an_unfinished_cluster_gets_no_write_only_the_waiting_status() {
+    let (ctx, verifier) = context();
+    let scenario = verifier.run(|mut server| async move {
+        let mut read = cluster_json("v1.30.1", "i-1301");
+        read["metadata"]["generation"] = json!(5);
+        server.next().await.ok(&read);
+        let status = server
+            .expect_status_apply::<ClusterClassClusterUpgrader>("team", "u", FIELD_MANAGER)
+            .await;
+        assert_eq!(
+            status.body["status"]["nextStep"]["reason"],
+            "PreviousStepUnfinished"
+        );
+        assert_eq!(status.body["status"]["nextStep"]["version"], "v1.30.2");
+        status.ok(&serde_json::to_value(upgrader(None)).unwrap());
+        server
+    });
+    within(
+        "reconcile",
+        STEP,
+        reconcile_upgrader(&upgrader(None), &ctx, now()),
+    )
+    .await
+    .unwrap();
+    scenario.finish().await;
+}
