@@ -54,6 +54,23 @@ pub fn crd_dir_docs() -> Result<Vec<Value>> {
 /// The minimal `clusters.cluster.x-k8s.io` CRD: namespaced, v1beta1, status subresource, and
 /// unknown fields preserved in spec and status (so `spec.topology.variables` is atomic).
 pub fn minimal_cluster_crd() -> Value {
+    cluster_crd(&json!([{
+        "name": "v1beta1",
+        "served": true,
+        "storage": true,
+        "subresources": { "status": {} },
+        "schema": { "openAPIV3Schema": {
+            "type": "object",
+            "properties": {
+                "spec": { "type": "object", "x-kubernetes-preserve-unknown-fields": true },
+                "status": { "type": "object", "x-kubernetes-preserve-unknown-fields": true }
+            }
+        }}
+    }]))
+}
+
+/// The `clusters.cluster.x-k8s.io` CRD with `versions`.
+fn cluster_crd(versions: &Value) -> Value {
     json!({
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
@@ -62,19 +79,7 @@ pub fn minimal_cluster_crd() -> Value {
             "group": "cluster.x-k8s.io",
             "names": { "kind": "Cluster", "listKind": "ClusterList", "plural": "clusters", "singular": "cluster" },
             "scope": "Namespaced",
-            "versions": [{
-                "name": "v1beta1",
-                "served": true,
-                "storage": true,
-                "subresources": { "status": {} },
-                "schema": { "openAPIV3Schema": {
-                    "type": "object",
-                    "properties": {
-                        "spec": { "type": "object", "x-kubernetes-preserve-unknown-fields": true },
-                        "status": { "type": "object", "x-kubernetes-preserve-unknown-fields": true }
-                    }
-                }}
-            }]
+            "versions": versions,
         }
     })
 }
@@ -114,17 +119,10 @@ pub fn list_map_cluster_crd() -> Value {
         }
     }});
     let version = |name: &str, storage: bool| json!({"name": name, "served": true, "storage": storage, "subresources": {"status": {}}, "schema": schema});
-    json!({
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": { "name": CLUSTER_CRD },
-        "spec": {
-            "group": "cluster.x-k8s.io",
-            "names": { "kind": "Cluster", "listKind": "ClusterList", "plural": "clusters", "singular": "cluster" },
-            "scope": "Namespaced",
-            "versions": [version("v1beta1", false), version("v1beta2", true)],
-        }
-    })
+    cluster_crd(&json!([
+        version("v1beta1", false),
+        version("v1beta2", true)
+    ]))
 }
 
 /// Replaces the harness's Cluster CRD with the Cluster API shape ([`list_map_cluster_crd`]) and

@@ -42,12 +42,7 @@ async fn steps_one_minor_at_a_time_and_waits_for_each_step_to_finish() {
     let _manager = env.start_manager().await.unwrap();
 
     // First step: 1.30 (the highest ready image of the next minor), with its image, in one write.
-    let t = e2e::eventually("the first step", WAIT, || async {
-        let t = topology(&env, "v1beta1", "c").await?;
-        Ok((t["version"] == "v1.30.1").then_some(t))
-    })
-    .await
-    .unwrap();
+    let t = wait_version(&env, "v1beta1", "c", "v1.30.1").await.unwrap();
     assert_eq!(variable(&t, "image"), Some(&json!("i-130")));
     assert_eq!(
         variable(&t, "other"),
@@ -72,12 +67,7 @@ async fn steps_one_minor_at_a_time_and_waits_for_each_step_to_finish() {
 
     // Cluster API reports the first step finished: the second goes.
     finish(&env, "v1beta1", "c", "v1.30.1").await.unwrap();
-    let t = e2e::eventually("the second step", WAIT, || async {
-        let t = topology(&env, "v1beta1", "c").await?;
-        Ok((t["version"] == "v1.31.2").then_some(t))
-    })
-    .await
-    .unwrap();
+    let t = wait_version(&env, "v1beta1", "c", "v1.31.2").await.unwrap();
     assert_eq!(variable(&t, "image"), Some(&json!("i-131")));
     assert_eq!(variable(&t, "other"), Some(&json!({"keep": true})));
 
@@ -250,13 +240,7 @@ async fn every_gate_holds_without_writing_the_cluster() {
     );
 
     // Unpausing lets the step go.
-    let gvk =
-        kube::api::GroupVersionKind::gvk("kubernetesupgraded.dimitrikoshkin.com", "v1alpha1", CCCU);
-    let api: kube::Api<kube::api::DynamicObject> = kube::Api::namespaced_with(
-        env.client.clone(),
-        &env.namespace,
-        &kube::api::ApiResource::from_gvk_with_plural(&gvk, "clusterclassclusterupgraders"),
-    );
+    let api = upgraders(&env, CCCU);
     api.patch(
         "paused",
         &kube::api::PatchParams::default(),
@@ -264,9 +248,7 @@ async fn every_gate_holds_without_writing_the_cluster() {
     )
     .await
     .unwrap();
-    e2e::eventually("the unpaused step", WAIT, || async {
-        Ok((topology(&env, "v1beta1", "paused").await?["version"] == "v1.31.2").then_some(()))
-    })
-    .await
-    .unwrap();
+    wait_version(&env, "v1beta1", "paused", "v1.31.2")
+        .await
+        .unwrap();
 }

@@ -54,12 +54,7 @@ async fn a_step_is_one_apply_that_owns_only_the_version_and_its_variable() {
     .unwrap();
     let _manager = env.start_manager().await.unwrap();
 
-    let t = e2e::eventually("the step", WAIT, || async {
-        let t = topology(&env, "v1beta2", "c").await?;
-        Ok((t["version"] == "v1.31.2").then_some(t))
-    })
-    .await
-    .unwrap();
+    let t = wait_version(&env, "v1beta2", "c", "v1.31.2").await.unwrap();
     assert_eq!(variable(&t, "image"), Some(&json!("i-131")));
     assert_eq!(
         variable(&t, "other"),
@@ -90,12 +85,7 @@ async fn a_step_is_one_apply_that_owns_only_the_version_and_its_variable() {
     assert!(fields.get("f:class").is_none(), "{owned}");
 
     // Map mode: the target's entry is added, the running version's entry and the other fields kept.
-    let t = e2e::eventually("the map step", WAIT, || async {
-        let t = topology(&env, "v1beta2", "m").await?;
-        Ok((t["version"] == "v1.31.2").then_some(t))
-    })
-    .await
-    .unwrap();
+    let t = wait_version(&env, "v1beta2", "m", "v1.31.2").await.unwrap();
     assert_eq!(
         variable(&t, "osImages"),
         Some(

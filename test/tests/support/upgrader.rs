@@ -135,6 +135,17 @@ pub async fn finish(
         .await?)
 }
 
+/// The upgraders of `kind` in the test's namespace.
+pub fn upgraders(env: &TestEnv, kind: &str) -> Api<DynamicObject> {
+    let plural = format!("{}s", kind.to_lowercase());
+    let gvk = GroupVersionKind::gvk("kubernetesupgraded.dimitrikoshkin.com", "v1alpha1", kind);
+    Api::namespaced_with(
+        env.client.clone(),
+        &env.namespace,
+        &ApiResource::from_gvk_with_plural(&gvk, &plural),
+    )
+}
+
 /// An upgrader of `kind` with `spec` merged over `{clusterName, planRef}`.
 pub async fn upgrader(
     env: &TestEnv,
@@ -144,13 +155,7 @@ pub async fn upgrader(
     plan: &str,
     spec: Value,
 ) -> Result<()> {
-    let plural = format!("{}s", kind.to_lowercase());
-    let gvk = GroupVersionKind::gvk("kubernetesupgraded.dimitrikoshkin.com", "v1alpha1", kind);
-    let api: Api<DynamicObject> = Api::namespaced_with(
-        env.client.clone(),
-        &env.namespace,
-        &ApiResource::from_gvk_with_plural(&gvk, &plural),
-    );
+    let api = upgraders(env, kind);
     let mut body = json!({
         "apiVersion": "kubernetesupgraded.dimitrikoshkin.com/v1alpha1",
         "kind": kind,
@@ -165,14 +170,21 @@ pub async fn upgrader(
 
 /// The upgrader as JSON.
 pub async fn upgrader_json(env: &TestEnv, kind: &str, name: &str) -> Result<Value> {
-    let plural = format!("{}s", kind.to_lowercase());
-    let gvk = GroupVersionKind::gvk("kubernetesupgraded.dimitrikoshkin.com", "v1alpha1", kind);
-    let api: Api<DynamicObject> = Api::namespaced_with(
-        env.client.clone(),
-        &env.namespace,
-        &ApiResource::from_gvk_with_plural(&gvk, &plural),
-    );
-    Ok(serde_json::to_value(api.get(name).await?)?)
+    Ok(serde_json::to_value(upgraders(env, kind).get(name).await?)?)
+}
+
+/// Waits until the Cluster's `spec.topology.version` is `version`; returns the topology.
+pub async fn wait_version(
+    env: &TestEnv,
+    api_version: &str,
+    name: &str,
+    version: &str,
+) -> Result<Value> {
+    e2e::eventually(&format!("Cluster {name} at {version}"), WAIT, || async {
+        let t = topology(env, api_version, name).await?;
+        Ok((t["version"] == version).then_some(t))
+    })
+    .await
 }
 
 /// Waits until the upgrader's `type_` condition has `reason`.

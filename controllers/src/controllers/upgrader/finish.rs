@@ -269,7 +269,7 @@ fn replicas_current(what: &str, object: &Value, updated: &str) -> Result<(), Unf
 
 #[cfg(test)]
 #[allow(clippy::type_complexity, clippy::semicolon_if_nothing_returned)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use serde_json::json;
 
@@ -277,7 +277,8 @@ mod tests {
         api::version::parse_lenient(text).unwrap()
     }
 
-    fn finished_v1beta2(version: &str) -> Value {
+    /// A v1beta2 Cluster whose status reports a finished rollout at `version`.
+    pub(in crate::controllers::upgrader) fn finished_v1beta2(version: &str) -> Value {
         json!({
             "metadata": {"name": "c", "generation": 3},
             "status": {

@@ -555,22 +555,12 @@ fn context() -> (Arc<Context>, Verifier) {
 }
 
 fn cluster_json(version: &str, image: &str) -> Value {
-    json!({
-        "apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Cluster",
-        "metadata": {"name": "c", "namespace": "team", "generation": 4},
-        "spec": {"topology": {"version": version, "classRef": {"name": "cc"}, "variables": [{"name": "image", "value": image}, {"name": "other", "value": 1}]}},
-        "status": {
-            "observedGeneration": 4,
-            "conditions": [
-                {"type": "TopologyReconciled", "status": "True", "reason": "ReconcileSucceeded"},
-                {"type": "ControlPlaneMachinesUpToDate", "status": "True", "reason": "UpToDate"},
-                {"type": "WorkerMachinesUpToDate", "status": "True", "reason": "UpToDate"},
-                {"type": "RollingOut", "status": "False", "reason": "NotRollingOut"},
-                {"type": "Available", "status": "True", "reason": "Available"},
-            ],
-            "controlPlane": {"replicas": 1, "upToDateReplicas": 1, "versions": [{"version": version, "replicas": 1}]},
-        },
-    })
+    let mut cluster = finish::tests::finished_v1beta2(version);
+    cluster["apiVersion"] = json!("cluster.x-k8s.io/v1beta2");
+    cluster["kind"] = json!("Cluster");
+    cluster["metadata"] = json!({"name": "c", "namespace": "team", "generation": 3});
+    cluster["spec"] = json!({"topology": {"version": version, "classRef": {"name": "cc"}, "variables": [{"name": "image", "value": image}, {"name": "other", "value": 1}]}});
+    cluster
 }
 
 const CLUSTER_URL: &str = "/apis/cluster.x-k8s.io/v1beta2/namespaces/team/clusters/c";
@@ -727,7 +717,7 @@ async fn an_unfinished_cluster_gets_no_write_only_the_waiting_status() {
     let (ctx, verifier) = context();
     let scenario = verifier.run(|mut server| async move {
         let mut read = cluster_json("v1.30.1", "i-1301");
-        read["metadata"]["generation"] = json!(5);
+        read["metadata"]["generation"] = json!(4);
         server.next().await.ok(&read);
         let status = server
             .expect_status_apply::<ClusterClassClusterUpgrader>("team", "u", FIELD_MANAGER)
