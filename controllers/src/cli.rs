@@ -36,6 +36,31 @@ pub enum Command {
     Crds(CrdsArgs),
     /// List the Kubernetes versions a Debian repository holds, as a DebianRepositorySource would.
     Versions(VersionsArgs),
+    /// Print the pipeline as a tree: sources, syncers, images, plans, upgraders and clusters.
+    Status(StatusArgs),
+}
+
+/// Flags of `status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Namespace to show; the kubeconfig's namespace when omitted.
+    #[arg(short, long, conflicts_with = "all_namespaces")]
+    pub namespace: Option<String>,
+    /// Show every namespace.
+    #[arg(short = 'A', long)]
+    pub all_namespaces: bool,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = StatusOutput::Text)]
+    pub output: StatusOutput,
+}
+
+/// Output formats of `status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StatusOutput {
+    /// A tree, in colour on a terminal (unless `NO_COLOR` is set).
+    Text,
+    /// The same tree as JSON.
+    Json,
 }
 
 /// Flags of `crds`.

@@ -4,6 +4,7 @@ pub mod cli;
 pub mod controllers;
 pub mod crdgen;
 pub mod debian;
+pub mod describe;
 pub mod manager;
 pub mod runtime;
 pub mod shutdown;

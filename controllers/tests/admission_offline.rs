@@ -140,6 +140,19 @@ fn check_structure(schema: &Value, value: &Value, path: &str, errors: &mut Vec<S
             }
         }
         Value::Object(fields) => check_object(schema, fields, path, errors),
+        Value::Number(n) => {
+            let n = n.as_f64().unwrap();
+            if let Some(min) = schema["minimum"].as_f64()
+                && n < min
+            {
+                errors.push(format!("{path}: Invalid value: {n}: {path} in body should be greater than or equal to {min}"));
+            }
+            if let Some(max) = schema["maximum"].as_f64()
+                && n > max
+            {
+                errors.push(format!("{path}: Invalid value: {n}: {path} in body should be less than or equal to {max}"));
+            }
+        }
         _ => {}
     }
 }

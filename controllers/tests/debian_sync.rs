@@ -12,7 +12,8 @@ use kubernetes_upgrader::debian::{
     SyncOutcome, Validators,
 };
 use kubernetes_upgrader_testkit::debian::{
-    KeyOptions, RepoBuilder, RepoServer, TestKey, binary_keyring, clearsign, compress,
+    KeyOptions, RepoBuilder, RepoServer, TestKey, binary_keyring, clearsign, clearsign_flooded,
+    compress,
 };
 
 fn init() {
@@ -397,7 +398,8 @@ async fn expired_release_is_refused() {
             .sync(&spec(server.url()), Some(&key.keyring().unwrap()), None)
             .await,
     );
-    assert_eq!(reason, "SignatureInvalid", "{message}");
+    // Its own reason: the signature is fine, the Release is out of date.
+    assert_eq!(reason, "ReleaseExpired", "{message}");
     assert!(message.contains("Valid-Until"), "{message}");
     let future = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24);
     server.publish(&builder.valid_until(future).build().unwrap());
@@ -971,6 +973,28 @@ async fn a_304_is_refused_once_the_accepted_release_has_expired() {
         message.contains("304") && message.contains("Valid-Until"),
         "{message}"
     );
+    // A freshly started controller remembers the accepted Release's times (from status), not
+    // the HTTP validators: a forged 304 to its unconditional request is refused past
+    // Valid-Until, and is an HTTP error before it.
+    let from_status = Validators {
+        release_date: first.release_date(),
+        valid_until: first.valid_until(),
+        ..Validators::default()
+    };
+    server.fail_with_status("InRelease", 304);
+    let (reason, message) = failure(
+        at(fetcher(), now + hours(2))
+            .sync(&spec(server.url()), Some(&keyring), Some(&from_status))
+            .await,
+    );
+    assert_eq!(reason, "ReleaseExpired", "{message}");
+    let (reason, message) = failure(
+        at(fetcher(), now)
+            .sync(&spec(server.url()), Some(&keyring), Some(&from_status))
+            .await,
+    );
+    assert_eq!(reason, "HTTPStatus", "{message}");
+    assert!(message.contains("304"), "{message}");
 }
 
 #[tokio::test]
@@ -1106,6 +1130,39 @@ async fn only_the_first_signatures_are_considered() {
     );
     assert_eq!(reason, "SignatureInvalid");
     assert!(started.elapsed() < Duration::from_secs(20));
+}
+
+#[tokio::test]
+async fn a_flood_of_copied_signature_packets_is_refused_and_the_trusted_one_first_is_not() {
+    let key = TestKey::generate("archive").unwrap();
+    let stranger = TestKey::generate("stranger").unwrap();
+    let release = RepoBuilder::flat()
+        .kubeadm("1.31.0-1.1", "amd64")
+        .build()
+        .unwrap();
+    let text = std::str::from_utf8(release.file("Release").unwrap()).unwrap();
+    let server = RepoServer::start().await.unwrap();
+    server.publish(&release);
+    let keyring = key.keyring().unwrap();
+    let flooded = clearsign_flooded(&stranger, 3000, std::slice::from_ref(&key), text).unwrap();
+    assert!(flooded.len() > 3000 * 100, "{} bytes", flooded.len());
+    server.put("InRelease", flooded);
+    let (reason, message) = failure(
+        fetcher()
+            .sync(&spec(server.url()), Some(&keyring), None)
+            .await,
+    );
+    assert_eq!(reason, "SignatureInvalid", "{message}");
+    assert!(message.contains("only the first 8"), "{message}");
+    server.put(
+        "InRelease",
+        clearsign_flooded(&key, 3000, &[], text).unwrap(),
+    );
+    fetched(
+        fetcher()
+            .sync(&spec(server.url()), Some(&keyring), None)
+            .await,
+    );
 }
 
 #[tokio::test]

@@ -122,11 +122,28 @@ async fn setup() -> Result<Option<Cluster>> {
             }
         }
     };
+    Ok(Some(prepare(cluster).await?))
+}
+
+/// The cluster of `kubeconfig`, with our CRDs and admission policies installed: for tools such
+/// as the demo that were asked to use an existing cluster.
+pub async fn existing(kubeconfig: &Path) -> Result<Cluster> {
+    install_crypto_provider();
+    let path = std::fs::canonicalize(kubeconfig)
+        .with_context(|| format!("{} is not readable", kubeconfig.display()))?;
+    prepare(Cluster {
+        kubeconfig: path,
+        local: None,
+    })
+    .await
+}
+
+async fn prepare(cluster: Cluster) -> Result<Cluster> {
     let client = client_from_kubeconfig(&cluster.kubeconfig).await?;
     install::install_all(&client)
         .await
         .context("installing CRDs and admission policies")?;
-    Ok(Some(cluster))
+    Ok(cluster)
 }
 
 /// Installs ring as the process-wide rustls provider (once; later calls are no-ops).

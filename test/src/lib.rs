@@ -11,6 +11,7 @@
 //! client and a fresh namespace.
 
 pub mod builds;
+pub mod capi;
 pub mod chaos;
 pub mod cluster;
 pub mod control_plane;
@@ -100,6 +101,21 @@ impl TestEnv {
         <K as Resource>::DynamicType: Default,
     {
         Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    /// Warning events about the object `name` in this test's namespace.
+    pub async fn warnings(&self, name: &str) -> Result<Vec<k8s_openapi::api::events::v1::Event>> {
+        let events: Api<k8s_openapi::api::events::v1::Event> = self.api();
+        Ok(events
+            .list(&kube::api::ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .filter(|e| {
+                e.type_.as_deref() == Some("Warning")
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
+            })
+            .collect())
     }
 
     /// The admin kubeconfig.

@@ -8,7 +8,8 @@ use api::v1alpha1::{DebianRepositorySource, DebianRepositorySourceSpec, SignedBy
 
 pub use kubernetes_upgrader::debian::Compression;
 pub use kubernetes_upgrader_testkit::debian::{
-    Fault, Layout, RepoBuilder, RepoServer, Repository, TestKey, clearsign, detached_signature,
+    Fault, Layout, RepoBuilder, RepoServer, Repository, TestKey, clearsign, clearsign_flooded,
+    detached_signature,
 };
 
 /// Architectures every served repository carries (the source lists `amd64`, its default).
@@ -53,7 +54,7 @@ impl ServedRepo {
         let server = RepoServer::start().await?;
         let debian_versions: Vec<String> =
             debian_versions.iter().map(|v| (*v).to_owned()).collect();
-        let repository = build(&layout, &key, &debian_versions)?;
+        let repository = build(&layout, &key, &debian_versions, |b| b)?;
         server.publish(&repository);
         Ok(Self {
             server,
@@ -71,9 +72,43 @@ impl ServedRepo {
 
     /// Publishes a new repository version holding `debian_versions`.
     pub fn publish_versions(&mut self, debian_versions: &[&str]) -> Result<()> {
+        self.publish_with(debian_versions, |b| b)
+    }
+
+    /// Publishes a new repository version holding `debian_versions`, its Release adjusted by
+    /// `adjust` (a `Date`, a `Valid-Until`).
+    pub fn publish_with(
+        &mut self,
+        debian_versions: &[&str],
+        adjust: impl FnOnce(RepoBuilder) -> RepoBuilder,
+    ) -> Result<()> {
+        self.repository = self.build_with(debian_versions, adjust)?;
         self.debian_versions = debian_versions.iter().map(|v| (*v).to_owned()).collect();
-        self.repository = build(&self.layout, &self.key, &self.debian_versions)?;
         self.server.publish(&self.repository);
+        Ok(())
+    }
+
+    /// A repository version signed by this repository's key, without publishing it: what a
+    /// hostile mirror serves instead (an older Release, one dated in the future) through
+    /// `server.publish`, while [`ServedRepo::expected_versions`] stays what was published.
+    pub fn build_with(
+        &self,
+        debian_versions: &[&str],
+        adjust: impl FnOnce(RepoBuilder) -> RepoBuilder,
+    ) -> Result<Repository> {
+        let versions: Vec<String> = debian_versions.iter().map(|v| (*v).to_owned()).collect();
+        build(&self.layout, &self.key, &versions, adjust)
+    }
+
+    /// Serves the current Release with a flood of `copies` signature packets by an untrusted
+    /// key ahead of the trusted signature.
+    pub fn flood_signatures(&self, copies: usize) -> Result<()> {
+        let untrusted = TestKey::generate("flood")?;
+        let (dir, text) = self.release_text()?;
+        self.server.replace(
+            &format!("{dir}InRelease"),
+            clearsign_flooded(&untrusted, copies, std::slice::from_ref(&self.key), &text)?,
+        );
         Ok(())
     }
 
@@ -119,15 +154,20 @@ impl ServedRepo {
         }
     }
 
-    /// Serves the current Release signed by another, untrusted key.
-    pub fn sign_with_untrusted_key(&self) -> Result<()> {
-        let untrusted = TestKey::generate("untrusted")?;
+    /// The directory of the Release files and the current Release's text.
+    fn release_text(&self) -> Result<(String, String)> {
         let dir = self.builder().release_dir();
         let release = self
             .repository
             .file(&format!("{dir}Release"))
             .context("the repository has no Release")?;
-        let text = String::from_utf8(release.to_vec())?;
+        Ok((dir, String::from_utf8(release.to_vec())?))
+    }
+
+    /// Serves the current Release signed by another, untrusted key.
+    pub fn sign_with_untrusted_key(&self) -> Result<()> {
+        let untrusted = TestKey::generate("untrusted")?;
+        let (dir, text) = self.release_text()?;
         self.server.replace(
             &format!("{dir}InRelease"),
             clearsign(std::slice::from_ref(&untrusted), &text)?,
@@ -200,12 +240,26 @@ fn builder(layout: &Layout) -> RepoBuilder {
     }
 }
 
-fn build(layout: &Layout, key: &TestKey, debian_versions: &[String]) -> Result<Repository> {
+fn build(
+    layout: &Layout,
+    key: &TestKey,
+    debian_versions: &[String],
+    adjust: impl FnOnce(RepoBuilder) -> RepoBuilder,
+) -> Result<Repository> {
     let mut builder = builder(layout).architectures(&ARCHITECTURES);
     for version in debian_versions {
         builder = builder.kubernetes(version, &ARCHITECTURES);
     }
-    builder.signed_by(key).build()
+    adjust(builder.signed_by(key)).build()
+}
+
+/// A source's `status.versions`, empty when it has none.
+pub fn published_versions(source: &DebianRepositorySource) -> Vec<String> {
+    source
+        .status
+        .as_ref()
+        .and_then(|s| s.versions.clone())
+        .unwrap_or_default()
 }
 
 /// The `status.versions` a source publishes for these Debian versions: epoch and revision

@@ -5,13 +5,12 @@
 use std::time::{Duration, Instant};
 
 use api::v1alpha1::{DebianRepositorySource, SignedBy};
-use e2e::repo::ServedRepo;
+use e2e::repo::{ServedRepo, published_versions};
 use e2e::status::{condition_reason, condition_status, observed_current, to_json};
 use e2e::{TestEnv, e2e_env};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{ConfigMap, ConfigMapKeySelector, Secret, SecretKeySelector};
-use k8s_openapi::api::events::v1::Event;
-use kube::api::{ListParams, ObjectMeta, PostParams};
+use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, ResourceExt};
 
 /// `spec.interval` of every source here.
@@ -23,19 +22,11 @@ fn one_interval() -> Duration {
     Duration::from_secs(INTERVAL_SECS + INTERVAL_SECS / 10 + 4)
 }
 
-fn versions(source: &DebianRepositorySource) -> Vec<String> {
-    source
-        .status
-        .as_ref()
-        .and_then(|s| s.versions.clone())
-        .unwrap_or_default()
-}
-
 fn ready_with(source: &DebianRepositorySource, expected: &[String]) -> bool {
     let json = to_json(source);
     condition_status(&json, "Ready").as_deref() == Some("True")
         && observed_current(&json)
-        && versions(source) == expected
+        && published_versions(source) == expected
 }
 
 async fn create(env: &TestEnv, source: &DebianRepositorySource) -> Api<DebianRepositorySource> {
@@ -237,22 +228,6 @@ async fn without_signed_by_it_lists_versions_but_is_not_verified() {
     );
 }
 
-/// Warning events about `name` in the test namespace.
-async fn warnings(env: &TestEnv, name: &str) -> Vec<Event> {
-    let events: Api<Event> = env.api();
-    events
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter(|e| {
-            e.type_.as_deref() == Some("Warning")
-                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
-        })
-        .collect()
-}
-
 /// How a fault is set up on the served repository.
 enum Fault {
     Status500,
@@ -278,7 +253,7 @@ async fn fault_scenario(test: &str, fault: Fault, reasons: &[&str]) {
     .await;
     wait_ready(&api, name, &good, Duration::from_secs(30)).await;
     assert!(
-        warnings(&env, name).await.is_empty(),
+        env.warnings(name).await.unwrap().is_empty(),
         "Warning events while healthy"
     );
 
@@ -309,7 +284,7 @@ async fn fault_scenario(test: &str, fault: Fault, reasons: &[&str]) {
     .await
     .unwrap_or_else(|e| panic!("{e:#}\nmanager log:\n{}", manager.log_tail()));
     assert_eq!(
-        versions(&failed),
+        published_versions(&failed),
         good,
         "the last good versions must be kept"
     );
@@ -317,7 +292,7 @@ async fn fault_scenario(test: &str, fault: Fault, reasons: &[&str]) {
     let events = e2e::eventually("a Warning event", Duration::from_secs(10), || {
         let env = &env;
         async move {
-            let found = warnings(env, name).await;
+            let found = env.warnings(name).await.unwrap();
             Ok((!found.is_empty()).then_some(found))
         }
     })

@@ -335,6 +335,12 @@ pub fn detached_signature(keys: &[TestKey], data: &[u8]) -> anyhow::Result<Strin
             .to_writer(&mut packets)
             .map_err(|e| anyhow!("serializing signature: {e}"))?;
     }
+    armored.push_str(&armored_signatures(packets)?);
+    Ok(armored)
+}
+
+/// Signature packets in one armored `PGP SIGNATURE` block.
+fn armored_signatures(packets: Vec<u8>) -> anyhow::Result<String> {
     let mut out = Vec::new();
     pgp::armor::write(
         &RawPackets(packets),
@@ -343,9 +349,8 @@ pub fn detached_signature(keys: &[TestKey], data: &[u8]) -> anyhow::Result<Strin
         None,
         true,
     )
-    .map_err(|e| anyhow!("armoring signature: {e}"))?;
-    armored.push_str(std::str::from_utf8(&out)?);
-    Ok(armored)
+    .map_err(|e| anyhow!("armoring signatures: {e}"))?;
+    Ok(String::from_utf8(out)?)
 }
 
 struct RawPackets(Vec<u8>);
@@ -368,6 +373,35 @@ pub fn clearsign(keys: &[TestKey], text: &str) -> anyhow::Result<String> {
     message
         .to_armored_string(ArmorOptions::default())
         .map_err(|e| anyhow!("armoring: {e}"))
+}
+
+/// `text` clear-signed with a flood of signature packets: `flood`'s signature `copies` times,
+/// then one by each of `keys`. It costs one signing per key to make, however many copies.
+pub fn clearsign_flooded(
+    flood: &TestKey,
+    copies: usize,
+    keys: &[TestKey],
+    text: &str,
+) -> anyhow::Result<String> {
+    let packets_of = |key: &TestKey| -> anyhow::Result<(String, Vec<u8>)> {
+        let signed = clearsign(std::slice::from_ref(key), text)?;
+        let at = signed
+            .find("-----BEGIN PGP SIGNATURE-----")
+            .context("the clear-signed text has no signature block")?;
+        let mut packets = Vec::new();
+        std::io::Read::read_to_end(
+            &mut pgp::armor::Dearmor::new(&signed.as_bytes()[at..]),
+            &mut packets,
+        )
+        .context("dearmoring the signature")?;
+        Ok((signed[..at].to_owned(), packets))
+    };
+    let (head, one) = packets_of(flood)?;
+    let mut packets = one.repeat(copies);
+    for key in keys {
+        packets.extend(packets_of(key)?.1);
+    }
+    Ok(format!("{head}{}", armored_signatures(packets)?))
 }
 
 /// A concatenation of binary public keys: a binary keyring with several keys.

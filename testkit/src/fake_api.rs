@@ -182,10 +182,14 @@ async fn handle(
     let query = query.unwrap_or_default();
     let options = &state.options;
     let is_list = path.starts_with(GROUP_PATH) && path.ends_with("/debianrepositorysources");
+    // The other collections the manager's controllers watch hold nothing here.
+    let is_empty_collection = !is_list && is_other_collection(&path);
     let kind = match (&method, path.as_str()) {
         (&Method::GET, GROUP_PATH) => "discovery",
         (&Method::GET, _) if is_list && query.contains("watch=true") => "watch",
         (&Method::GET, _) if is_list => "list",
+        (&Method::GET, _) if is_empty_collection && query.contains("watch=true") => "empty watch",
+        (&Method::GET, _) if is_empty_collection => "empty list",
         (&Method::PATCH, p) if p.ends_with("/status") => "patch status",
         (&Method::POST, p) if p.contains("/events") => "create event",
         _ => "other",
@@ -258,12 +262,42 @@ async fn handle(
                 .send(json!({"type": "MODIFIED", "object": object}));
             json_response(StatusCode::OK, object)
         }
+        "empty list" => {
+            let version = state
+                .objects
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .resource_version
+                .to_string();
+            json_response(
+                StatusCode::OK,
+                &json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": version}, "items": []}),
+            )
+        }
+        "empty watch" => (
+            StatusCode::OK,
+            [("content-type", "application/json")],
+            Body::from_stream(futures::stream::pending::<Result<Bytes, std::io::Error>>()),
+        )
+            .into_response(),
         "create event" => json_response(
             StatusCode::CREATED,
             &serde_json::from_slice(&body).unwrap_or(Value::Null),
         ),
         _ => json_response(StatusCode::NOT_FOUND, &not_found(&path)),
     }
+}
+
+/// Whether `path` is a collection of one of our other kinds, or of the Jobs and Pods the build
+/// controllers watch.
+fn is_other_collection(path: &str) -> bool {
+    let last = path.rsplit('/').next().unwrap_or_default();
+    (path.starts_with(GROUP_PATH)
+        && api::v1alpha1::crds()
+            .iter()
+            .any(|crd| crd.spec.names.plural == last))
+        || (path.starts_with("/apis/batch/v1/") && last == "jobs")
+        || (path.starts_with("/api/v1/") && last == "pods")
 }
 
 fn not_found(path: &str) -> Value {

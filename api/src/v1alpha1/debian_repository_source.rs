@@ -204,6 +204,25 @@ pub struct DebianRepositorySourceStatus {
     /// Matching paragraphs whose upstream version is not semver, and so not published.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub skipped_versions: Option<i64>,
+
+    /// The Debian version behind each entry of `versions`, in the same order and with the same
+    /// bound: where several Debian revisions map to one version, the highest (dpkg ordering).
+    /// Read by build pipelines that install the exact packages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
+    #[x_kube(merge_strategy = kube::core::ListMerge::Map(vec!["version".into()]))]
+    pub debian_versions: Option<Vec<DebianVersion>>,
+}
+
+/// One published version and the Debian package version it was read from.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+pub struct DebianVersion {
+    /// The published version, `vMAJOR.MINOR.PATCH`, as in `status.versions`.
+    #[schemars(length(min = 1, max = 256))]
+    pub version: String,
+    /// The highest Debian version of the package for it, such as `1.31.2-1.1`.
+    #[schemars(length(min = 1, max = 256))]
+    pub debian: String,
 }
 
 #[allow(clippy::unnecessary_wraps)]

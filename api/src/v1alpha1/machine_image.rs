@@ -1,7 +1,7 @@
 //! MachineImage: one Kubernetes version built into a machine image by a Job.
 
 use k8s_openapi::api::core::v1::{ObjectReference, PodSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
@@ -61,11 +61,63 @@ pub fn version_rule() -> kube::core::Rule {
 /// The build Job's template.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[x_kube(validation = kube::core::Rule::new("size(self.spec.containers) > 0").message("jobTemplate.spec.containers must hold at least one container"))]
+#[x_kube(validation = kube::core::Rule::new("!has(self.imageIDContainer) || self.spec.containers.exists(c, c.name == self.imageIDContainer)").message("jobTemplate.imageIDContainer must name a container of jobTemplate.spec.containers"))]
 #[serde(rename_all = "camelCase")]
 pub struct JobTemplate {
     /// The pod spec, copied verbatim into the build Job's pod template.
     pub spec: PodSpec,
+
+    /// Retries of the build pod before the Job fails (the Job's `backoffLimit`; Kubernetes
+    /// defaults it to 6).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100))]
+    pub backoff_limit: Option<i32>,
+
+    /// Seconds the build may run before the Job fails (the Job's `activeDeadlineSeconds`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 604_800))]
+    pub active_deadline_seconds: Option<i64>,
+
+    /// Seconds a finished Job is kept before Kubernetes deletes it (the Job's
+    /// `ttlSecondsAfterFinished`). A finished Job that vanishes this way does not start a new
+    /// build; use the rebuild annotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 31_536_000))]
+    pub ttl_seconds_after_finished: Option<i32>,
+
+    /// The container whose termination message (`/dev/termination-log`) carries the image ID
+    /// when the Job has no `kubernetesupgraded.dimitrikoshkin.com/image-id` annotation. Defaults
+    /// to the last container.
+    #[serde(
+        default,
+        rename = "imageIDContainer",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(length(min = 1, max = 63))]
+    pub image_id_container: Option<String>,
 }
+
+impl JobTemplate {
+    /// The name of the container whose termination message carries the image ID.
+    pub fn image_id_container_name(&self) -> Option<&str> {
+        self.image_id_container
+            .as_deref()
+            .or_else(|| self.spec.containers.last().map(|c| c.name.as_str()))
+    }
+}
+
+/// Annotation on a MachineImage carrying the Debian package version of `spec.version` (such as
+/// `1.31.2-1.1`), copied by the syncer from its source's `status.debianVersions`; injected into
+/// the build as `KUBERNETES_DEB_VERSION`.
+pub const DEBIAN_VERSION_ANNOTATION: &str = "kubernetes-upgrader.dimitrikoshkin.com/debian-version";
+/// Annotation on a MachineImage recording the `MACHINE_IMAGE_STAMP` of the build that produced
+/// its `spec.id`.
+pub const OS_IMAGE_STAMP_ANNOTATION: &str = "kubernetesupgraded.dimitrikoshkin.com/os-image-stamp";
+/// Annotation on a build Job holding its attempt number.
+pub const ATTEMPT_ANNOTATION: &str = "kubernetesupgraded.dimitrikoshkin.com/attempt";
+/// Annotation on a build Job holding the hash of the job template it was rendered from.
+pub const JOB_TEMPLATE_HASH_ANNOTATION: &str =
+    "kubernetesupgraded.dimitrikoshkin.com/job-template-hash";
 
 /// `status.phase` of a MachineImage.
 #[derive(Serialize, Deserialize, schemars::JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
@@ -103,4 +155,26 @@ pub struct MachineImageStatus {
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+
+    /// Build attempts started so far: the attempt number of the latest Job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<i32>,
+
+    /// The value of the `kubernetesupgraded.dimitrikoshkin.com/rebuild` annotation that the
+    /// latest attempt answered; a different value requests a new attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rebuild: Option<String>,
+
+    /// Hash of the job template the latest attempt was rendered from; a change while the image
+    /// is not built starts a new attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_template_hash: Option<String>,
+
+    /// When the latest build started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_start_time: Option<Time>,
+
+    /// When the latest build finished, successfully or not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_completion_time: Option<Time>,
 }

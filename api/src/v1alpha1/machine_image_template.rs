@@ -75,7 +75,8 @@ pub struct MachineImageTemplateImageSpec {
     pub job_template: JobTemplate,
 }
 
-/// Observed state of a MachineImageTemplate. No controller reconciles templates yet.
+/// Observed state of a MachineImageTemplate: whether its job template renders into a Job the API
+/// server accepts, and the images created from it.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct MachineImageTemplateStatus {
@@ -87,4 +88,10 @@ pub struct MachineImageTemplateStatus {
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+
+    /// Names of the MachineImages created from this template (annotation
+    /// `kubernetes-upgrader.dimitrikoshkin.com/cloned-from`), newest first, at most 32.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    pub machine_images: Option<Vec<String>>,
 }

@@ -2,6 +2,8 @@
 //! them by name. `controllers/README.md` has the checklist for adding one.
 
 pub mod debian_source;
+pub mod machine_image;
+pub mod machine_image_template;
 pub mod plan;
 pub mod upgrader;
 
@@ -10,6 +12,8 @@ use crate::runtime::Registration;
 /// Every controller this build ships.
 pub const ALL: &[Registration] = &[
     debian_source::REGISTRATION,
+    machine_image::REGISTRATION,
+    machine_image_template::REGISTRATION,
     plan::REGISTRATION,
     upgrader::CLUSTER_CLASS_REGISTRATION,
     upgrader::IN_CLUSTER_REGISTRATION,

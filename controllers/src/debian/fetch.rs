@@ -152,6 +152,23 @@ impl Fetcher {
     }
 }
 
+/// Whether `index_url` (a [`Listing::index_url`]) was read through the Release that `spec`
+/// reads: it lies below that Release's directory. The accepted Release's `Date` and
+/// `Valid-Until` kept beside such a listing belong to `spec`'s repository; after a change to
+/// another repository (URL, suite or component) they do not, and a fresh start is made there.
+pub fn index_url_belongs_to(spec: &RepositorySpec, index_url: &str) -> bool {
+    let Ok(target) = Target::parse(spec) else {
+        return false;
+    };
+    let mut dir = match target {
+        Target::Repository { release_dir, .. } => release_dir,
+        Target::Index { dir, .. } => dir,
+    };
+    dir.set_query(None);
+    let index = index_url.split(['?', '#']).next().unwrap_or_default();
+    index.starts_with(&redact_url(dir.as_str()))
+}
+
 /// Where to look, derived from the spec.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Target {
@@ -247,7 +264,11 @@ impl Target {
 
 /// Outcome of one GET.
 enum Got {
-    NotModified,
+    /// 304; `asked` says whether the request carried validators (a 304 to an unconditional
+    /// request is the server's word alone).
+    NotModified {
+        asked: bool,
+    },
     NotFound,
     Body(Box<Response>, Validators),
 }
@@ -507,8 +528,10 @@ impl Session<'_> {
     }
 
     /// A 304 for the Release is only as good as the Release it stands for: refused once that
-    /// Release's `Valid-Until` has passed.
-    fn not_modified(&self, url: &Url) -> Result<ReleaseRead, SyncError> {
+    /// Release's `Valid-Until` has passed, whether or not the request was conditional (a
+    /// freshly started controller remembers the accepted Release's times, not its validators).
+    /// Otherwise a 304 to an unconditional request is an HTTP error.
+    fn not_modified(&self, url: &Url, asked: bool) -> Result<ReleaseRead, SyncError> {
         if let Some(until) = self.previous.and_then(|p| p.valid_until)
             && until < self.now
         {
@@ -516,6 +539,12 @@ impl Session<'_> {
                 "{}: the server answered 304 Not Modified, but the Release accepted before expired at {until} (Valid-Until)",
                 redact_url(url.as_str())
             )));
+        }
+        if !asked {
+            return Err(SyncError::HttpStatus {
+                url: redact_url(url.as_str()),
+                status: 304,
+            });
         }
         Ok(ReleaseRead::NotModified)
     }
@@ -556,7 +585,7 @@ impl Session<'_> {
     async fn release(&self, dir: &Url) -> Result<ReleaseRead, SyncError> {
         let inrelease = join(dir, "InRelease");
         match self.get(&inrelease, true).await? {
-            Got::NotModified => return self.not_modified(&inrelease),
+            Got::NotModified { asked } => return self.not_modified(&inrelease, asked),
             Got::Body(response, validators) => {
                 let body = self.read_small(&inrelease, response).await?;
                 return self.verify(&inrelease, body, None, validators).await;
@@ -565,7 +594,7 @@ impl Session<'_> {
         }
         let plain = join(dir, "Release");
         let (body, validators) = match self.get(&plain, true).await? {
-            Got::NotModified => return self.not_modified(&plain),
+            Got::NotModified { asked } => return self.not_modified(&plain, asked),
             Got::NotFound if self.keyring.is_some() => {
                 return Err(SyncError::RepositoryNotFound {
                     url: redact_url(dir.as_str()),
@@ -596,7 +625,7 @@ impl Session<'_> {
                     redact_url(plain.as_str())
                 )));
             }
-            Got::NotModified => {
+            Got::NotModified { .. } => {
                 return Err(SyncError::HttpStatus {
                     url: redact_url(signature_url.as_str()),
                     status: 304,
@@ -613,7 +642,13 @@ impl Session<'_> {
         let url = &candidate.url;
         let shown = redact_url(url.as_str());
         let (mut response, validators) = match self.get(url, conditional).await? {
-            Got::NotModified => return Ok(Got2::NotModified),
+            Got::NotModified { asked: true } => return Ok(Got2::NotModified),
+            Got::NotModified { asked: false } => {
+                return Err(SyncError::HttpStatus {
+                    url: shown,
+                    status: 304,
+                });
+            }
             Got::NotFound => return Ok(Got2::NotFound),
             Got::Body(response, validators) => (response, validators),
         };
@@ -712,8 +747,10 @@ impl Session<'_> {
             .await?
             .map_err(|e| fetch_failed(url, &e))?;
         let status = response.status();
-        if status == StatusCode::NOT_MODIFIED && sent_validators {
-            return Ok(Got::NotModified);
+        if status == StatusCode::NOT_MODIFIED && (sent_validators || conditional) {
+            return Ok(Got::NotModified {
+                asked: sent_validators,
+            });
         }
         if status == StatusCode::NOT_FOUND {
             return Ok(Got::NotFound);
@@ -906,6 +943,43 @@ mod tests {
             join(&url("http://x/deb/"), "main/by-hash/SHA256/ab#c?d").as_str(),
             "http://x/deb/main/by-hash/SHA256/ab%23c%3Fd"
         );
+    }
+
+    #[test]
+    fn index_urls_belong_to_the_repository_whose_release_lists_them() {
+        let flat = spec("https://u:p@x/deb?t=1", None, None);
+        assert!(index_url_belongs_to(
+            &flat,
+            "https://redacted@x/deb/Packages.gz?t=1"
+        ));
+        assert!(index_url_belongs_to(
+            &flat,
+            "https://redacted@x/deb/by-hash/SHA256/ab?t=1"
+        ));
+        assert!(!index_url_belongs_to(
+            &flat,
+            "https://redacted@x/other/Packages.gz"
+        ));
+        assert!(!index_url_belongs_to(
+            &flat,
+            "https://redacted@y/deb/Packages"
+        ));
+        let dists = spec("http://x/debian", Some("stable"), Some("main"));
+        assert!(index_url_belongs_to(
+            &dists,
+            "http://x/debian/dists/stable/main/binary-arm64/Packages.xz"
+        ));
+        let other_suite = spec("http://x/debian", Some("testing"), Some("main"));
+        assert!(!index_url_belongs_to(
+            &other_suite,
+            "http://x/debian/dists/stable/main/binary-arm64/Packages.xz"
+        ));
+        let direct = spec("http://x/deb/Packages", None, None);
+        assert!(index_url_belongs_to(&direct, "http://x/deb/Packages"));
+        assert!(!index_url_belongs_to(
+            &spec("ftp://x/", None, None),
+            "ftp://x/Packages"
+        ));
     }
 
     #[test]

@@ -35,12 +35,13 @@ pub mod scan;
 pub mod versions;
 
 pub use cli::{OutputFormat, VersionsArgs, run_versions};
-pub use fetch::Fetcher;
+pub use fetch::{Fetcher, index_url_belongs_to};
 pub use index::Compression;
 pub use keyring::Keyring;
 
-/// Where the repository is and what to read from it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Where the repository is and what to read from it. Its `Debug` output redacts the URL's
+/// `user:password@`, so a span or log field that prints it leaks nothing.
+#[derive(Clone, PartialEq, Eq)]
 pub struct RepositorySpec {
     /// Repository root (flat or dists layout), or a direct `…/Packages{,.gz,.xz}` URL.
     pub url: String,
@@ -56,6 +57,29 @@ pub struct RepositorySpec {
     pub max_index_bytes: u64,
     /// Time allowed for the whole sync.
     pub timeout: Duration,
+}
+
+impl std::fmt::Debug for RepositorySpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Self {
+            url,
+            suite,
+            component,
+            architecture,
+            package,
+            max_index_bytes,
+            timeout,
+        } = self;
+        f.debug_struct("RepositorySpec")
+            .field("url", &message::redact_url(url))
+            .field("suite", suite)
+            .field("component", component)
+            .field("architecture", architecture)
+            .field("package", package)
+            .field("max_index_bytes", max_index_bytes)
+            .field("timeout", timeout)
+            .finish()
+    }
 }
 
 /// What the client remembers about the last accepted sync: the HTTP validators for conditional

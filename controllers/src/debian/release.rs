@@ -157,7 +157,7 @@ impl Release {
         if let Some(until) = self.valid_until
             && until < now
         {
-            return Err(SyncError::SignatureInvalid(format!(
+            return Err(SyncError::ReleaseExpired(format!(
                 "{}: expired at {until} (Valid-Until); refusing a possibly replayed Release",
                 self.url
             )));

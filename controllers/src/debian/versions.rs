@@ -38,10 +38,70 @@ pub fn map_versions<'a>(debian_versions: impl IntoIterator<Item = &'a str>) -> (
     (parsed.iter().map(|v| format!("v{v}")).collect(), skipped)
 }
 
+/// For each Kubernetes version the Debian versions map to, the highest Debian version (dpkg
+/// ordering: epoch, upstream, revision) that maps to it; sorted ascending by the Kubernetes
+/// version, as [`map_versions`] sorts. Versions that do not map are left out.
+pub fn highest_debian_versions<'a>(
+    debian_versions: impl IntoIterator<Item = &'a str>,
+) -> Vec<(String, String)> {
+    let mut highest: std::collections::BTreeMap<semver::Version, (PackageVersion, &'a str)> =
+        std::collections::BTreeMap::new();
+    for raw in debian_versions {
+        let (Some(version), Ok(parsed)) = (kubernetes_version(raw), PackageVersion::parse(raw))
+        else {
+            continue;
+        };
+        match highest.entry(version) {
+            std::collections::btree_map::Entry::Vacant(slot) => {
+                slot.insert((parsed, raw));
+            }
+            std::collections::btree_map::Entry::Occupied(mut slot) => {
+                if parsed > slot.get().0 {
+                    slot.insert((parsed, raw));
+                }
+            }
+        }
+    }
+    highest
+        .into_iter()
+        .map(|(version, (_, raw))| (format!("v{version}"), raw.to_owned()))
+        .collect()
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::panic)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_highest_debian_revision_stands_for_each_version() {
+        let input = [
+            "1.30.1-1.1",
+            "1.9.0-00",
+            "1:1.30.0-1.1",
+            "1.30.1-1.10",
+            "1.30.1-1.2",
+            "1.30.0-2.1",
+            "1.2.3+dfsg",
+        ];
+        let pairs = highest_debian_versions(input);
+        assert_eq!(
+            pairs,
+            [
+                ("v1.9.0".to_owned(), "1.9.0-00".to_owned()),
+                // The epoch outranks any revision.
+                ("v1.30.0".to_owned(), "1:1.30.0-1.1".to_owned()),
+                // 1.10 > 1.2 > 1.1 in dpkg ordering, not in string ordering.
+                ("v1.30.1".to_owned(), "1.30.1-1.10".to_owned()),
+            ]
+        );
+        let versions: Vec<String> = pairs.into_iter().map(|(v, _)| v).collect();
+        assert_eq!(
+            versions,
+            map_versions(input).0,
+            "the same order as versions"
+        );
+    }
 
     #[test]
     fn maps_pkgs_k8s_io_and_legacy_versions() {

@@ -113,6 +113,24 @@ pub struct Running {
     pub run: BoxFuture<'static, Result<(), ControllerError>>,
 }
 
+impl Running {
+    /// A controller that cannot run (a shared watch was started before it subscribed): it
+    /// reports [`ControllerError::StreamEnded`] at once.
+    pub fn stream_ended(ready: BoxFuture<'static, ()>) -> Self {
+        Self {
+            ready,
+            run: Box::pin(async { Err(ControllerError::StreamEnded) }),
+        }
+    }
+}
+
+/// Resolves once every one of `readiness` has.
+pub fn all_ready(readiness: Vec<BoxFuture<'static, ()>>) -> BoxFuture<'static, ()> {
+    Box::pin(async move {
+        futures::future::join_all(readiness).await;
+    })
+}
+
 /// A controller the manager knows how to start.
 #[derive(Clone, Copy, Debug)]
 pub struct Registration {
@@ -140,6 +158,41 @@ where
             .is_err()
         {}
     })
+}
+
+/// The time of a reconcile, in whole seconds (the precision of metav1 `Time` on the wire), so
+/// that a status written now compares equal when it is read back.
+pub fn now() -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Time {
+    use k8s_openapi::jiff::Timestamp;
+    k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        Timestamp::from_second(Timestamp::now().as_second()).unwrap_or_else(|_| Timestamp::now()),
+    )
+}
+
+/// Runs a controller's result stream to its end, reporting each result through `reporter`.
+/// Ending before `shutdown` was requested is [`ControllerError::StreamEnded`].
+pub async fn drive<K, E, Q>(
+    results: impl futures::Stream<Item = Result<(ObjectRef<K>, Action), controller::Error<E, Q>>>,
+    reporter: Reporter,
+    shutdown: Shutdown,
+) -> Result<(), ControllerError>
+where
+    K: Resource<DynamicType = ()>,
+    E: ReconcileError,
+    Q: std::error::Error + 'static,
+{
+    use futures::StreamExt;
+    results
+        .for_each(|result| {
+            let reporter = reporter.clone();
+            async move { reporter.report(result).await }
+        })
+        .await;
+    if shutdown.is_requested() {
+        Ok(())
+    } else {
+        Err(ControllerError::StreamEnded)
+    }
 }
 
 /// A controller's reconcile error: a stable category, used as the metric label and the Warning

@@ -4,11 +4,14 @@
 use std::time::Duration;
 
 use api::conditions::{self, Desired, Status};
-use api::v1alpha1::{CONDITION_READY, CONDITION_VERIFIED, DebianRepositorySourceStatus};
+use api::v1alpha1::{
+    CONDITION_READY, CONDITION_VERIFIED, DebianRepositorySourceStatus, DebianVersion,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::keys::KeyError;
 use super::validate::SpecError;
+use crate::debian::versions::highest_debian_versions;
 use crate::debian::{Listing, SyncError, SyncOutcome};
 use crate::runtime::backoff::with_jitter;
 use crate::runtime::{Note, cause_chain};
@@ -27,6 +30,12 @@ pub const EVENT_LIST_VERSIONS_FAILED: &str = "ListVersionsFailed";
 pub const EVENT_VERSIONS_CHANGED: &str = "VersionsChanged";
 /// Normal event when a failing source syncs again with unchanged versions.
 pub const EVENT_RECOVERED: &str = "Recovered";
+
+/// Most entries `status.versions` and `status.debianVersions` hold (the schema's `maxItems`):
+/// beyond it the highest are kept, and the Ready message says so.
+pub const MAX_VERSIONS: usize = 4096;
+/// Longest string in `status.debianVersions` (the schema's `maxLength`).
+pub const MAX_VERSION_TEXT: usize = 256;
 
 /// First retry delay after a failure.
 pub const RETRY_BASE: Duration = Duration::from_secs(5);
@@ -135,6 +144,7 @@ fn owned_fields(current: &DebianRepositorySourceStatus) -> DebianRepositorySourc
         skipped_versions: current.skipped_versions,
         release_date: current.release_date.clone(),
         release_valid_until: current.release_valid_until.clone(),
+        debian_versions: current.debian_versions.clone(),
     }
 }
 
@@ -204,6 +214,10 @@ pub fn decide(observed: &Observed<'_>) -> Decision {
         notes.push(Note::warning(REASON_NO_SIGNED_BY, no_signed_by_message()));
     }
 
+    // Every message is bounded, printable and redacted, whatever the listing or error held.
+    for condition in &mut desired {
+        condition.message = crate::text::bounded(&condition.message);
+    }
     status.conditions = Some(conditions::merge(
         current.conditions.as_deref().unwrap_or_default(),
         &desired,
@@ -224,7 +238,19 @@ fn apply_listing(
     signed: bool,
     now: &Time,
 ) {
-    let versions = Some(listing.versions.clone());
+    let kept = highest(&listing.versions);
+    let published: std::collections::HashSet<&str> = kept.iter().map(String::as_str).collect();
+    let debian_versions =
+        highest_debian_versions(listing.debian_versions.iter().map(String::as_str))
+            .into_iter()
+            .filter(|(version, debian)| {
+                published.contains(version.as_str())
+                    && version.len() <= MAX_VERSION_TEXT
+                    && debian.len() <= MAX_VERSION_TEXT
+            })
+            .map(|(version, debian)| DebianVersion { version, debian })
+            .collect();
+    let versions = Some(kept.to_vec());
     if status.versions != versions {
         status.last_change_time = Some(now.clone());
     }
@@ -235,7 +261,8 @@ fn apply_listing(
         status.last_sync_time = Some(now.clone());
     }
     status.versions = versions;
-    status.index_url = Some(listing.index_url.clone());
+    status.debian_versions = Some(debian_versions);
+    status.index_url = Some(crate::text::redact_url(&listing.index_url));
     status.index_sha256 = Some(listing.index_sha256.clone());
     status.signing_key_fingerprint = if signed {
         listing.signing_key_fingerprint.clone()
@@ -247,11 +274,24 @@ fn apply_listing(
     status.release_valid_until = listing.valid_until().map(Time);
 }
 
+/// The highest [`MAX_VERSIONS`] of `versions` (sorted ascending).
+fn highest(versions: &[String]) -> &[String] {
+    &versions[versions.len().saturating_sub(MAX_VERSIONS)..]
+}
+
+/// Says how many versions are listed, and where. Read from the status alone, so that a 304 or a
+/// recovery words it exactly as the sync that wrote the versions did.
 fn ready_message(status: &DebianRepositorySourceStatus) -> String {
     let count = status.versions.as_ref().map_or(0, Vec::len);
+    // Before the URL, which may be long enough to be cut off.
+    let capped = if count >= MAX_VERSIONS {
+        format!(" (status.versions holds at most {MAX_VERSIONS}: only the highest are kept)")
+    } else {
+        String::new()
+    };
     match &status.index_url {
-        Some(url) => format!("{count} versions listed in {url}"),
-        None => format!("{count} versions listed"),
+        Some(url) => format!("{count} versions listed{capped} in {url}"),
+        None => format!("{count} versions listed{capped}"),
     }
 }
 
@@ -633,6 +673,7 @@ mod tests {
             crate::runtime::fixtures::sorted_keys(&value),
             [
                 "conditions",
+                "debianVersions",
                 "indexSHA256",
                 "indexURL",
                 "lastChangeTime",

@@ -29,7 +29,10 @@ pub use decide::{Decision, Failure, Observed, decide, retry_after};
 pub use keys::{KeyError, load_keyring};
 pub use validate::{SpecError, Validated, default_interval, validate};
 
-use crate::debian::{Fetcher, Keyring, RepositorySpec, SyncError, SyncOutcome, Validators};
+use crate::debian::{
+    Fetcher, Keyring, RepositorySpec, SharedClock, SyncError, SyncOutcome, Validators,
+    index_url_belongs_to,
+};
 use crate::runtime::backoff::backoff;
 use crate::runtime::caches::generation_changed;
 use crate::runtime::status::{WriteError, apply_status};
@@ -76,6 +79,8 @@ pub trait Repository: Send + Sync {
 #[derive(Default)]
 pub struct HttpRepository {
     clients: Mutex<Clients>,
+    /// The clock Release times are checked with; the wall clock when unset.
+    clock: Option<SharedClock>,
 }
 
 #[derive(Default)]
@@ -95,6 +100,15 @@ impl Clients {
 }
 
 impl HttpRepository {
+    /// Checks Release times against `clock` instead of the wall clock.
+    #[must_use]
+    pub fn with_clock(clock: SharedClock) -> Self {
+        Self {
+            clock: Some(clock),
+            ..Self::default()
+        }
+    }
+
     fn fetcher(&self, user: &str, ca_bundle: Option<&str>) -> Result<Arc<Fetcher>, SyncError> {
         let bundle: Option<[u8; 32]> = ca_bundle.map(|pem| Sha256::digest(pem).into());
         let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
@@ -104,7 +118,11 @@ impl HttpRepository {
         if let Some(fetcher) = clients.by_bundle.get(&bundle) {
             return Ok(Arc::clone(fetcher));
         }
-        let fetcher = Arc::new(Fetcher::new(ca_bundle)?);
+        let mut fetcher = Fetcher::new(ca_bundle)?;
+        if let Some(clock) = &self.clock {
+            fetcher = fetcher.with_clock(Arc::clone(clock));
+        }
+        let fetcher = Arc::new(fetcher);
         clients.by_bundle.insert(bundle, Arc::clone(&fetcher));
         Ok(fetcher)
     }
@@ -451,13 +469,13 @@ async fn observe(
     };
     let ca_bundle = source.spec.ca_bundle.as_deref();
     let key = memory_key(&valid.repository, ca_bundle, keyring.as_ref());
-    let previous = ctx.remembered(uid);
-    // Validators are sent only for the same spec and keys, and only while the status still holds
-    // the listing they were remembered with.
-    let validators = previous
-        .validators
-        .filter(|(_, sha)| previous.key == key && current.index_sha256.as_ref() == Some(sha))
-        .map(|(validators, _)| validators);
+    let validators = previous(
+        &valid.repository,
+        keyring.is_some(),
+        current,
+        &ctx.remembered(uid),
+        &key,
+    );
     let result = ctx
         .repository
         .sync(
@@ -472,13 +490,53 @@ async fn observe(
     (result, Some(key))
 }
 
+/// What the client is handed as `previous`. The accepted Release's `Date` and `Valid-Until` come
+/// from status, so they hold across restarts and leader changes, as long as the source is
+/// `signed` (only a verified Release's times mean anything) and the status's listing was read
+/// through the Release the spec reads now. The HTTP validators come from memory, for
+/// the same spec and keys only, and only while the status still holds the listing they were
+/// remembered with.
+fn previous(
+    spec: &RepositorySpec,
+    signed: bool,
+    current: &DebianRepositorySourceStatus,
+    remembered: &Memory,
+    key: &str,
+) -> Option<Validators> {
+    let http = remembered
+        .validators
+        .as_ref()
+        .filter(|(_, sha)| remembered.key == key && current.index_sha256.as_ref() == Some(sha))
+        .map(|(validators, _)| validators.clone());
+    let same_repository = signed
+        && current
+            .index_url
+            .as_deref()
+            .is_some_and(|url| index_url_belongs_to(spec, url));
+    let accepted = |time: &Option<Time>| time.as_ref().filter(|_| same_repository).map(|t| t.0);
+    let release_date = accepted(&current.release_date);
+    let valid_until = accepted(&current.release_valid_until);
+    if http.is_none() && release_date.is_none() && valid_until.is_none() {
+        return None;
+    }
+    Some(Validators {
+        release_date,
+        valid_until,
+        ..http.unwrap_or_default()
+    })
+}
+
+/// Identifies the spec and keys that validators belong to; a digest, so that memory holds no
+/// credentials from the URL.
 fn memory_key(spec: &RepositorySpec, ca_bundle: Option<&str>, keyring: Option<&Keyring>) -> String {
     let bundle = hex::encode(Sha256::digest(ca_bundle.unwrap_or_default()));
     let fingerprints = keyring
         .map(Keyring::fingerprints)
         .unwrap_or_default()
         .join(",");
-    format!("{spec:?}|{bundle}|{fingerprints}")
+    // Debug redacts the URL; the URL itself is hashed in, so a new password is a new spec.
+    let text = format!("{spec:?}|{}|{bundle}|{fingerprints}", spec.url);
+    hex::encode(Sha256::digest(text))
 }
 
 /// The metrics registry a test context registers into.

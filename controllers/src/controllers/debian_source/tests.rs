@@ -489,3 +489,416 @@ async fn every_series_of_the_controller_shows_at_zero_once_it_has_started() {
     assert!(text.contains("process_start_time_seconds "), "{text}");
     drop(running);
 }
+
+// ---- Issue 9, controller side: what survives a restart, and what reaches status ----
+
+mod hostile {
+    use super::*;
+    use crate::debian::FixedClock;
+    use kubernetes_upgrader_testkit::debian::{Fault, RepoBuilder, RepoServer, TestKey};
+
+    /// Time allowed for one reconcile that syncs a loopback repository.
+    const SYNC: Duration = Duration::from_secs(20);
+
+    fn hours(n: i64) -> k8s_openapi::jiff::SignedDuration {
+        k8s_openapi::jiff::SignedDuration::from_hours(n)
+    }
+
+    /// A fresh context (no memory: a newly started manager) over the real HTTP client, checking
+    /// Release times at `clock`.
+    fn fresh(clock: Option<Timestamp>) -> (Arc<Context>, Verifier) {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let (client, verifier) = mock_client();
+        let repository = match clock {
+            Some(at) => HttpRepository::with_clock(Arc::new(FixedClock(at))),
+            None => HttpRepository::default(),
+        };
+        let ctx = Context::new(
+            client,
+            test_metrics(),
+            Some("test".into()),
+            Box::new(repository),
+        );
+        (Arc::new(ctx), verifier)
+    }
+
+    fn signed_source(
+        url: &str,
+        key: &TestKey,
+        status: Option<DebianRepositorySourceStatus>,
+    ) -> DebianRepositorySource {
+        source_with(
+            &json!({"url": url, "signedBy": {"inline": key.armored_public_key().unwrap()}}),
+            status,
+        )
+    }
+
+    fn condition(status: &Value, type_: &str) -> (String, String, String) {
+        let c = status["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == type_)
+            .unwrap();
+        let text = |k: &str| c[k].as_str().unwrap().to_owned();
+        (text("status"), text("reason"), text("message"))
+    }
+
+    /// Reconciles `obj` once on `ctx`, expecting one status apply (whose status is returned)
+    /// followed by an event of each of `events`.
+    async fn sync_once(
+        ctx: &Context,
+        verifier: Verifier,
+        obj: &DebianRepositorySource,
+        events: &'static [&'static str],
+    ) -> (Value, Vec<Value>) {
+        let seen = Arc::new(Mutex::new((Value::Null, Vec::new())));
+        let scenario = verifier.run({
+            let seen = Arc::clone(&seen);
+            move |mut server| async move {
+                let call = status_apply(&mut server).await;
+                seen.lock().unwrap().0 = call.body["status"].clone();
+                answer_status(call, None);
+                for reason in events {
+                    let event = server.expect_event("team", COMPONENT, reason).await;
+                    seen.lock().unwrap().1.push(event);
+                }
+                server
+            }
+        });
+        within(
+            "the reconcile",
+            SYNC,
+            reconcile_source(obj, ctx, &now(), 0.0),
+        )
+        .await
+        .unwrap();
+        scenario.finish().await;
+        let seen = seen.lock().unwrap();
+        (seen.0.clone(), seen.1.clone())
+    }
+
+    /// A fresh controller's first sync of `server`'s repository, signed by `key`: the status.
+    async fn first_signed_sync(
+        server: &RepoServer,
+        key: &TestKey,
+        clock: Option<Timestamp>,
+    ) -> Value {
+        let (ctx, verifier) = fresh(clock);
+        let obj = signed_source(server.url(), key, None);
+        sync_once(&ctx, verifier, &obj, &["VersionsChanged"])
+            .await
+            .0
+    }
+
+    fn stored(status: &Value) -> DebianRepositorySourceStatus {
+        serde_json::from_value(status.clone()).unwrap()
+    }
+
+    /// Finding 3 across restarts: a controller with no memory still refuses an older signed
+    /// Release, from the `releaseDate` it finds in status.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_fresh_controller_refuses_a_replayed_release_from_the_status_it_finds() {
+        let key = TestKey::generate("archive").unwrap();
+        let wall = Timestamp::now();
+        let old = RepoBuilder::flat()
+            .kubeadm("1.27.0-1.1", "amd64")
+            .signed_by(&key)
+            .date(wall - hours(48))
+            .build()
+            .unwrap();
+        let new = RepoBuilder::flat()
+            .kubeadm("1.27.0-1.1", "amd64")
+            .kubeadm("1.27.1-1.1", "amd64")
+            .signed_by(&key)
+            .date(wall - hours(1))
+            .build()
+            .unwrap();
+        let server = RepoServer::start().await.unwrap();
+        server.publish(&new);
+        let first = first_signed_sync(&server, &key, None).await;
+        assert_eq!(first["versions"], json!(["v1.27.0", "v1.27.1"]));
+        assert!(first["releaseDate"].is_string(), "{first:#}");
+
+        // The mirror serves the older Release; a newly started controller sees it first.
+        server.publish(&old);
+        let (ctx, verifier) = fresh(None);
+        let obj = signed_source(server.url(), &key, Some(stored(&first)));
+        let (refused, events) = sync_once(&ctx, verifier, &obj, &["ListVersionsFailed"]).await;
+        assert_eq!(
+            refused["versions"], first["versions"],
+            "the last good versions are kept"
+        );
+        assert_eq!(refused["releaseDate"], first["releaseDate"]);
+        let (ready, reason, message) = condition(&refused, "Ready");
+        assert_eq!(
+            (ready.as_str(), reason.as_str()),
+            ("False", "ReleaseReplayed"),
+            "{message}"
+        );
+        let (verified, reason, _) = condition(&refused, "Verified");
+        assert_eq!(
+            (verified.as_str(), reason.as_str()),
+            ("False", "ReleaseReplayed")
+        );
+        assert_eq!(events[0]["type"], "Warning");
+        assert!(
+            events[0]["note"]
+                .as_str()
+                .unwrap()
+                .starts_with("ReleaseReplayed"),
+            "{:#}",
+            events[0]
+        );
+    }
+
+    /// Finding 2 across restarts: past the `releaseValidUntil` in status, neither a forged 304
+    /// (to a request that, after a restart, carries no validators) nor the same expired Release
+    /// keeps the source Ready.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_fresh_controller_refuses_a_304_or_the_same_release_past_valid_until() {
+        let key = TestKey::generate("archive").unwrap();
+        let t0 = Timestamp::now();
+        let repo = RepoBuilder::flat()
+            .kubeadm("1.27.0-1.1", "amd64")
+            .signed_by(&key)
+            .date(t0 - hours(1))
+            .valid_until(t0 + hours(1))
+            .build()
+            .unwrap();
+        let server = RepoServer::start().await.unwrap();
+        server.publish(&repo);
+        let first = first_signed_sync(&server, &key, Some(t0)).await;
+        assert!(first["releaseValidUntil"].is_string(), "{first:#}");
+        let obj = signed_source(server.url(), &key, Some(stored(&first)));
+
+        // Within Valid-Until, a restarted controller's forged 304 is an HTTP error, no more.
+        server.inject("InRelease", Fault::Status(304));
+        let (ctx, verifier) = fresh(Some(t0 + hours(0)));
+        let (early, _) = sync_once(&ctx, verifier, &obj, &["ListVersionsFailed"]).await;
+        assert_eq!(condition(&early, "Ready").1, "HTTPStatus");
+
+        for fault in [Some(Fault::Status(304)), None] {
+            match &fault {
+                Some(f) => server.inject("InRelease", f.clone()),
+                None => server.clear_faults(),
+            }
+            let (ctx, verifier) = fresh(Some(t0 + hours(2)));
+            let (expired, _) = sync_once(&ctx, verifier, &obj, &["ListVersionsFailed"]).await;
+            let (ready, reason, message) = condition(&expired, "Ready");
+            assert_eq!(
+                (ready.as_str(), reason.as_str()),
+                ("False", "ReleaseExpired"),
+                "{fault:?}: {message}"
+            );
+            assert!(message.contains("Valid-Until"), "{message}");
+            assert_eq!(condition(&expired, "Verified").1, "ReleaseExpired");
+            assert_eq!(expired["versions"], json!(["v1.27.0"]), "{fault:?}");
+        }
+    }
+
+    /// Release times kept in status belong to the repository they were read from: after a
+    /// change of URL, the new repository starts afresh instead of being held to them.
+    #[test]
+    fn release_times_from_status_apply_only_to_their_repository() {
+        let date = Time(Timestamp::from_second(1_700_000_000).unwrap());
+        let status = DebianRepositorySourceStatus {
+            index_url: Some("http://redacted@mirror/deb/Packages.gz".into()),
+            index_sha256: Some("ab".into()),
+            release_date: Some(date.clone()),
+            release_valid_until: Some(date.clone()),
+            ..DebianRepositorySourceStatus::default()
+        };
+        let spec = |url: &str| RepositorySpec {
+            url: url.into(),
+            suite: None,
+            component: None,
+            architecture: "amd64".into(),
+            package: "kubeadm".into(),
+            max_index_bytes: 1 << 20,
+            timeout: Duration::from_secs(5),
+        };
+        let same = spec("http://u:p@mirror/deb/");
+        let got = previous(&same, true, &status, &Memory::default(), "k").unwrap();
+        assert_eq!(got.release_date, Some(date.0));
+        assert_eq!(got.valid_until, Some(date.0));
+        assert_eq!(got.etag, None, "nothing remembered over HTTP");
+        assert_eq!(
+            previous(
+                &spec("http://other/deb/"),
+                true,
+                &status,
+                &Memory::default(),
+                "k"
+            ),
+            None
+        );
+        assert_eq!(
+            previous(&same, false, &status, &Memory::default(), "k"),
+            None,
+            "an unsigned source is held to no Release times"
+        );
+        // Remembered validators come along for the same key and listing.
+        let memory = Memory {
+            key: "k".into(),
+            validators: Some((listing().validators, "ab".into())),
+            write_failures: 0,
+        };
+        let got = previous(&same, true, &status, &memory, "k").unwrap();
+        assert_eq!(got.etag.as_deref(), Some("v1"));
+        assert_eq!(got.release_date, Some(date.0));
+        assert_eq!(
+            previous(&same, true, &status, &memory, "other")
+                .unwrap()
+                .etag,
+            None
+        );
+    }
+
+    /// Finding 5 and 9: whatever a listing holds, status and events get bounded, printable,
+    /// redacted text, and no more versions than the schema allows (the highest kept, and said).
+    #[tokio::test]
+    async fn hostile_listings_reach_status_bounded_redacted_and_capped() {
+        let total = decide::MAX_VERSIONS + 904;
+        let debian: Vec<String> = (0..total)
+            .flat_map(|p| [format!("1.{p}.0-1.1"), format!("1.{p}.0-1.2")])
+            .collect();
+        let versions = crate::debian::versions::map_versions(debian.iter().map(String::as_str)).0;
+        let mut url = "http://user:s3cret@mirror.example/".to_owned();
+        url.push_str(&"a\u{1b}[31m\n".repeat(2000));
+        let listing = Listing {
+            versions,
+            debian_versions: debian,
+            index_url: url,
+            ..listing()
+        };
+        let (ctx, verifier, _) = Context::test_with(Ok(SyncOutcome::Fetched(listing)));
+        let (status, events) = sync_once(
+            &ctx,
+            verifier,
+            &source(None),
+            &["VersionsChanged", "NoSignedBy"],
+        )
+        .await;
+        let text = status.to_string() + &json!(events).to_string();
+        assert!(!text.contains("s3cret"), "credentials leaked");
+        assert!(
+            status["indexURL"]
+                .as_str()
+                .unwrap()
+                .starts_with("http://redacted@mirror.example/")
+        );
+        for type_ in ["Ready", "Verified"] {
+            let message = condition(&status, type_).2;
+            assert!(
+                message.len() <= crate::text::MAX_MESSAGE_BYTES,
+                "{type_}: {}",
+                message.len()
+            );
+            assert!(
+                !message.chars().any(char::is_control),
+                "{type_}: {message:?}"
+            );
+        }
+        assert!(
+            condition(&status, "Ready").2.contains("at most 4096"),
+            "the Ready message says that versions were left out"
+        );
+        let listed = status["versions"].as_array().unwrap();
+        assert_eq!(listed.len(), decide::MAX_VERSIONS);
+        assert_eq!(
+            listed.last().unwrap(),
+            &json!(format!("v1.{}.0", total - 1))
+        );
+        assert_eq!(
+            listed[0],
+            json!(format!("v1.{}.0", total - decide::MAX_VERSIONS))
+        );
+        let pairs = status["debianVersions"].as_array().unwrap();
+        assert_eq!(pairs.len(), listed.len());
+        for (pair, version) in pairs.iter().zip(listed) {
+            assert_eq!(&pair["version"], version);
+        }
+        assert_eq!(
+            pairs.last().unwrap()["debian"],
+            json!(format!("1.{}.0-1.2", total - 1)),
+            "the highest Debian revision"
+        );
+        for event in &events {
+            let note = event["note"].as_str().unwrap();
+            assert!(note.len() <= crate::text::MAX_MESSAGE_BYTES);
+            assert!(!note.chars().any(char::is_control), "{note:?}");
+        }
+    }
+
+    /// Finding 9: with `user:password@` in `spec.url`, nothing the controller logs, writes or
+    /// announces carries the password, while the requests still send it.
+    #[tokio::test]
+    async fn credentials_in_the_url_reach_neither_logs_status_nor_events() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let repo = RepoBuilder::flat()
+            .kubeadm("1.27.0-1.1", "amd64")
+            .build()
+            .unwrap();
+        let server = RepoServer::start().await.unwrap();
+        server.publish(&repo);
+        let url = server
+            .url()
+            .replace("http://", "http://mirror-user:s3cret@");
+        let logs = Arc::new(Mutex::new(Vec::<u8>::new()));
+        let writer = {
+            let logs = Arc::clone(&logs);
+            move || Capture(Arc::clone(&logs))
+        };
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_writer(writer)
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let (ctx, verifier) = fresh(None);
+        let obj = source_with(&json!({"url": url}), None);
+        let (status, events) =
+            sync_once(&ctx, verifier, &obj, &["VersionsChanged", "NoSignedBy"]).await;
+        let (spec_debug, key) = {
+            let valid = validate(&obj).unwrap();
+            (
+                format!("{:?}", valid.repository),
+                memory_key(&valid.repository, None, None),
+            )
+        };
+        let logs = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
+        assert!(
+            logs.contains("index read") && logs.contains("redacted@"),
+            "the index URL is logged, redacted: {logs}"
+        );
+        for (what, text) in [
+            ("logs", logs),
+            ("status", status.to_string()),
+            ("events", json!(events).to_string()),
+            ("spec's Debug", spec_debug),
+            ("memory", key),
+        ] {
+            assert!(
+                !text.contains("s3cret"),
+                "the password is in the {what}: {text}"
+            );
+        }
+        assert!(
+            server.requests_with_authorization() > 0,
+            "the requests carry it"
+        );
+    }
+
+    struct Capture(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Capture {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+}

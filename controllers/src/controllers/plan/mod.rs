@@ -8,9 +8,8 @@ pub mod select;
 use std::sync::Arc;
 
 use api::v1alpha1::{MachineImage, Plan, PlanStatus};
-use futures::{FutureExt, StreamExt};
+use futures::FutureExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use k8s_openapi::jiff::Timestamp;
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -19,8 +18,8 @@ use kube::{Api, Client, ResourceExt};
 use crate::runtime::caches::generation_changed;
 use crate::runtime::status::{WriteError, apply_status};
 use crate::runtime::{
-    ControllerError, ControllerMetrics, Events, ReconcileError, Registration, Reporter, Running,
-    Shared, synced,
+    ControllerMetrics, Events, ReconcileError, Registration, Reporter, Running, Shared, all_ready,
+    drive, synced,
 };
 
 /// Name in logs and metrics.
@@ -82,34 +81,25 @@ fn start(shared: &Shared) -> Running {
         events: Events::new(shared.client.clone(), COMPONENT, shared.instance.clone()),
         images: images.store.clone(),
     });
-    let ready = synced(cache.store.clone());
+    let ready = all_ready(vec![
+        synced(cache.store.clone()),
+        synced(images.store.clone()),
+    ]);
     let (Some(events), Some(image_events)) = (cache.subscribe(), images.subscribe()) else {
-        return Running {
-            ready,
-            run: async { Err(ControllerError::StreamEnded) }.boxed(),
-        };
+        return Running::stream_ended(ready);
     };
     let shutdown = shared.shutdown.clone();
     let trigger = generation_changed(events, cache.store.clone());
     let plans = cache.store.clone();
     let run = async move {
-        Controller::for_shared_stream(trigger, cache.store)
+        let results = Controller::for_shared_stream(trigger, cache.store)
             .watches_shared_stream(image_events, move |image: Arc<GuardedImage>| {
                 plans_in(&plans, image.namespace().as_deref())
             })
             .with_config(ControllerConfig::default().concurrency(8))
             .graceful_shutdown_on(shutdown.clone().wait())
-            .run(reconcile, error_policy, ctx)
-            .for_each(|result| {
-                let reporter = reporter.clone();
-                async move { reporter.report(result).await }
-            })
-            .await;
-        if shutdown.is_requested() {
-            Ok(())
-        } else {
-            Err(ControllerError::StreamEnded)
-        }
+            .run(reconcile, error_policy, ctx);
+        drive(results, reporter, shutdown).await
     }
     .boxed();
     Running { ready, run }
@@ -141,9 +131,7 @@ pub async fn reconcile(obj: Arc<Guarded>, ctx: Arc<Context>) -> Result<Action, E
         Ok(plan) => plan,
         Err(invalid) => return Err(Error::InvalidObject(invalid.error.clone())),
     };
-    let now = Time(
-        Timestamp::from_second(Timestamp::now().as_second()).unwrap_or_else(|_| Timestamp::now()),
-    );
+    let now = crate::runtime::now();
     reconcile_plan(plan, &ctx, &now).await
 }
 

@@ -3,6 +3,7 @@
 use super::*;
 use crate::runtime::fixtures::{STEP, Verifier, mock_client, within};
 use api::v1alpha1::PlanPhase;
+use k8s_openapi::jiff::Timestamp;
 use kube::runtime::{reflector, watcher};
 use serde_json::{Value, json};
 

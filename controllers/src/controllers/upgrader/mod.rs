@@ -33,8 +33,8 @@ pub use decide::{Decision, Observed, decide};
 use crate::runtime::caches::{Cacheable, generation_changed};
 use crate::runtime::status::{WriteError, apply_status};
 use crate::runtime::{
-    ControllerError, ControllerMetrics, Events, Note, ReconcileError, Registration, Reporter,
-    Running, Shared, synced,
+    ControllerMetrics, Events, Note, ReconcileError, Registration, Reporter, Running, Shared,
+    all_ready, drive, synced,
 };
 use finish::Rollout;
 use gates::{ClusterState, PlanState};
@@ -203,14 +203,15 @@ fn start<K: UpgraderKind>(shared: &Shared) -> Running {
         plans.store.clone(),
         images.store.clone(),
     ));
-    let ready = synced(cache.store.clone());
+    let ready = all_ready(vec![
+        synced(cache.store.clone()),
+        synced(plans.store.clone()),
+        synced(images.store.clone()),
+    ]);
     let (Some(events), Some(plan_events), Some(image_events)) =
         (cache.subscribe(), plans.subscribe(), images.subscribe())
     else {
-        return Running {
-            ready,
-            run: async { Err(ControllerError::StreamEnded) }.boxed(),
-        };
+        return Running::stream_ended(ready);
     };
     let shutdown = shared.shutdown.clone();
     let trigger = generation_changed(events, cache.store.clone());
@@ -223,7 +224,7 @@ fn start<K: UpgraderKind>(shared: &Shared) -> Running {
         &shutdown,
     );
     let run = async move {
-        Controller::for_shared_stream(trigger, cache.store)
+        let results = Controller::for_shared_stream(trigger, cache.store)
             .watches_shared_stream(plan_events, move |plan: Arc<GuardedPlan>| {
                 upgraders::<K>(&by_plan, plan.namespace().as_deref(), |u| {
                     u.view().plan_ref.name == plan.name_any()
@@ -235,17 +236,8 @@ fn start<K: UpgraderKind>(shared: &Shared) -> Running {
             .reconcile_on(clusters)
             .with_config(ControllerConfig::default().concurrency(16))
             .graceful_shutdown_on(shutdown.clone().wait())
-            .run(reconcile::<K>, error_policy::<K>, ctx)
-            .for_each(|result| {
-                let reporter = reporter.clone();
-                async move { reporter.report(result).await }
-            })
-            .await;
-        if shutdown.is_requested() {
-            Ok(())
-        } else {
-            Err(ControllerError::StreamEnded)
-        }
+            .run(reconcile::<K>, error_policy::<K>, ctx);
+        drive(results, reporter, shutdown).await
     }
     .boxed();
     Running { ready, run }
@@ -335,8 +327,7 @@ pub async fn reconcile<K: UpgraderKind>(
         Ok(upgrader) => upgrader,
         Err(invalid) => return Err(Error::InvalidObject(invalid.error.clone())),
     };
-    let now =
-        Timestamp::from_second(Timestamp::now().as_second()).unwrap_or_else(|_| Timestamp::now());
+    let now = crate::runtime::now().0;
     reconcile_upgrader(upgrader, &ctx, now).await
 }
 

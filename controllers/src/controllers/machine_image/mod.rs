@@ -1,0 +1,365 @@
+//! The MachineImage controller: observe (the image's Jobs from a label-filtered cache, a Job that
+//! `status.jobRef` names but the cache lacks, and the pods of a finished Job) → decide (pure,
+//! [`decide()`]) → apply (create the attempt's Job, write `spec.id`, write status, events).
+//!
+//! A static image (`spec.id` set, no Job) is ready at once. Otherwise each attempt renders a Job
+//! from `spec.jobTemplate` ([`render_job`]) under a name derived from the image's uid and the
+//! attempt number, so a retry after a crash gets AlreadyExists instead of a second Job. The
+//! image ID comes from the Job's `…/image-id` annotation or, failing that, the termination
+//! message of the build container. A new attempt starts only when asked: a new value of the
+//! rebuild annotation, a changed job template while the image is not built, or a deleted Job.
+
+mod decide;
+mod render;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use api::v1alpha1::{MACHINE_IMAGE_NAME_LABEL, MachineImage, OS_IMAGE_STAMP_ANNOTATION};
+use futures::FutureExt;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::core::DeserializeGuard;
+use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
+use kube::runtime::reflector::Store;
+use kube::{Api, Client, ResourceExt};
+
+pub use decide::{
+    Decision, IdError, IdWrite, JobOutcome, Observed, decide, handed_off_id, id_container,
+    job_outcome, latest_job, needs_pods, validate_image_id,
+};
+pub use render::{RenderError, job_labels, job_name, render_job, stamp, template_hash};
+
+use crate::runtime::backoff::backoff;
+use crate::runtime::status::{WriteError, apply_status, bounded};
+use crate::runtime::{
+    ControllerMetrics, Events, ReconcileError, Registration, Reporter, Running, Shared, all_ready,
+    drive, now, synced,
+};
+
+/// Name in logs and metrics.
+pub const CONTROLLER: &str = "machineimage";
+/// Field manager of the Job creations, the `spec.id` writes and the status writes.
+pub const FIELD_MANAGER: &str = "kubernetes-upgrader-machineimage";
+/// Event source component, as in v0.6.
+pub const COMPONENT: &str = render::COMPONENT;
+/// Label the job controller puts on a Job's pods.
+pub const JOB_NAME_LABEL: &str = "batch.kubernetes.io/job-name";
+
+/// The manager's handle on this controller.
+pub const REGISTRATION: Registration = Registration {
+    name: CONTROLLER,
+    categories: Error::CATEGORIES,
+    start,
+};
+
+/// How the store holds images: a malformed one is an error event, not a stalled watch.
+pub type Guarded = DeserializeGuard<MachineImage>;
+
+/// First retry delay after a failed API call, and the cap.
+const RETRY_BASE: Duration = Duration::from_secs(1);
+const RETRY_CAP: Duration = Duration::from_secs(300);
+
+/// Shared state of the controller.
+pub struct Context {
+    client: Client,
+    metrics: ControllerMetrics,
+    events: Events,
+    /// The build Jobs: only those labelled with an image name.
+    jobs: Store<Job>,
+    /// Consecutive failures per image uid, for the retry backoff.
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context").finish_non_exhaustive()
+    }
+}
+
+impl Context {
+    /// A context over `jobs`, the label-filtered store of build Jobs.
+    pub fn new(
+        client: Client,
+        metrics: ControllerMetrics,
+        instance: Option<String>,
+        jobs: Store<Job>,
+    ) -> Self {
+        Self {
+            events: Events::new(client.clone(), COMPONENT, instance),
+            client,
+            metrics,
+            jobs,
+            failures: Mutex::default(),
+        }
+    }
+
+    fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
+        self.failures.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Failures of a reconcile. The variant names of API failures are v0.6's Warning reasons.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The stored object does not match the schema.
+    #[error("the object cannot be read: {0}")]
+    InvalidObject(String),
+    /// Reading the image's Job or its pods failed.
+    #[error("reading the build Job {job} or its pods")]
+    GetLatestJobsError {
+        /// The Job.
+        job: String,
+        /// Why.
+        #[source]
+        source: WriteError,
+    },
+    /// Creating the build Job failed.
+    #[error("creating the build Job {job}")]
+    CreatingJobError {
+        /// The Job.
+        job: String,
+        /// Why.
+        #[source]
+        source: WriteError,
+    },
+    /// Writing `spec.id` failed.
+    #[error("writing spec.id")]
+    WriteImageId(#[source] WriteError),
+    /// Writing the status failed.
+    #[error("writing status")]
+    WriteStatus(#[source] WriteError),
+}
+
+impl ReconcileError for Error {
+    const CATEGORIES: &'static [&'static str] = &[
+        "InvalidObject",
+        "GetLatestJobsError",
+        "CreatingJobError",
+        "WriteImageId",
+        "WriteStatus",
+    ];
+
+    fn category(&self) -> &'static str {
+        match self {
+            Self::InvalidObject(_) => "InvalidObject",
+            Self::GetLatestJobsError { .. } => "GetLatestJobsError",
+            Self::CreatingJobError { .. } => "CreatingJobError",
+            Self::WriteImageId(_) => "WriteImageId",
+            Self::WriteStatus(_) => "WriteStatus",
+        }
+    }
+}
+
+fn start(shared: &Shared) -> Running {
+    let images = shared.caches.cache::<Guarded>();
+    // Only Jobs that carry the image label, v0.6's included; never every Job of the cluster.
+    let jobs = shared
+        .caches
+        .cache_with::<Job>(Some(MACHINE_IMAGE_NAME_LABEL));
+    let reporter = Reporter::new::<Error>(shared, CONTROLLER, COMPONENT);
+    let ctx = Arc::new(Context::new(
+        shared.client.clone(),
+        reporter.metrics.clone(),
+        shared.instance.clone(),
+        jobs.store.clone(),
+    ));
+    let ready = all_ready(vec![
+        synced(images.store.clone()),
+        synced(jobs.store.clone()),
+    ]);
+    let (Some(image_events), Some(job_events)) = (images.subscribe(), jobs.subscribe()) else {
+        return Running::stream_ended(ready);
+    };
+    let shutdown = shared.shutdown.clone();
+    let run = async move {
+        // Every image change counts (the rebuild annotation does not change the generation);
+        // our own status writes then find nothing to do.
+        let results = Controller::for_shared_stream(image_events, images.store)
+            .owns_shared_stream(job_events)
+            .with_config(ControllerConfig::default().concurrency(16))
+            .graceful_shutdown_on(shutdown.clone().wait())
+            .run(reconcile, error_policy, ctx);
+        drive(results, reporter, shutdown).await
+    }
+    .boxed();
+    Running { ready, run }
+}
+
+/// Permanent errors wait for a change; API failures retry with backoff.
+#[allow(clippy::needless_pass_by_value)] // the signature kube's Controller::run expects
+fn error_policy(obj: Arc<Guarded>, err: &Error, ctx: Arc<Context>) -> Action {
+    if let Error::InvalidObject(_) = err {
+        return Action::await_change();
+    }
+    let failures = ctx
+        .failures()
+        .get(&obj.uid().unwrap_or_default())
+        .copied()
+        .unwrap_or(1);
+    Action::requeue(backoff(failures, RETRY_BASE, RETRY_CAP))
+}
+
+/// Reconciles one image.
+#[tracing::instrument(skip(obj, ctx), fields(name = %obj.name_any(), namespace = obj.namespace().unwrap_or_default()))]
+pub async fn reconcile(obj: Arc<Guarded>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _timer = ctx.metrics.reconcile();
+    let image = match &obj.0 {
+        Ok(image) => image,
+        Err(invalid) => return Err(Error::InvalidObject(invalid.error.clone())),
+    };
+    let now = now();
+    let uid = image.uid().unwrap_or_default();
+    let result = reconcile_image(image, &ctx, &now).await;
+    let mut failures = ctx.failures();
+    if result.is_ok() {
+        failures.remove(&uid);
+    } else {
+        let entry = failures.entry(uid).or_default();
+        *entry = entry.saturating_add(1);
+    }
+    result
+}
+
+/// The image's build Jobs in the cache: labelled with its name, in its namespace, and owned by
+/// it when they have an owner.
+fn cached_jobs(store: &Store<Job>, image: &MachineImage) -> Vec<Job> {
+    let name = image.name_any();
+    let namespace = image.namespace();
+    let uid = image.uid();
+    store
+        .state()
+        .iter()
+        .filter(|job| {
+            job.namespace() == namespace
+                && job.labels().get(MACHINE_IMAGE_NAME_LABEL) == Some(&name)
+                && (job.owner_references().is_empty()
+                    || job
+                        .owner_references()
+                        .iter()
+                        .any(|r| Some(&r.uid) == uid.as_ref()))
+        })
+        .map(|job| (**job).clone())
+        .collect()
+}
+
+/// The reconcile body with the time injected.
+pub async fn reconcile_image(
+    image: &MachineImage,
+    ctx: &Context,
+    now: &Time,
+) -> Result<Action, Error> {
+    let namespace = image.namespace().unwrap_or_default();
+    let name = image.name_any();
+    let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), &namespace);
+
+    // Observe: the latest Job from the cache; a Job the status names but the cache lacks is
+    // read directly, so a stale cache is never taken for a deleted Job.
+    let mut jobs = cached_jobs(&ctx.jobs, image);
+    let referenced = image
+        .status
+        .as_ref()
+        .and_then(|s| s.job_ref.as_ref())
+        .and_then(|r| r.name.clone());
+    let mut job_gone = false;
+    if let Some(job) = referenced.filter(|r| !jobs.iter().any(|j| j.name_any() == *r)) {
+        match bounded(jobs_api.get_opt(&job)).await {
+            Ok(Some(found)) => jobs.push(found),
+            Ok(None) => {
+                job_gone = true;
+                jobs.clear();
+            }
+            Err(source) => return Err(Error::GetLatestJobsError { job, source }),
+        }
+    }
+    let mut latest = latest_job(&jobs).cloned();
+    // A Job being deleted (held by a finalizer, such as the orphan one) counts as deleted.
+    if latest
+        .as_ref()
+        .is_some_and(|j| j.metadata.deletion_timestamp.is_some())
+    {
+        latest = None;
+        job_gone = true;
+    }
+    let pods = match &latest {
+        Some(job) if needs_pods(job) => {
+            let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+            let selector = format!("{JOB_NAME_LABEL}={}", job.name_any());
+            bounded(pods_api.list(&ListParams::default().labels(&selector)))
+                .await
+                .map_err(|source| Error::GetLatestJobsError {
+                    job: job.name_any(),
+                    source,
+                })?
+                .items
+        }
+        _ => Vec::new(),
+    };
+
+    // Decide.
+    let decision = decide(&Observed {
+        image,
+        latest: latest.as_ref(),
+        job_gone,
+        pods: &pods,
+        now,
+    });
+
+    // Apply: the Job, then the ID, then the status; events last.
+    if let Some(job) = &decision.create {
+        let params = PostParams {
+            dry_run: false,
+            field_manager: Some(FIELD_MANAGER.to_owned()),
+        };
+        match bounded(jobs_api.create(&params, job)).await {
+            Ok(_) => {}
+            // Created before a crash or by a reconcile that raced a stale cache: the same Job.
+            Err(WriteError::Api(kube::Error::Api(status))) if status.code == 409 => {}
+            Err(source) => {
+                return Err(Error::CreatingJobError {
+                    job: job.name_any(),
+                    source,
+                });
+            }
+        }
+    }
+    let images: Api<MachineImage> = Api::namespaced(ctx.client.clone(), &namespace);
+    if let Some(write) = &decision.write_id {
+        let body = serde_json::json!({
+            "apiVersion": "kubernetesupgraded.dimitrikoshkin.com/v1alpha1",
+            "kind": "MachineImage",
+            "metadata": {"name": name, "annotations": {OS_IMAGE_STAMP_ANNOTATION: write.stamp}},
+            "spec": {"id": write.id},
+        });
+        bounded(images.patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&body),
+        ))
+        .await
+        .map_err(Error::WriteImageId)?;
+    }
+    if image.status.as_ref() != Some(&decision.status) {
+        apply_status(&images, &name, FIELD_MANAGER, &decision.status)
+            .await
+            .map_err(Error::WriteStatus)?;
+    }
+    for note in &decision.notes {
+        ctx.events.publish(image, note).await;
+    }
+    Ok(decision
+        .requeue
+        .map_or_else(Action::await_change, Action::requeue))
+}
+
+/// The metrics registry a test context registers into.
+#[cfg(test)]
+fn test_metrics() -> ControllerMetrics {
+    Arc::new(crate::runtime::Metrics::default()).controller(CONTROLLER, Error::CATEGORIES)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,687 @@
+//! Decision tables and choreography tests: the API calls one reconcile makes, scripted with the
+//! runtime fixtures.
+
+use super::*;
+use crate::runtime::fixtures::{STEP, Verifier, mock_client, within};
+use api::v1alpha1::{
+    IMAGE_ID_ANNOTATION, MachineImagePhase, MachineImageStatus, REBUILD_ANNOTATION,
+};
+use http::Method;
+use kube::runtime::{reflector, watcher};
+use serde_json::{Value, json};
+
+fn image_with(spec: &Value, annotations: &Value, status: Option<Value>) -> MachineImage {
+    let mut image: MachineImage = serde_json::from_value(json!({
+        "apiVersion": "kubernetesupgraded.dimitrikoshkin.com/v1alpha1",
+        "kind": "MachineImage",
+        "metadata": {"name": "img", "namespace": "team", "uid": "uid-1", "generation": 1, "annotations": annotations},
+        "spec": spec,
+    }))
+    .unwrap();
+    image.status = status.map(|s| serde_json::from_value(s).unwrap());
+    image
+}
+
+fn build_spec() -> Value {
+    json!({
+        "version": "v1.31.2",
+        "jobTemplate": {"spec": {"restartPolicy": "Never", "containers": [
+            {"name": "build", "image": "builder"},
+            {"name": "publish", "image": "publisher"}
+        ]}}
+    })
+}
+
+fn image(status: Option<Value>) -> MachineImage {
+    image_with(&build_spec(), &json!({}), status)
+}
+
+/// The Job of `attempt` as the API server would hold it, with `status`.
+fn job_of(image: &MachineImage, attempt: i32, status: &Value) -> Job {
+    let mut job = render_job(image, attempt, None).unwrap();
+    job.metadata.uid = Some(format!("job-uid-{attempt}"));
+    job.metadata.resource_version = Some("7".into());
+    job.status = Some(serde_json::from_value(status.clone()).unwrap());
+    job
+}
+
+fn complete() -> Value {
+    json!({"succeeded": 1, "completionTime": "2026-01-01T00:00:10Z", "conditions": [
+        {"type": "SuccessCriteriaMet", "status": "True"},
+        {"type": "Complete", "status": "True"}
+    ]})
+}
+
+fn failed() -> Value {
+    json!({"failed": 3, "conditions": [
+        {"type": "FailureTarget", "status": "True", "reason": "BackoffLimitExceeded", "message": "Job has reached the specified backoff limit"},
+        {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "message": "Job has reached the specified backoff limit", "lastTransitionTime": "2026-01-01T00:00:10Z"}
+    ]})
+}
+
+fn pod(container_states: &[(&str, i32, &str, &str)]) -> Pod {
+    let statuses: Vec<Value> = container_states
+        .iter()
+        .map(|(name, code, reason, message)| {
+            json!({"name": name, "image": "x", "imageID": "", "ready": false, "restartCount": 0,
+                   "state": {"terminated": {"exitCode": code, "reason": reason, "message": message}}})
+        })
+        .collect();
+    serde_json::from_value(json!({
+        "metadata": {"name": "p", "namespace": "team", "creationTimestamp": "2026-01-01T00:00:01Z"},
+        "status": {"phase": "Succeeded", "containerStatuses": statuses}
+    }))
+    .unwrap()
+}
+
+fn now() -> Time {
+    Time(k8s_openapi::jiff::Timestamp::from_second(1_700_000_000).unwrap())
+}
+
+fn decide_on(image: &MachineImage, latest: Option<&Job>, gone: bool, pods: &[Pod]) -> Decision {
+    decide(&Observed {
+        image,
+        latest,
+        job_gone: gone,
+        pods,
+        now: &now(),
+    })
+}
+
+fn ready(status: &MachineImageStatus) -> (String, String) {
+    let c = status
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    (c.status.clone(), c.reason.clone())
+}
+
+/// A status as a previous reconcile wrote it after starting `attempt`.
+fn building_status(image: &MachineImage, attempt: i32) -> Value {
+    let job = job_of(image, attempt, &json!({}));
+    let decision = decide_on(image, Some(&job), false, &[]);
+    serde_json::to_value(decision.status).unwrap()
+}
+
+#[test]
+fn a_static_image_is_ready_without_a_job() {
+    let mut spec = build_spec();
+    spec["id"] = json!("ami-123");
+    let image = image_with(&spec, &json!({}), None);
+    let d = decide_on(&image, None, false, &[]);
+    assert!(d.create.is_none() && d.write_id.is_none() && d.notes.is_empty());
+    assert!(d.status.ready);
+    assert_eq!(d.status.phase, Some(MachineImagePhase::Created));
+    assert_eq!(ready(&d.status), ("True".into(), "Built".into()));
+    assert_eq!(d.requeue, None);
+}
+
+#[test]
+fn the_first_build_creates_attempt_one() {
+    let image = image(None);
+    let d = decide_on(&image, None, false, &[]);
+    let job = d.create.expect("a Job");
+    assert_eq!(job.name_any(), job_name("img", "uid-1", 1));
+    assert_eq!(d.status.attempts, Some(1));
+    assert_eq!(d.status.phase, Some(MachineImagePhase::Building));
+    assert_eq!(
+        d.status.job_template_hash.as_deref(),
+        Some(template_hash(&image.spec.job_template).as_str())
+    );
+    assert_eq!(d.status.build_start_time, Some(now()));
+    assert_eq!(ready(&d.status), ("False".into(), "Building".into()));
+    assert_eq!(d.notes.len(), 1);
+    assert_eq!(d.notes[0].reason, "CreatingJob");
+}
+
+#[test]
+fn job_outcomes_follow_conditions_and_fall_back_to_counters() {
+    let image = image(None);
+    let cases = [
+        (json!({}), JobOutcome::Running),
+        (json!({"active": 1, "failed": 2}), JobOutcome::Running),
+        // A retry within the backoff limit: counters say failed, no condition says so.
+        (json!({"failed": 3}), JobOutcome::Running),
+        (
+            json!({"failed": 7}),
+            JobOutcome::Failed {
+                reason: "BackoffLimitExceeded".into(),
+                message: "7 pods failed, more than the backoff limit of 6".into(),
+            },
+        ),
+        (
+            json!({"failed": 1, "conditions": [{"type": "FailureTarget", "status": "True"}]}),
+            JobOutcome::Running,
+        ),
+        (complete(), JobOutcome::Succeeded),
+        (json!({"succeeded": 1}), JobOutcome::Succeeded),
+        (
+            failed(),
+            JobOutcome::Failed {
+                reason: "BackoffLimitExceeded".into(),
+                message: "Job has reached the specified backoff limit".into(),
+            },
+        ),
+        (
+            json!({"succeeded": 1, "conditions": [{"type": "Complete", "status": "False"}, {"type": "Failed", "status": "True", "reason": "DeadlineExceeded"}]}),
+            JobOutcome::Failed {
+                reason: "DeadlineExceeded".into(),
+                message: String::new(),
+            },
+        ),
+    ];
+    for (status, want) in cases {
+        assert_eq!(job_outcome(&job_of(&image, 1, &status)), want, "{status}");
+    }
+}
+
+#[test]
+fn image_ids_are_validated() {
+    assert_eq!(validate_image_id("  ami-1\n"), Ok("ami-1".into()));
+    assert_eq!(validate_image_id(" \n"), Err(IdError::Missing));
+    assert!(matches!(
+        validate_image_id("a\u{7}b"),
+        Err(IdError::Invalid(_))
+    ));
+    assert!(matches!(
+        validate_image_id(&"a".repeat(1025)),
+        Err(IdError::Invalid(_))
+    ));
+    assert_eq!(
+        validate_image_id(&"a".repeat(1024)).map(|s| s.len()),
+        Ok(1024)
+    );
+}
+
+#[test]
+fn the_annotation_wins_over_the_termination_message() {
+    let image = image(None);
+    let mut job = job_of(&image, 1, &complete());
+    let pods = [pod(&[
+        ("build", 0, "Completed", "wrong"),
+        ("publish", 0, "Completed", "oci://r/x@sha256:ab"),
+    ])];
+    assert_eq!(
+        handed_off_id(&job, &pods, Some("publish")),
+        Ok("oci://r/x@sha256:ab".into())
+    );
+    job.metadata
+        .annotations
+        .get_or_insert_default()
+        .insert(IMAGE_ID_ANNOTATION.into(), "ami-9".into());
+    assert_eq!(
+        handed_off_id(&job, &pods, Some("publish")),
+        Ok("ami-9".into())
+    );
+    assert!(!needs_pods(&job));
+}
+
+#[test]
+fn a_succeeded_build_writes_the_id_and_its_stamp_once() {
+    let image = image(Some(building_status(&image(None), 1)));
+    let job = job_of(&image, 1, &complete());
+    assert!(needs_pods(&job));
+    // The default container is the last one.
+    let pods = [pod(&[
+        ("build", 0, "Completed", "x"),
+        ("publish", 0, "Completed", " kindest/node:v1.31.2\n"),
+    ])];
+    let d = decide_on(&image, Some(&job), false, &pods);
+    assert_eq!(
+        d.write_id,
+        Some(IdWrite {
+            id: "kindest/node:v1.31.2".into(),
+            stamp: "img-1".into()
+        })
+    );
+    assert!(d.status.ready);
+    assert_eq!(d.status.phase, Some(MachineImagePhase::Created));
+    assert_eq!(ready(&d.status), ("True".into(), "Built".into()));
+    assert_eq!(
+        d.status.job_ref.as_ref().unwrap().uid.as_deref(),
+        Some("job-uid-1")
+    );
+    assert_eq!(
+        d.notes.iter().map(|n| n.reason).collect::<Vec<_>>(),
+        ["Built"]
+    );
+    assert_eq!(d.requeue, None);
+
+    // After the write: the ID and stamp are there, nothing more to write, no event again.
+    let mut after = image.clone();
+    after.spec.id = Some("kindest/node:v1.31.2".into());
+    after
+        .metadata
+        .annotations
+        .get_or_insert_default()
+        .insert(OS_IMAGE_STAMP_ANNOTATION.into(), "img-1".into());
+    after.status = Some(d.status.clone());
+    let again = decide_on(&after, Some(&job), false, &pods);
+    assert_eq!(again.write_id, None);
+    assert_eq!(again.status, d.status);
+    assert!(again.notes.is_empty() && again.create.is_none());
+}
+
+#[test]
+fn the_named_container_carries_the_id() {
+    let mut spec = build_spec();
+    spec["jobTemplate"]["imageIDContainer"] = json!("build");
+    let image = image_with(&spec, &json!({}), None);
+    let job = job_of(&image, 1, &complete());
+    let pods = [pod(&[
+        ("build", 0, "Completed", "ami-7"),
+        ("publish", 0, "Completed", ""),
+    ])];
+    let d = decide_on(&image, Some(&job), false, &pods);
+    assert_eq!(d.write_id.unwrap().id, "ami-7");
+}
+
+#[test]
+fn a_build_without_an_id_or_with_a_bad_one_fails_once() {
+    let image = image(Some(building_status(&image(None), 1)));
+    let job = job_of(&image, 1, &complete());
+    for (message, reason) in [("", "MissingImageID"), ("bad\u{1b}[31m", "InvalidImageID")] {
+        let pods = [pod(&[
+            ("build", 0, "Completed", ""),
+            ("publish", 0, "Completed", message),
+        ])];
+        let d = decide_on(&image, Some(&job), false, &pods);
+        assert_eq!(d.write_id, None);
+        assert!(!d.status.ready);
+        assert_eq!(d.status.phase, Some(MachineImagePhase::Failed));
+        assert_eq!(ready(&d.status), ("False".into(), reason.into()));
+        assert_eq!(d.notes.len(), 1);
+        assert!(d.notes[0].warning && d.notes[0].reason == reason);
+        assert_eq!(d.requeue, None, "no error loop");
+        let mut after = image.clone();
+        after.status = Some(d.status.clone());
+        let again = decide_on(&after, Some(&job), false, &pods);
+        assert!(again.notes.is_empty() && again.create.is_none());
+        assert_eq!(again.status, d.status);
+    }
+}
+
+#[test]
+fn a_failed_job_carries_its_reason_and_the_exit_code() {
+    let image = image(Some(building_status(&image(None), 1)));
+    let job = job_of(&image, 1, &failed());
+    let pods = [pod(&[
+        ("build", 2, "Error", "packer failed"),
+        ("publish", 0, "Completed", ""),
+    ])];
+    let d = decide_on(&image, Some(&job), false, &pods);
+    assert_eq!(d.status.phase, Some(MachineImagePhase::Failed));
+    let condition = d.status.conditions.as_ref().unwrap()[0].clone();
+    assert_eq!(
+        (condition.status.as_str(), condition.reason.as_str()),
+        ("False", "JobFailed")
+    );
+    assert!(
+        condition
+            .message
+            .contains("BackoffLimitExceeded: Job has reached the specified backoff limit"),
+        "{}",
+        condition.message
+    );
+    assert!(
+        condition
+            .message
+            .contains("container build exited with code 2 (Error)"),
+        "{}",
+        condition.message
+    );
+    assert_eq!(d.notes.len(), 1);
+    assert!(d.notes[0].warning && d.notes[0].reason == "JobFailed");
+    assert!(d.create.is_none());
+    assert_eq!(d.requeue, None);
+    assert_eq!(
+        d.status
+            .build_completion_time
+            .as_ref()
+            .map(|t| t.0.to_string()),
+        Some("2026-01-01T00:00:10Z".into())
+    );
+}
+
+#[test]
+fn new_attempts_start_only_when_asked() {
+    let base = image(None);
+    let first = job_of(&base, 1, &failed());
+    let failed_status = {
+        let mut img = base.clone();
+        img.status = Some(serde_json::from_value(building_status(&base, 1)).unwrap());
+        serde_json::to_value(decide_on(&img, Some(&first), false, &[]).status).unwrap()
+    };
+    // A failed build stays failed.
+    let img = image(Some(failed_status.clone()));
+    assert!(decide_on(&img, Some(&first), false, &[]).create.is_none());
+
+    // A new rebuild value starts attempt 2, recording it; the same value again does not.
+    let asked = image_with(
+        &build_spec(),
+        &json!({REBUILD_ANNOTATION: "1"}),
+        Some(failed_status.clone()),
+    );
+    let d = decide_on(&asked, Some(&first), false, &[]);
+    let job = d.create.expect("attempt 2");
+    assert_eq!(job.name_any(), job_name("img", "uid-1", 2));
+    assert_eq!(d.status.attempts, Some(2));
+    assert_eq!(d.status.rebuild.as_deref(), Some("1"));
+    let mut second = job;
+    second.status = Some(k8s_openapi::api::batch::v1::JobStatus::default());
+    let mut after = asked.clone();
+    after.status = Some(d.status.clone());
+    assert!(
+        decide_on(&after, Some(&second), false, &[])
+            .create
+            .is_none()
+    );
+    // Even before the status is written, the Job records the value it answers.
+    assert!(
+        decide_on(&asked, Some(&second), false, &[])
+            .create
+            .is_none()
+    );
+
+    // A changed template while not built starts a new attempt; once built, it does not.
+    let mut changed = image(Some(failed_status.clone()));
+    changed.spec.job_template.backoff_limit = Some(1);
+    let d = decide_on(&changed, Some(&first), false, &[]);
+    assert_eq!(d.status.attempts, Some(2));
+    assert!(
+        d.notes[0].message.contains("job template changed"),
+        "{}",
+        d.notes[0].message
+    );
+    changed.spec.id = Some("ami-1".into());
+    assert!(
+        decide_on(&changed, Some(&first), false, &[])
+            .create
+            .is_none()
+    );
+
+    // A deleted Job retries, unless a TTL removed a failed one.
+    let d = decide_on(&img, None, true, &[]);
+    assert_eq!(
+        d.create.map(|j| j.name_any()),
+        Some(job_name("img", "uid-1", 2))
+    );
+    let mut ttl = img.clone();
+    ttl.spec.job_template.ttl_seconds_after_finished = Some(60);
+    ttl.status.as_mut().unwrap().job_template_hash = Some(template_hash(&ttl.spec.job_template));
+    let d = decide_on(&ttl, None, true, &[]);
+    assert!(d.create.is_none());
+    assert_eq!(d.status.phase, Some(MachineImagePhase::Failed));
+    assert_eq!(d.status.job_ref, None);
+    // Nor on the next reconcile, when the status no longer names the Job.
+    ttl.status = Some(d.status.clone());
+    let d = decide_on(&ttl, None, false, &[]);
+    assert!(d.create.is_none());
+    assert_eq!(d.status.phase, Some(MachineImagePhase::Failed));
+}
+
+#[test]
+fn an_invalid_version_creates_no_job() {
+    let mut spec = build_spec();
+    spec["version"] = json!("1.31");
+    let image = image_with(&spec, &json!({}), None);
+    let d = decide_on(&image, None, false, &[]);
+    assert!(d.create.is_none());
+    assert_eq!(ready(&d.status), ("False".into(), "InvalidVersion".into()));
+    assert!(d.notes[0].warning);
+    let mut after = image.clone();
+    after.status = Some(d.status.clone());
+    let again = decide_on(&after, None, false, &[]);
+    assert!(again.notes.is_empty() && again.status == d.status);
+}
+
+#[test]
+fn the_latest_job_is_the_highest_attempt() {
+    let image = image(None);
+    let jobs = [
+        job_of(&image, 2, &json!({})),
+        job_of(&image, 10, &json!({})),
+        job_of(&image, 3, &json!({})),
+    ];
+    assert_eq!(latest_job(&jobs).map(decide::attempt_of), Some(10));
+    assert!(latest_job(&[]).is_none());
+}
+
+// Choreography.
+
+impl Context {
+    /// A context over `jobs`, with the verifier that plays the API server.
+    fn test(jobs: &[Job]) -> (Arc<Context>, Verifier) {
+        let (client, verifier) = mock_client();
+        let (store, mut writer) = reflector::store::<Job>();
+        writer.apply_watcher_event(&watcher::Event::Init);
+        for job in jobs {
+            writer.apply_watcher_event(&watcher::Event::InitApply(job.clone()));
+        }
+        writer.apply_watcher_event(&watcher::Event::InitDone);
+        let ctx = Context::new(client, test_metrics(), Some("test".into()), store);
+        (Arc::new(ctx), verifier)
+    }
+}
+
+fn run<'a>(
+    image: &'a MachineImage,
+    ctx: &'a Arc<Context>,
+) -> futures::future::BoxFuture<'a, Result<Action, Error>> {
+    Box::pin(async move {
+        let now = now();
+        within(
+            "the reconcile",
+            STEP * 3,
+            Box::pin(reconcile_image(image, ctx, &now)),
+        )
+        .await
+    })
+}
+
+fn answer_status(call: crate::runtime::fixtures::Call, image: &MachineImage) {
+    let mut answer = serde_json::to_value(image).unwrap();
+    answer["status"] = call.body["status"].clone();
+    call.ok(&answer);
+}
+
+#[tokio::test]
+async fn first_build_creates_the_job_then_status_then_an_event() {
+    let image = image(None);
+    let (ctx, verifier) = Context::test(&[]);
+    let answer = image.clone();
+    let scenario = verifier.run(|mut server| async move {
+        let call = server.next().await;
+        assert_eq!(call.method, Method::POST);
+        assert_eq!(
+            call.uri,
+            "/apis/batch/v1/namespaces/team/jobs?&fieldManager=kubernetes-upgrader-machineimage"
+        );
+        assert_eq!(call.body["metadata"]["name"], job_name("img", "uid-1", 1));
+        assert_eq!(call.body["metadata"]["ownerReferences"][0]["uid"], "uid-1");
+        let created = call.body.clone();
+        call.reply(201, &created);
+        let call = server
+            .expect_status_apply::<MachineImage>("team", "img", FIELD_MANAGER)
+            .await;
+        assert_eq!(call.body["status"]["phase"], "Building");
+        assert_eq!(call.body["status"]["attempts"], 1);
+        assert_eq!(call.body["status"]["ready"], false);
+        answer_status(call, &answer);
+        server.expect_event("team", COMPONENT, "CreatingJob").await;
+        server
+    });
+    let action = run(&image, &ctx).await.unwrap();
+    assert_eq!(action, Action::requeue(decide::BUILDING_RECHECK));
+    scenario.finish().await;
+}
+
+#[tokio::test]
+async fn a_job_that_already_exists_is_taken_as_created() {
+    let image = image(None);
+    let (ctx, verifier) = Context::test(&[]);
+    let answer = image.clone();
+    let scenario = verifier.run(|mut server| async move {
+        let call = server.next().await;
+        assert_eq!(call.method, Method::POST);
+        call.fail(409, "AlreadyExists");
+        let call = server
+            .expect_status_apply::<MachineImage>("team", "img", FIELD_MANAGER)
+            .await;
+        answer_status(call, &answer);
+        server.expect_event("team", COMPONENT, "CreatingJob").await;
+        server
+    });
+    run(&image, &ctx).await.unwrap();
+    scenario.finish().await;
+}
+
+#[tokio::test]
+async fn steady_state_makes_no_calls() {
+    let built = {
+        let image = image(Some(building_status(&image(None), 1)));
+        let job = job_of(&image, 1, &complete());
+        let mut after = image.clone();
+        after.spec.id = Some("ami-1".into());
+        after
+            .metadata
+            .annotations
+            .get_or_insert_default()
+            .insert(OS_IMAGE_STAMP_ANNOTATION.into(), "img-1".into());
+        let mut with_annotation = job.clone();
+        with_annotation
+            .metadata
+            .annotations
+            .get_or_insert_default()
+            .insert(IMAGE_ID_ANNOTATION.into(), "ami-1".into());
+        after.status = Some(decide_on(&after, Some(&with_annotation), false, &[]).status);
+        (after, with_annotation)
+    };
+    let (image, job) = built;
+    let (ctx, verifier) = Context::test(&[job]);
+    let action = run(&image, &ctx).await.unwrap();
+    assert_eq!(action, Action::await_change());
+    verifier.assert_no_more_calls().await;
+
+    // A static image too.
+    let mut spec = build_spec();
+    spec["id"] = json!("ami-2");
+    let mut static_image = image_with(&spec, &json!({}), None);
+    static_image.status = Some(decide_on(&static_image, None, false, &[]).status);
+    let (ctx, verifier) = Context::test(&[]);
+    run(&static_image, &ctx).await.unwrap();
+    verifier.assert_no_more_calls().await;
+}
+
+#[tokio::test]
+async fn a_completed_job_hands_off_through_the_termination_message() {
+    let image = image(Some(building_status(&image(None), 1)));
+    let job = job_of(&image, 1, &complete());
+    let job_name_1 = job.name_any();
+    let (ctx, verifier) = Context::test(&[job]);
+    let answer = image.clone();
+    let scenario = verifier.run(move |mut server| async move {
+        let call = server.next().await;
+        assert_eq!(call.method, Method::GET);
+        assert_eq!(
+            call.uri,
+            format!("/api/v1/namespaces/team/pods?&labelSelector=batch.kubernetes.io%2Fjob-name%3D{job_name_1}")
+        );
+        let pod = serde_json::to_value(pod(&[("build", 0, "Completed", ""), ("publish", 0, "Completed", "ami-42")])).unwrap();
+        call.ok(&json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": [pod]}));
+        let call = server.next().await;
+        assert_eq!(call.method, Method::PATCH);
+        assert_eq!(
+            call.uri,
+            "/apis/kubernetesupgraded.dimitrikoshkin.com/v1alpha1/namespaces/team/machineimages/img?&force=true&fieldManager=kubernetes-upgrader-machineimage"
+        );
+        assert_eq!(call.body["spec"], json!({"id": "ami-42"}), "only spec.id");
+        assert_eq!(
+            call.body["metadata"]["annotations"],
+            json!({OS_IMAGE_STAMP_ANNOTATION: "img-1"})
+        );
+        let patched = serde_json::to_value(&answer).unwrap();
+        call.ok(&patched);
+        let call = server
+            .expect_status_apply::<MachineImage>("team", "img", FIELD_MANAGER)
+            .await;
+        assert_eq!(call.body["status"]["ready"], true);
+        assert_eq!(call.body["status"]["phase"], "Created");
+        answer_status(call, &answer);
+        server.expect_event("team", COMPONENT, "Built").await;
+        server
+    });
+    run(&image, &ctx).await.unwrap();
+    scenario.finish().await;
+}
+
+#[tokio::test]
+async fn a_failed_id_write_writes_no_status() {
+    let image = image(Some(building_status(&image(None), 1)));
+    let mut job = job_of(&image, 1, &complete());
+    job.metadata
+        .annotations
+        .get_or_insert_default()
+        .insert(IMAGE_ID_ANNOTATION.into(), "ami-1".into());
+    let (ctx, verifier) = Context::test(&[job]);
+    let scenario = verifier.run(|mut server| async move {
+        let call = server.next().await;
+        assert_eq!(call.method, Method::PATCH);
+        call.fail(500, "InternalError");
+        server
+    });
+    let err = run(&image, &ctx).await.unwrap_err();
+    assert_eq!(err.category(), "WriteImageId");
+    scenario.finish().await;
+}
+
+#[tokio::test]
+async fn a_job_missing_from_the_cache_is_read_before_anything_is_created() {
+    // The status names attempt 1's Job; the cache has not seen it yet.
+    let image = image(Some(building_status(&image(None), 1)));
+    let job = job_of(&image, 1, &json!({"active": 1}));
+    let (ctx, verifier) = Context::test(&[]);
+    let name = job.name_any();
+    let scenario = verifier.run(move |mut server| async move {
+        let call = server.next().await;
+        assert_eq!(call.method, Method::GET);
+        assert_eq!(
+            call.uri,
+            format!("/apis/batch/v1/namespaces/team/jobs/{name}")
+        );
+        call.ok(&serde_json::to_value(&job).unwrap());
+        server
+    });
+    // Still building: the status already says so, so nothing is written.
+    let action = run(&image, &ctx).await.unwrap();
+    assert_eq!(action, Action::requeue(decide::BUILDING_RECHECK));
+    scenario.finish().await;
+}
+
+#[tokio::test]
+async fn a_job_being_deleted_is_retried_with_the_next_attempt() {
+    let image = image(Some(building_status(&image(None), 1)));
+    let mut job = job_of(&image, 1, &json!({"active": 1}));
+    job.metadata.deletion_timestamp = Some(now());
+    job.metadata.finalizers = Some(vec!["orphan".into()]);
+    let (ctx, verifier) = Context::test(&[job]);
+    let answer = image.clone();
+    let scenario = verifier.run(|mut server| async move {
+        let call = server.next().await;
+        assert_eq!(call.method, Method::POST);
+        assert_eq!(call.body["metadata"]["name"], job_name("img", "uid-1", 2));
+        let body = call.body.clone();
+        call.reply(201, &body);
+        let call = server
+            .expect_status_apply::<MachineImage>("team", "img", FIELD_MANAGER)
+            .await;
+        assert_eq!(call.body["status"]["attempts"], 2);
+        answer_status(call, &answer);
+        server.expect_event("team", COMPONENT, "CreatingJob").await;
+        server
+    });
+    run(&image, &ctx).await.unwrap();
+    scenario.finish().await;
+}
