@@ -1,5 +1,5 @@
 //! The Plan controller on a real API server: event-driven choice of the newest ready image,
-//! candidates per minor, an omitted selector matching all, and details cleared when none is left.
+//! candidates per minor, images still building ignored, and details cleared when no image matches.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "support/upgrader.rs"]
@@ -22,7 +22,7 @@ async fn a_plan_follows_ready_images_as_they_change() {
         "apiVersion": "kubernetesupgraded.dimitrikoshkin.com/v1alpha1",
         "kind": "Plan",
         "metadata": {"name": "all"},
-        "spec": {"versionRange": ">=1.29.0"},
+        "spec": {"versionRange": ">=1.29.0", "machineImageSelector": {"matchLabels": {"os": "demo"}}},
     }))
     .unwrap();
     plans.create(&PostParams::default(), &plan).await.unwrap();
@@ -41,12 +41,12 @@ async fn a_plan_follows_ready_images_as_they_change() {
         Some("NoSuitableMachineImage")
     );
 
-    // A not-yet-ready image does not count.
+    // An image still building (no ID yet) does not count.
     let images: Api<MachineImage> = env.api();
     let pending: MachineImage = serde_json::from_value(json!({
         "apiVersion": "kubernetesupgraded.dimitrikoshkin.com/v1alpha1", "kind": "MachineImage",
-        "metadata": {"name": "pending"},
-        "spec": {"version": "v1.32.0", "id": "i-132", "jobTemplate": {"spec": {"containers": [{"name": "b", "image": "b"}]}}},
+        "metadata": {"name": "pending", "labels": {"os": "demo"}},
+        "spec": {"version": "v1.32.0", "jobTemplate": {"spec": {"containers": [{"name": "b", "image": "b"}]}}},
     }))
     .unwrap();
     images
@@ -54,7 +54,7 @@ async fn a_plan_follows_ready_images_as_they_change() {
         .await
         .unwrap();
 
-    // Ready images are picked up at once (v0.6 re-checked every minute): no selector matches all.
+    // Ready images are picked up at once (v0.6 re-checked every minute).
     let started = Instant::now();
     static_image(&env, "a-1-30-1", "v1.30.1", "i-1301")
         .await
@@ -104,19 +104,11 @@ async fn a_plan_follows_ready_images_as_they_change() {
         ]
     );
 
-    // Every image no longer ready (as after a failed rebuild): the details are cleared.
+    // The images no longer match the selector: the details are cleared.
     for name in ["a-1-30-1", "b-1-30-4", "c-1-31-0"] {
-        let status = json!({
-            "apiVersion": "kubernetesupgraded.dimitrikoshkin.com/v1alpha1",
-            "kind": "MachineImage",
-            "status": {"ready": false, "phase": "Failed"},
-        });
+        let relabel = json!({"metadata": {"labels": {"os": "retired"}}});
         images
-            .patch_status(
-                name,
-                &PatchParams::apply("e2e-image-stand-in").force(),
-                &Patch::Apply(&status),
-            )
+            .patch(name, &PatchParams::default(), &Patch::Merge(&relabel))
             .await
             .unwrap();
     }
