@@ -15,12 +15,7 @@ pub const WAIT: Duration = Duration::from_secs(30);
 
 /// The Cluster resource in `version` (`v1beta1` or `v1beta2`).
 pub fn clusters(env: &TestEnv, version: &str) -> Api<DynamicObject> {
-    let gvk = GroupVersionKind::gvk("cluster.x-k8s.io", version, "Cluster");
-    Api::namespaced_with(
-        env.client.clone(),
-        &env.namespace,
-        &ApiResource::from_gvk_with_plural(&gvk, "clusters"),
-    )
+    e2e::capi::clusters(&env.client, &env.namespace, version)
 }
 
 /// A static MachineImage (spec.id set), then Ready as the MachineImage controller makes it.
@@ -100,39 +95,14 @@ fn merge(into: &mut Value, from: &Value) {
     }
 }
 
-/// Writes the Cluster's status as Cluster API reports a finished rollout at `version`: the
-/// generation observed, TopologyReconciled, the machine conditions and the version lists.
+/// Writes the Cluster's status as Cluster API reports a finished rollout at `version`.
 pub async fn finish(
     env: &TestEnv,
     api_version: &str,
     name: &str,
     version: &str,
 ) -> Result<DynamicObject> {
-    let api = clusters(env, api_version);
-    let current = api.get(name).await?;
-    let generation = current.metadata.generation.unwrap_or(1);
-    let at = "2026-01-01T00:00:00Z";
-    let v1beta2 = json!({
-        "conditions": [
-            {"type": "TopologyReconciled", "status": "True", "reason": "ReconcileSucceeded", "lastTransitionTime": at},
-            {"type": "ControlPlaneMachinesUpToDate", "status": "True", "reason": "UpToDate", "lastTransitionTime": at},
-            {"type": "WorkerMachinesUpToDate", "status": "True", "reason": "UpToDate", "lastTransitionTime": at},
-            {"type": "RollingOut", "status": "False", "reason": "NotRollingOut", "lastTransitionTime": at},
-            {"type": "Available", "status": "True", "reason": "Available", "lastTransitionTime": at},
-        ],
-        "controlPlane": {"replicas": 1, "upToDateReplicas": 1, "versions": [{"version": version, "replicas": 1}]},
-        "workers": {"replicas": 2, "upToDateReplicas": 2, "versions": [{"version": version, "replicas": 2}]},
-    });
-    let mut status = if api_version == "v1beta1" {
-        json!({"conditions": [{"type": "TopologyReconciled", "status": "True", "lastTransitionTime": at}], "v1beta2": v1beta2})
-    } else {
-        v1beta2
-    };
-    status["observedGeneration"] = json!(generation);
-    let patch = json!({"status": status});
-    Ok(api
-        .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await?)
+    e2e::capi::rollout_finished(&env.client, &env.namespace, api_version, name, version).await
 }
 
 /// The upgraders of `kind` in the test's namespace.
