@@ -54,6 +54,23 @@ pub fn crd_dir_docs() -> Result<Vec<Value>> {
 /// The minimal `clusters.cluster.x-k8s.io` CRD: namespaced, v1beta1, status subresource, and
 /// unknown fields preserved in spec and status (so `spec.topology.variables` is atomic).
 pub fn minimal_cluster_crd() -> Value {
+    cluster_crd(&json!([{
+        "name": "v1beta1",
+        "served": true,
+        "storage": true,
+        "subresources": { "status": {} },
+        "schema": { "openAPIV3Schema": {
+            "type": "object",
+            "properties": {
+                "spec": { "type": "object", "x-kubernetes-preserve-unknown-fields": true },
+                "status": { "type": "object", "x-kubernetes-preserve-unknown-fields": true }
+            }
+        }}
+    }]))
+}
+
+/// The `clusters.cluster.x-k8s.io` CRD with `versions`.
+fn cluster_crd(versions: &Value) -> Value {
     json!({
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
@@ -62,21 +79,66 @@ pub fn minimal_cluster_crd() -> Value {
             "group": "cluster.x-k8s.io",
             "names": { "kind": "Cluster", "listKind": "ClusterList", "plural": "clusters", "singular": "cluster" },
             "scope": "Namespaced",
-            "versions": [{
-                "name": "v1beta1",
-                "served": true,
-                "storage": true,
-                "subresources": { "status": {} },
-                "schema": { "openAPIV3Schema": {
-                    "type": "object",
-                    "properties": {
-                        "spec": { "type": "object", "x-kubernetes-preserve-unknown-fields": true },
-                        "status": { "type": "object", "x-kubernetes-preserve-unknown-fields": true }
-                    }
-                }}
-            }]
+            "versions": versions,
         }
     })
+}
+
+/// A `clusters.cluster.x-k8s.io` CRD in Cluster API's shape for what the upgrader touches:
+/// v1beta1 and v1beta2 served (v1beta2 stored, so preferred), `spec.topology.variables` a
+/// list-map keyed by `name` (Cluster API 1.8+), everything else preserved as unknown fields.
+pub fn list_map_cluster_crd() -> Value {
+    let variables = json!({
+        "type": "array",
+        "x-kubernetes-list-type": "map",
+        "x-kubernetes-list-map-keys": ["name"],
+        "items": {
+            "type": "object",
+            "required": ["name", "value"],
+            "properties": {
+                "name": {"type": "string"},
+                "value": {"x-kubernetes-preserve-unknown-fields": true},
+            },
+        },
+    });
+    let schema = json!({ "openAPIV3Schema": {
+        "type": "object",
+        "properties": {
+            "spec": {
+                "type": "object",
+                "x-kubernetes-preserve-unknown-fields": true,
+                "properties": {
+                    "topology": {
+                        "type": "object",
+                        "x-kubernetes-preserve-unknown-fields": true,
+                        "properties": {"version": {"type": "string"}, "variables": variables},
+                    },
+                },
+            },
+            "status": { "type": "object", "x-kubernetes-preserve-unknown-fields": true }
+        }
+    }});
+    let version = |name: &str, storage: bool| json!({"name": name, "served": true, "storage": storage, "subresources": {"status": {}}, "schema": schema});
+    cluster_crd(&json!([
+        version("v1beta1", false),
+        version("v1beta2", true)
+    ]))
+}
+
+/// Replaces the harness's Cluster CRD with the Cluster API shape ([`list_map_cluster_crd`]) and
+/// waits until it is Established. For a test binary of its own: every test in the binary then
+/// sees this shape.
+pub async fn install_list_map_cluster_crd(client: &Client) -> Result<()> {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let crd: CustomResourceDefinition = serde_json::from_value(list_map_cluster_crd())?;
+    crds.patch(
+        CLUSTER_CRD,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&crd),
+    )
+    .await
+    .context("applying the list-map Cluster CRD")?;
+    wait_established(&crds, CLUSTER_CRD, Duration::from_secs(60)).await
 }
 
 /// Installs everything and waits until the CRDs are Established and the admission policies

@@ -99,4 +99,26 @@ pub struct PlanStatus {
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+
+    /// The highest ready image of each minor within `versionRange`, ascending by version: the
+    /// steps an upgrader can take towards `machineImageDetails`. At most [`MAX_CANDIDATES`]
+    /// entries, the newest kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    pub candidates: Option<Vec<PlanCandidate>>,
+}
+
+/// Most entries in `status.candidates`.
+pub const MAX_CANDIDATES: usize = 32;
+
+/// One ready image a Plan offers as a step.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PlanCandidate {
+    /// The image's `spec.version`.
+    pub version: String,
+    /// The image's `spec.id`.
+    pub id: String,
+    /// The MachineImage's name.
+    pub name: String,
 }

@@ -1,7 +1,7 @@
 //! ClusterClassClusterUpgrader (the v0.6 name) and InClusterUpgradeAutomation (the later name):
 //! two kinds with one schema, served by one controller.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
@@ -29,6 +29,7 @@ macro_rules! upgrader_kind {
             printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason"),
             printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
         )]
+        #[x_kube(validation = kube::core::Rule::new("!has(self.imageMap) || !has(self.topologyVariable) || self.topologyVariable == ''").message("spec.imageMap and spec.topologyVariable are exclusive: set one of them"))]
         #[serde(rename_all = "camelCase")]
         pub struct $spec {
             /// While true, nothing is processed.
@@ -48,6 +49,26 @@ macro_rules! upgrader_kind {
 
             /// The Plan to follow, in this namespace.
             pub plan_ref: ObjectRef,
+
+            /// When true, a missing `topologyVariable` is added to the Cluster's variables
+            /// instead of blocking with `TopologyVariableNotFound`.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub create_topology_variable: Option<bool>,
+
+            /// An object-valued Cluster variable that maps each Kubernetes version to its image.
+            /// Each step adds the entry of its version; entries of other versions are never
+            /// changed or removed. Exclusive with `topologyVariable`.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub image_map: Option<ImageMap>,
+
+            /// Steps start only inside this window; a started step may finish outside it.
+            /// Omitted means always open.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub maintenance_window: Option<MaintenanceWindow>,
+
+            /// When true, the next step is computed and reported in status, never written.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub dry_run: Option<bool>,
         }
 
         impl $spec {
@@ -61,6 +82,10 @@ macro_rules! upgrader_kind {
                         .as_deref()
                         .filter(|v| !v.is_empty()),
                     plan_ref: &self.plan_ref,
+                    create_topology_variable: self.create_topology_variable.unwrap_or(false),
+                    image_map: self.image_map.as_ref(),
+                    maintenance_window: self.maintenance_window.as_ref(),
+                    dry_run: self.dry_run.unwrap_or(false),
                 }
             }
         }
@@ -92,7 +117,92 @@ pub struct UpgraderSpecView<'a> {
     pub topology_variable: Option<&'a str>,
     /// `spec.planRef`.
     pub plan_ref: &'a ObjectRef,
+    /// `spec.createTopologyVariable`, false when unset.
+    pub create_topology_variable: bool,
+    /// `spec.imageMap`.
+    pub image_map: Option<&'a ImageMap>,
+    /// `spec.maintenanceWindow`.
+    pub maintenance_window: Option<&'a MaintenanceWindow>,
+    /// `spec.dryRun`, false when unset.
+    pub dry_run: bool,
 }
+
+/// A Cluster variable whose value maps Kubernetes versions (`v1.33.2`) to image IDs.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageMap {
+    /// Name of the entry in `Cluster.spec.topology.variables`.
+    #[schemars(length(min = 1, max = 253))]
+    pub variable: String,
+    /// The property of the variable's object value that holds the map, such as
+    /// `byKubernetesVersion`. Omitted means the value itself is the map.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub field: Option<String>,
+    /// When true, a missing variable is created holding only the map.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub create: Option<bool>,
+}
+
+/// When steps may start: each start of `schedule` in `timeZone` opens the window for `duration`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct MaintenanceWindow {
+    /// A cron schedule of five fields (minute, hour, day of month, month, day of week), or six
+    /// with leading seconds, such as `0 2 * * SAT`.
+    #[schemars(length(min = 9, max = 128))]
+    #[x_kube(validation = kube::core::Rule::new(format!("self.matches('{CRON_PATTERN}')")).message("spec.maintenanceWindow.schedule must be a cron schedule of five or six fields, such as '0 2 * * SAT'"))]
+    pub schedule: String,
+    /// How long each window stays open, as a duration from 1m to 168h, such as `4h`.
+    #[schemars(length(min = 2, max = 32))]
+    #[x_kube(validation = kube::core::Rule::new(crate::durations::between_rule("1m", "168h")).message("spec.maintenanceWindow.duration must be a duration from 1m to 168h, such as 4h"))]
+    pub duration: String,
+    /// The IANA time zone the schedule is read in, such as `Europe/Berlin`. Omitted means UTC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    #[x_kube(validation = kube::core::Rule::new(format!("self.matches('{TIME_ZONE_PATTERN}')")).message("spec.maintenanceWindow.timeZone must be an IANA time zone name, such as Europe/Berlin or UTC"))]
+    pub time_zone: Option<String>,
+}
+
+/// RE2 pattern a cron schedule must match: five or six space-separated fields of cron characters.
+pub const CRON_PATTERN: &str = "^[0-9A-Za-z*?/,#LW-]+( +[0-9A-Za-z*?/,#LW-]+){4,5}$";
+/// RE2 pattern a time zone name must match.
+pub const TIME_ZONE_PATTERN: &str = "^[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+)*$";
+
+/// The step an upgrader will take next, or is waiting to take.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct NextStep {
+    /// The `v`-prefixed Kubernetes version of the step.
+    pub version: String,
+    /// The image ID written with it.
+    pub id: String,
+    /// Why it is not written yet: the `Blocked` or `Progressing` reason, or `DryRun`.
+    pub reason: String,
+    /// The earliest time it may start, when a maintenance window is closed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<Time>,
+}
+
+/// One step written to the Cluster.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct StepRecord {
+    /// The Cluster's version before the step.
+    pub from: String,
+    /// The version written.
+    pub to: String,
+    /// The image ID written.
+    pub image: String,
+    /// When the step was written.
+    pub started: Time,
+    /// When the Cluster was first seen finished at `to`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished: Option<Time>,
+}
+
+/// Most entries in `status.history`.
+pub const MAX_HISTORY: usize = 10;
 
 /// Observed state of an upgrader.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
@@ -110,4 +220,91 @@ pub struct UpgraderStatus {
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+
+    /// The step computed next, while one is pending; absent when the Cluster is up to date.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_step: Option<NextStep>,
+
+    /// The steps written, oldest first, at most [`MAX_HISTORY`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 10))]
+    pub history: Option<Vec<StepRecord>>,
+}
+
+#[cfg(test)]
+#[allow(clippy::needless_pass_by_value)]
+mod cel {
+    use kube::core::cel::validate_cel;
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    fn upgrader(extra: Value) -> ClusterClassClusterUpgrader {
+        let mut spec = json!({"clusterName": "c", "planRef": {"name": "p"}});
+        if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
+            spec.extend(extra.clone());
+        }
+        serde_json::from_value(json!({
+            "apiVersion": "kubernetesupgraded.dimitrikoshkin.com/v1alpha1",
+            "kind": "ClusterClassClusterUpgrader",
+            "metadata": {"name": "x", "namespace": "team"},
+            "spec": spec,
+        }))
+        .unwrap()
+    }
+
+    fn refused(extra: Value, message: &str) {
+        let errors = validate_cel(&upgrader(extra)).expect_err("should be refused");
+        let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert!(
+            text.iter().any(|e| e.contains(message)),
+            "{message:?} in {text:?}"
+        );
+    }
+
+    fn window(schedule: &str, duration: &str, zone: &str) -> Value {
+        json!({"maintenanceWindow": {"schedule": schedule, "duration": duration, "timeZone": zone}})
+    }
+
+    #[test]
+    fn window_rules_accept_and_refuse_with_the_field() {
+        for ok in [
+            window("0 2 * * SAT", "4h", "Europe/Berlin"),
+            window("30 0 2 * * MON-FRI", "1m", "UTC"),
+            window("*/15 22-23 * * *", "168h", "America/Argentina/Buenos_Aires"),
+        ] {
+            assert!(validate_cel(&upgrader(ok.clone())).is_ok(), "{ok}");
+        }
+        refused(
+            window("every day", "4h", "UTC"),
+            "spec.maintenanceWindow.schedule",
+        );
+        refused(
+            window("0 2 * *", "4h", "UTC"),
+            "spec.maintenanceWindow.schedule",
+        );
+        refused(
+            window("0 2 * * *", "30s", "UTC"),
+            "spec.maintenanceWindow.duration",
+        );
+        refused(
+            window("0 2 * * *", "169h", "UTC"),
+            "spec.maintenanceWindow.duration",
+        );
+        refused(
+            window("0 2 * * *", "1h", "Europe/../x"),
+            "spec.maintenanceWindow.timeZone",
+        );
+    }
+
+    #[test]
+    fn image_map_and_topology_variable_are_exclusive() {
+        let map = json!({"variable": "osImages"});
+        assert!(validate_cel(&upgrader(json!({"imageMap": map}))).is_ok());
+        assert!(validate_cel(&upgrader(json!({"imageMap": map, "topologyVariable": ""}))).is_ok());
+        refused(
+            json!({"imageMap": map, "topologyVariable": "image"}),
+            "spec.imageMap and spec.topologyVariable are exclusive",
+        );
+    }
 }

@@ -5,6 +5,8 @@ pub mod debian_source;
 pub mod machine_image;
 pub mod machine_image_syncer;
 pub mod machine_image_template;
+pub mod plan;
+pub mod upgrader;
 
 use crate::runtime::Registration;
 
@@ -14,4 +16,7 @@ pub const ALL: &[Registration] = &[
     machine_image::REGISTRATION,
     machine_image_template::REGISTRATION,
     machine_image_syncer::REGISTRATION,
+    plan::REGISTRATION,
+    upgrader::CLUSTER_CLASS_REGISTRATION,
+    upgrader::IN_CLUSTER_REGISTRATION,
 ];

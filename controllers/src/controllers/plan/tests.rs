@@ -1,0 +1,222 @@
+//! Decision tables and choreography of the Plan controller.
+
+use super::*;
+use crate::runtime::fixtures::{STEP, Verifier, mock_client, within};
+use api::v1alpha1::PlanPhase;
+use k8s_openapi::jiff::Timestamp;
+use kube::runtime::{reflector, watcher};
+use serde_json::{Value, json};
+
+fn image(name: &str, version: &str, id: &str, ready: bool, labels: &Value) -> MachineImage {
+    serde_json::from_value(json!({
+        "apiVersion": "kubernetesupgraded.dimitrikoshkin.com/v1alpha1",
+        "kind": "MachineImage",
+        "metadata": {"name": name, "namespace": "team", "labels": labels},
+        "spec": {"version": version, "id": id, "jobTemplate": {"spec": {"containers": [{"name": "b", "image": "b"}]}}},
+        "status": {"ready": ready, "phase": "Created"},
+    }))
+    .unwrap()
+}
+
+fn plan(range: &str, selector: Option<Value>) -> Plan {
+    let mut spec = json!({"versionRange": range});
+    if let Some(selector) = selector {
+        spec["machineImageSelector"] = selector;
+    }
+    serde_json::from_value(json!({
+        "apiVersion": "kubernetesupgraded.dimitrikoshkin.com/v1alpha1",
+        "kind": "Plan",
+        "metadata": {"name": "p", "namespace": "team", "generation": 2, "uid": "u1"},
+        "spec": spec,
+    }))
+    .unwrap()
+}
+
+fn now() -> Time {
+    Time(Timestamp::from_second(1_800_000_000).unwrap())
+}
+
+fn images() -> Vec<MachineImage> {
+    vec![
+        image("b-1-27-2", "v1.27.2", "img-b", true, &json!({"v": "1"})),
+        image("a-1-27-2", "v1.27.2", "img-a", true, &json!({"v": "1"})),
+        image("c-1-27-3", "v1.27.3", "img-c", true, &json!({"v": "0"})),
+        image("d-1-26-6", "v1.26.6", "img-d", true, &json!({"v": "1"})),
+        image("e-1-27-9", "v1.27.9", "img-e", false, &json!({"v": "1"})),
+        image("f-1-28-1", "v1.28.1", "", true, &json!({"v": "1"})),
+    ]
+}
+
+fn decide_for(p: &Plan, imgs: &[MachineImage]) -> select::Decision {
+    let usable = select::usable(imgs, "team", p.spec.machine_image_selector.as_ref());
+    select::decide(
+        &p.spec,
+        Some(2),
+        "team",
+        &usable,
+        &PlanStatus::default(),
+        &now(),
+    )
+}
+
+#[test]
+fn found_picks_the_highest_ready_image_with_an_id_and_ties_go_to_the_first_name() {
+    let d = decide_for(
+        &plan(">=1.26.0", Some(json!({"matchLabels": {"v": "1"}}))),
+        &images(),
+    );
+    assert_eq!(d.status.phase, Some(PlanPhase::FoundMachineImage));
+    let details = d.status.machine_image_details.unwrap();
+    // e (not ready), f (no id) and c (label) are skipped; a and b tie, a's name sorts first.
+    assert_eq!(details.id, "img-a");
+    assert_eq!(details.version.as_deref(), Some("v1.27.2"));
+    assert_eq!(
+        d.status.machine_image_ref.unwrap().name.as_deref(),
+        Some("a-1-27-2")
+    );
+    let ready = &d.status.conditions.unwrap()[0];
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("True", "FoundMachineImage")
+    );
+    assert!(d.notes.is_empty());
+    let candidates: Vec<(String, String)> = d
+        .status
+        .candidates
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.version, c.name))
+        .collect();
+    assert_eq!(
+        candidates,
+        [
+            ("v1.26.6".into(), "d-1-26-6".into()),
+            ("v1.27.2".into(), "a-1-27-2".into())
+        ]
+    );
+}
+
+#[test]
+fn an_omitted_selector_matches_every_image() {
+    let d = decide_for(&plan("v1.27.x", None), &images());
+    assert_eq!(d.status.machine_image_details.unwrap().id, "img-c");
+}
+
+#[test]
+fn nothing_in_range_clears_the_details_and_warns_once() {
+    let p = plan("v1.30.x", None);
+    let usable = select::usable(&images(), "team", None);
+    let found = select::decide(
+        &plan("v1.27.x", None).spec,
+        Some(2),
+        "team",
+        &usable,
+        &PlanStatus::default(),
+        &now(),
+    );
+    let d = select::decide(&p.spec, Some(2), "team", &usable, &found.status, &now());
+    assert_eq!(d.status.phase, Some(PlanPhase::NoSuitableMachineImage));
+    assert_eq!(d.status.machine_image_details, None);
+    assert_eq!(d.status.machine_image_ref, None);
+    let ready = &d.status.conditions.as_ref().unwrap()[0];
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "NoSuitableMachineImage")
+    );
+    assert_eq!(d.notes.len(), 1);
+    assert_eq!(d.notes[0].reason, "LatestVersionNotFound");
+    assert!(d.notes[0].warning);
+    let again = select::decide(&p.spec, Some(2), "team", &usable, &d.status, &now());
+    assert!(again.notes.is_empty(), "only on the transition");
+    assert_eq!(again.status, d.status);
+}
+
+#[test]
+fn an_invalid_range_is_its_own_reason() {
+    let d = decide_for(&plan("1x", None), &images());
+    let ready = &d.status.conditions.unwrap()[0];
+    assert_eq!(ready.reason, "InvalidVersionRange");
+    assert!(ready.message.contains("spec.versionRange"));
+    assert_eq!(d.status.phase, Some(PlanPhase::NoSuitableMachineImage));
+}
+
+#[test]
+fn images_of_other_namespaces_do_not_count() {
+    let mut other = image("z", "v1.29.0", "img-z", true, &json!({}));
+    other.metadata.namespace = Some("elsewhere".into());
+    let d = decide_for(&plan("*", None), &[other]);
+    assert_eq!(d.status.phase, Some(PlanPhase::NoSuitableMachineImage));
+}
+
+fn context(imgs: Vec<MachineImage>) -> (Arc<Context>, Verifier) {
+    let (client, verifier) = mock_client();
+    let (reader, mut writer) = reflector::store();
+    for i in imgs {
+        writer.apply_watcher_event(&watcher::Event::Apply(DeserializeGuard(Ok(i))));
+    }
+    let metrics =
+        Arc::new(crate::runtime::Metrics::default()).controller(CONTROLLER, Error::CATEGORIES);
+    let ctx = Context {
+        events: Events::new(client.clone(), COMPONENT, Some("test".into())),
+        client,
+        metrics,
+        images: reader,
+    };
+    (Arc::new(ctx), verifier)
+}
+
+#[tokio::test]
+async fn the_first_sync_is_one_status_write_and_the_steady_state_none() {
+    let (ctx, verifier) = context(images());
+    let p = plan("v1.27.x", Some(json!({"matchLabels": {"v": "1"}})));
+    let scenario = verifier.run(|mut server| async move {
+        let call = server
+            .expect_status_apply::<Plan>("team", "p", FIELD_MANAGER)
+            .await;
+        assert_eq!(call.body["status"]["phase"], "FoundMachineImage");
+        assert_eq!(
+            call.body["status"]["machineImageDetails"],
+            json!({"version": "v1.27.2", "id": "img-a"})
+        );
+        assert_eq!(call.body["status"]["observedGeneration"], 2);
+        let mut applied = serde_json::to_value(plan("v1.27.x", None)).unwrap();
+        applied["status"] = call.body["status"].clone();
+        call.ok(&applied);
+        server
+    });
+    within("reconcile", STEP, reconcile_plan(&p, &ctx, &now()))
+        .await
+        .unwrap();
+    scenario.finish().await;
+
+    let mut synced = p.clone();
+    synced.status = Some(decide_for(&p, &images()).status);
+    let (ctx, verifier) = context(images());
+    let scenario = verifier.run(|server| async move { server });
+    within("reconcile", STEP, reconcile_plan(&synced, &ctx, &now()))
+        .await
+        .unwrap();
+    scenario.finish().await;
+}
+
+#[tokio::test]
+async fn no_image_is_a_status_write_then_one_warning() {
+    let (ctx, verifier) = context(vec![]);
+    let p = plan("v1.27.x", None);
+    let scenario = verifier.run(|mut server| async move {
+        let call = server
+            .expect_status_apply::<Plan>("team", "p", FIELD_MANAGER)
+            .await;
+        assert_eq!(call.body["status"]["phase"], "NoSuitableMachineImage");
+        let body = serde_json::to_value(plan("v1.27.x", None)).unwrap();
+        call.ok(&body);
+        server
+            .expect_event("team", COMPONENT, "LatestVersionNotFound")
+            .await;
+        server
+    });
+    within("reconcile", STEP, reconcile_plan(&p, &ctx, &now()))
+        .await
+        .unwrap();
+    scenario.finish().await;
+}

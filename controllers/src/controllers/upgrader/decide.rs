@@ -1,0 +1,251 @@
+//! From the planner's answer to the status, events and requeue of one reconcile. Pure.
+
+use std::time::Duration;
+
+use api::conditions::{Desired, Status, merge};
+use api::v1alpha1::{CONDITION_READY, MAX_HISTORY, NextStep, StepRecord, UpgraderStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use semver::Version;
+
+use super::gates::{Hold, Plan, Reason, Step};
+use crate::runtime::Note;
+
+/// Condition types the upgrader reports besides `Ready`.
+pub const PROGRESSING: &str = "Progressing";
+/// Set while a gate blocks the next step.
+pub const BLOCKED: &str = "Blocked";
+/// Set while `spec.paused` is true.
+pub const PAUSED: &str = "Paused";
+
+/// How often a running rollout is re-read: the control plane object and MachineDeployments are
+/// not watched.
+pub const ROLLOUT_POLL: Duration = Duration::from_secs(30);
+/// How often a missing Cluster or Cluster API is looked for again, as in v0.6.
+pub const MISSING_POLL: Duration = Duration::from_secs(60);
+/// The longest wait for a window, so a clock change is noticed.
+pub const WINDOW_POLL_MAX: Duration = Duration::from_secs(3600);
+
+/// One reconcile's outcome.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decision {
+    /// The step to write first, if any; the status below assumes it succeeded.
+    pub write: Option<Step>,
+    /// The status to hold.
+    pub status: UpgraderStatus,
+    /// Events to publish (transitions only).
+    pub notes: Vec<Note>,
+    /// When to look again; `None` waits for a change.
+    pub requeue: Option<Duration>,
+}
+
+/// The observations `decide` needs besides the plan.
+#[derive(Clone, Debug)]
+pub struct Observed<'a> {
+    /// `metadata.generation`.
+    pub generation: Option<i64>,
+    /// The current status.
+    pub status: &'a UpgraderStatus,
+    /// The Cluster's name, for messages.
+    pub cluster: &'a str,
+    /// The Cluster's `spec.topology.version` and whether that step has finished, when known.
+    pub rollout: Option<(Version, bool)>,
+    /// The clock.
+    pub now: &'a Time,
+}
+
+/// Builds the status, events and requeue from `plan`.
+pub fn decide(plan: &Plan, observed: &Observed<'_>) -> Decision {
+    let current = observed.status;
+    let history = history(current, plan, observed);
+    let (conditions, next_step, latest_set_version, requeue, write) = match plan {
+        Plan::Write(step) => (
+            vec![
+                Desired::new(
+                    CONDITION_READY,
+                    false,
+                    Reason::StepApplied.as_str(),
+                    step_message(step, observed.cluster),
+                ),
+                Desired::new(
+                    PROGRESSING,
+                    true,
+                    Reason::StepApplied.as_str(),
+                    step_message(step, observed.cluster),
+                ),
+                Desired::new(BLOCKED, false, "NotBlocked", "no gate holds the next step"),
+                Desired::new(PAUSED, false, "NotPaused", "spec.paused is not set"),
+            ],
+            None,
+            Some(step.version_string()),
+            Some(ROLLOUT_POLL),
+            Some(step.clone()),
+        ),
+        Plan::Hold { hold, confirmed } => {
+            let latest = confirmed
+                .as_ref()
+                .map(api::version::with_v)
+                .or_else(|| current.latest_set_version.clone());
+            (
+                hold_conditions(hold),
+                hold.step.as_ref().map(|s| NextStep {
+                    version: s.version_string(),
+                    id: s.id.clone(),
+                    reason: hold.reason.as_str().to_owned(),
+                    not_before: hold.not_before.map(Time),
+                }),
+                latest,
+                requeue(hold, observed),
+                None,
+            )
+        }
+    };
+    let notes = notes(plan, current, observed.cluster);
+    let status = UpgraderStatus {
+        latest_set_version,
+        conditions: Some(merge(
+            current.conditions.as_deref().unwrap_or_default(),
+            &conditions,
+            observed.generation,
+            observed.now,
+        )),
+        observed_generation: observed.generation,
+        next_step,
+        history: (!history.is_empty()).then_some(history),
+    };
+    Decision {
+        write,
+        status,
+        notes,
+        requeue,
+    }
+}
+
+fn step_message(step: &Step, cluster: &str) -> String {
+    format!(
+        "set Cluster {cluster} from {} to {} with image {:?}",
+        super::cluster::shown(&step.from),
+        step.version_string(),
+        step.id
+    )
+}
+
+/// `Ready`, `Progressing`, `Blocked` and `Paused` for a hold.
+pub fn hold_conditions(hold: &Hold) -> Vec<Desired> {
+    let reason = hold.reason.as_str();
+    let message = hold.message.as_str();
+    let (ready, progressing, blocked) = match hold.reason {
+        Reason::ClusterUsingLatestVersion | Reason::ClusterAheadOfPlan => {
+            (Status::True, Status::False, Status::False)
+        }
+        Reason::RollingOut | Reason::PreviousStepUnfinished => {
+            (Status::False, Status::True, Status::False)
+        }
+        Reason::Paused | Reason::DryRun | Reason::StepApplied => {
+            (Status::False, Status::False, Status::False)
+        }
+        _ => (Status::False, Status::False, Status::True),
+    };
+    let paused = hold.reason == Reason::Paused;
+    vec![
+        Desired::new(CONDITION_READY, ready, reason, message),
+        Desired::new(PROGRESSING, progressing, reason, message),
+        if blocked == Status::True {
+            Desired::new(BLOCKED, blocked, reason, message)
+        } else {
+            Desired::new(
+                BLOCKED,
+                Status::False,
+                "NotBlocked",
+                "no gate blocks the upgrader",
+            )
+        },
+        if paused {
+            Desired::new(PAUSED, true, "Paused", "spec.paused is true")
+        } else {
+            Desired::new(PAUSED, false, "NotPaused", "spec.paused is not set")
+        },
+    ]
+}
+
+fn requeue(hold: &Hold, observed: &Observed<'_>) -> Option<Duration> {
+    match hold.reason {
+        Reason::ClusterNotFound | Reason::ClusterApiNotInstalled => Some(MISSING_POLL),
+        Reason::RollingOut | Reason::PreviousStepUnfinished => Some(ROLLOUT_POLL),
+        Reason::OutsideMaintenanceWindow => Some(hold.not_before.map_or(WINDOW_POLL_MAX, |at| {
+            let wait = at.duration_since(observed.now.0).unsigned_abs();
+            wait.clamp(Duration::from_secs(1), WINDOW_POLL_MAX)
+        })),
+        _ => None,
+    }
+}
+
+/// Appends a written step; marks the last step finished once the Cluster is seen finished at it.
+fn history(current: &UpgraderStatus, plan: &Plan, observed: &Observed<'_>) -> Vec<StepRecord> {
+    let mut history = current.history.clone().unwrap_or_default();
+    if let (Some((version, true)), Some(last)) = (&observed.rollout, history.last_mut())
+        && last.finished.is_none()
+        && api::version::parse_lenient(&last.to)
+            .is_some_and(|to| to.cmp_precedence(version).is_eq())
+    {
+        last.finished = Some(observed.now.clone());
+    }
+    if let Plan::Write(step) = plan {
+        history.push(StepRecord {
+            from: step.from.clone(),
+            to: step.version_string(),
+            image: step.id.clone(),
+            started: observed.now.clone(),
+            finished: None,
+        });
+    }
+    let skip = history.len().saturating_sub(MAX_HISTORY);
+    history.into_iter().skip(skip).collect()
+}
+
+/// Events on transitions only: a step, reaching the Plan's version, or a new blocking reason.
+fn notes(plan: &Plan, current: &UpgraderStatus, cluster: &str) -> Vec<Note> {
+    let previous = |type_: &str| {
+        current
+            .conditions
+            .as_deref()
+            .and_then(|c| api::conditions::find(c, type_))
+            .map(|c| (c.status.clone(), c.reason.clone()))
+    };
+    match plan {
+        Plan::Write(step) => vec![Note::normal(
+            "SettingClusterVersion",
+            step_message(step, cluster),
+        )],
+        Plan::Hold { hold, .. } => {
+            let reason = hold.reason.as_str();
+            match hold.reason {
+                Reason::ClusterUsingLatestVersion => (previous(CONDITION_READY)
+                    != Some(("True".into(), reason.into())))
+                .then(|| Note::normal("ClusterUsingLatestVersion", hold.message.clone()))
+                .into_iter()
+                .collect(),
+                _ if hold_conditions(hold)
+                    .iter()
+                    .any(|c| c.type_ == BLOCKED && c.status == Status::True) =>
+                {
+                    (previous(BLOCKED) != Some(("True".into(), reason.into())))
+                        .then(|| Note::warning(warning_reason(hold.reason), hold.message.clone()))
+                        .into_iter()
+                        .collect()
+                }
+                _ => Vec::new(),
+            }
+        }
+    }
+}
+
+/// The v0.6 Warning reason where one exists, else the condition reason.
+fn warning_reason(reason: Reason) -> &'static str {
+    match reason {
+        Reason::ClusterNotFound => "GetClusterFailed",
+        Reason::PlanNotFound => "GetPlanFailed",
+        Reason::PlanNotReady => "MachineImageDetailsVersionNotSet",
+        Reason::InvalidVersion => "ErrorParsingLatestFoundVersion",
+        other => other.as_str(),
+    }
+}

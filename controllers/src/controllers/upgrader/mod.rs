@@ -1,0 +1,504 @@
+//! The upgrader controller, one implementation serving ClusterClassClusterUpgrader and
+//! InClusterUpgradeAutomation:
+//! observe (the Plan and MachineImages from the shared caches, the Cluster through dynamic access,
+//! and its rollout, [`finish`]) → plan (pure, [`gates::plan`]) → decide (pure, [`decide()`]) →
+//! apply (at most one write to the Cluster, [`cluster::write_step`], then one status write when
+//! something changed, then events on transitions).
+
+pub mod cluster;
+pub mod decide;
+pub mod finish;
+pub mod gates;
+pub mod window;
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use api::v1alpha1::{
+    ClusterClassClusterUpgrader, InClusterUpgradeAutomation, MachineImage, Plan, UpgraderSpecView,
+    UpgraderStatus,
+};
+use futures::{FutureExt, StreamExt};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::DynamicObject;
+use kube::core::DeserializeGuard;
+use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+
+pub use decide::{Decision, Observed, decide};
+
+use crate::runtime::caches::{Cacheable, generation_changed};
+use crate::runtime::status::{WriteError, apply_status};
+use crate::runtime::{
+    ControllerMetrics, Events, Note, ReconcileError, Registration, Reporter, Running, Shared,
+    all_ready, drive, synced,
+};
+use finish::Rollout;
+use gates::{ClusterState, PlanState};
+
+/// Field manager of the Cluster writes and the status writes.
+pub const FIELD_MANAGER: &str = "kubernetes-upgrader-upgrader";
+/// Event source component, as on Go main.
+pub const COMPONENT: &str = "inclusterupgradeautomation-reconciler";
+/// How long a discovery of Cluster API is reused.
+const DISCOVERY_TTL: Duration = Duration::from_secs(300);
+
+/// The manager's handle on the ClusterClassClusterUpgrader controller.
+pub const CLUSTER_CLASS_REGISTRATION: Registration = Registration {
+    name: "clusterclassclusterupgrader",
+    categories: Error::CATEGORIES,
+    start: start::<ClusterClassClusterUpgrader>,
+};
+
+/// The manager's handle on the InClusterUpgradeAutomation controller.
+pub const IN_CLUSTER_REGISTRATION: Registration = Registration {
+    name: "inclusterupgradeautomation",
+    categories: Error::CATEGORIES,
+    start: start::<InClusterUpgradeAutomation>,
+};
+
+/// Either upgrader kind.
+pub trait UpgraderKind: Cacheable + Resource<DynamicType = ()> {
+    /// Name in logs and metrics.
+    const CONTROLLER: &'static str;
+    /// The shared spec.
+    fn view(&self) -> UpgraderSpecView<'_>;
+    /// The status, if any.
+    fn upgrader_status(&self) -> Option<&UpgraderStatus>;
+}
+
+impl UpgraderKind for ClusterClassClusterUpgrader {
+    const CONTROLLER: &'static str = "clusterclassclusterupgrader";
+    fn view(&self) -> UpgraderSpecView<'_> {
+        self.spec.common()
+    }
+    fn upgrader_status(&self) -> Option<&UpgraderStatus> {
+        self.status.as_ref()
+    }
+}
+
+impl UpgraderKind for InClusterUpgradeAutomation {
+    const CONTROLLER: &'static str = "inclusterupgradeautomation";
+    fn view(&self) -> UpgraderSpecView<'_> {
+        self.spec.common()
+    }
+    fn upgrader_status(&self) -> Option<&UpgraderStatus> {
+        self.status.as_ref()
+    }
+}
+
+/// How the shared stores hold Plans and MachineImages.
+type GuardedPlan = DeserializeGuard<Plan>;
+type GuardedImage = DeserializeGuard<MachineImage>;
+
+/// Shared state of one upgrader kind's controller.
+pub struct Context {
+    client: Client,
+    metrics: ControllerMetrics,
+    events: Events,
+    plans: Store<GuardedPlan>,
+    images: Store<GuardedImage>,
+    access: Mutex<Option<(Instant, cluster::Access)>>,
+}
+
+/// Failures of the reconcile itself; gates are status, not errors.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The stored object does not match the schema.
+    #[error("the object cannot be read: {0}")]
+    InvalidObject(String),
+    /// Discovering Cluster API failed.
+    #[error("discovering Cluster API")]
+    Discovery(#[source] kube::Error),
+    /// Reading the Cluster, its control plane or MachineDeployments failed.
+    #[error("reading the Cluster {0}")]
+    ReadCluster(String, #[source] WriteError),
+    /// Writing the step to the Cluster failed.
+    #[error("writing the step to the Cluster")]
+    WriteCluster(#[source] WriteError),
+    /// Writing the status failed.
+    #[error("writing status")]
+    WriteStatus(#[source] WriteError),
+}
+
+impl ReconcileError for Error {
+    const CATEGORIES: &'static [&'static str] = &[
+        "InvalidObject",
+        "Discovery",
+        "ReadCluster",
+        "WriteCluster",
+        "WriteStatus",
+    ];
+
+    fn category(&self) -> &'static str {
+        match self {
+            Self::InvalidObject(_) => "InvalidObject",
+            Self::Discovery(_) => "Discovery",
+            Self::ReadCluster(..) => "ReadCluster",
+            Self::WriteCluster(_) => "WriteCluster",
+            Self::WriteStatus(_) => "WriteStatus",
+        }
+    }
+}
+
+impl Context {
+    /// A context over the shared stores.
+    pub fn new(
+        client: Client,
+        metrics: ControllerMetrics,
+        instance: Option<String>,
+        plans: Store<GuardedPlan>,
+        images: Store<GuardedImage>,
+    ) -> Self {
+        Self {
+            events: Events::new(client.clone(), COMPONENT, instance),
+            client,
+            metrics,
+            plans,
+            images,
+            access: Mutex::new(None),
+        }
+    }
+
+    /// Cluster API as this server serves it, rediscovered after [`DISCOVERY_TTL`].
+    async fn access(&self) -> Result<Option<cluster::Access>, Error> {
+        {
+            let cached = self.access.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some((at, access)) = cached.as_ref()
+                && at.elapsed() < DISCOVERY_TTL
+            {
+                return Ok(Some(access.clone()));
+            }
+        }
+        let found = cluster::discover(&self.client)
+            .await
+            .map_err(Error::Discovery)?;
+        if let Some(access) = &found {
+            *self.access.lock().unwrap_or_else(PoisonError::into_inner) =
+                Some((Instant::now(), access.clone()));
+        }
+        Ok(found)
+    }
+
+    #[cfg(test)]
+    fn with_access(self, access: cluster::Access) -> Self {
+        *self.access.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some((Instant::now(), access));
+        self
+    }
+}
+
+fn start<K: UpgraderKind>(shared: &Shared) -> Running {
+    let cache = shared.caches.cache::<DeserializeGuard<K>>();
+    let plans = shared.caches.cache::<GuardedPlan>();
+    let images = shared.caches.cache::<GuardedImage>();
+    let reporter = Reporter::new::<Error>(shared, K::CONTROLLER, COMPONENT);
+    let ctx = Arc::new(Context::new(
+        shared.client.clone(),
+        reporter.metrics.clone(),
+        shared.instance.clone(),
+        plans.store.clone(),
+        images.store.clone(),
+    ));
+    let ready = all_ready(vec![
+        synced(cache.store.clone()),
+        synced(plans.store.clone()),
+        synced(images.store.clone()),
+    ]);
+    let (Some(events), Some(plan_events), Some(image_events)) =
+        (cache.subscribe(), plans.subscribe(), images.subscribe())
+    else {
+        return Running::stream_ended(ready);
+    };
+    let shutdown = shared.shutdown.clone();
+    let trigger = generation_changed(events, cache.store.clone());
+    let by_plan = cache.store.clone();
+    let by_image = cache.store.clone();
+    let clusters = cluster_events::<K>(
+        shared.client.clone(),
+        shared.namespace.clone(),
+        cache.store.clone(),
+        &shutdown,
+    );
+    let run = async move {
+        let results = Controller::for_shared_stream(trigger, cache.store)
+            .watches_shared_stream(plan_events, move |plan: Arc<GuardedPlan>| {
+                upgraders::<K>(&by_plan, plan.namespace().as_deref(), |u| {
+                    u.view().plan_ref.name == plan.name_any()
+                })
+            })
+            .watches_shared_stream(image_events, move |image: Arc<GuardedImage>| {
+                upgraders::<K>(&by_image, image.namespace().as_deref(), |_| true)
+            })
+            .reconcile_on(clusters)
+            .with_config(ControllerConfig::default().concurrency(16))
+            .graceful_shutdown_on(shutdown.clone().wait())
+            .run(reconcile::<K>, error_policy::<K>, ctx);
+        drive(results, reporter, shutdown).await
+    }
+    .boxed();
+    Running { ready, run }
+}
+
+/// The upgraders of `namespace` that `filter` selects.
+fn upgraders<K: UpgraderKind>(
+    store: &Store<DeserializeGuard<K>>,
+    namespace: Option<&str>,
+    filter: impl Fn(&K) -> bool,
+) -> Vec<ObjectRef<DeserializeGuard<K>>> {
+    store
+        .state()
+        .iter()
+        .filter(|u| u.namespace().as_deref() == namespace)
+        .filter(|u| u.0.as_ref().is_ok_and(&filter))
+        .map(|u| ObjectRef::from_obj(u.as_ref()))
+        .collect()
+}
+
+/// The upgraders of each changed Cluster, from a dedicated dynamic watch of Clusters opened
+/// once Cluster API is discovered (looked for again every minute while it is absent).
+fn cluster_events<K: UpgraderKind>(
+    client: Client,
+    namespace: Option<String>,
+    store: Store<DeserializeGuard<K>>,
+    shutdown: &crate::shutdown::Shutdown,
+) -> impl futures::Stream<Item = ObjectRef<DeserializeGuard<K>>> + Send + 'static {
+    let (mut tx, rx) = futures::channel::mpsc::channel(256);
+    let stopped = shutdown.clone();
+    tokio::spawn(async move {
+        let access = loop {
+            if let Ok(Some(access)) = cluster::discover(&client).await {
+                break access;
+            }
+            if tokio::time::timeout(decide::MISSING_POLL, stopped.clone().wait())
+                .await
+                .is_ok()
+            {
+                return;
+            }
+        };
+        let api: Api<DynamicObject> = match &namespace {
+            Some(ns) => Api::namespaced_with(client.clone(), ns, &access.resource),
+            None => Api::all_with(client.clone(), &access.resource),
+        };
+        let objects = watcher(api, watcher::Config::default())
+            .default_backoff()
+            .applied_objects()
+            .take_until(stopped.wait());
+        futures::pin_mut!(objects);
+        while let Some(event) = objects.next().await {
+            let Ok(cluster) = event else { continue };
+            let name = cluster.name_any();
+            for upgrader in upgraders::<K>(&store, cluster.namespace().as_deref(), |u| {
+                u.view().cluster_name == name
+            }) {
+                if futures::SinkExt::send(&mut tx, upgrader).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    rx
+}
+
+#[allow(clippy::needless_pass_by_value)] // the signature kube's Controller::run expects
+fn error_policy<K: UpgraderKind>(
+    _obj: Arc<DeserializeGuard<K>>,
+    err: &Error,
+    _ctx: Arc<Context>,
+) -> Action {
+    match err {
+        Error::InvalidObject(_) => Action::await_change(),
+        _ => Action::requeue(Duration::from_secs(10)),
+    }
+}
+
+/// Reconciles one upgrader.
+#[tracing::instrument(skip(obj, ctx), fields(name = %obj.name_any(), namespace = obj.namespace().unwrap_or_default()))]
+pub async fn reconcile<K: UpgraderKind>(
+    obj: Arc<DeserializeGuard<K>>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    let _timer = ctx.metrics.reconcile();
+    let upgrader = match &obj.0 {
+        Ok(upgrader) => upgrader,
+        Err(invalid) => return Err(Error::InvalidObject(invalid.error.clone())),
+    };
+    let now = crate::runtime::now().0;
+    reconcile_upgrader(upgrader, &ctx, now).await
+}
+
+/// The reconcile body with the clock injected.
+pub async fn reconcile_upgrader<K: UpgraderKind>(
+    upgrader: &K,
+    ctx: &Context,
+    now: Timestamp,
+) -> Result<Action, Error> {
+    let namespace = upgrader.namespace().unwrap_or_default();
+    let spec = upgrader.view();
+    let default_status = UpgraderStatus::default();
+    let current = upgrader.upgrader_status().unwrap_or(&default_status);
+
+    // Observe.
+    let plan = plan_state(ctx, &namespace, spec.plan_ref.name.as_str());
+    let selector = match &plan {
+        Some(p) => p.spec.machine_image_selector.clone(),
+        None => None,
+    };
+    let images_state = ctx.images.state();
+    let images = crate::controllers::plan::select::usable(
+        images_state.iter().filter_map(|i| i.0.as_ref().ok()),
+        &namespace,
+        selector.as_ref(),
+    );
+    let plan_state = match &plan {
+        None => PlanState::NotFound,
+        Some(p) => {
+            let details = p
+                .status
+                .as_ref()
+                .and_then(|s| s.machine_image_details.as_ref());
+            PlanState::Found {
+                version: details.and_then(|d| d.version.clone()),
+                id: details.map(|d| d.id.clone()),
+            }
+        }
+    };
+    let (cluster_state, raw, access) = if spec.paused {
+        (ClusterState::NotFound, None, None)
+    } else {
+        observe_cluster(ctx, &namespace, spec.cluster_name).await?
+    };
+
+    // Plan and decide.
+    let planned = gates::plan(&gates::Inputs {
+        spec,
+        cluster: &cluster_state,
+        plan: &plan_state,
+        images: &images,
+        now,
+    });
+    let rollout = match &cluster_state {
+        ClusterState::Found(view) => view.topology.as_ref().and_then(|t| {
+            api::version::parse_lenient(&t.version).map(|v| (v, view.finished.is_ok()))
+        }),
+        _ => None,
+    };
+    let now_time = Time(now);
+    let decision = decide(
+        &planned,
+        &Observed {
+            generation: upgrader.meta().generation,
+            status: current,
+            cluster: spec.cluster_name,
+            rollout,
+            now: &now_time,
+        },
+    );
+
+    // Apply: the step first, then the status that records it.
+    if let (Some(step), Some(raw), Some(access)) = (&decision.write, &raw, &access)
+        && let Err(err) = cluster::write_step(
+            &ctx.client,
+            access,
+            &namespace,
+            spec.cluster_name,
+            raw,
+            step,
+            FIELD_MANAGER,
+        )
+        .await
+    {
+        ctx.events
+            .publish(
+                upgrader,
+                &Note::warning(
+                    "ErrorUpdatingVersion",
+                    format!(
+                        "writing {} to Cluster {} failed: {}",
+                        step.version_string(),
+                        spec.cluster_name,
+                        crate::runtime::cause_chain(&err)
+                    ),
+                ),
+            )
+            .await;
+        return Err(Error::WriteCluster(err));
+    }
+    if decision.status != *current {
+        let api: Api<K> = Api::namespaced(ctx.client.clone(), &namespace);
+        apply_status(&api, &upgrader.name_any(), FIELD_MANAGER, &decision.status)
+            .await
+            .map_err(Error::WriteStatus)?;
+    }
+    for note in &decision.notes {
+        ctx.events.publish(upgrader, note).await;
+    }
+    Ok(decision
+        .requeue
+        .map_or_else(Action::await_change, Action::requeue))
+}
+
+fn plan_state(ctx: &Context, namespace: &str, name: &str) -> Option<Plan> {
+    ctx.plans
+        .get(&ObjectRef::new(name).within(namespace))
+        .and_then(|p| p.0.as_ref().ok().cloned())
+}
+
+type ObservedCluster = (
+    ClusterState,
+    Option<serde_json::Value>,
+    Option<cluster::Access>,
+);
+
+/// Reads the Cluster and, when its status carries no version lists, its control plane and
+/// MachineDeployments; fills in whether its current step has finished.
+async fn observe_cluster(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+) -> Result<ObservedCluster, Error> {
+    let Some(access) = ctx.access().await? else {
+        return Ok((ClusterState::ApiMissing, None, None));
+    };
+    let read = |e| Error::ReadCluster(name.to_owned(), e);
+    let Some(raw) = cluster::get(&ctx.client, &access, namespace, name)
+        .await
+        .map_err(read)?
+    else {
+        return Ok((ClusterState::NotFound, None, Some(access)));
+    };
+    let mut view = cluster::view(&raw);
+    if let Some(version) = view
+        .topology
+        .as_ref()
+        .and_then(|t| api::version::parse_lenient(&t.version))
+    {
+        let mut rollout = Rollout {
+            api: access.api,
+            cluster: &raw,
+            control_plane: None,
+            machine_deployments: None,
+        };
+        view.finished = if finish::objects_needed(&rollout, &version) {
+            let control_plane = cluster::control_plane(&ctx.client, access.api, namespace, &raw)
+                .await
+                .map_err(read)?;
+            let deployments = cluster::machine_deployments(&ctx.client, &access, namespace, name)
+                .await
+                .map_err(read)?;
+            rollout.control_plane = control_plane.as_ref();
+            rollout.machine_deployments = Some(&deployments);
+            finish::finished(&rollout, &version)
+        } else {
+            finish::finished(&rollout, &version)
+        };
+    }
+    Ok((ClusterState::Found(view), Some(raw), Some(access)))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,741 @@
+//! Gate tables, planner properties and choreography of the upgrader.
+
+use super::gates::{ClusterView, Image, Inputs, Reason, Topology, Variable};
+use super::*;
+use crate::runtime::fixtures::{STEP, Verifier, mock_client, within};
+use api::v1alpha1::{ImageMap, MaintenanceWindow, ObjectRef as Ref};
+use http::Method;
+use kube::core::{ApiResource, GroupVersionKind};
+use kube::runtime::{reflector, watcher};
+use proptest::prelude::*;
+use semver::Version;
+use serde_json::{Value, json};
+
+fn v(text: &str) -> Version {
+    api::version::parse_lenient(text).unwrap()
+}
+
+fn img(version: &str, id: &str) -> Image {
+    Image {
+        version: v(version),
+        spec_version: version.into(),
+        id: id.into(),
+        name: format!("img-{version}"),
+    }
+}
+
+fn plan_ref() -> Ref {
+    Ref {
+        name: "p".into(),
+        ..Ref::default()
+    }
+}
+
+fn spec(r: &Ref) -> UpgraderSpecView<'_> {
+    UpgraderSpecView {
+        paused: false,
+        cluster_name: "c",
+        topology_variable: None,
+        plan_ref: r,
+        create_topology_variable: false,
+        image_map: None,
+        maintenance_window: None,
+        dry_run: false,
+    }
+}
+
+fn found(version: &str, variables: Vec<Variable>, finished: bool) -> ClusterState {
+    ClusterState::Found(ClusterView {
+        paused: false,
+        topology: Some(Topology {
+            version: version.into(),
+            variables,
+        }),
+        finished: if finished {
+            Ok(())
+        } else {
+            Err("rolling".into())
+        },
+    })
+}
+
+fn target(version: &str, id: &str) -> PlanState {
+    PlanState::Found {
+        version: Some(version.into()),
+        id: Some(id.into()),
+    }
+}
+
+fn now() -> Timestamp {
+    "2026-11-28T03:00:00Z".parse().unwrap()
+}
+
+fn run(
+    spec: UpgraderSpecView<'_>,
+    cluster: &ClusterState,
+    plan: &PlanState,
+    images: &[Image],
+) -> gates::Plan {
+    gates::plan(&Inputs {
+        spec,
+        cluster,
+        plan,
+        images,
+        now: now(),
+    })
+}
+
+fn reason(p: &gates::Plan) -> Reason {
+    match p {
+        gates::Plan::Write(_) => Reason::StepApplied,
+        gates::Plan::Hold { hold, .. } => hold.reason,
+    }
+}
+
+fn images() -> Vec<Image> {
+    vec![
+        img("v1.29.5", "i-129"),
+        img("v1.30.1", "i-1301"),
+        img("v1.30.2", "i-1302"),
+        img("v1.31.0", "i-131"),
+    ]
+}
+
+#[test]
+fn every_reason_has_its_case() {
+    let r = plan_ref();
+    let mut imgs = images();
+    imgs.push(img("v2.0.0", "i-2"));
+    let var = |value: Value| {
+        vec![Variable {
+            name: "image".into(),
+            value,
+        }]
+    };
+    let window_closed = MaintenanceWindow {
+        schedule: "0 2 * * SUN".into(),
+        duration: "2h".into(),
+        time_zone: None,
+    };
+    let window_bad = MaintenanceWindow {
+        schedule: "0 2 * * SUN".into(),
+        duration: "2h".into(),
+        time_zone: Some("Nowhere/Land".into()),
+    };
+    let map = ImageMap {
+        variable: "osImages".into(),
+        field: Some("byKubernetesVersion".into()),
+        create: None,
+    };
+    let ok = found("v1.30.1", vec![], true);
+    let cases: Vec<(Reason, UpgraderSpecView<'_>, ClusterState, PlanState)> = vec![
+        (
+            Reason::Paused,
+            UpgraderSpecView {
+                paused: true,
+                ..spec(&r)
+            },
+            ok.clone(),
+            target("v1.30.2", "i-1302"),
+        ),
+        (
+            Reason::ClusterApiNotInstalled,
+            spec(&r),
+            ClusterState::ApiMissing,
+            target("v1.30.2", "i-1302"),
+        ),
+        (
+            Reason::ClusterNotFound,
+            spec(&r),
+            ClusterState::NotFound,
+            target("v1.30.2", "i-1302"),
+        ),
+        (
+            Reason::ClusterNotClassBased,
+            spec(&r),
+            ClusterState::Found(ClusterView {
+                paused: false,
+                topology: None,
+                finished: Ok(()),
+            }),
+            target("v1.30.2", "i-1302"),
+        ),
+        (
+            Reason::PlanNotFound,
+            spec(&r),
+            ok.clone(),
+            PlanState::NotFound,
+        ),
+        (
+            Reason::PlanNotReady,
+            spec(&r),
+            ok.clone(),
+            PlanState::Found {
+                version: None,
+                id: Some("x".into()),
+            },
+        ),
+        (
+            Reason::PlanNotReady,
+            spec(&r),
+            ok.clone(),
+            target("v1.30.9", "not-an-image"),
+        ),
+        (
+            Reason::InvalidVersion,
+            spec(&r),
+            ok.clone(),
+            target("one", "i-1302"),
+        ),
+        (
+            Reason::InvalidVersion,
+            spec(&r),
+            found("latest", vec![], true),
+            target("v1.30.2", "i-1302"),
+        ),
+        (
+            Reason::ClusterAheadOfPlan,
+            spec(&r),
+            found("v1.31.0", vec![], true),
+            target("v1.30.2", "i-1302"),
+        ),
+        (
+            Reason::ClusterUsingLatestVersion,
+            spec(&r),
+            found("v1.30.2", vec![], true),
+            target("v1.30.2", "i-1302"),
+        ),
+        (
+            Reason::RollingOut,
+            spec(&r),
+            found("v1.30.2", vec![], false),
+            target("v1.30.2", "i-1302"),
+        ),
+        (
+            Reason::MajorVersionChange,
+            spec(&r),
+            ok.clone(),
+            target("v2.0.0", "i-2"),
+        ),
+        (
+            Reason::NoImageForIntermediateMinor,
+            spec(&r),
+            found("v1.27.3", vec![], true),
+            target("v1.29.5", "i-129"),
+        ),
+        (
+            Reason::TopologyVariableNotFound,
+            UpgraderSpecView {
+                topology_variable: Some("image"),
+                ..spec(&r)
+            },
+            ok.clone(),
+            target("v1.30.2", "i-1302"),
+        ),
+        (
+            Reason::TopologyVariableNotFound,
+            UpgraderSpecView {
+                image_map: Some(&map),
+                ..spec(&r)
+            },
+            ok.clone(),
+            target("v1.30.2", "i-1302"),
+        ),
+        (
+            Reason::InvalidImageMap,
+            UpgraderSpecView {
+                image_map: Some(&map),
+                ..spec(&r)
+            },
+            found(
+                "v1.30.1",
+                vec![Variable {
+                    name: "osImages".into(),
+                    value: json!("s"),
+                }],
+                true,
+            ),
+            target("v1.30.2", "i-1302"),
+        ),
+        (
+            Reason::ImageMapEntryConflict,
+            UpgraderSpecView {
+                image_map: Some(&map),
+                ..spec(&r)
+            },
+            found(
+                "v1.30.1",
+                vec![Variable {
+                    name: "osImages".into(),
+                    value: json!({"byKubernetesVersion": {"v1.30.2": "other"}}),
+                }],
+                true,
+            ),
+            target("v1.30.2", "i-1302"),
+        ),
+        (
+            Reason::ClusterPaused,
+            spec(&r),
+            ClusterState::Found(ClusterView {
+                paused: true,
+                topology: Some(Topology {
+                    version: "v1.30.1".into(),
+                    variables: vec![],
+                }),
+                finished: Ok(()),
+            }),
+            target("v1.30.2", "i-1302"),
+        ),
+        (
+            Reason::PreviousStepUnfinished,
+            spec(&r),
+            found("v1.30.1", vec![], false),
+            target("v1.30.2", "i-1302"),
+        ),
+        (
+            Reason::OutsideMaintenanceWindow,
+            UpgraderSpecView {
+                maintenance_window: Some(&window_closed),
+                ..spec(&r)
+            },
+            ok.clone(),
+            target("v1.30.2", "i-1302"),
+        ),
+        (
+            Reason::InvalidMaintenanceWindow,
+            UpgraderSpecView {
+                maintenance_window: Some(&window_bad),
+                ..spec(&r)
+            },
+            ok.clone(),
+            target("v1.30.2", "i-1302"),
+        ),
+        (
+            Reason::DryRun,
+            UpgraderSpecView {
+                dry_run: true,
+                ..spec(&r)
+            },
+            ok.clone(),
+            target("v1.30.2", "i-1302"),
+        ),
+        (
+            Reason::StepApplied,
+            spec(&r),
+            ok.clone(),
+            target("v1.30.2", "i-1302"),
+        ),
+        (
+            Reason::StepApplied,
+            UpgraderSpecView {
+                topology_variable: Some("image"),
+                ..spec(&r)
+            },
+            found("v1.30.2", var(json!("old")), true),
+            target("v1.30.2", "i-1302"),
+        ),
+        (
+            Reason::ClusterUsingLatestVersion,
+            UpgraderSpecView {
+                topology_variable: Some("image"),
+                ..spec(&r)
+            },
+            found("v1.30.2", var(json!("i-1302")), true),
+            target("v1.30.2", "i-1302"),
+        ),
+    ];
+    for (want, spec, cluster, plan) in cases {
+        let got = run(spec, &cluster, &plan, &imgs);
+        assert_eq!(reason(&got), want, "{got:?}");
+        let conditions = decide::hold_conditions(&match got {
+            gates::Plan::Hold { hold, .. } => hold,
+            gates::Plan::Write(_) => continue,
+        });
+        assert!(
+            conditions.iter().any(|c| c.reason == want.as_str()),
+            "{want:?}"
+        );
+    }
+}
+
+#[test]
+fn two_minors_ahead_goes_through_the_highest_image_of_the_next_minor() {
+    let r = plan_ref();
+    let got = run(
+        spec(&r),
+        &found("v1.29.5", vec![], true),
+        &target("v1.31.0", "i-131"),
+        &images(),
+    );
+    let gates::Plan::Write(step) = got else {
+        panic!("{got:?}")
+    };
+    assert_eq!(
+        (step.version_string(), step.id.as_str()),
+        ("v1.30.2".to_owned(), "i-1302")
+    );
+}
+
+#[test]
+fn the_window_reports_when_it_opens() {
+    let r = plan_ref();
+    let w = MaintenanceWindow {
+        schedule: "0 2 * * SUN".into(),
+        duration: "2h".into(),
+        time_zone: None,
+    };
+    let got = run(
+        UpgraderSpecView {
+            maintenance_window: Some(&w),
+            ..spec(&r)
+        },
+        &found("v1.30.1", vec![], true),
+        &target("v1.30.2", "i-1302"),
+        &images(),
+    );
+    let gates::Plan::Hold { hold, .. } = got else {
+        panic!()
+    };
+    assert_eq!(
+        hold.not_before,
+        Some("2026-11-29T02:00:00Z".parse().unwrap())
+    );
+    assert_eq!(hold.step.unwrap().version_string(), "v1.30.2");
+    let open = MaintenanceWindow {
+        schedule: "0 2 * * SAT".into(),
+        duration: "2h".into(),
+        time_zone: None,
+    };
+    let got = run(
+        UpgraderSpecView {
+            maintenance_window: Some(&open),
+            ..spec(&r)
+        },
+        &found("v1.30.1", vec![], true),
+        &target("v1.30.2", "i-1302"),
+        &images(),
+    );
+    assert!(matches!(got, gates::Plan::Write(_)));
+}
+
+#[test]
+fn map_mode_adds_the_target_entry_and_keeps_the_others() {
+    let r = plan_ref();
+    let map = ImageMap {
+        variable: "osImages".into(),
+        field: Some("byKubernetesVersion".into()),
+        create: None,
+    };
+    let cluster = found(
+        "v1.30.1",
+        vec![Variable {
+            name: "osImages".into(),
+            value: json!({"upgradeRecovery": true, "byKubernetesVersion": {"v1.30.1": "i-1301"}}),
+        }],
+        true,
+    );
+    let got = run(
+        UpgraderSpecView {
+            image_map: Some(&map),
+            ..spec(&r)
+        },
+        &cluster,
+        &target("v1.30.2", "i-1302"),
+        &images(),
+    );
+    let gates::Plan::Write(step) = got else {
+        panic!("{got:?}")
+    };
+    assert_eq!(
+        step.variable.unwrap().value,
+        json!({"upgradeRecovery": true, "byKubernetesVersion": {"v1.30.1": "i-1301", "v1.30.2": "i-1302"}})
+    );
+}
+
+prop_compose! {
+    fn version()(minor in 26u64..34, patch in 0u64..4) -> Version { Version::new(1, minor, patch) }
+}
+
+proptest! {
+    #[test]
+    fn the_planner_never_breaks_an_invariant(
+        current in version(),
+        image_versions in proptest::collection::vec(version(), 0..8),
+        target_index in 0usize..10,
+        finished in any::<bool>(),
+        cluster_paused in any::<bool>(),
+        paused in any::<bool>(),
+        dry_run in any::<bool>(),
+        window in proptest::option::of((0u32..24, 1u32..6, prop_oneof![Just("UTC"), Just("Europe/Berlin"), Just("America/New_York"), Just("Australia/Lord_Howe")])),
+        clock in 1_767_225_600i64..1_798_761_600,
+    ) {
+        let images: Vec<Image> = image_versions.iter().map(|v| img(&format!("v{v}"), &format!("id-{v}"))).collect();
+        let plan = match images.get(target_index) {
+            Some(i) => target(&i.spec_version, &i.id),
+            None => target("v1.33.3", "not-ready"),
+        };
+        let w = window.map(|(hour, hours, zone)| MaintenanceWindow { schedule: format!("0 {hour} * * *"), duration: format!("{hours}h"), time_zone: Some(zone.into()) });
+        let r = plan_ref();
+        let s = UpgraderSpecView { paused, dry_run, maintenance_window: w.as_ref(), topology_variable: Some("image"), create_topology_variable: true, ..spec(&r) };
+        let cluster = ClusterState::Found(ClusterView {
+            paused: cluster_paused,
+            topology: Some(Topology { version: format!("v{current}"), variables: vec![] }),
+            finished: if finished { Ok(()) } else { Err("rolling".into()) },
+        });
+        let now = Timestamp::from_second(clock).unwrap();
+        let got = gates::plan(&Inputs { spec: s, cluster: &cluster, plan: &plan, images: &images, now });
+        if let gates::Plan::Write(step) = got {
+            // S1: never a downgrade.
+            prop_assert!(step.version >= current);
+            // S2: same major, at most one minor.
+            prop_assert_eq!(step.version.major, current.major);
+            prop_assert!(step.version.minor <= current.minor + 1);
+            // S3: a ready image of exactly that version.
+            prop_assert!(images.iter().any(|i| i.id == step.id && i.version == step.version));
+            // S4, S6, dry run.
+            prop_assert!(finished && !cluster_paused && !paused && !dry_run);
+            // S7: inside the window.
+            if let Some(w) = &w {
+                let open = matches!(window::Window::parse(w).unwrap().at(now), window::Opening::Open { .. });
+                prop_assert!(open);
+            }
+            // The variable goes in the same write.
+            prop_assert_eq!(step.variable.map(|v| v.value), Some(json!(step.id)));
+        }
+    }
+}
+
+// Choreography.
+
+fn upgrader(status: Option<Value>) -> ClusterClassClusterUpgrader {
+    serde_json::from_value(json!({
+        "apiVersion": "kubernetesupgraded.dimitrikoshkin.com/v1alpha1",
+        "kind": "ClusterClassClusterUpgrader",
+        "metadata": {"name": "u", "namespace": "team", "generation": 1, "uid": "u1"},
+        "spec": {"clusterName": "c", "planRef": {"name": "p"}, "topologyVariable": "image"},
+        "status": status.unwrap_or(Value::Null),
+    }))
+    .unwrap()
+}
+
+fn access() -> cluster::Access {
+    let gvk = GroupVersionKind::gvk("cluster.x-k8s.io", "v1beta2", "Cluster");
+    cluster::Access {
+        api: finish::ClusterApi::V1Beta2,
+        resource: ApiResource::from_gvk_with_plural(&gvk, "clusters"),
+        list_map: true,
+    }
+}
+
+fn context() -> (Arc<Context>, Verifier) {
+    let (client, verifier) = mock_client();
+    let (plans, mut plan_writer) = reflector::store();
+    let p: Plan = serde_json::from_value(json!({
+        "apiVersion": "kubernetesupgraded.dimitrikoshkin.com/v1alpha1", "kind": "Plan",
+        "metadata": {"name": "p", "namespace": "team"},
+        "spec": {"versionRange": "*"},
+        "status": {"phase": "FoundMachineImage", "machineImageDetails": {"version": "v1.30.2", "id": "i-1302"}},
+    }))
+    .unwrap();
+    plan_writer.apply_watcher_event(&watcher::Event::Apply(DeserializeGuard(Ok(p))));
+    let (images, mut image_writer) = reflector::store();
+    let i: MachineImage = serde_json::from_value(json!({
+        "apiVersion": "kubernetesupgraded.dimitrikoshkin.com/v1alpha1", "kind": "MachineImage",
+        "metadata": {"name": "i", "namespace": "team"},
+        "spec": {"version": "v1.30.2", "id": "i-1302", "jobTemplate": {"spec": {"containers": [{"name": "b", "image": "b"}]}}},
+        "status": {"ready": true, "phase": "Created"},
+    }))
+    .unwrap();
+    image_writer.apply_watcher_event(&watcher::Event::Apply(DeserializeGuard(Ok(i))));
+    let metrics = Arc::new(crate::runtime::Metrics::default())
+        .controller("clusterclassclusterupgrader", Error::CATEGORIES);
+    let ctx =
+        Context::new(client, metrics, Some("test".into()), plans, images).with_access(access());
+    (Arc::new(ctx), verifier)
+}
+
+fn cluster_json(version: &str, image: &str) -> Value {
+    let mut cluster = finish::tests::finished_v1beta2(version);
+    cluster["apiVersion"] = json!("cluster.x-k8s.io/v1beta2");
+    cluster["kind"] = json!("Cluster");
+    cluster["metadata"] = json!({"name": "c", "namespace": "team", "generation": 3});
+    cluster["spec"] = json!({"topology": {"version": version, "classRef": {"name": "cc"}, "variables": [{"name": "image", "value": image}, {"name": "other", "value": 1}]}});
+    cluster
+}
+
+const CLUSTER_URL: &str = "/apis/cluster.x-k8s.io/v1beta2/namespaces/team/clusters/c";
+
+#[tokio::test]
+async fn a_step_is_one_server_side_apply_then_status_then_one_event() {
+    let (ctx, verifier) = context();
+    let scenario = verifier.run(|mut server| async move {
+        let get = server.next().await;
+        assert_eq!((get.method.clone(), get.uri.as_str()), (Method::GET, CLUSTER_URL));
+        get.ok(&cluster_json("v1.30.1", "i-1301"));
+        let apply = server.next().await;
+        assert_eq!(apply.method, Method::PATCH);
+        assert_eq!(apply.uri, format!("{CLUSTER_URL}?&force=true&fieldManager={FIELD_MANAGER}"));
+        assert_eq!(apply.body["spec"], json!({"topology": {"version": "v1.30.2", "variables": [{"name": "image", "value": "i-1302"}]}}));
+        assert_eq!(crate::runtime::fixtures::sorted_keys(&apply.body), ["apiVersion", "kind", "metadata", "spec"]);
+        apply.ok(&cluster_json("v1.30.2", "i-1302"));
+        let status = server.expect_status_apply::<ClusterClassClusterUpgrader>("team", "u", FIELD_MANAGER).await;
+        assert_eq!(status.body["status"]["latestSetVersion"], "v1.30.2");
+        assert_eq!(status.body["status"]["history"][0]["to"], "v1.30.2");
+        assert_eq!(status.body["status"]["history"][0]["from"], "v1.30.1");
+        status.ok(&serde_json::to_value(upgrader(None)).unwrap());
+        server.expect_event("team", COMPONENT, "SettingClusterVersion").await;
+        server
+    });
+    within(
+        "reconcile",
+        STEP,
+        reconcile_upgrader(&upgrader(None), &ctx, now()),
+    )
+    .await
+    .unwrap();
+    scenario.finish().await;
+}
+
+#[tokio::test]
+async fn nothing_to_do_is_one_read_and_no_write() {
+    let (ctx, verifier) = context();
+    let first = {
+        let (ctx, verifier) = context();
+        let mut server = verifier;
+        let scenario = tokio::spawn(async move {
+            server.next().await.ok(&cluster_json("v1.30.2", "i-1302"));
+            let status = server
+                .expect_status_apply::<ClusterClassClusterUpgrader>("team", "u", FIELD_MANAGER)
+                .await;
+            let body = status.body["status"].clone();
+            status.ok(&serde_json::to_value(upgrader(None)).unwrap());
+            server
+                .expect_event("team", COMPONENT, "ClusterUsingLatestVersion")
+                .await;
+            (server, body)
+        });
+        within(
+            "reconcile",
+            STEP,
+            reconcile_upgrader(&upgrader(None), &ctx, now()),
+        )
+        .await
+        .unwrap();
+        let (server, body) = within("scenario", STEP, scenario).await.unwrap();
+        server.assert_no_more_calls().await;
+        body
+    };
+    assert_eq!(first["latestSetVersion"], "v1.30.2");
+    let scenario = verifier.run(|mut server| async move {
+        server.next().await.ok(&cluster_json("v1.30.2", "i-1302"));
+        server
+    });
+    within(
+        "reconcile",
+        STEP,
+        reconcile_upgrader(&upgrader(Some(first)), &ctx, now()),
+    )
+    .await
+    .unwrap();
+    scenario.finish().await;
+}
+
+fn atomic_context() -> (Arc<Context>, Verifier) {
+    let (ctx, verifier) = context();
+    let ctx = Arc::try_unwrap(ctx).ok().unwrap();
+    let mut atomic = access();
+    atomic.list_map = false;
+    (Arc::new(ctx.with_access(atomic)), verifier)
+}
+
+#[tokio::test]
+async fn on_an_atomic_variables_list_a_step_is_one_guarded_json_patch() {
+    let (ctx, verifier) = atomic_context();
+    let scenario = verifier.run(|mut server| async move {
+        let read = cluster_json("v1.30.1", "i-1301");
+        server.next().await.ok(&read);
+        let patch = server.next().await;
+        assert_eq!(patch.method, Method::PATCH);
+        assert_eq!(
+            patch.uri,
+            format!("{CLUSTER_URL}?&fieldManager={FIELD_MANAGER}")
+        );
+        let variables = read["spec"]["topology"]["variables"].clone();
+        assert_eq!(
+            patch.body,
+            json!([
+                {"op": "test", "path": "/spec/topology/version", "value": "v1.30.1"},
+                {"op": "replace", "path": "/spec/topology/version", "value": "v1.30.2"},
+                {"op": "test", "path": "/spec/topology/variables", "value": variables},
+                {"op": "replace", "path": "/spec/topology/variables/0/value", "value": "i-1302"},
+            ])
+        );
+        patch.ok(&cluster_json("v1.30.2", "i-1302"));
+        let status = server
+            .expect_status_apply::<ClusterClassClusterUpgrader>("team", "u", FIELD_MANAGER)
+            .await;
+        status.ok(&serde_json::to_value(upgrader(None)).unwrap());
+        server
+            .expect_event("team", COMPONENT, "SettingClusterVersion")
+            .await;
+        server
+    });
+    within(
+        "reconcile",
+        STEP,
+        reconcile_upgrader(&upgrader(None), &ctx, now()),
+    )
+    .await
+    .unwrap();
+    scenario.finish().await;
+}
+
+#[tokio::test]
+async fn a_refused_write_is_one_warning_and_no_status_claiming_it() {
+    let (ctx, verifier) = atomic_context();
+    let scenario = verifier.run(|mut server| async move {
+        server.next().await.ok(&cluster_json("v1.30.1", "i-1301"));
+        // A `test` operation failed: someone changed the Cluster in between.
+        server.next().await.fail(422, "Invalid");
+        server
+            .expect_event("team", COMPONENT, "ErrorUpdatingVersion")
+            .await;
+        server
+    });
+    let result = within(
+        "reconcile",
+        STEP,
+        reconcile_upgrader(&upgrader(None), &ctx, now()),
+    )
+    .await;
+    assert!(matches!(result, Err(Error::WriteCluster(_))), "{result:?}");
+    scenario.finish().await;
+}
+
+#[tokio::test]
+async fn an_unfinished_cluster_gets_no_write_only_the_waiting_status() {
+    let (ctx, verifier) = context();
+    let scenario = verifier.run(|mut server| async move {
+        let mut read = cluster_json("v1.30.1", "i-1301");
+        read["metadata"]["generation"] = json!(4);
+        server.next().await.ok(&read);
+        let status = server
+            .expect_status_apply::<ClusterClassClusterUpgrader>("team", "u", FIELD_MANAGER)
+            .await;
+        assert_eq!(
+            status.body["status"]["nextStep"]["reason"],
+            "PreviousStepUnfinished"
+        );
+        assert_eq!(status.body["status"]["nextStep"]["version"], "v1.30.2");
+        status.ok(&serde_json::to_value(upgrader(None)).unwrap());
+        server
+    });
+    within(
+        "reconcile",
+        STEP,
+        reconcile_upgrader(&upgrader(None), &ctx, now()),
+    )
+    .await
+    .unwrap();
+    scenario.finish().await;
+}

@@ -1,0 +1,254 @@
+//! The upgrader on a real API server with the minimal Cluster CRD, whose `spec.topology.variables`
+//! is an atomic list: static images → Plan → upgrader → Cluster, one minor per step, each step
+//! waiting for the previous one to finish (written through Cluster status), and every gate
+//! holding without a write.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+#[path = "support/upgrader.rs"]
+mod support;
+
+use std::time::Duration;
+
+use e2e::{condition_reason, condition_status, e2e_env};
+use serde_json::json;
+use support::*;
+
+const CCCU: &str = "ClusterClassClusterUpgrader";
+const ICUA: &str = "InClusterUpgradeAutomation";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn steps_one_minor_at_a_time_and_waits_for_each_step_to_finish() {
+    let env = e2e_env!("steps_one_minor_at_a_time_and_waits_for_each_step_to_finish");
+    static_image(&env, "img-1-30-1", "v1.30.1", "i-130")
+        .await
+        .unwrap();
+    static_image(&env, "img-1-31-2", "v1.31.2", "i-131")
+        .await
+        .unwrap();
+    plan(&env, "p", ">=1.29.0").await.unwrap();
+    cluster(&env, "v1beta1", "c", "v1.29.4", json!({}))
+        .await
+        .unwrap();
+    upgrader(
+        &env,
+        CCCU,
+        "u",
+        "c",
+        "p",
+        json!({"topologyVariable": "image"}),
+    )
+    .await
+    .unwrap();
+    let _manager = env.start_manager().await.unwrap();
+
+    // First step: 1.30 (the highest ready image of the next minor), with its image, in one write.
+    let t = wait_version(&env, "v1beta1", "c", "v1.30.1").await.unwrap();
+    assert_eq!(variable(&t, "image"), Some(&json!("i-130")));
+    assert_eq!(
+        variable(&t, "other"),
+        Some(&json!({"keep": true})),
+        "the other variable survives"
+    );
+    assert_eq!(t["class"], "quick-start");
+
+    // Not finished yet: the second step waits.
+    let u = wait_reason(&env, CCCU, "u", "Progressing", "PreviousStepUnfinished")
+        .await
+        .unwrap();
+    assert_eq!(u["status"]["nextStep"]["version"], "v1.31.2");
+    assert_eq!(u["status"]["latestSetVersion"], "v1.30.1");
+    let before = resource_version(&env, "v1beta1", "c").await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        resource_version(&env, "v1beta1", "c").await.unwrap(),
+        before,
+        "no write while unfinished"
+    );
+
+    // Cluster API reports the first step finished: the second goes.
+    finish(&env, "v1beta1", "c", "v1.30.1").await.unwrap();
+    let t = wait_version(&env, "v1beta1", "c", "v1.31.2").await.unwrap();
+    assert_eq!(variable(&t, "image"), Some(&json!("i-131")));
+    assert_eq!(variable(&t, "other"), Some(&json!({"keep": true})));
+
+    finish(&env, "v1beta1", "c", "v1.31.2").await.unwrap();
+    let u = wait_reason(&env, CCCU, "u", "Ready", "ClusterUsingLatestVersion")
+        .await
+        .unwrap();
+    assert_eq!(condition_status(&u, "Ready").as_deref(), Some("True"));
+    assert_eq!(u["status"]["latestSetVersion"], "v1.31.2");
+    let history = u["status"]["history"].as_array().unwrap();
+    assert_eq!(history.len(), 2, "{history:?}");
+    assert_eq!(
+        (history[0]["from"].as_str(), history[0]["to"].as_str()),
+        (Some("v1.29.4"), Some("v1.30.1"))
+    );
+    assert!(history[0]["finished"].is_string());
+    assert_eq!(history[1]["to"], "v1.31.2");
+    assert!(u["status"]["nextStep"].is_null());
+
+    // Steady state: no write to the Cluster or the upgrader.
+    let cluster_rv = resource_version(&env, "v1beta1", "c").await.unwrap();
+    let upgrader_rv =
+        upgrader_json(&env, CCCU, "u").await.unwrap()["metadata"]["resourceVersion"].clone();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        resource_version(&env, "v1beta1", "c").await.unwrap(),
+        cluster_rv
+    );
+    assert_eq!(
+        upgrader_json(&env, CCCU, "u").await.unwrap()["metadata"]["resourceVersion"],
+        upgrader_rv
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_gate_holds_without_writing_the_cluster() {
+    let env = e2e_env!("every_gate_holds_without_writing_the_cluster");
+    static_image(&env, "img-1-30-1", "v1.30.1", "i-130")
+        .await
+        .unwrap();
+    static_image(&env, "img-1-31-2", "v1.31.2", "i-131")
+        .await
+        .unwrap();
+    plan(&env, "p", ">=1.29.0").await.unwrap();
+    let cases = [
+        (
+            "paused",
+            CCCU,
+            json!({}),
+            json!({"paused": true}),
+            "Paused",
+            "Paused",
+        ),
+        (
+            "cluster-paused",
+            ICUA,
+            json!({"metadata": {"annotations": {"cluster.x-k8s.io/paused": ""}}}),
+            json!({}),
+            "Blocked",
+            "ClusterPaused",
+        ),
+        (
+            "cluster-spec-paused",
+            CCCU,
+            json!({"spec": {"paused": true}}),
+            json!({}),
+            "Blocked",
+            "ClusterPaused",
+        ),
+        (
+            "window",
+            CCCU,
+            json!({}),
+            json!({"maintenanceWindow": {"schedule": "0 0 1 1 *", "duration": "1m", "timeZone": "Europe/Berlin"}}),
+            "Blocked",
+            "OutsideMaintenanceWindow",
+        ),
+        (
+            "dry-run",
+            ICUA,
+            json!({}),
+            json!({"dryRun": true}),
+            "Ready",
+            "DryRun",
+        ),
+        (
+            "no-variable",
+            CCCU,
+            json!({}),
+            json!({"topologyVariable": "missing"}),
+            "Blocked",
+            "TopologyVariableNotFound",
+        ),
+    ];
+    for (name, kind, cluster_extra, spec, _, _) in &cases {
+        cluster(&env, "v1beta1", name, "v1.30.1", cluster_extra.clone())
+            .await
+            .unwrap();
+        upgrader(&env, kind, name, name, "p", spec.clone())
+            .await
+            .unwrap();
+    }
+    // Two minors ahead with no image of the minor between.
+    cluster(&env, "v1beta1", "far", "v1.28.0", json!({}))
+        .await
+        .unwrap();
+    upgrader(&env, CCCU, "far", "far", "p", json!({}))
+        .await
+        .unwrap();
+    // Not built from a ClusterClass.
+    let plain = json!({"apiVersion": "cluster.x-k8s.io/v1beta1", "kind": "Cluster", "metadata": {"name": "plain"}, "spec": {}});
+    clusters(&env, "v1beta1")
+        .create(
+            &kube::api::PostParams::default(),
+            &serde_json::from_value(plain).unwrap(),
+        )
+        .await
+        .unwrap();
+    upgrader(&env, CCCU, "plain", "plain", "p", json!({}))
+        .await
+        .unwrap();
+
+    let mut versions = Vec::new();
+    for (name, ..) in &cases {
+        versions.push(resource_version(&env, "v1beta1", name).await.unwrap());
+    }
+    let far_version = resource_version(&env, "v1beta1", "far").await.unwrap();
+    let _manager = env.start_manager().await.unwrap();
+
+    for (name, kind, _, _, type_, reason) in &cases {
+        let u = wait_reason(&env, kind, name, type_, reason).await.unwrap();
+        if *reason == "OutsideMaintenanceWindow" {
+            assert!(u["status"]["nextStep"]["notBefore"].is_string(), "{u}");
+        }
+        if *reason == "DryRun" {
+            assert_eq!(u["status"]["nextStep"]["version"], "v1.31.2");
+            assert_eq!(u["status"]["nextStep"]["reason"], "DryRun");
+        }
+        if *reason == "Paused" {
+            assert_eq!(condition_status(&u, "Paused").as_deref(), Some("True"));
+        }
+    }
+    let far = wait_reason(&env, CCCU, "far", "Blocked", "NoImageForIntermediateMinor")
+        .await
+        .unwrap();
+    assert_eq!(condition_status(&far, "Blocked").as_deref(), Some("True"));
+    let plain = wait_reason(&env, CCCU, "plain", "Blocked", "ClusterNotClassBased")
+        .await
+        .unwrap();
+    assert_eq!(
+        condition_reason(&plain, "Ready").as_deref(),
+        Some("ClusterNotClassBased")
+    );
+
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for ((name, ..), before) in cases.iter().zip(&versions) {
+        assert_eq!(
+            &resource_version(&env, "v1beta1", name).await.unwrap(),
+            before,
+            "{name} was written"
+        );
+        assert_eq!(
+            topology(&env, "v1beta1", name).await.unwrap()["version"],
+            "v1.30.1"
+        );
+    }
+    assert_eq!(
+        resource_version(&env, "v1beta1", "far").await.unwrap(),
+        far_version
+    );
+
+    // Unpausing lets the step go.
+    let api = upgraders(&env, CCCU);
+    api.patch(
+        "paused",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(json!({"spec": {"paused": false}})),
+    )
+    .await
+    .unwrap();
+    wait_version(&env, "v1beta1", "paused", "v1.31.2")
+        .await
+        .unwrap();
+}
