@@ -113,7 +113,9 @@ fn spawn_stand_ins(
         let mut kubelet = Kubelet::default();
         let mut cluster_api = ClusterApi::new(CLUSTER_API_VERSION, CLUSTER, CLUSTER_START, ROLLOUT);
         let mut steps = Vec::new();
-        while !*stop.borrow() {
+        loop {
+            // Read before the work, so the last round after a stop still sees the last change.
+            let stopping = *stop.borrow();
             let finished = Box::pin(kubelet.finish_new_jobs(&client, &ns, hand_off, id_for)).await;
             if let Err(e) = finished {
                 eprintln!("kubelet stand-in: {e:#}");
@@ -122,6 +124,9 @@ fn spawn_stand_ins(
                 Ok(Rollout::Started(version)) => steps.push(version),
                 Ok(_) => {}
                 Err(e) => eprintln!("Cluster API stand-in: {e:#}"),
+            }
+            if stopping {
+                break;
             }
             tokio::select! {
                 _ = stop.changed() => {}
