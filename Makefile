@@ -4,7 +4,7 @@ KUBECTL ?= kubectl
 IMG ?= ghcr.io/kubernetes-upgrader/kubernetes-upgrader:latest
 BIN := $(CARGO) run --release --locked --bin kubernetes-upgrader --
 
-.PHONY: all build test ci lint fmt manifests e2e bench bench-load bench-syncer run install docker-build
+.PHONY: all build test ci lint fmt manifests e2e bench bench-load bench-syncer demo run install docker-build
 
 all: build
 
@@ -54,6 +54,13 @@ bench-load:
 bench-syncer:
 	$(CARGO) build --locked --bin kubernetes-upgrader
 	$(CARGO) run --locked -p e2e --bin syncer_latency
+
+## The whole pipeline on this machine, with no cluster: a local control plane from the test
+## assets (KUBEBUILDER_ASSETS or setup-envtest's folder), or the current kubeconfig with
+## USE_CURRENT_CONTEXT=1. Ctrl-C stops everything it started.
+demo:
+	$(CARGO) build --locked --bin kubernetes-upgrader
+	$(CARGO) run --locked -q -p e2e --bin demo -- $(if $(USE_CURRENT_CONTEXT),--use-current-context)
 
 ## Install the CRDs and admission policies into the current cluster, then run every controller
 ## against the current kubeconfig.

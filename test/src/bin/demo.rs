@@ -23,6 +23,7 @@ use kube::{Api, Client};
 use kubernetes_upgrader::describe;
 use kubernetes_upgrader::describe::render::Style;
 use serde_json::{Value, json};
+use tokio::signal::unix::{SignalKind, signal};
 
 /// The first releases in the demo repository; the demo publishes `LATER` once these are done.
 const FIRST: [&str; 3] = ["1.30.4-1.1", "1.31.0-1.1", "1.31.1-1.1"];
@@ -38,6 +39,8 @@ const ROLLOUT: Duration = Duration::from_secs(3);
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
+    // Ctrl-C from here on stops the demo cleanly (the handler is in place before anything starts).
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing the Ctrl-C handler")?;
     let use_current = std::env::args().any(|a| a == "--use-current-context");
     if !use_current && !cluster::configured() {
         bail!("no control plane to start: {SKIP_HINT} (or pass --use-current-context)");
@@ -93,7 +96,7 @@ async fn main() -> Result<()> {
     let started = Instant::now();
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {
+            _ = interrupt.recv() => {
                 say("Ctrl-C: stopping the manager, the repository and the control plane");
                 let _ = manager.terminate(Duration::from_secs(5)).await;
                 return Ok(());
@@ -155,7 +158,7 @@ async fn main() -> Result<()> {
                     return Ok(());
                 }
                 say("Ctrl-C to stop");
-                let _ = tokio::signal::ctrl_c().await;
+                interrupt.recv().await;
                 let _ = manager.terminate(Duration::from_secs(5)).await;
                 return Ok(());
             }
