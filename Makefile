@@ -4,7 +4,7 @@ KUBECTL ?= kubectl
 IMG ?= ghcr.io/kubernetes-upgrader/kubernetes-upgrader:latest
 BIN := $(CARGO) run --release --locked --bin kubernetes-upgrader --
 
-.PHONY: all build test ci lint fmt manifests e2e bench bench-load bench-syncer demo run install docker-build
+.PHONY: all build test ci lint fmt manifests e2e bench bench-load bench-syncer bench-image demo run install docker-build
 
 all: build
 
@@ -54,6 +54,12 @@ bench-load:
 bench-syncer:
 	$(CARGO) build --locked --bin kubernetes-upgrader
 	$(CARGO) run --locked -p e2e --bin syncer_latency
+
+## Build Job Complete → MachineImage Ready, p50/p99 over 20 builds, on the real API server
+## with the debug manager binary.
+bench-image:
+	$(CARGO) build --locked --bin kubernetes-upgrader
+	$(CARGO) run --locked -p e2e --bin image_ready
 
 ## The whole pipeline on this machine, with no cluster: a local control plane from the test
 ## assets (KUBEBUILDER_ASSETS or setup-envtest's folder), or the current kubeconfig with
