@@ -80,7 +80,11 @@ async fn ready_after_sync_writes_status_once_and_stops_on_sigterm() {
             manager.log_tail()
         )
     });
-    assert!(saw_not_ready, "readyz answered 200 before the cache synced");
+    assert!(
+        saw_not_ready,
+        "readyz answered 200 before the cache synced after {ready_after:?}; log:\n{}",
+        manager.log_tail()
+    );
     // The list takes 0.7 s; the rest is process start on a loaded 2-CPU machine.
     assert!(
         ready_after < Duration::from_secs(8),

@@ -157,14 +157,28 @@ fn json_response(status: StatusCode, value: &Value) -> Response {
         .into_response()
 }
 
-fn discovery() -> Value {
-    let resources: Vec<Value> = api::v1alpha1::crds()
+/// Our kinds' (plural, singular, kind), once per process: rendering the CRDs takes a good part
+/// of a second in a debug build, far too long to repeat per request.
+static NAMES: std::sync::LazyLock<Vec<(String, String, String)>> = std::sync::LazyLock::new(|| {
+    api::v1alpha1::crds()
         .into_iter()
-        .flat_map(|crd| {
-            let names = crd.spec.names;
+        .map(|crd| {
+            (
+                crd.spec.names.plural,
+                crd.spec.names.singular.unwrap_or_default(),
+                crd.spec.names.kind,
+            )
+        })
+        .collect()
+});
+
+fn discovery() -> Value {
+    let resources: Vec<Value> = NAMES
+        .iter()
+        .flat_map(|(plural, singular, kind)| {
             [
-                json!({"name": names.plural, "singularName": names.singular, "namespaced": true, "kind": names.kind, "verbs": ["get", "list", "watch", "patch"]}),
-                json!({"name": format!("{}/status", names.plural), "singularName": "", "namespaced": true, "kind": names.kind, "verbs": ["get", "patch"]}),
+                json!({"name": plural, "singularName": singular, "namespaced": true, "kind": kind, "verbs": ["get", "list", "watch", "patch"]}),
+                json!({"name": format!("{plural}/status"), "singularName": "", "namespaced": true, "kind": kind, "verbs": ["get", "patch"]}),
             ]
         })
         .collect();
@@ -292,10 +306,7 @@ async fn handle(
 /// controllers watch.
 fn is_other_collection(path: &str) -> bool {
     let last = path.rsplit('/').next().unwrap_or_default();
-    (path.starts_with(GROUP_PATH)
-        && api::v1alpha1::crds()
-            .iter()
-            .any(|crd| crd.spec.names.plural == last))
+    (path.starts_with(GROUP_PATH) && NAMES.iter().any(|(plural, _, _)| plural == last))
         || (path.starts_with("/apis/batch/v1/") && last == "jobs")
         || (path.starts_with("/api/v1/") && last == "pods")
 }
