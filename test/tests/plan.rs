@@ -104,8 +104,30 @@ async fn a_plan_follows_ready_images_as_they_change() {
         ]
     );
 
+    // The chosen image is deleted: the Plan falls back at once (deletions are events too).
+    images
+        .delete("c-1-31-0", &kube::api::DeleteParams::default())
+        .await
+        .unwrap();
+    let deleted = Instant::now();
+    e2e::wait_for(
+        &plans,
+        "all",
+        |p| {
+            p.status
+                .as_ref()
+                .and_then(|s| s.machine_image_details.as_ref())
+                .map(|d| d.id.as_str())
+                == Some("i-1304")
+        },
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    assert!(deleted.elapsed() < Duration::from_secs(10));
+
     // The images no longer match the selector: the details are cleared.
-    for name in ["a-1-30-1", "b-1-30-4", "c-1-31-0"] {
+    for name in ["a-1-30-1", "b-1-30-4"] {
         let relabel = json!({"metadata": {"labels": {"os": "retired"}}});
         images
             .patch(name, &PatchParams::default(), &Patch::Merge(&relabel))

@@ -46,11 +46,12 @@ impl<K> Cacheable for K where
 {
 }
 
-/// A shared reflector: its store, and subscriptions to the objects it applies.
+/// A shared reflector: its store, and subscriptions to the objects it applies and deletes.
 pub struct Cache<K: Cacheable> {
     /// The store, filled by the one watch of this kind.
     pub store: Store<K>,
     writer: Arc<Mutex<Option<reflector::store::Writer<K>>>>,
+    deleted: tokio::sync::broadcast::Sender<Arc<K>>,
 }
 
 impl<K: Cacheable> Clone for Cache<K> {
@@ -58,6 +59,7 @@ impl<K: Cacheable> Clone for Cache<K> {
         Self {
             store: self.store.clone(),
             writer: Arc::clone(&self.writer),
+            deleted: self.deleted.clone(),
         }
     }
 }
@@ -71,6 +73,24 @@ impl<K: Cacheable> Cache<K> {
             .unwrap_or_else(PoisonError::into_inner)
             .as_ref()
             .and_then(reflector::store::Writer::subscribe)
+    }
+
+    /// A stream of the objects the watch sees deleted (their last state), which
+    /// [`Cache::subscribe`] does not pass on; for `watches_shared_stream`. A subscriber that
+    /// falls more than [`BUFFER`] deletions behind skips the oldest. Objects deleted while the
+    /// watch was down leave the store at its relist without an event here.
+    pub fn deleted(&self) -> impl Stream<Item = Arc<K>> + Send + 'static {
+        futures::stream::unfold(self.deleted.subscribe(), |mut rx| async move {
+            loop {
+                match rx.recv().await {
+                    Ok(object) => return Some((object, rx)),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(skipped)) => {
+                        tracing::warn!(skipped, "a deletion subscriber fell behind");
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        })
     }
 }
 
@@ -130,8 +150,10 @@ impl Caches {
         let cache = Cache {
             store: store.clone(),
             writer: Arc::new(Mutex::new(Some(writer))),
+            deleted: tokio::sync::broadcast::channel(BUFFER).0,
         };
         let writer = Arc::clone(&cache.writer);
+        let deleted = cache.deleted.clone();
         let start: Starter = Box::new(move |caches: &Caches| {
             let writer = writer.lock().unwrap_or_else(PoisonError::into_inner).take();
             let api: Api<K> = match &caches.namespace {
@@ -155,8 +177,15 @@ impl Caches {
                     .take_until(stopped.wait());
                 futures::pin_mut!(events);
                 while let Some(event) = events.next().await {
-                    if let Err(err) = event {
-                        tracing::warn!(%kind, error = %super::cause_chain(&err), "watch error; retrying with backoff");
+                    match event {
+                        Ok(watcher::Event::Delete(object)) => {
+                            // No subscriber is not an error.
+                            let _ = deleted.send(Arc::new(object));
+                        }
+                        Ok(_) => {}
+                        Err(err) => {
+                            tracing::warn!(%kind, error = %super::cause_chain(&err), "watch error; retrying with backoff");
+                        }
                     }
                 }
                 if shutdown.is_requested() {

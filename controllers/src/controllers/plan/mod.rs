@@ -91,10 +91,15 @@ fn start(shared: &Shared) -> Running {
     let shutdown = shared.shutdown.clone();
     let trigger = generation_changed(events, cache.store.clone());
     let plans = cache.store.clone();
+    let plans_of_deleted = cache.store.clone();
+    let deleted_images = images.deleted();
     let run = async move {
         let results = Controller::for_shared_stream(trigger, cache.store)
             .watches_shared_stream(image_events, move |image: Arc<GuardedImage>| {
                 plans_in(&plans, image.namespace().as_deref())
+            })
+            .watches_shared_stream(deleted_images, move |image: Arc<GuardedImage>| {
+                plans_in(&plans_of_deleted, image.namespace().as_deref())
             })
             .with_config(ControllerConfig::default().concurrency(8))
             .graceful_shutdown_on(shutdown.clone().wait())
@@ -163,13 +168,8 @@ pub async fn reconcile_plan(plan: &Plan, ctx: &Context, now: &Time) -> Result<Ac
     for note in &decision.notes {
         ctx.events.publish(plan, note).await;
     }
-    Ok(Action::requeue(SAFETY_NET))
+    Ok(Action::await_change())
 }
-
-/// The shared MachineImage cache passes on applied objects only, not deletions, so a deleted
-/// image is noticed by this long safety-net requeue (a reconcile that writes nothing when
-/// nothing changed); every other change is event-driven.
-pub const SAFETY_NET: std::time::Duration = std::time::Duration::from_secs(600);
 
 #[cfg(test)]
 mod tests;

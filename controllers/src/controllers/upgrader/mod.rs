@@ -216,6 +216,8 @@ fn start<K: UpgraderKind>(shared: &Shared) -> Running {
     let shutdown = shared.shutdown.clone();
     let trigger = generation_changed(events, cache.store.clone());
     let by_plan = cache.store.clone();
+    let by_deleted_plan = cache.store.clone();
+    let deleted_plans = plans.deleted();
     let by_image = cache.store.clone();
     let clusters = cluster_events::<K>(
         shared.client.clone(),
@@ -226,9 +228,10 @@ fn start<K: UpgraderKind>(shared: &Shared) -> Running {
     let run = async move {
         let results = Controller::for_shared_stream(trigger, cache.store)
             .watches_shared_stream(plan_events, move |plan: Arc<GuardedPlan>| {
-                upgraders::<K>(&by_plan, plan.namespace().as_deref(), |u| {
-                    u.view().plan_ref.name == plan.name_any()
-                })
+                following::<K>(&by_plan, &plan)
+            })
+            .watches_shared_stream(deleted_plans, move |plan: Arc<GuardedPlan>| {
+                following::<K>(&by_deleted_plan, &plan)
             })
             .watches_shared_stream(image_events, move |image: Arc<GuardedImage>| {
                 upgraders::<K>(&by_image, image.namespace().as_deref(), |_| true)
@@ -241,6 +244,16 @@ fn start<K: UpgraderKind>(shared: &Shared) -> Running {
     }
     .boxed();
     Running { ready, run }
+}
+
+/// The upgraders that follow `plan`.
+fn following<K: UpgraderKind>(
+    store: &Store<DeserializeGuard<K>>,
+    plan: &GuardedPlan,
+) -> Vec<ObjectRef<DeserializeGuard<K>>> {
+    upgraders::<K>(store, plan.namespace().as_deref(), |u| {
+        u.view().plan_ref.name == plan.name_any()
+    })
 }
 
 /// The upgraders of `namespace` that `filter` selects.
