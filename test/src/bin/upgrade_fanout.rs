@@ -101,6 +101,7 @@ async fn main() -> Result<()> {
     let before_baseline = apiserver_requests(&client).await?;
     tokio::time::sleep(baseline).await;
     let before_event = apiserver_requests(&client).await?;
+    let reconciles_before = upgrader_reconciles(&manager).await?;
 
     // The event: a new static image in range. Watches opened first, so each step is timed
     // from the moment the bench sees it.
@@ -138,6 +139,7 @@ async fn main() -> Result<()> {
     // The step's own writes (status of the upgraders, the Plan, the image) land just after.
     tokio::time::sleep(settle).await;
     let after_step = apiserver_requests(&client).await?;
+    let reconciles_after = upgrader_reconciles(&manager).await?;
 
     // Cluster API reports every rollout finished; the fleet settles up to date again.
     let finishing = Instant::now();
@@ -192,6 +194,13 @@ async fn main() -> Result<()> {
         ms(last),
         ms(samples.first().copied().unwrap_or_default()),
         last.as_secs_f64()
+    );
+    let runs = reconciles_after.0 - reconciles_before.0;
+    let _ = writeln!(
+        out,
+        "upgrader reconciles for the step: {runs:.0} ({:.2} per Cluster), mean {:.0} ms each",
+        runs / count as f64,
+        (reconciles_after.1 - reconciles_before.1) * 1000.0 / runs.max(1.0)
     );
     let _ = writeln!(
         out,
@@ -431,6 +440,24 @@ async fn apiserver_requests(client: &Client) -> Result<Counts> {
         *sums.entry((verb, name)).or_insert(0.0) += sample.value;
     }
     Ok(sums)
+}
+
+/// The upgrader controller's reconciles so far: (runs, seconds spent), from the manager's metrics.
+async fn upgrader_reconciles(manager: &Manager) -> Result<(f64, f64)> {
+    let samples = manager::parse_metrics(&manager.metrics_text().await?);
+    let controller = [("controller", "clusterclassclusterupgrader")];
+    Ok((
+        manager::metric_sum(
+            &samples,
+            "kubernetes_upgrader_reconcile_runs_total",
+            &controller,
+        ),
+        manager::metric_sum(
+            &samples,
+            "kubernetes_upgrader_reconcile_duration_seconds_sum",
+            &controller,
+        ),
+    ))
 }
 
 fn diff(before: &Counts, after: &Counts) -> Counts {
