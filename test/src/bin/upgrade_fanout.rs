@@ -10,13 +10,14 @@
 //! or `E2E_KUBECONFIG` and the manager binary built. `FANOUT_CLUSTERS` (default 200),
 //! `FANOUT_BASELINE_SECS` (30), `FANOUT_SETTLE_SECS` (10) and `FANOUT_STEADY_SECS` (60) tune it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use api::v1alpha1::{MachineImage, Plan};
+use e2e::bench::{self, Counts, diff, env_or, is_write};
 use e2e::manager::{self, Manager, ManagerOptions};
 use e2e::stats::percentile;
 use e2e::{SKIP_HINT, capi, cluster, condition_reason, namespace, to_json};
@@ -28,7 +29,6 @@ use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 
 const GROUP: &str = "kubernetesupgraded.dimitrikoshkin.com";
-const WRITE_VERBS: [&str; 5] = ["POST", "PUT", "PATCH", "DELETE", "APPLY"];
 const KIND: &str = "ClusterClassClusterUpgrader";
 const CAPI_VERSION: &str = "v1beta1";
 const FROM: &str = "v1.31.1";
@@ -36,19 +36,6 @@ const TO: &str = "v1.31.2";
 const LABEL: (&str, &str) = ("os", "fanout");
 const PARALLEL: usize = 16;
 const TIMEOUT: Duration = Duration::from_secs(300);
-
-fn env_or<T: std::str::FromStr>(key: &str, default: T) -> Result<T> {
-    match std::env::var(key) {
-        Ok(v) if !v.trim().is_empty() => v
-            .trim()
-            .parse()
-            .map_err(|_| anyhow::anyhow!("{key}={v} does not parse")),
-        _ => Ok(default),
-    }
-}
-
-/// Request counts keyed by (verb, resource[/subresource][.group]).
-type Counts = BTreeMap<(String, String), f64>;
 
 #[tokio::main]
 #[allow(clippy::cast_precision_loss, clippy::too_many_lines)]
@@ -367,10 +354,6 @@ fn load_average() -> String {
     )
 }
 
-fn is_write(verb: &str) -> bool {
-    WRITE_VERBS.contains(&verb)
-}
-
 fn sum(counts: &Counts, filter: impl Fn(&str, &str) -> bool) -> f64 {
     counts
         .iter()
@@ -414,33 +397,10 @@ fn report_window(out: &mut String, title: &str, window: &Counts, scale: f64) {
 /// `apiserver_request_total` summed by (verb, resource), for our group, Cluster API's, events
 /// and leases.
 async fn apiserver_requests(client: &Client) -> Result<Counts> {
-    let request = http::Request::get("/metrics").body(Vec::new())?;
-    let text = client
-        .request_text(request)
-        .await
-        .context("GET /metrics on the apiserver")?;
-    let mut sums = Counts::new();
-    for sample in manager::parse_metrics(&text)
-        .iter()
-        .filter(|s| s.name == "apiserver_request_total")
-    {
-        let group = sample.label("group").unwrap_or_default();
-        let resource = sample.label("resource").unwrap_or_default();
-        if !(group == GROUP || group == capi::GROUP || resource == "events" || resource == "leases")
-        {
-            continue;
-        }
-        let mut name = resource.to_owned();
-        if let Some(sub) = sample.label("subresource").filter(|s| !s.is_empty()) {
-            name = format!("{name}/{sub}");
-        }
-        if !group.is_empty() {
-            name = format!("{name}.{group}");
-        }
-        let verb = sample.label("verb").unwrap_or_default().to_owned();
-        *sums.entry((verb, name)).or_insert(0.0) += sample.value;
-    }
-    Ok(sums)
+    bench::request_counts(client, |group, resource| {
+        group == GROUP || group == capi::GROUP || resource == "events" || resource == "leases"
+    })
+    .await
 }
 
 /// The upgrader controller's reconciles so far: (runs, seconds spent), from the manager's metrics.
@@ -459,11 +419,4 @@ async fn upgrader_reconciles(manager: &Manager) -> Result<(f64, f64)> {
             &controller,
         ),
     ))
-}
-
-fn diff(before: &Counts, after: &Counts) -> Counts {
-    after
-        .iter()
-        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0.0)))
-        .collect()
 }
