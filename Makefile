@@ -4,7 +4,7 @@ KUBECTL ?= kubectl
 IMG ?= ghcr.io/kubernetes-upgrader/kubernetes-upgrader:latest
 BIN := $(CARGO) run --release --locked --bin kubernetes-upgrader --
 
-.PHONY: all build test ci lint fmt manifests e2e bench bench-load bench-syncer bench-image demo run install docker-build
+.PHONY: all build test ci lint fmt manifests e2e bench bench-load bench-syncer bench-image bench-upgrade demo run install docker-build
 
 all: build
 
@@ -67,6 +67,13 @@ bench-image:
 demo:
 	$(CARGO) build --locked --bin kubernetes-upgrader
 	$(CARGO) run --locked -q -p e2e --bin demo -- $(if $(USE_CURRENT_CONTEXT),--use-current-context)
+
+## 200 Clusters, each with its upgrader, on one Plan: a new image → every Cluster's first step
+## (p50/p99/max), API writes per step and at steady state, on the real API server with the debug
+## manager binary. FANOUT_CLUSTERS, FANOUT_BASELINE_SECS, FANOUT_SETTLE_SECS, FANOUT_STEADY_SECS.
+bench-upgrade:
+	$(CARGO) build --locked --bin kubernetes-upgrader
+	$(CARGO) run --locked -p e2e --bin upgrade_fanout
 
 ## Install the CRDs and admission policies into the current cluster, then run every controller
 ## against the current kubeconfig.

@@ -10,6 +10,7 @@
 //! A test starts with [`TestEnv::start`] (or the [`e2e_env!`] macro), which hands it a fresh
 //! client and a fresh namespace.
 
+pub mod bench;
 pub mod builds;
 pub mod capi;
 pub mod chaos;

@@ -6,14 +6,14 @@
 //! `LOAD_SOURCES` (default 500), `LOAD_INTERVAL` (default `30s`) and `LOAD_WINDOW_INTERVALS`
 //! (default 2) tune it.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use api::v1alpha1::DebianRepositorySource;
-use e2e::manager::{self, Manager, ManagerOptions, Sample};
+use e2e::bench::{self, Counts, diff, env_or};
+use e2e::manager::{self, Manager, ManagerOptions};
 use e2e::repo::ServedRepo;
 use e2e::status::{condition_status, to_json};
 use e2e::{SKIP_HINT, cluster, namespace};
@@ -22,17 +22,6 @@ use kube::api::{ListParams, PostParams};
 use kube::{Api, Client};
 
 const GROUP: &str = "kubernetesupgraded.dimitrikoshkin.com";
-const WRITE_VERBS: [&str; 5] = ["POST", "PUT", "PATCH", "DELETE", "APPLY"];
-
-fn env_or<T: std::str::FromStr>(key: &str, default: T) -> Result<T> {
-    match std::env::var(key) {
-        Ok(v) if !v.trim().is_empty() => v
-            .trim()
-            .parse()
-            .map_err(|_| anyhow::anyhow!("{key}={v} does not parse")),
-        _ => Ok(default),
-    }
-}
 
 #[tokio::main]
 #[allow(clippy::cast_precision_loss)]
@@ -157,7 +146,7 @@ async fn main() -> Result<()> {
         if delta <= 0.0 {
             continue;
         }
-        if WRITE_VERBS.contains(&verb.as_str()) && resource.ends_with(GROUP) {
+        if bench::is_write(&verb) && resource.ends_with(GROUP) {
             writes += delta;
         }
         let _ = writeln!(
@@ -178,53 +167,9 @@ async fn main() -> Result<()> {
 }
 
 /// `apiserver_request_total` summed by (verb, resource.group), for our group, events and leases.
-async fn apiserver_requests(client: &Client) -> Result<BTreeMap<(String, String), f64>> {
-    let request = http::Request::get("/metrics").body(Vec::new())?;
-    let text = client
-        .request_text(request)
-        .await
-        .context("GET /metrics on the apiserver")?;
-    let mut sums = BTreeMap::new();
-    for sample in manager::parse_metrics(&text)
-        .iter()
-        .filter(|s| s.name == "apiserver_request_total")
-    {
-        if let Some(key) = key(sample) {
-            *sums.entry(key).or_insert(0.0) += sample.value;
-        }
-    }
-    Ok(sums)
-}
-
-fn key(sample: &Sample) -> Option<(String, String)> {
-    let group = sample.label("group").unwrap_or_default();
-    let resource = sample.label("resource").unwrap_or_default();
-    let interesting = group == GROUP || resource == "events" || resource == "leases";
-    if !interesting {
-        return None;
-    }
-    let subresource = sample.label("subresource").filter(|s| !s.is_empty());
-    let resource = match subresource {
-        Some(sub) => format!("{resource}/{sub}"),
-        None => resource.to_owned(),
-    };
-    let resource = if group.is_empty() {
-        resource
-    } else {
-        format!("{resource}.{group}")
-    };
-    Some((
-        sample.label("verb").unwrap_or_default().to_owned(),
-        resource,
-    ))
-}
-
-fn diff(
-    before: &BTreeMap<(String, String), f64>,
-    after: &BTreeMap<(String, String), f64>,
-) -> Vec<((String, String), f64)> {
-    after
-        .iter()
-        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0.0)))
-        .collect()
+async fn apiserver_requests(client: &Client) -> Result<Counts> {
+    bench::request_counts(client, |group, resource| {
+        group == GROUP || resource == "events" || resource == "leases"
+    })
+    .await
 }
