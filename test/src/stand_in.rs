@@ -13,10 +13,7 @@ use serde_json::json;
 
 use crate::{builds, capi};
 
-/// The label the MachineImage controller puts on its build Jobs (v0.6).
-pub const JOB_LABEL: &str = "kubernetesupgraded.dimitrikoshkin.com/machine-image-name";
-/// The v0.6 image-ID annotation a build workload sets on its own Job.
-pub const IMAGE_ID_ANNOTATION: &str = "kubernetesupgraded.dimitrikoshkin.com/image-id";
+pub use api::v1alpha1::{IMAGE_ID_ANNOTATION, MACHINE_IMAGE_NAME_LABEL as JOB_LABEL};
 
 /// How a finished build hands its image ID back.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -13,15 +13,13 @@ use e2e::repo::ServedRepo;
 use e2e::stand_in::{ClusterApi, HandOff, JOB_LABEL, Kubelet, Rollout};
 use e2e::{Manager, TestEnv, capi, e2e_env, eventually, manifests, to_json};
 use k8s_openapi::api::batch::v1::Job;
+use kube::Api;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams};
-use kube::{Api, ResourceExt};
 use rand::Rng;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
 const GROUP: &str = "kubernetesupgraded.dimitrikoshkin.com";
-const SYNCER_LABEL: &str = "kubernetes-upgrader.dimitrikoshkin.com/machine-image-syncer-name";
-const VERSION_LABEL: &str = "kubernetes-upgrader.dimitrikoshkin.com/kubernetes-version";
 const CLUSTER: &str = "capi-quickstart";
 const CLUSTER_API_VERSION: &str = "v1beta1";
 const CLUSTER_START: &str = "v1.30.4";
@@ -159,30 +157,14 @@ fn id_for(hand_off: HandOff, version: &str) -> String {
     }
 }
 
-fn images_api(env: &TestEnv) -> Api<DynamicObject> {
-    let resource = ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk(GROUP, "v1alpha1", "MachineImage"),
-        "machineimages",
-    );
-    Api::namespaced_with(env.client.clone(), &env.namespace, &resource)
-}
-
-/// The syncer's images by version label.
+/// The syncer's images by version label, as JSON.
 async fn images_of(env: &TestEnv, syncer: &str) -> BTreeMap<String, Vec<Value>> {
-    let mut by_version: BTreeMap<String, Vec<Value>> = BTreeMap::new();
-    let list = images_api(env)
-        .list(&ListParams::default().labels(&format!("{SYNCER_LABEL}={syncer}")))
+    e2e::syncer::images_of(&env.client, &env.namespace, syncer)
         .await
-        .unwrap();
-    for image in list.items {
-        let version = image
-            .labels()
-            .get(VERSION_LABEL)
-            .cloned()
-            .unwrap_or_default();
-        by_version.entry(version).or_default().push(to_json(&image));
-    }
-    by_version
+        .unwrap()
+        .into_iter()
+        .map(|(version, images)| (version, images.iter().map(to_json).collect()))
+        .collect()
 }
 
 /// Waits until the syncer's image for `version` is ready with `id`.

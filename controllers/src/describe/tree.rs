@@ -6,11 +6,11 @@
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
+use api::v1alpha1::SYNCER_NAME_LABEL as SYNCER_LABEL;
 use serde::Serialize;
 use serde_json::Value;
 
-/// Label that ties a MachineImage to the syncer that created it (v0.6).
-const SYNCER_LABEL: &str = "kubernetes-upgrader.dimitrikoshkin.com/machine-image-syncer-name";
+use crate::controllers::upgrader::cluster::PAUSED_ANNOTATION;
 
 /// The objects of one namespace, as their JSON.
 #[derive(Debug, Default, Clone)]
@@ -325,7 +325,7 @@ fn upgrader_node(upgrader: &Value, clusters: Option<&[Value]>) -> Node {
 
 fn cluster_node(cluster: &Value) -> Node {
     let paused = cluster["spec"]["paused"].as_bool() == Some(true)
-        || label_or_annotation(cluster, "annotations", "cluster.x-k8s.io/paused").is_some();
+        || label_or_annotation(cluster, "annotations", PAUSED_ANNOTATION).is_some();
     let topology = &cluster["spec"]["topology"];
     let phase = str_at(&cluster["status"], "phase");
     let (health, state) = if paused {

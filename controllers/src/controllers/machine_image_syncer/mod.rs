@@ -28,9 +28,8 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, ResourceExt};
 
 pub use decide::{
-    API_VERSION, CONDITION_PAUSED, DEBIAN_VERSION_ANNOTATION, Decision, EVENT_CREATED, Existing,
-    Observed, SourceFailure, SourceRef, SourceView, SpecError, Validated, build_image, decide,
-    validate,
+    API_VERSION, CONDITION_PAUSED, Decision, EVENT_CREATED, Existing, Observed, SourceFailure,
+    SourceRef, SourceView, SpecError, Validated, build_image, decide, validate,
 };
 
 use super::debian_source;

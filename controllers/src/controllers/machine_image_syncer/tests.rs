@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::runtime::fixtures::{Call, STEP, Verifier, mock_client, within};
-use api::v1alpha1::DebianRepositorySource;
+use api::v1alpha1::{DEBIAN_VERSION_ANNOTATION, DebianRepositorySource};
 use http::Method;
 use k8s_openapi::jiff::Timestamp;
 use kube::Resource;

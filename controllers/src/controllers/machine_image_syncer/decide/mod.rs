@@ -7,10 +7,10 @@ use std::time::Duration;
 use api::conditions::{self, Desired, Status};
 use api::constraint::{self, RangeError, Selection, VersionRange};
 use api::v1alpha1::{
-    CLONED_FROM_ANNOTATION, CONDITION_READY, DebianRepositorySource, KUBERNETES_VERSION_LABEL,
-    MAX_IMAGES_PER_RECONCILE, MachineImage, MachineImageSpec, MachineImageSyncer,
-    MachineImageSyncerStatus, MachineImageTemplate, ReferenceError, SYNCER_NAME_LABEL,
-    SyncStrategy, resolve_reference,
+    CLONED_FROM_ANNOTATION, CONDITION_READY, DEBIAN_VERSION_ANNOTATION, DebianRepositorySource,
+    KUBERNETES_VERSION_LABEL, MAX_IMAGES_PER_RECONCILE, MachineImage, MachineImageSpec,
+    MachineImageSyncer, MachineImageSyncerStatus, MachineImageTemplate, ReferenceError,
+    SYNCER_NAME_LABEL, SyncStrategy, resolve_reference,
 };
 use api::version::parse_strict;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
@@ -22,8 +22,6 @@ use super::names::{image_name, valid_label_value};
 use crate::runtime::Note;
 use crate::runtime::children::{APP_NAME, MANAGED_BY};
 
-/// Annotation carrying the Debian version the source maps the image's version from.
-pub const DEBIAN_VERSION_ANNOTATION: &str = "kubernetes-upgrader.dimitrikoshkin.com/debian-version";
 /// Condition type set while `spec.paused` is true.
 pub const CONDITION_PAUSED: &str = "Paused";
 
