@@ -69,6 +69,12 @@ macro_rules! upgrader_kind {
             /// When true, the next step is computed and reported in status, never written.
             #[serde(default, skip_serializing_if = "Option::is_none")]
             pub dry_run: Option<bool>,
+
+            /// Opt in to updating Elemental hosts in place for image-only changes: one host at
+            /// a time per pool, cordoned and drained first. Omitted means the topology is
+            /// written as for any other step.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub in_place: Option<InPlace>,
         }
 
         impl $spec {
@@ -87,6 +93,11 @@ macro_rules! upgrader_kind {
                     maintenance_window: self.maintenance_window.as_ref(),
                     dry_run: self.dry_run.unwrap_or(false),
                 }
+            }
+
+            /// `spec.inPlace`.
+            pub fn in_place(&self) -> Option<&InPlace> {
+                self.in_place.as_ref()
             }
         }
     };
@@ -164,6 +175,96 @@ pub struct MaintenanceWindow {
     pub time_zone: Option<String>,
 }
 
+/// How Elemental hosts are updated in place (`spec.inPlace`).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct InPlace {
+    /// Most hosts of one pool updated at the same time. Omitted means 1. The control plane is
+    /// always updated one host at a time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_unavailable: Option<i32>,
+    /// How long a drain may take before the upgrader blocks with `DrainTimeout`, as a duration
+    /// from 1s to 24h. Omitted means 10m.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 2, max = 32))]
+    #[x_kube(validation = kube::core::Rule::new(crate::durations::between_rule("1s", "24h")).message("spec.inPlace.drainTimeout must be a duration from 1s to 24h, such as 10m"))]
+    pub drain_timeout: Option<String>,
+    /// How many times a host whose OS update failed (`OSVersionReconciliationFailed`) is given
+    /// another try before the upgrader blocks. Omitted means 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100))]
+    pub retries: Option<i32>,
+}
+
+/// Default of `spec.inPlace.maxUnavailable`.
+pub const DEFAULT_MAX_UNAVAILABLE: i32 = 1;
+/// Default of `spec.inPlace.drainTimeout`.
+pub const DEFAULT_DRAIN_TIMEOUT: &str = "10m";
+/// Default of `spec.inPlace.retries`.
+pub const DEFAULT_RETRIES: i32 = 1;
+
+/// Where one host is in its in-place update.
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum HostPhase {
+    /// Chosen; its Node is being cordoned.
+    Selected,
+    /// The Node is cordoned; its pods are being evicted.
+    Cordoned,
+    /// The drain finished; the host is being labelled `pending`.
+    Drained,
+    /// Labelled `pending`; the image is written and the agent updates the host.
+    Pending,
+    /// The agent reported `OSVersionReconciliationFailed`; waiting for its next try.
+    Retrying,
+    /// The agent labelled the host `done`; the booted image is checked next.
+    Done,
+    /// The Node runs the target image; it is being uncordoned.
+    Verified,
+    /// Finished: the Node runs the target and is schedulable again.
+    Uncordoned,
+    /// Blocked: the drain did not finish within `drainTimeout`; the Node stays cordoned.
+    DrainTimeout,
+    /// Blocked: `done` was reported while the Node runs another image; the Node stays cordoned.
+    BootedImageMismatch,
+    /// Blocked: the OS update failed more than `retries` times; the Node stays cordoned.
+    RetriesExhausted,
+}
+
+/// One host's in-place update, kept in status so that a restarted manager resumes it.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HostRecord {
+    /// The ElementalHost.
+    pub host: String,
+    /// The Cluster API Machine.
+    pub machine: String,
+    /// The workload cluster's Node.
+    pub node: String,
+    /// The MachineDeployment that names the host's pool; absent for the control plane.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+    /// Where the update is.
+    pub phase: HostPhase,
+    /// The `imageUri` this update writes; never changed while the update is in flight.
+    pub image: String,
+    /// The stamp the Node's `osImage` must contain once the host booted `image`.
+    pub stamp: String,
+    /// When the host was selected.
+    pub started: Time,
+    /// When the host was uncordoned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished: Option<Time>,
+    /// How many OS update failures were seen.
+    pub attempts: i32,
+    /// Why the host is blocked or retrying.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// Most entries in `status.hosts`.
+pub const MAX_HOSTS: usize = 256;
+
 /// RE2 pattern a cron schedule must match: five or six space-separated fields of cron characters.
 pub const CRON_PATTERN: &str = "^[0-9A-Za-z*?/,#LW-]+( +[0-9A-Za-z*?/,#LW-]+){4,5}$";
 /// RE2 pattern a time zone name must match.
@@ -229,6 +330,12 @@ pub struct UpgraderStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 10))]
     pub history: Option<Vec<StepRecord>>,
+
+    /// The hosts of the current in-place update, at most [`MAX_HOSTS`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    #[x_kube(merge_strategy = kube::core::ListMerge::Map(vec!["host".into()]))]
+    pub hosts: Option<Vec<HostRecord>>,
 }
 
 #[cfg(test)]
@@ -294,6 +401,30 @@ mod cel {
         refused(
             window("0 2 * * *", "1h", "Europe/../x"),
             "spec.maintenanceWindow.timeZone",
+        );
+    }
+
+    #[test]
+    fn in_place_rules_accept_and_refuse_with_the_field() {
+        for ok in [
+            json!({"inPlace": {}}),
+            json!({"inPlace": {"maxUnavailable": 3, "drainTimeout": "1h30m", "retries": 0}}),
+            json!({"inPlace": {"drainTimeout": "1s"}}),
+            json!({"inPlace": {"drainTimeout": "24h"}}),
+        ] {
+            assert!(validate_cel(&upgrader(ok.clone())).is_ok(), "{ok}");
+        }
+        refused(
+            json!({"inPlace": {"drainTimeout": "500ms"}}),
+            "spec.inPlace.drainTimeout",
+        );
+        refused(
+            json!({"inPlace": {"drainTimeout": "25h"}}),
+            "spec.inPlace.drainTimeout",
+        );
+        refused(
+            json!({"inPlace": {"drainTimeout": "ten minutes"}}),
+            "spec.inPlace.drainTimeout",
         );
     }
 

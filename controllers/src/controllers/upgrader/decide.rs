@@ -111,6 +111,8 @@ pub fn decide(plan: &Plan, observed: &Observed<'_>) -> Decision {
         observed_generation: observed.generation,
         next_step,
         history: (!history.is_empty()).then_some(history),
+        // In-place host records are kept as they are until the in-place flow is wired in.
+        hosts: current.hosts.clone(),
     };
     Decision {
         write,

@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod decide;
 pub mod finish;
 pub mod gates;
+pub mod in_place;
 pub mod window;
 
 use std::sync::{Arc, Mutex, PoisonError};

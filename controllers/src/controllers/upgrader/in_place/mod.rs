@@ -1,0 +1,487 @@
+//! Elemental hosts updated in place (issue 12; `upgrade-safety.md` §3, S6, S9, S10), the pure
+//! core: [`step`] moves every in-flight host one phase along
+//! `Selected → Cordoned → Drained → Pending → Done → Verified → Uncordoned` (with `Retrying`
+//! after an OS update failure, and the blocked ends `DrainTimeout`, `BootedImageMismatch` and
+//! `RetriesExhausted`), and selects new hosts: the control plane first, one host at a time, then
+//! the workers pool by pool, at most `maxUnavailable` per pool.
+//!
+//! The persisted [`HostRecord`]s are the only memory: a restarted manager calls [`step`] with the
+//! records from status and resumes the same hosts. The caller writes the returned records to
+//! status **before** it performs the returned actions, so a host is never acted on without a
+//! record; every action is idempotent and is asked for again until the observation shows it
+//! took effect. [`spare`] holds the spare-host gate for rollouts (S9).
+
+pub mod spare;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use api::durations::{DurationError, parse_positive};
+use api::v1alpha1::{
+    DEFAULT_DRAIN_TIMEOUT, DEFAULT_MAX_UNAVAILABLE, DEFAULT_RETRIES, HostPhase, HostRecord,
+    InPlace, MAX_HOSTS,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+
+/// The `OSVersionReady` reason of an ElementalHost whose OS update failed.
+pub const OS_VERSION_RECONCILIATION_FAILED: &str = "OSVersionReconciliationFailed";
+
+/// The reasons the in-place flow blocks with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// A drain did not finish within `drainTimeout`.
+    DrainTimeout,
+    /// A host reported `done` while its Node runs another image.
+    BootedImageMismatch,
+    /// A host's OS update failed more than `retries` times.
+    OsVersionReconciliationFailed,
+    /// A pool has no spare host for a rollout.
+    NoSpareHost,
+}
+
+impl Reason {
+    /// The PascalCase wire form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::DrainTimeout => "DrainTimeout",
+            Self::BootedImageMismatch => "BootedImageMismatch",
+            Self::OsVersionReconciliationFailed => OS_VERSION_RECONCILIATION_FAILED,
+            Self::NoSpareHost => "NoSpareHost",
+        }
+    }
+}
+
+/// `spec.inPlace` with its defaults applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// Most hosts of one worker pool in flight.
+    pub max_unavailable: usize,
+    /// How long a drain may take, counted from the host's selection.
+    pub drain_timeout: Duration,
+    /// OS update failures tolerated per host.
+    pub retries: u32,
+}
+
+impl Settings {
+    /// The settings of `spec.inPlace`; admission keeps the numbers in range, and a duration
+    /// admission let through that does not parse is an error.
+    pub fn from_spec(spec: &InPlace) -> Result<Self, DurationError> {
+        let drain = spec
+            .drain_timeout
+            .as_deref()
+            .unwrap_or(DEFAULT_DRAIN_TIMEOUT);
+        Ok(Self {
+            max_unavailable: usize::try_from(
+                spec.max_unavailable.unwrap_or(DEFAULT_MAX_UNAVAILABLE),
+            )
+            .unwrap_or(1)
+            .max(1),
+            drain_timeout: parse_positive(drain)?,
+            retries: u32::try_from(spec.retries.unwrap_or(DEFAULT_RETRIES)).unwrap_or(0),
+        })
+    }
+}
+
+/// Which part of the Cluster a host belongs to.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    /// A Machine labelled `cluster.x-k8s.io/control-plane`.
+    ControlPlane,
+    /// A worker Machine; its `cluster.x-k8s.io/deployment-name` names the pool.
+    Worker(String),
+}
+
+impl Role {
+    fn pool(&self) -> Option<&str> {
+        match self {
+            Self::ControlPlane => None,
+            Self::Worker(pool) => Some(pool),
+        }
+    }
+}
+
+/// The ElementalHost label `elementalhost.infrastructure.cluster.x-k8s.io/in-place-update`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpdateLabel {
+    /// `pending`: the agent may update the host.
+    Pending,
+    /// `done`: the agent finished (which alone is not success).
+    Done,
+}
+
+/// What is observed of one host, through its Machine, ElementalMachine, ElementalHost and Node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostView {
+    /// The ElementalHost's name.
+    pub host: String,
+    /// The Machine's name.
+    pub machine: String,
+    /// The Machine's `status.nodeRef.name`, once it has one.
+    pub node: Option<String>,
+    /// Control plane or worker pool.
+    pub role: Role,
+    /// The Node's `spec.unschedulable`.
+    pub cordoned: bool,
+    /// No evictable pod is left on the Node (DaemonSet and mirror pods do not count).
+    pub drained: bool,
+    /// The ElementalHost's in-place-update label.
+    pub label: Option<UpdateLabel>,
+    /// The reason of the ElementalHost's `OSVersionReady` condition.
+    pub os_reason: Option<String>,
+    /// The Node's `status.nodeInfo.osImage`.
+    pub os_image: Option<String>,
+    /// The ElementalMachine's `spec.osVersionManagement.osVersion.imageUri`.
+    pub image_uri: Option<String>,
+}
+
+/// The image hosts are moved to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Target<'a> {
+    /// The `imageUri` to write, `oci://…@sha256:…`.
+    pub image: &'a str,
+    /// The target build's stamp, which the booted Node's `osImage` carries.
+    pub stamp: &'a str,
+}
+
+/// One write to either cluster, asked for until the observation shows it done.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Action {
+    /// Set the workload Node's `spec.unschedulable`.
+    Cordon { node: String },
+    /// Evict the Node's pods through the Eviction API (PodDisruptionBudgets respected).
+    Evict { node: String },
+    /// Label the ElementalHost `in-place-update=pending`.
+    LabelPending { host: String },
+    /// Apply `osVersionManagement.osVersion.imageUri` on the ElementalMachine.
+    ApplyImage { machine: String, image: String },
+    /// Clear the workload Node's `spec.unschedulable`.
+    Uncordon { node: String },
+}
+
+/// Why the in-place flow stopped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Blocked {
+    /// The condition reason.
+    pub reason: Reason,
+    /// The host concerned.
+    pub host: String,
+    /// For the condition message.
+    pub message: String,
+}
+
+/// The result of one [`step`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Outcome {
+    /// The records to persist, sorted by host, at most [`MAX_HOSTS`].
+    pub records: Vec<HostRecord>,
+    /// The writes to perform after persisting `records`.
+    pub actions: Vec<Action>,
+    /// Set when a host is blocked: nothing new starts until an operator clears it.
+    pub blocked: Option<Blocked>,
+}
+
+impl Outcome {
+    /// Whether every host of `world` is updated to `target` and uncordoned.
+    pub fn finished(&self, world: &[HostView], target: Target<'_>) -> bool {
+        self.actions.is_empty()
+            && self.blocked.is_none()
+            && world.iter().all(|view| at_target(view, target))
+            && self.records.iter().all(|r| !in_flight(r.phase))
+    }
+}
+
+/// Whether a phase holds its host out of service (cordoned, or about to be).
+pub fn in_flight(phase: HostPhase) -> bool {
+    phase != HostPhase::Uncordoned
+}
+
+/// Whether a phase is a blocked end.
+pub fn is_blocked(phase: HostPhase) -> bool {
+    matches!(
+        phase,
+        HostPhase::DrainTimeout | HostPhase::BootedImageMismatch | HostPhase::RetriesExhausted
+    )
+}
+
+/// Whether `os_image` carries `stamp` as a whole word: `img-1` is not in `img-12`.
+pub fn carries_stamp(os_image: &str, stamp: &str) -> bool {
+    let word = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    !stamp.is_empty()
+        && os_image.match_indices(stamp).any(|(at, _)| {
+            let before = os_image[..at].chars().next_back();
+            let after = os_image[at + stamp.len()..].chars().next();
+            !before.is_some_and(word) && !after.is_some_and(word)
+        })
+}
+
+/// Whether a host already runs `target`: its ElementalMachine names the image and its Node
+/// booted it.
+pub fn at_target(view: &HostView, target: Target<'_>) -> bool {
+    view.image_uri.as_deref() == Some(target.image)
+        && view
+            .os_image
+            .as_deref()
+            .is_some_and(|os| carries_stamp(os, target.stamp))
+}
+
+/// One pass of the in-place flow: advance every in-flight host one phase, then, unless paused
+/// or blocked, select new hosts within the budget.
+pub fn step(
+    records: &[HostRecord],
+    world: &[HostView],
+    target: Target<'_>,
+    settings: Settings,
+    paused: bool,
+    now: Timestamp,
+) -> Outcome {
+    let views: BTreeMap<&str, &HostView> = world.iter().map(|v| (v.host.as_str(), v)).collect();
+    let mut next: BTreeMap<String, HostRecord> = BTreeMap::new();
+    let mut actions = Vec::new();
+    for record in records {
+        // A host whose Machine is gone has nothing left to finish.
+        let Some(view) = views.get(record.host.as_str()) else {
+            continue;
+        };
+        let (record, mut asked) = advance(record, view, settings, now);
+        actions.append(&mut asked);
+        next.insert(record.host.clone(), record);
+    }
+    let blocked = next
+        .values()
+        .find(|r| is_blocked(r.phase))
+        .map(|r| Blocked {
+            reason: blocked_reason(r.phase),
+            host: r.host.clone(),
+            message: r.message.clone().unwrap_or_default(),
+        });
+    if !paused && blocked.is_none() {
+        for view in select(&next, world, target, settings) {
+            let Some(node) = view.node.clone() else {
+                continue;
+            };
+            actions.push(Action::Cordon { node: node.clone() });
+            next.insert(
+                view.host.clone(),
+                HostRecord {
+                    host: view.host.clone(),
+                    machine: view.machine.clone(),
+                    node,
+                    pool: view.role.pool().map(str::to_owned),
+                    phase: HostPhase::Selected,
+                    image: target.image.to_owned(),
+                    stamp: target.stamp.to_owned(),
+                    started: Time(now),
+                    finished: None,
+                    attempts: 0,
+                    message: None,
+                },
+            );
+        }
+    }
+    Outcome {
+        records: bounded(next.into_values().collect()),
+        actions,
+        blocked,
+    }
+}
+
+fn blocked_reason(phase: HostPhase) -> Reason {
+    match phase {
+        HostPhase::DrainTimeout => Reason::DrainTimeout,
+        HostPhase::BootedImageMismatch => Reason::BootedImageMismatch,
+        _ => Reason::OsVersionReconciliationFailed,
+    }
+}
+
+/// Keeps at most [`MAX_HOSTS`] records by dropping the oldest finished ones.
+fn bounded(mut records: Vec<HostRecord>) -> Vec<HostRecord> {
+    while records.len() > MAX_HOSTS {
+        let oldest = records
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| !in_flight(r.phase))
+            .min_by_key(|(_, r)| r.finished.as_ref().map(|t| t.0))
+            .map(|(i, _)| i);
+        match oldest {
+            Some(i) => {
+                records.remove(i);
+            }
+            None => break,
+        }
+    }
+    records
+}
+
+/// The hosts to start now: nothing while a control-plane host is in flight or not at target
+/// (one control-plane host at a time); then the first pool, by name, that has hosts in flight
+/// or to update, up to its budget.
+fn select<'w>(
+    records: &BTreeMap<String, HostRecord>,
+    world: &'w [HostView],
+    target: Target<'_>,
+    settings: Settings,
+) -> Vec<&'w HostView> {
+    let in_flight_hosts: BTreeSet<&str> = records
+        .values()
+        .filter(|r| in_flight(r.phase))
+        .map(|r| r.host.as_str())
+        .collect();
+    let mut todo: Vec<&HostView> = world
+        .iter()
+        .filter(|v| !in_flight_hosts.contains(v.host.as_str()) && !at_target(v, target))
+        .collect();
+    todo.sort_by(|a, b| (&a.role, &a.host).cmp(&(&b.role, &b.host)));
+    let busy = |pool: Option<&str>| {
+        records
+            .values()
+            .filter(|r| in_flight(r.phase) && r.pool.as_deref() == pool)
+            .count()
+    };
+    if busy(None) > 0 {
+        return Vec::new();
+    }
+    let control_plane: Vec<&HostView> = todo
+        .iter()
+        .copied()
+        .filter(|v| v.role == Role::ControlPlane)
+        .collect();
+    if !control_plane.is_empty() {
+        return control_plane
+            .into_iter()
+            .filter(|v| v.node.is_some())
+            .take(1)
+            .collect();
+    }
+    let pools: BTreeSet<&str> = records
+        .values()
+        .filter(|r| in_flight(r.phase))
+        .filter_map(|r| r.pool.as_deref())
+        .chain(todo.iter().filter_map(|v| v.role.pool()))
+        .collect();
+    let Some(pool) = pools.into_iter().next() else {
+        return Vec::new();
+    };
+    let room = settings.max_unavailable.saturating_sub(busy(Some(pool)));
+    todo.into_iter()
+        .filter(|v| v.role.pool() == Some(pool) && v.node.is_some())
+        .take(room)
+        .collect()
+}
+
+/// Moves one record at most one phase, with the actions its (new) phase asks for.
+fn advance(
+    record: &HostRecord,
+    view: &HostView,
+    settings: Settings,
+    now: Timestamp,
+) -> (HostRecord, Vec<Action>) {
+    let mut next = record.clone();
+    let node = || record.node.clone();
+    let failed = view.os_reason.as_deref() == Some(OS_VERSION_RECONCILIATION_FAILED);
+    let applied = view.image_uri.as_deref() == Some(record.image.as_str());
+    let actions = match record.phase {
+        HostPhase::Selected if view.cordoned => {
+            next.phase = HostPhase::Cordoned;
+            vec![Action::Evict { node: node() }]
+        }
+        HostPhase::Selected => vec![Action::Cordon { node: node() }],
+        HostPhase::Cordoned if view.drained => {
+            next.phase = HostPhase::Drained;
+            vec![Action::LabelPending {
+                host: record.host.clone(),
+            }]
+        }
+        HostPhase::Cordoned if drain_expired(record, settings, now) => {
+            next.phase = HostPhase::DrainTimeout;
+            next.message = Some(format!(
+                "Node {} was not drained within {:?}; it stays cordoned",
+                record.node, settings.drain_timeout
+            ));
+            Vec::new()
+        }
+        HostPhase::Cordoned => vec![Action::Evict { node: node() }],
+        HostPhase::Drained if view.label == Some(UpdateLabel::Pending) => {
+            next.phase = HostPhase::Pending;
+            vec![apply_image(record)]
+        }
+        HostPhase::Drained => vec![Action::LabelPending {
+            host: record.host.clone(),
+        }],
+        // The image is written only while the host is labelled `pending`.
+        HostPhase::Pending if !applied => match view.label {
+            Some(UpdateLabel::Pending) => vec![apply_image(record)],
+            _ => vec![Action::LabelPending {
+                host: record.host.clone(),
+            }],
+        },
+        HostPhase::Pending if failed => {
+            next.attempts = record.attempts.saturating_add(1);
+            let over = u32::try_from(next.attempts).unwrap_or(u32::MAX) > settings.retries;
+            next.phase = if over {
+                HostPhase::RetriesExhausted
+            } else {
+                HostPhase::Retrying
+            };
+            next.message = Some(format!(
+                "the OS update of ElementalHost {} failed ({} of {} allowed)",
+                record.host,
+                next.attempts,
+                settings.retries.saturating_add(1)
+            ));
+            Vec::new()
+        }
+        HostPhase::Pending if view.label == Some(UpdateLabel::Done) => {
+            next.phase = HostPhase::Done;
+            Vec::new()
+        }
+        HostPhase::Retrying if !failed => {
+            next.phase = HostPhase::Pending;
+            Vec::new()
+        }
+        HostPhase::Done => match view.os_image.as_deref() {
+            Some(os) if carries_stamp(os, &record.stamp) => {
+                next.phase = HostPhase::Verified;
+                next.message = None;
+                vec![Action::Uncordon { node: node() }]
+            }
+            Some(os) => {
+                next.phase = HostPhase::BootedImageMismatch;
+                next.message = Some(format!(
+                    "ElementalHost {} reported done, but Node {} runs {os:?}, not {:?}; it stays cordoned",
+                    record.host, record.node, record.stamp
+                ));
+                Vec::new()
+            }
+            None => Vec::new(),
+        },
+        HostPhase::Verified if !view.cordoned => {
+            next.phase = HostPhase::Uncordoned;
+            next.finished = Some(Time(now));
+            Vec::new()
+        }
+        HostPhase::Verified => vec![Action::Uncordon { node: node() }],
+        HostPhase::Pending
+        | HostPhase::Retrying
+        | HostPhase::Uncordoned
+        | HostPhase::DrainTimeout
+        | HostPhase::BootedImageMismatch
+        | HostPhase::RetriesExhausted => Vec::new(),
+    };
+    (next, actions)
+}
+
+fn apply_image(record: &HostRecord) -> Action {
+    Action::ApplyImage {
+        machine: record.machine.clone(),
+        image: record.image.clone(),
+    }
+}
+
+fn drain_expired(record: &HostRecord, settings: Settings, now: Timestamp) -> bool {
+    let elapsed = now.duration_since(record.started.0);
+    elapsed.unsigned_abs() >= settings.drain_timeout && !elapsed.is_negative()
+}
+
+#[cfg(test)]
+mod tests;
