@@ -195,7 +195,15 @@ pub struct InPlace {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 100))]
     pub retries: Option<i32>,
+    /// Also rewrite each host's recovery partition (`osVersion.upgradeRecovery`). Omitted means
+    /// false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgrade_recovery: Option<bool>,
 }
+
+/// Annotation on an upgrader: a new value clears the blocked hosts of `status.hosts`, so they
+/// are tried again from the start (the last value acted on is `status.retryHosts`).
+pub const RETRY_HOSTS_ANNOTATION: &str = "kubernetesupgraded.dimitrikoshkin.com/retry-hosts";
 
 /// Default of `spec.inPlace.maxUnavailable`.
 pub const DEFAULT_MAX_UNAVAILABLE: i32 = 1;
@@ -260,6 +268,45 @@ pub struct HostRecord {
     /// Why the host is blocked or retrying.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// When `phase` last changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<Time>,
+    /// The Node was already cordoned when the host was selected: it is left cordoned at the end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cordoned_before: Option<bool>,
+}
+
+/// The in-place update under way or last finished (`status.inPlace`).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct InPlaceProgress {
+    /// The `imageUri` hosts are moved to.
+    pub image: String,
+    /// The stamp the Nodes' `osImage` must carry.
+    pub stamp: String,
+    /// Hosts at the target, of all the Cluster's hosts.
+    pub updated: i32,
+    /// The Cluster's hosts.
+    pub total: i32,
+    /// Per pool, the control plane first (named `control-plane`, with `controlPlane: true`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    pub pools: Vec<PoolProgress>,
+}
+
+/// One pool's share of an in-place update.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolProgress {
+    /// The MachineDeployment's name, or `control-plane`.
+    pub name: String,
+    /// Set for the control plane.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub control_plane: bool,
+    /// Hosts at the target.
+    pub updated: i32,
+    /// Hosts in the pool.
+    pub total: i32,
 }
 
 /// Most entries in `status.hosts`.
@@ -336,6 +383,14 @@ pub struct UpgraderStatus {
     #[schemars(length(max = 256))]
     #[x_kube(merge_strategy = kube::core::ListMerge::Map(vec!["host".into()]))]
     pub hosts: Option<Vec<HostRecord>>,
+
+    /// The in-place update under way, or the last one, with each pool's progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_place: Option<InPlaceProgress>,
+
+    /// The last `retry-hosts` annotation value acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_hosts: Option<String>,
 }
 
 #[cfg(test)]

@@ -113,6 +113,8 @@ pub fn decide(plan: &Plan, observed: &Observed<'_>) -> Decision {
         history: (!history.is_empty()).then_some(history),
         // In-place host records are kept as they are until the in-place flow is wired in.
         hosts: current.hosts.clone(),
+        in_place: current.in_place.clone(),
+        retry_hosts: current.retry_hosts.clone(),
     };
     Decision {
         write,

@@ -26,6 +26,13 @@ use k8s_openapi::jiff::Timestamp;
 
 /// The `OSVersionReady` reason of an ElementalHost whose OS update failed.
 pub const OS_VERSION_RECONCILIATION_FAILED: &str = "OSVersionReconciliationFailed";
+/// How long a host may report `done` without its Node reporting since, before the image its Node
+/// last reported is taken as the booted one: the kubelet refreshes an unchanged Node status at
+/// least this often (`nodeStatusReportFrequency`).
+pub const VERIFY_GRACE: Duration = Duration::from_secs(300);
+/// How long an OS update failure that stays reported counts as one attempt: the agent retries
+/// every 10 s by default, so a failure still reported after this is a new failure.
+pub const RETRY_INTERVAL: Duration = Duration::from_secs(60);
 
 /// The reasons the in-place flow blocks with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -131,6 +138,9 @@ pub struct HostView {
     pub os_reason: Option<String>,
     /// The Node's `status.nodeInfo.osImage`.
     pub os_image: Option<String>,
+    /// When the kubelet last reported the Node's status (its `Ready` condition's
+    /// `lastHeartbeatTime`).
+    pub node_reported: Option<Timestamp>,
     /// The ElementalMachine's `spec.osVersionManagement.osVersion.imageUri`.
     pub image_uri: Option<String>,
 }
@@ -243,7 +253,7 @@ pub fn step(
         let Some(view) = views.get(record.host.as_str()) else {
             continue;
         };
-        let (record, mut asked) = advance(record, view, settings, now);
+        let (record, mut asked) = advance(record, view, settings, paused, now);
         actions.append(&mut asked);
         next.insert(record.host.clone(), record);
     }
@@ -275,6 +285,8 @@ pub fn step(
                     finished: None,
                     attempts: 0,
                     message: None,
+                    last_transition_time: Some(Time(now)),
+                    cordoned_before: view.cordoned.then_some(true),
                 },
             );
         }
@@ -369,11 +381,42 @@ fn select<'w>(
         .collect()
 }
 
-/// Moves one record at most one phase, with the actions its (new) phase asks for.
+/// Moves one record at most one phase, with the actions its (new) phase asks for. While
+/// `paused`, a host not yet labelled `pending` goes no further than drained, and no image is
+/// written; a host whose update was started finishes.
 fn advance(
     record: &HostRecord,
     view: &HostView,
     settings: Settings,
+    paused: bool,
+    now: Timestamp,
+) -> (HostRecord, Vec<Action>) {
+    let (mut next, actions) = transition(record, view, settings, paused, now);
+    if next.phase != record.phase {
+        next.last_transition_time = Some(Time(now));
+    }
+    (next, actions)
+}
+
+/// When `record` entered its phase.
+fn since(record: &HostRecord) -> Timestamp {
+    record
+        .last_transition_time
+        .as_ref()
+        .map_or(record.started.0, |t| t.0)
+}
+
+/// Whether `span` has passed since `from`.
+fn elapsed(from: Timestamp, now: Timestamp, span: Duration) -> bool {
+    let gone = now.duration_since(from);
+    !gone.is_negative() && gone.unsigned_abs() >= span
+}
+
+fn transition(
+    record: &HostRecord,
+    view: &HostView,
+    settings: Settings,
+    paused: bool,
     now: Timestamp,
 ) -> (HostRecord, Vec<Action>) {
     let mut next = record.clone();
@@ -388,9 +431,13 @@ fn advance(
         HostPhase::Selected => vec![Action::Cordon { node: node() }],
         HostPhase::Cordoned if view.drained => {
             next.phase = HostPhase::Drained;
-            vec![Action::LabelPending {
-                host: record.host.clone(),
-            }]
+            if paused {
+                Vec::new()
+            } else {
+                vec![Action::LabelPending {
+                    host: record.host.clone(),
+                }]
+            }
         }
         HostPhase::Cordoned if drain_expired(record, settings, now) => {
             next.phase = HostPhase::DrainTimeout;
@@ -401,14 +448,16 @@ fn advance(
             Vec::new()
         }
         HostPhase::Cordoned => vec![Action::Evict { node: node() }],
-        HostPhase::Drained if view.label == Some(UpdateLabel::Pending) => {
+        HostPhase::Drained if view.label == Some(UpdateLabel::Pending) && !paused => {
             next.phase = HostPhase::Pending;
             vec![apply_image(record)]
         }
+        HostPhase::Drained if paused => Vec::new(),
         HostPhase::Drained => vec![Action::LabelPending {
             host: record.host.clone(),
         }],
         // The image is written only while the host is labelled `pending`.
+        HostPhase::Pending if !applied && paused => Vec::new(),
         HostPhase::Pending if !applied => match view.label {
             Some(UpdateLabel::Pending) => vec![apply_image(record)],
             _ => vec![Action::LabelPending {
@@ -416,19 +465,7 @@ fn advance(
             }],
         },
         HostPhase::Pending if failed => {
-            next.attempts = record.attempts.saturating_add(1);
-            let over = u32::try_from(next.attempts).unwrap_or(u32::MAX) > settings.retries;
-            next.phase = if over {
-                HostPhase::RetriesExhausted
-            } else {
-                HostPhase::Retrying
-            };
-            next.message = Some(format!(
-                "the OS update of ElementalHost {} failed ({} of {} allowed)",
-                record.host,
-                next.attempts,
-                settings.retries.saturating_add(1)
-            ));
+            count_failure(record, &mut next, settings);
             Vec::new()
         }
         HostPhase::Pending if view.label == Some(UpdateLabel::Done) => {
@@ -439,13 +476,28 @@ fn advance(
             next.phase = HostPhase::Pending;
             Vec::new()
         }
+        // A failure still reported a retry interval later is the agent's next try failing.
+        HostPhase::Retrying if elapsed(since(record), now, RETRY_INTERVAL) => {
+            count_failure(record, &mut next, settings);
+            next.last_transition_time = Some(Time(now));
+            Vec::new()
+        }
         HostPhase::Done => match view.os_image.as_deref() {
             Some(os) if carries_stamp(os, &record.stamp) => {
                 next.phase = HostPhase::Verified;
                 next.message = None;
-                vec![Action::Uncordon { node: node() }]
+                if record.cordoned_before == Some(true) {
+                    Vec::new()
+                } else {
+                    vec![Action::Uncordon { node: node() }]
+                }
             }
-            Some(os) => {
+            // `done` may come before the kubelet's first report after the reboot: the old image
+            // counts only once the Node reported after `done` was seen, or after a grace.
+            Some(os)
+                if node_reported_since(view, record)
+                    || elapsed(since(record), now, VERIFY_GRACE) =>
+            {
                 next.phase = HostPhase::BootedImageMismatch;
                 next.message = Some(format!(
                     "ElementalHost {} reported done, but Node {} runs {os:?}, not {:?}; it stays cordoned",
@@ -453,9 +505,10 @@ fn advance(
                 ));
                 Vec::new()
             }
-            None => Vec::new(),
+            _ => Vec::new(),
         },
-        HostPhase::Verified if !view.cordoned => {
+        // A Node cordoned before the update stays cordoned.
+        HostPhase::Verified if !view.cordoned || record.cordoned_before == Some(true) => {
             next.phase = HostPhase::Uncordoned;
             next.finished = Some(Time(now));
             Vec::new()
@@ -471,6 +524,28 @@ fn advance(
     (next, actions)
 }
 
+/// Whether the kubelet reported the Node's status at or after the host's `done` was seen.
+fn node_reported_since(view: &HostView, record: &HostRecord) -> bool {
+    view.node_reported.is_some_and(|at| at >= since(record))
+}
+
+/// Counts one OS update failure: `Retrying`, or `RetriesExhausted` past `retries`.
+fn count_failure(record: &HostRecord, next: &mut HostRecord, settings: Settings) {
+    next.attempts = record.attempts.saturating_add(1);
+    let over = u32::try_from(next.attempts).unwrap_or(u32::MAX) > settings.retries;
+    next.phase = if over {
+        HostPhase::RetriesExhausted
+    } else {
+        HostPhase::Retrying
+    };
+    next.message = Some(format!(
+        "the OS update of ElementalHost {} failed ({} of {} allowed)",
+        record.host,
+        next.attempts,
+        settings.retries.saturating_add(1)
+    ));
+}
+
 fn apply_image(record: &HostRecord) -> Action {
     Action::ApplyImage {
         machine: record.machine.clone(),
@@ -479,8 +554,7 @@ fn apply_image(record: &HostRecord) -> Action {
 }
 
 fn drain_expired(record: &HostRecord, settings: Settings, now: Timestamp) -> bool {
-    let elapsed = now.duration_since(record.started.0);
-    elapsed.unsigned_abs() >= settings.drain_timeout && !elapsed.is_negative()
+    elapsed(record.started.0, now, settings.drain_timeout)
 }
 
 #[cfg(test)]

@@ -36,6 +36,7 @@ fn view(host: &str, role: Role) -> HostView {
         label: None,
         os_reason: None,
         os_image: Some("Elemental os-1".to_owned()),
+        node_reported: None,
         image_uri: Some(OLD.to_owned()),
     }
 }
@@ -57,12 +58,14 @@ fn record(host: &str, phase: HostPhase) -> HostRecord {
         finished: None,
         attempts: 0,
         message: None,
+        last_transition_time: Some(Time(at(0))),
+        cordoned_before: None,
     }
 }
 
-/// One host's transition, paused so that no new host is selected alongside.
+/// One host's transition (the only host, so nothing else is selected alongside).
 fn one(record: HostRecord, view: HostView, now: i64) -> Outcome {
-    step(&[record], &[view], TARGET, settings(1, 1), true, at(now))
+    step(&[record], &[view], TARGET, settings(1, 1), false, at(now))
 }
 
 #[test]
@@ -79,6 +82,7 @@ fn settings_default_and_parse() {
         max_unavailable: Some(3),
         drain_timeout: Some("1h30m".to_owned()),
         retries: Some(0),
+        upgrade_recovery: None,
     };
     assert_eq!(
         Settings::from_spec(&spec),
@@ -234,10 +238,19 @@ fn each_transition_waits_for_its_observation() {
             HostPhase::Verified,
             vec![Action::Uncordon { node: n() }],
         ),
+        // `done` before the kubelet reported the reboot: not judged yet.
+        (HostPhase::Done, |_| {}, 1, HostPhase::Done, vec![]),
+        (
+            HostPhase::Done,
+            |v| v.node_reported = Some(at(1)),
+            2,
+            HostPhase::BootedImageMismatch,
+            vec![],
+        ),
         (
             HostPhase::Done,
             |_| {},
-            1,
+            300,
             HostPhase::BootedImageMismatch,
             vec![],
         ),
@@ -250,7 +263,10 @@ fn each_transition_waits_for_its_observation() {
         ),
         (
             HostPhase::Verified,
-            |_| {},
+            |v| {
+                v.image_uri = Some(NEW.into());
+                v.os_image = Some("Elemental os-2".into());
+            },
             1,
             HostPhase::Uncordoned,
             vec![],
@@ -278,6 +294,81 @@ fn each_transition_waits_for_its_observation() {
         assert_eq!(out.records[0].phase, expected, "{phase:?} with {world:?}");
         assert_eq!(out.actions, actions, "{phase:?} with {world:?}");
     }
+}
+
+#[test]
+fn a_failure_still_reported_a_retry_interval_later_counts_again() {
+    let mut view = worker("h", "a");
+    view.image_uri = Some(NEW.into());
+    view.os_reason = Some(OS_VERSION_RECONCILIATION_FAILED.into());
+    let mut retrying = record("h", HostPhase::Retrying);
+    retrying.attempts = 1;
+    retrying.last_transition_time = Some(Time(at(100)));
+    let early = one(retrying.clone(), view.clone(), 159);
+    assert_eq!(early.records[0].phase, HostPhase::Retrying);
+    assert_eq!(early.records[0].attempts, 1);
+    let late = one(retrying, view, 160);
+    assert_eq!(late.records[0].phase, HostPhase::RetriesExhausted);
+    assert_eq!(late.records[0].attempts, 2);
+    assert_eq!(
+        late.blocked.map(|b| b.reason),
+        Some(Reason::OsVersionReconciliationFailed)
+    );
+}
+
+#[test]
+fn a_node_cordoned_before_the_update_stays_cordoned() {
+    let mut view = worker("h", "a");
+    view.cordoned = true;
+    let selected = step(
+        &[],
+        std::slice::from_ref(&view),
+        TARGET,
+        settings(1, 1),
+        false,
+        at(0),
+    );
+    assert_eq!(selected.records[0].cordoned_before, Some(true));
+    view.image_uri = Some(NEW.into());
+    view.os_image = Some("Elemental os-2".into());
+    view.label = Some(UpdateLabel::Done);
+    let mut done = selected.records[0].clone();
+    done.phase = HostPhase::Done;
+    let verified = one(done, view.clone(), 5);
+    assert_eq!(verified.records[0].phase, HostPhase::Verified);
+    assert!(verified.actions.is_empty(), "{:?}", verified.actions);
+    let finished = one(verified.records[0].clone(), view, 6);
+    assert_eq!(finished.records[0].phase, HostPhase::Uncordoned);
+    assert!(finished.actions.is_empty());
+}
+
+#[test]
+fn paused_holds_a_drained_host_before_pending() {
+    let mut view = worker("h", "a");
+    view.cordoned = true;
+    view.drained = true;
+    let held = step(
+        &[record("h", HostPhase::Drained)],
+        std::slice::from_ref(&view),
+        TARGET,
+        settings(1, 1),
+        true,
+        at(1),
+    );
+    assert_eq!(held.records[0].phase, HostPhase::Drained);
+    assert!(held.actions.is_empty());
+    let resumed = step(
+        &[record("h", HostPhase::Drained)],
+        &[view],
+        TARGET,
+        settings(1, 1),
+        false,
+        at(2),
+    );
+    assert_eq!(
+        resumed.actions,
+        vec![Action::LabelPending { host: "h".into() }]
+    );
 }
 
 #[test]
@@ -579,7 +670,7 @@ fn sim_hosts() -> impl Strategy<Value = Vec<SimHost>> {
 
 /// The agent and kubelet stand-in: a host labelled `pending` with the new image fails its
 /// remaining tries one pass each, then reboots into the image (or falls back) and reports `done`.
-fn agent(host: &mut SimHost) {
+fn agent(host: &mut SimHost, now: Timestamp) {
     let v = &mut host.view;
     if v.os_reason.as_deref() == Some(OS_VERSION_RECONCILIATION_FAILED) {
         v.os_reason = Some("WaitingForOSReconcile".into());
@@ -592,6 +683,7 @@ fn agent(host: &mut SimHost) {
         } else {
             v.label = Some(UpdateLabel::Done);
             v.os_reason = None;
+            v.node_reported = Some(now);
             if !host.fallback {
                 v.os_image = Some("Elemental os-2".into());
             }
@@ -694,6 +786,12 @@ proptest! {
                 for r in out.records.iter().filter(|r| in_flight(r.phase)) {
                     prop_assert!(before.contains(r.host.as_str()), "{} started while paused", r.host);
                 }
+                for action in &out.actions {
+                    prop_assert!(
+                        !matches!(action, Action::LabelPending { .. } | Action::ApplyImage { .. }),
+                        "{action:?} while paused"
+                    );
+                }
             }
             check_budget(&out.records, max_unavailable);
             if !kills[pass] {
@@ -703,7 +801,7 @@ proptest! {
             }
             records = out.records.clone();
             for h in &mut world {
-                agent(h);
+                agent(h, at(i64::try_from(pass).unwrap_or(0) * 10 + 5));
             }
             if out.blocked.is_some() {
                 blocked = out.blocked;
