@@ -510,8 +510,18 @@ async fn reconcile_body<K: UpgraderKind>(
         },
     );
     decision.status.hosts = (!joined.records.is_empty()).then(|| joined.records.clone());
-    if joined.progress.is_some() {
-        decision.status.in_place = joined.progress.clone();
+    if let (Some(progress), ClusterState::Found(view)) = (&joined.progress, &cluster_state)
+        && let Some(topology) = &view.topology
+    {
+        let history = in_place::flow::history(
+            decision.status.history.as_deref().unwrap_or_default(),
+            &joined.plan,
+            &topology.version,
+            &progress.image,
+            now,
+        );
+        decision.status.history = (!history.is_empty()).then_some(history);
+        decision.status.in_place = Some(progress.clone());
     }
     decision.status.retry_hosts = retry_hosts;
     decision.notes.extend(joined.notes.iter().cloned());

@@ -11,8 +11,11 @@
 
 use std::time::Duration;
 
-use api::v1alpha1::{HostPhase, HostRecord, InPlaceProgress, PoolProgress};
+use api::v1alpha1::{
+    HostPhase, HostRecord, InPlaceProgress, MAX_HISTORY, PoolProgress, StepRecord,
+};
 use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use semver::Version;
 
 use super::spare::NoSpareHost;
@@ -303,6 +306,39 @@ fn carry_on(
         notes,
         requeue,
     }
+}
+
+/// An in-place update in `status.history`: an entry `{from: v, to: v, image}` once the first
+/// host starts, finished when every host runs the image.
+pub fn history(
+    history: &[StepRecord],
+    plan: &Plan,
+    version: &str,
+    image: &str,
+    now: Timestamp,
+) -> Vec<StepRecord> {
+    let mut out = history.to_vec();
+    let Plan::Hold { hold, .. } = plan else {
+        return out;
+    };
+    let ours = |r: &StepRecord| r.to == version && r.from == version && r.image == image;
+    match hold.reason {
+        Reason::InPlaceUpdating if !out.last().is_some_and(ours) => out.push(StepRecord {
+            from: version.to_owned(),
+            to: version.to_owned(),
+            image: image.to_owned(),
+            started: Time(now),
+            finished: None,
+        }),
+        Reason::InPlaceUpdated => {
+            if let Some(last) = out.last_mut().filter(|r| ours(r) && r.finished.is_none()) {
+                last.finished = Some(Time(now));
+            }
+        }
+        _ => {}
+    }
+    let skip = out.len().saturating_sub(MAX_HISTORY);
+    out.into_iter().skip(skip).collect()
 }
 
 /// Reports `hold` and keeps the records as they are.
@@ -644,6 +680,32 @@ mod tests {
         let mut found = inputs(Plan::Write(step_to("1.32.0")), None, &[], &[]);
         found.spare = Some(Ok(()));
         assert!(matches!(decide(found).plan, Plan::Write(_)));
+    }
+
+    #[test]
+    fn an_in_place_update_is_one_history_entry_finished_when_all_hosts_run_it() {
+        let updating = Plan::Hold {
+            hold: Hold::new(Reason::InPlaceUpdating, "1 of 2"),
+            confirmed: None,
+        };
+        let started = history(&[], &updating, "v1.31.1", NEW, at(0));
+        assert_eq!(started.len(), 1);
+        assert_eq!(
+            (started[0].from.as_str(), started[0].to.as_str()),
+            ("v1.31.1", "v1.31.1")
+        );
+        assert_eq!(history(&started, &updating, "v1.31.1", NEW, at(5)), started);
+        let updated = Plan::Hold {
+            hold: Hold::new(Reason::InPlaceUpdated, "2 of 2"),
+            confirmed: Some(Version::new(1, 31, 1)),
+        };
+        let finished = history(&started, &updated, "v1.31.1", NEW, at(9));
+        assert_eq!(finished.len(), 1);
+        assert_eq!(finished[0].finished, Some(Time(at(9))));
+        assert_eq!(
+            history(&finished, &updated, "v1.31.1", NEW, at(20)),
+            finished
+        );
     }
 
     #[test]
