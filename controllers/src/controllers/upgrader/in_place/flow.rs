@@ -465,32 +465,7 @@ mod tests {
     use crate::controllers::upgrader::gates::Step;
     use crate::controllers::upgrader::in_place::UpdateLabel;
 
-    const NEW: &str = "oci://r/os@sha256:new";
-    const SETTINGS: Settings = Settings {
-        max_unavailable: 1,
-        drain_timeout: Duration::from_secs(600),
-        retries: 1,
-    };
-
-    fn at(seconds: i64) -> Timestamp {
-        Timestamp::from_second(1_800_000_000 + seconds).unwrap()
-    }
-
-    fn host(name: &str, role: Role) -> HostView {
-        HostView {
-            host: name.into(),
-            machine: format!("m-{name}"),
-            node: Some(format!("n-{name}")),
-            role,
-            cordoned: false,
-            drained: false,
-            label: None,
-            os_reason: None,
-            os_image: Some("Elemental os-1".into()),
-            node_reported: None,
-            image_uri: Some("oci://r/os@sha256:old".into()),
-        }
-    }
+    use crate::controllers::upgrader::in_place::tests::{NEW, at, record, settings, view as host};
 
     fn updated(mut view: HostView) -> HostView {
         view.image_uri = Some(NEW.into());
@@ -509,7 +484,7 @@ mod tests {
 
     fn wanted(held: Option<Hold>) -> Wanted {
         Wanted {
-            settings: SETTINGS,
+            settings: settings(1, 1),
             image: NEW.into(),
             stamp: Some("os-2".into()),
             version: Version::new(1, 31, 1),
@@ -529,7 +504,7 @@ mod tests {
             records,
             world: Some(world),
             spare: None,
-            fallback: SETTINGS,
+            fallback: settings(1, 1),
             now: at(0),
         }
     }
@@ -625,21 +600,10 @@ mod tests {
     }
 
     fn in_flight_record() -> HostRecord {
-        HostRecord {
-            host: "w".into(),
-            machine: "m-w".into(),
-            node: "n-w".into(),
-            pool: Some("a".into()),
-            phase: HostPhase::Pending,
-            image: NEW.into(),
-            stamp: "os-2".into(),
-            started: Time(at(-100)),
-            finished: None,
-            attempts: 0,
-            message: None,
-            last_transition_time: None,
-            cordoned_before: None,
-        }
+        let mut r = record("w", HostPhase::Pending);
+        r.started = Time(at(-100));
+        r.last_transition_time = None;
+        r
     }
 
     #[test]

@@ -539,4 +539,4 @@ fn drain_expired(record: &HostRecord, settings: Settings, now: Timestamp) -> boo
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

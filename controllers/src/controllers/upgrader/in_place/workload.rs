@@ -96,6 +96,14 @@ impl Workloads {
     }
 }
 
+/// A merge patch under `field_manager`.
+fn merge_params(field_manager: &str) -> PatchParams {
+    PatchParams {
+        field_manager: Some(field_manager.to_owned()),
+        ..PatchParams::default()
+    }
+}
+
 /// Sets or clears the Node's `spec.unschedulable`, as `kubectl cordon` does.
 pub async fn set_unschedulable(
     workload: &Client,
@@ -105,11 +113,7 @@ pub async fn set_unschedulable(
 ) -> Result<(), WriteError> {
     let api: Api<Node> = Api::all(workload.clone());
     let patch = json!({ "spec": { "unschedulable": unschedulable } });
-    let params = PatchParams {
-        field_manager: Some(field_manager.to_owned()),
-        ..PatchParams::default()
-    };
-    bounded(api.patch(node, &params, &Patch::Merge(&patch))).await?;
+    bounded(api.patch(node, &merge_params(field_manager), &Patch::Merge(&patch))).await?;
     Ok(())
 }
 
@@ -151,11 +155,7 @@ pub async fn label_pending(
         &elemental_resource(ELEMENTAL_HOST),
     );
     let patch = json!({ "metadata": { "labels": { IN_PLACE_UPDATE_LABEL: "pending" } } });
-    let params = PatchParams {
-        field_manager: Some(field_manager.to_owned()),
-        ..PatchParams::default()
-    };
-    bounded(api.patch(host, &params, &Patch::Merge(&patch))).await?;
+    bounded(api.patch(host, &merge_params(field_manager), &Patch::Merge(&patch))).await?;
     Ok(())
 }
 
