@@ -33,7 +33,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 
 pub use decide::{Decision, Observed, decide};
 
-use crate::runtime::caches::{Cacheable, generation_changed};
+use crate::runtime::caches::{Cacheable, generation_or_annotation_changed};
 use crate::runtime::status::{WriteError, apply_status};
 use crate::runtime::{
     ControllerMetrics, Events, Note, ReconcileError, Registration, Reporter, Running, Shared,
@@ -237,7 +237,8 @@ fn start<K: UpgraderKind>(shared: &Shared) -> Running {
         return Running::stream_ended(ready);
     };
     let shutdown = shared.shutdown.clone();
-    let trigger = generation_changed(events, cache.store.clone());
+    let trigger =
+        generation_or_annotation_changed(events, cache.store.clone(), RETRY_HOSTS_ANNOTATION);
     let by_plan = cache.store.clone();
     let by_deleted_plan = cache.store.clone();
     let deleted_plans = plans.deleted();
