@@ -525,7 +525,14 @@ async fn reconcile_body<K: UpgraderKind>(
         decision.status.in_place = Some(progress.clone());
     }
     decision.status.retry_hosts = retry_hosts;
-    decision.notes.extend(joined.notes.iter().cloned());
+    decision
+        .notes
+        .extend(joined.notes.iter().cloned().map(|mut note| {
+            if let Some(host) = note.related.as_mut() {
+                host.namespace = Some(namespace.clone());
+            }
+            note
+        }));
     if let Some(wait) = joined.requeue {
         decision.requeue = Some(decision.requeue.map_or(wait, |w| w.min(wait)));
     }
