@@ -420,6 +420,7 @@ async fn reconcile_body<K: UpgraderKind>(
             .get(RETRY_HOSTS_ANNOTATION)
             .map(String::as_str),
         current.retry_hosts.as_deref(),
+        now,
     );
     let busy = records.iter().any(|r| in_place::in_flight(r.phase));
     // A paused upgrader still carries the hosts it started to the end.

@@ -89,19 +89,34 @@ pub fn needs_hosts(planned: &Plan, wanted: bool, records: &[HostRecord]) -> bool
     wanted || records.iter().any(|r| in_flight(r.phase)) || matches!(planned, Plan::Write(_))
 }
 
-/// Drops the blocked records when the `retry-hosts` annotation has a new value, so their hosts
-/// are tried again from the start; returns the records and the value to record.
+/// Starts the blocked hosts over (from `Selected`, with a fresh drain timer and no failures
+/// counted) when the `retry-hosts` annotation has a new value; returns the records and the
+/// value to record. A host keeps what it knew of its Node before the update, so the Node this
+/// flow cordoned is uncordoned at the end.
 pub fn retried(
     records: &[HostRecord],
     annotation: Option<&str>,
     last: Option<&str>,
+    now: Timestamp,
 ) -> (Vec<HostRecord>, Option<String>) {
     match annotation {
         Some(value) if Some(value) != last => (
             records
                 .iter()
-                .filter(|r| !is_blocked(r.phase))
-                .cloned()
+                .map(|r| {
+                    if !is_blocked(r.phase) {
+                        return r.clone();
+                    }
+                    HostRecord {
+                        phase: HostPhase::Selected,
+                        started: Time(now),
+                        finished: None,
+                        attempts: 0,
+                        message: None,
+                        last_transition_time: Some(Time(now)),
+                        ..r.clone()
+                    }
+                })
                 .collect(),
             Some(value.to_owned()),
         ),
@@ -626,6 +641,7 @@ mod tests {
         view.cordoned = true;
         view.image_uri = Some(NEW.into());
         view.label = Some(UpdateLabel::Done);
+        view.os_ready_since = Some(at(-50));
         let records = [in_flight_record()];
         let world = [view];
         let out = decide(inputs(
@@ -687,18 +703,61 @@ mod tests {
     }
 
     #[test]
-    fn a_new_retry_value_clears_blocked_hosts_once() {
+    fn a_new_retry_value_starts_blocked_hosts_over_once() {
         let mut blocked = in_flight_record();
         blocked.phase = HostPhase::DrainTimeout;
+        blocked.attempts = 2;
+        blocked.message = Some("not drained".into());
         let mut other = in_flight_record();
         other.host = "x".into();
-        let records = [blocked, other];
-        let (kept, last) = retried(&records, Some("1"), None);
-        assert_eq!(kept.len(), 1);
-        assert_eq!(kept[0].host, "x");
+        let records = [blocked, other.clone()];
+        let (kept, last) = retried(&records, Some("1"), None, at(50));
         assert_eq!(last.as_deref(), Some("1"));
-        let (again, last) = retried(&records, Some("1"), Some("1"));
-        assert_eq!(again.len(), 2);
+        assert_eq!(kept[0].phase, HostPhase::Selected);
+        assert_eq!(kept[0].started, Time(at(50)));
+        assert_eq!((kept[0].attempts, kept[0].message.as_deref()), (0, None));
+        assert_eq!(kept[0].cordoned_before, records[0].cordoned_before);
+        assert_eq!(kept[1], other);
+        let (again, last) = retried(&records, Some("1"), Some("1"), at(60));
+        assert_eq!(again, records);
         assert_eq!(last.as_deref(), Some("1"));
+    }
+
+    #[test]
+    fn a_retried_host_that_booted_the_target_meanwhile_is_uncordoned() {
+        let mut blocked = in_flight_record();
+        blocked.phase = HostPhase::RetriesExhausted;
+        let (records, _) = retried(&[blocked], Some("1"), None, at(0));
+        let mut view = updated(host("w", Role::Worker("a".into())));
+        view.cordoned = true;
+        view.drained = true;
+        view.label = Some(UpdateLabel::Done);
+        let mut records = records;
+        let mut uncordoned = false;
+        for pass in 1..12 {
+            let out = decide(Inputs {
+                now: at(pass),
+                ..inputs(
+                    Plan::Write(step_to("1.31.1")),
+                    Some(wanted(None)),
+                    &records,
+                    std::slice::from_ref(&view),
+                )
+            });
+            for action in &out.actions {
+                match action {
+                    Action::Uncordon { .. } => {
+                        view.cordoned = false;
+                        uncordoned = true;
+                    }
+                    // The agent finds its snapshot and reports done again at once.
+                    Action::LabelPending { .. } => view.label = Some(UpdateLabel::Done),
+                    _ => {}
+                }
+            }
+            records = out.records;
+        }
+        assert!(uncordoned, "{records:?}");
+        assert_eq!(records[0].phase, HostPhase::Uncordoned);
     }
 }

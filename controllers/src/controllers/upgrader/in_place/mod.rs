@@ -117,6 +117,8 @@ pub struct HostView {
     pub label: Option<UpdateLabel>,
     /// The reason of the ElementalHost's `OSVersionReady` condition.
     pub os_reason: Option<String>,
+    /// Since when the ElementalHost's `OSVersionReady` is True (its `lastTransitionTime`).
+    pub os_ready_since: Option<Timestamp>,
     /// The Node's `status.nodeInfo.osImage`.
     pub os_image: Option<String>,
     /// When the kubelet last reported the Node's status (its `Ready` condition's
@@ -429,6 +431,20 @@ fn transition(
             Vec::new()
         }
         HostPhase::Cordoned => vec![Action::Evict { node: node() }],
+        // Already running the image (a retried host the agent finished meanwhile): nothing
+        // to update, only to verify and uncordon.
+        HostPhase::Drained
+            if at_target(
+                view,
+                Target {
+                    image: &record.image,
+                    stamp: &record.stamp,
+                },
+            ) =>
+        {
+            next.phase = HostPhase::Done;
+            Vec::new()
+        }
         HostPhase::Drained if view.label == Some(UpdateLabel::Pending) && !paused => {
             next.phase = HostPhase::Pending;
             vec![apply_image(record)]
@@ -448,6 +464,18 @@ fn transition(
         HostPhase::Pending if failed => {
             count_failure(record, &mut next, settings);
             Vec::new()
+        }
+        // A `done` from before the image was written (the agent found the old map already
+        // applied) is not this update's: the host is asked again. The agent's `OSVersionReady`
+        // turning True since, or a grace, tells this update's `done`.
+        HostPhase::Pending
+            if view.label == Some(UpdateLabel::Done)
+                && !view.os_ready_since.is_some_and(|at| at >= since(record))
+                && !elapsed(since(record), now, VERIFY_GRACE) =>
+        {
+            vec![Action::LabelPending {
+                host: record.host.clone(),
+            }]
         }
         HostPhase::Pending if view.label == Some(UpdateLabel::Done) => {
             next.phase = HostPhase::Done;

@@ -124,6 +124,8 @@ pub struct ElementalHost {
     pub label: Option<UpdateLabel>,
     /// The `OSVersionReady` condition's reason.
     pub os_reason: Option<String>,
+    /// Since when `OSVersionReady` is True.
+    pub os_ready_since: Option<Timestamp>,
 }
 
 /// Parses an ElementalHost.
@@ -137,20 +139,27 @@ pub fn elemental_host(object: &Value) -> ElementalHost {
         Some("done") => Some(UpdateLabel::Done),
         _ => None,
     };
-    let os_reason = object
+    let condition = object
         .pointer("/status/conditions")
         .and_then(Value::as_array)
         .and_then(|c| {
             c.iter()
                 .find(|c| c.get("type").and_then(Value::as_str) == Some(OS_VERSION_READY))
-        })
+        });
+    let os_reason = condition
         .and_then(|c| c.get("reason"))
         .and_then(Value::as_str)
         .map(str::to_owned);
+    let os_ready_since = condition
+        .filter(|c| c.get("status").and_then(Value::as_str) == Some("True"))
+        .and_then(|c| c.get("lastTransitionTime"))
+        .and_then(Value::as_str)
+        .and_then(|t| t.parse::<Timestamp>().ok());
     ElementalHost {
         labels,
         label,
         os_reason,
+        os_ready_since,
     }
 }
 
@@ -254,6 +263,7 @@ impl Management {
                         .unwrap_or(false),
                     label: host.label,
                     os_reason: host.os_reason,
+                    os_ready_since: host.os_ready_since,
                     os_image: node.and_then(|n| n.os_image.clone()),
                     node_reported: node.and_then(|n| n.reported),
                     image_uri: infra.image_uri.clone(),

@@ -35,6 +35,7 @@ pub(crate) fn view(host: &str, role: Role) -> HostView {
         drained: false,
         label: None,
         os_reason: None,
+        os_ready_since: None,
         os_image: Some("Elemental os-1".to_owned()),
         node_reported: None,
         image_uri: Some(OLD.to_owned()),
@@ -188,8 +189,32 @@ fn each_transition_waits_for_its_observation() {
             |v| {
                 v.label = Some(UpdateLabel::Done);
                 v.image_uri = Some(NEW.into());
+                v.os_ready_since = Some(at(1));
             },
             1,
+            HostPhase::Done,
+            vec![],
+        ),
+        // `done` from before the image was written: the host is asked again.
+        (
+            HostPhase::Pending,
+            |v| {
+                v.label = Some(UpdateLabel::Done);
+                v.image_uri = Some(NEW.into());
+                v.os_ready_since = Some(at(-30));
+            },
+            1,
+            HostPhase::Pending,
+            vec![Action::LabelPending { host: "h".into() }],
+        ),
+        // … until a grace has passed.
+        (
+            HostPhase::Pending,
+            |v| {
+                v.label = Some(UpdateLabel::Done);
+                v.image_uri = Some(NEW.into());
+            },
+            300,
             HostPhase::Done,
             vec![],
         ),
@@ -684,6 +709,7 @@ fn agent(host: &mut SimHost, now: Timestamp) {
             v.label = Some(UpdateLabel::Done);
             v.os_reason = None;
             v.node_reported = Some(now);
+            v.os_ready_since = Some(now);
             if !host.fallback {
                 v.os_image = Some("Elemental os-2".into());
             }

@@ -83,9 +83,12 @@ impl Workloads {
             .map_err(|e| Unreachable::Invalid(name.clone(), e.to_string()))?;
         let kubeconfig = Kubeconfig::from_yaml(&text)
             .map_err(|e| Unreachable::Invalid(name.clone(), e.to_string()))?;
-        let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        let mut config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
             .await
             .map_err(|e| Unreachable::Invalid(name.clone(), e.to_string()))?;
+        // A PodDisruptionBudget's refusal (429) is an answer, asked again next pass: the
+        // client's own retries would hold the reconcile for minutes instead.
+        config.default_retry = false;
         let client = Client::try_from(config)
             .map_err(|e| Unreachable::Invalid(name.clone(), e.to_string()))?;
         self.clients
