@@ -320,7 +320,70 @@ fn upgrader_node(upgrader: &Value, clusters: Option<&[Value]>) -> Node {
                 cluster_node,
             ),
     });
+    if let Some(cluster) = node.children.last_mut() {
+        cluster.children.extend(host_nodes(&upgrader["status"]));
+        if let Some(progress) = upgrader["status"]["inPlace"].as_object() {
+            let pools: Vec<String> = progress
+                .get("pools")
+                .and_then(Value::as_array)
+                .map(|pools| {
+                    pools
+                        .iter()
+                        .map(|p| format!("{} {}/{}", str_at(p, "name"), p["updated"], p["total"]))
+                        .collect()
+                })
+                .unwrap_or_default();
+            cluster.details.push(format!(
+                "in place {}/{} hosts at {} ({})",
+                progress.get("updated").unwrap_or(&Value::Null),
+                progress.get("total").unwrap_or(&Value::Null),
+                progress
+                    .get("stamp")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default(),
+                pools.join(", ")
+            ));
+        }
+    }
     node
+}
+
+/// The in-place host records, one node each, under their Cluster.
+fn host_nodes(status: &Value) -> Vec<Node> {
+    let Some(hosts) = status["hosts"].as_array() else {
+        return Vec::new();
+    };
+    hosts
+        .iter()
+        .map(|host| {
+            let phase = str_at(host, "phase");
+            let health = match phase {
+                "Uncordoned" => Health::Ok,
+                "DrainTimeout" | "BootedImageMismatch" | "RetriesExhausted" => Health::Failing,
+                _ => Health::Working,
+            };
+            let mut details = vec![match host["pool"].as_str() {
+                Some(pool) => format!("pool {pool}"),
+                None => "control plane".to_owned(),
+            }];
+            details.push(format!("node {}", str_at(host, "node")));
+            for (key, label) in [("started", "started"), ("finished", "finished")] {
+                let value = str_at(host, key);
+                if !value.is_empty() {
+                    details.push(format!("{label} {value}"));
+                }
+            }
+            Node {
+                kind: "ElementalHost".to_owned(),
+                name: str_at(host, "host").to_owned(),
+                health,
+                state: phase.to_owned(),
+                message: str_at(host, "message").to_owned(),
+                details,
+                children: Vec::new(),
+            }
+        })
+        .collect()
 }
 
 fn cluster_node(cluster: &Value) -> Node {
@@ -559,6 +622,59 @@ mod tests {
         let paused = &build("default", &objects).items[2].children[0];
         assert_eq!(paused.health, Health::Paused);
         assert_eq!(paused.children[0].health, Health::Paused);
+    }
+
+    #[test]
+    fn in_place_hosts_show_under_their_cluster() {
+        let mut objects = pipeline();
+        objects.upgraders[0]["status"]["hosts"] = json!([
+            {"host": "h1", "machine": "m1", "node": "n1", "phase": "Uncordoned", "image": "i", "stamp": "s",
+             "started": "2026-11-29T10:00:00Z", "finished": "2026-11-29T10:05:00Z", "attempts": 0},
+            {"host": "h2", "machine": "m2", "node": "n2", "pool": "md-a", "phase": "DrainTimeout", "image": "i",
+             "stamp": "s", "started": "2026-11-29T10:06:00Z", "attempts": 0, "message": "not drained"},
+        ]);
+        objects.upgraders[0]["status"]["inPlace"] = json!({"image": "i", "stamp": "os-2", "updated": 1, "total": 2,
+            "pools": [{"name": "control-plane", "controlPlane": true, "updated": 1, "total": 1}, {"name": "md-a", "updated": 0, "total": 1}]});
+        let tree = build("default", &objects);
+        let cluster = &tree.items[2].children[0].children[0];
+        assert_eq!(cluster.kind, "Cluster");
+        assert!(
+            cluster
+                .details
+                .iter()
+                .any(|d| d == "in place 1/2 hosts at os-2 (control-plane 1/1, md-a 0/1)"),
+            "{:?}",
+            cluster.details
+        );
+        let hosts: Vec<(&str, &str, Health)> = cluster
+            .children
+            .iter()
+            .map(|h| (h.name.as_str(), h.state.as_str(), h.health))
+            .collect();
+        assert_eq!(
+            hosts,
+            [
+                ("h1", "Uncordoned", Health::Ok),
+                ("h2", "DrainTimeout", Health::Failing)
+            ]
+        );
+        assert_eq!(cluster.children[1].message, "not drained");
+        assert!(
+            cluster.children[0]
+                .details
+                .contains(&"control plane".to_owned())
+        );
+        assert!(
+            !cluster.children[1]
+                .details
+                .iter()
+                .any(|d| d.starts_with("finished"))
+        );
+        assert!(
+            cluster.children[0]
+                .details
+                .contains(&"finished 2026-11-29T10:05:00Z".to_owned())
+        );
     }
 
     #[test]

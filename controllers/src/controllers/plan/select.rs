@@ -17,15 +17,16 @@ use crate::controllers::upgrader::gates::Image;
 use crate::runtime::Note;
 
 /// The images a Plan may use: in `namespace`, Ready (`status.ready`), with a non-empty
-/// `spec.id` and a strict version, matching `selector` (omitted matches all). Ascending by name,
-/// so that on equal versions the first name wins.
+/// `spec.id` and a strict version, matching `selector` (omitted matches all). On equal versions
+/// the first one wins, so they come newest first: the most recently completed build (a rebuilt
+/// OS for the same Kubernetes version), or for a static image its creation; then by name.
 pub fn usable<'a>(
     images: impl IntoIterator<Item = &'a MachineImage>,
     namespace: &str,
     selector: Option<&api::v1alpha1::LabelSelector>,
 ) -> Vec<Image> {
     let empty = BTreeMap::new();
-    let mut out: Vec<Image> = images
+    let mut out: Vec<(Option<k8s_openapi::jiff::Timestamp>, Image)> = images
         .into_iter()
         .filter(|i| i.namespace().as_deref() == Some(namespace))
         .filter(|i| i.status.as_ref().is_some_and(|s| s.ready))
@@ -35,16 +36,25 @@ pub fn usable<'a>(
         .filter_map(|i| {
             let id = i.spec.id.as_deref().filter(|id| !id.is_empty())?;
             let version = api::version::parse_strict(&i.spec.version)?;
-            Some(Image {
-                spec_version: i.spec.version.clone(),
-                version,
-                id: id.to_owned(),
-                name: i.name_any(),
-            })
+            let made = i
+                .status
+                .as_ref()
+                .and_then(|s| s.build_completion_time.as_ref())
+                .or(i.metadata.creation_timestamp.as_ref())
+                .map(|t| t.0);
+            Some((
+                made,
+                Image {
+                    spec_version: i.spec.version.clone(),
+                    version,
+                    id: id.to_owned(),
+                    name: i.name_any(),
+                },
+            ))
         })
         .collect();
-    out.sort_by(|a, b| a.name.cmp(&b.name));
-    out
+    out.sort_by(|(a_made, a), (b_made, b)| b_made.cmp(a_made).then_with(|| a.name.cmp(&b.name)));
+    out.into_iter().map(|(_, image)| image).collect()
 }
 
 /// What a Plan reconcile decided.

@@ -220,3 +220,45 @@ async fn no_image_is_a_status_write_then_one_warning() {
         .unwrap();
     scenario.finish().await;
 }
+
+#[test]
+fn on_equal_versions_the_newest_build_wins_then_the_newest_static_image() {
+    let at = |s: i64| Time(Timestamp::from_second(1_800_000_000 + s).unwrap());
+    let mut first = image(
+        "a-os-b1",
+        "v1.31.1",
+        "oci://r/os@sha256:b1",
+        true,
+        &json!({}),
+    );
+    first.status.as_mut().unwrap().build_completion_time = Some(at(10));
+    let mut rebuilt = image(
+        "z-os-b2",
+        "v1.31.1",
+        "oci://r/os@sha256:b2",
+        true,
+        &json!({}),
+    );
+    rebuilt.status.as_mut().unwrap().build_completion_time = Some(at(20));
+    let p = plan(">=1.31.0", None);
+    let chosen = decide_for(&p, &[first.clone(), rebuilt.clone()]);
+    assert_eq!(
+        chosen.status.machine_image_details.unwrap().id,
+        "oci://r/os@sha256:b2"
+    );
+    // Static images: the most recently created.
+    let mut old = image("a-static", "v1.31.1", "static-old", true, &json!({}));
+    old.metadata.creation_timestamp = Some(at(1));
+    let mut new = image("b-static", "v1.31.1", "static-new", true, &json!({}));
+    new.metadata.creation_timestamp = Some(at(2));
+    let chosen = decide_for(&p, &[new, old]);
+    assert_eq!(
+        chosen.status.machine_image_details.unwrap().id,
+        "static-new"
+    );
+    // A higher version still wins over a newer build.
+    let mut higher = image("m-1-31-2", "v1.31.2", "higher", true, &json!({}));
+    higher.status.as_mut().unwrap().build_completion_time = Some(at(1));
+    let chosen = decide_for(&p, &[first, rebuilt, higher]);
+    assert_eq!(chosen.status.machine_image_details.unwrap().id, "higher");
+}

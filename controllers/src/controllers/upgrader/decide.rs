@@ -138,10 +138,10 @@ pub fn hold_conditions(hold: &Hold) -> Vec<Desired> {
     let reason = hold.reason.as_str();
     let message = hold.message.as_str();
     let (ready, progressing, blocked) = match hold.reason {
-        Reason::ClusterUsingLatestVersion | Reason::ClusterAheadOfPlan => {
+        Reason::ClusterUsingLatestVersion | Reason::ClusterAheadOfPlan | Reason::InPlaceUpdated => {
             (Status::True, Status::False, Status::False)
         }
-        Reason::RollingOut | Reason::PreviousStepUnfinished => {
+        Reason::RollingOut | Reason::PreviousStepUnfinished | Reason::InPlaceUpdating => {
             (Status::False, Status::True, Status::False)
         }
         Reason::Paused | Reason::DryRun | Reason::StepApplied => {
@@ -173,7 +173,9 @@ pub fn hold_conditions(hold: &Hold) -> Vec<Desired> {
 
 fn requeue(hold: &Hold, observed: &Observed<'_>) -> Option<Duration> {
     match hold.reason {
-        Reason::ClusterNotFound | Reason::ClusterApiNotInstalled => Some(MISSING_POLL),
+        Reason::ClusterNotFound
+        | Reason::ClusterApiNotInstalled
+        | Reason::WorkloadClusterUnavailable => Some(MISSING_POLL),
         Reason::RollingOut | Reason::PreviousStepUnfinished => Some(ROLLOUT_POLL),
         Reason::OutsideMaintenanceWindow => Some(hold.not_before.map_or(WINDOW_POLL_MAX, |at| {
             let wait = at.duration_since(observed.now.0).unsigned_abs();
@@ -223,11 +225,12 @@ fn notes(plan: &Plan, current: &UpgraderStatus, cluster: &str) -> Vec<Note> {
         Plan::Hold { hold, .. } => {
             let reason = hold.reason.as_str();
             match hold.reason {
-                Reason::ClusterUsingLatestVersion => (previous(CONDITION_READY)
-                    != Some(("True".into(), reason.into())))
-                .then(|| Note::normal("ClusterUsingLatestVersion", hold.message.clone()))
-                .into_iter()
-                .collect(),
+                Reason::ClusterUsingLatestVersion | Reason::InPlaceUpdated => {
+                    (previous(CONDITION_READY) != Some(("True".into(), reason.into())))
+                        .then(|| Note::normal(hold.reason.as_str(), hold.message.clone()))
+                        .into_iter()
+                        .collect()
+                }
                 _ if hold_conditions(hold)
                     .iter()
                     .any(|c| c.type_ == BLOCKED && c.status == Status::True) =>

@@ -54,6 +54,24 @@ pub enum Reason {
     DryRun,
     /// A step was written.
     StepApplied,
+    /// Hosts are being updated in place.
+    InPlaceUpdating,
+    /// Every host runs the Plan's image, updated in place.
+    InPlaceUpdated,
+    /// A drain did not finish within `spec.inPlace.drainTimeout`.
+    DrainTimeout,
+    /// A host reported `done` while its Node runs another image.
+    BootedImageMismatch,
+    /// A host's OS update failed more than `spec.inPlace.retries` times.
+    OsVersionReconciliationFailed,
+    /// A pool has no spare host for a rollout.
+    NoSpareHost,
+    /// `spec.inPlace` is set but the Cluster has no Elemental hosts.
+    InPlaceNotPossible,
+    /// The Plan's image carries no build stamp to verify a booted host by.
+    MissingImageStamp,
+    /// The workload cluster cannot be reached through its kubeconfig Secret.
+    WorkloadClusterUnavailable,
 }
 
 impl Reason {
@@ -81,6 +99,15 @@ impl Reason {
             Self::InvalidMaintenanceWindow => "InvalidMaintenanceWindow",
             Self::DryRun => "DryRun",
             Self::StepApplied => "StepApplied",
+            Self::InPlaceUpdating => "InPlaceUpdating",
+            Self::InPlaceUpdated => "InPlaceUpdated",
+            Self::DrainTimeout => "DrainTimeout",
+            Self::BootedImageMismatch => "BootedImageMismatch",
+            Self::OsVersionReconciliationFailed => "OSVersionReconciliationFailed",
+            Self::NoSpareHost => "NoSpareHost",
+            Self::InPlaceNotPossible => "InPlaceNotPossible",
+            Self::MissingImageStamp => "MissingImageStamp",
+            Self::WorkloadClusterUnavailable => "WorkloadClusterUnavailable",
         }
     }
 }
@@ -214,7 +241,8 @@ pub struct Hold {
 }
 
 impl Hold {
-    fn new(reason: Reason, message: impl Into<String>) -> Self {
+    /// A hold for `reason`, with no step.
+    pub fn new(reason: Reason, message: impl Into<String>) -> Self {
         Self {
             reason,
             message: message.into(),

@@ -12,14 +12,16 @@ pub mod gates;
 pub mod in_place;
 pub mod window;
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use api::v1alpha1::{
-    ClusterClassClusterUpgrader, InClusterUpgradeAutomation, MachineImage, Plan, UpgraderSpecView,
-    UpgraderStatus,
+    ClusterClassClusterUpgrader, InClusterUpgradeAutomation, InPlace, MachineImage,
+    OS_IMAGE_STAMP_ANNOTATION, Plan, RETRY_HOSTS_ANNOTATION, UpgraderSpecView, UpgraderStatus,
 };
 use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::DynamicObject;
@@ -69,6 +71,8 @@ pub trait UpgraderKind: Cacheable + Resource<DynamicType = ()> {
     fn view(&self) -> UpgraderSpecView<'_>;
     /// The status, if any.
     fn upgrader_status(&self) -> Option<&UpgraderStatus>;
+    /// `spec.inPlace`.
+    fn in_place(&self) -> Option<&InPlace>;
 }
 
 impl UpgraderKind for ClusterClassClusterUpgrader {
@@ -79,6 +83,9 @@ impl UpgraderKind for ClusterClassClusterUpgrader {
     fn upgrader_status(&self) -> Option<&UpgraderStatus> {
         self.status.as_ref()
     }
+    fn in_place(&self) -> Option<&InPlace> {
+        self.spec.in_place()
+    }
 }
 
 impl UpgraderKind for InClusterUpgradeAutomation {
@@ -88,6 +95,9 @@ impl UpgraderKind for InClusterUpgradeAutomation {
     }
     fn upgrader_status(&self) -> Option<&UpgraderStatus> {
         self.status.as_ref()
+    }
+    fn in_place(&self) -> Option<&InPlace> {
+        self.spec.in_place()
     }
 }
 
@@ -103,6 +113,7 @@ pub struct Context {
     plans: Store<GuardedPlan>,
     images: Store<GuardedImage>,
     access: Mutex<Option<(Instant, cluster::Access)>>,
+    workloads: in_place::workload::Workloads,
 }
 
 /// Failures of the reconcile itself; gates are status, not errors.
@@ -123,6 +134,12 @@ pub enum Error {
     /// Writing the status failed.
     #[error("writing status")]
     WriteStatus(#[source] WriteError),
+    /// Reading the Cluster's Machines, ElementalMachines, ElementalHosts or Nodes failed.
+    #[error("reading the hosts of Cluster {0}")]
+    ReadHosts(String, #[source] WriteError),
+    /// A write of the in-place flow failed.
+    #[error("updating hosts in place")]
+    WriteHost(#[source] WriteError),
 }
 
 impl ReconcileError for Error {
@@ -132,6 +149,8 @@ impl ReconcileError for Error {
         "ReadCluster",
         "WriteCluster",
         "WriteStatus",
+        "ReadHosts",
+        "WriteHost",
     ];
 
     fn category(&self) -> &'static str {
@@ -141,6 +160,8 @@ impl ReconcileError for Error {
             Self::ReadCluster(..) => "ReadCluster",
             Self::WriteCluster(_) => "WriteCluster",
             Self::WriteStatus(_) => "WriteStatus",
+            Self::ReadHosts(..) => "ReadHosts",
+            Self::WriteHost(_) => "WriteHost",
         }
     }
 }
@@ -161,6 +182,7 @@ impl Context {
             plans,
             images,
             access: Mutex::new(None),
+            workloads: in_place::workload::Workloads::default(),
         }
     }
 
@@ -345,8 +367,16 @@ pub async fn reconcile<K: UpgraderKind>(
     reconcile_upgrader(upgrader, &ctx, now).await
 }
 
-/// The reconcile body with the clock injected.
+/// The reconcile body with the clock injected (boxed: the future is large).
 pub async fn reconcile_upgrader<K: UpgraderKind>(
+    upgrader: &K,
+    ctx: &Context,
+    now: Timestamp,
+) -> Result<Action, Error> {
+    Box::pin(reconcile_body(upgrader, ctx, now)).await
+}
+
+async fn reconcile_body<K: UpgraderKind>(
     upgrader: &K,
     ctx: &Context,
     now: Timestamp,
@@ -381,7 +411,18 @@ pub async fn reconcile_upgrader<K: UpgraderKind>(
             }
         }
     };
-    let (cluster_state, raw, access) = if spec.paused {
+    let reference = upgrader.object_ref(&());
+    let (records, retry_hosts) = in_place::flow::retried(
+        current.hosts.as_deref().unwrap_or_default(),
+        upgrader
+            .annotations()
+            .get(RETRY_HOSTS_ANNOTATION)
+            .map(String::as_str),
+        current.retry_hosts.as_deref(),
+    );
+    let busy = records.iter().any(|r| in_place::in_flight(r.phase));
+    // A paused upgrader still carries the hosts it started to the end.
+    let (cluster_state, raw, access) = if spec.paused && !busy {
         (ClusterState::NotFound, None, None)
     } else {
         observe_cluster(ctx, &namespace, spec.cluster_name).await?
@@ -395,6 +436,62 @@ pub async fn reconcile_upgrader<K: UpgraderKind>(
         images: &images,
         now,
     });
+    let wanted = wanted_in_place(
+        upgrader,
+        &cluster_state,
+        &plan_state,
+        &images,
+        &images_state,
+        now,
+    );
+    let needs_hosts = in_place::flow::needs_hosts(&planned, wanted.is_some(), &records);
+    let read_workload = wanted.is_some() || busy;
+    let observed_hosts = match access.as_ref() {
+        Some(access) if needs_hosts => Some(
+            Box::pin(observe_hosts(
+                ctx,
+                access,
+                &namespace,
+                spec.cluster_name,
+                read_workload,
+            ))
+            .await?,
+        ),
+        _ => None,
+    };
+    let (world, spare, workload) = match observed_hosts {
+        Some(Ok(hosts)) => hosts,
+        Some(Err(unreachable)) => {
+            let decision =
+                unreachable_decision(upgrader, current, &records, retry_hosts, &unreachable, now);
+            if decision.status != *current {
+                let api: Api<K> = Api::namespaced(ctx.client.clone(), &namespace);
+                apply_status(&api, &upgrader.name_any(), FIELD_MANAGER, &decision.status)
+                    .await
+                    .map_err(Error::WriteStatus)?;
+            }
+            for note in &decision.notes {
+                ctx.events.publish_to(&reference, note).await;
+            }
+            return Ok(Action::requeue(decide::MISSING_POLL));
+        }
+        None => (None, None, None),
+    };
+    let fallback =
+        in_place::Settings::from_spec(&InPlace::default()).unwrap_or(in_place::Settings {
+            max_unavailable: 1,
+            drain_timeout: Duration::from_secs(600),
+            retries: 1,
+        });
+    let joined = in_place::flow::decide(in_place::flow::Inputs {
+        planned,
+        wanted,
+        records: &records,
+        world: world.as_ref().map(|(views, _)| views.as_slice()),
+        spare,
+        fallback,
+        now,
+    });
     let rollout = match &cluster_state {
         ClusterState::Found(view) => view.topology.as_ref().and_then(|t| {
             api::version::parse_lenient(&t.version).map(|v| (v, view.finished.is_ok()))
@@ -402,8 +499,8 @@ pub async fn reconcile_upgrader<K: UpgraderKind>(
         _ => None,
     };
     let now_time = Time(now);
-    let decision = decide(
-        &planned,
+    let mut decision = decide(
+        &joined.plan,
         &Observed {
             generation: upgrader.meta().generation,
             status: current,
@@ -412,35 +509,37 @@ pub async fn reconcile_upgrader<K: UpgraderKind>(
             now: &now_time,
         },
     );
+    decision.status.hosts = (!joined.records.is_empty()).then(|| joined.records.clone());
+    if let (Some(progress), ClusterState::Found(view)) = (&joined.progress, &cluster_state)
+        && let Some(topology) = &view.topology
+    {
+        let history = in_place::flow::history(
+            decision.status.history.as_deref().unwrap_or_default(),
+            &joined.plan,
+            &topology.version,
+            &progress.image,
+            now,
+        );
+        decision.status.history = (!history.is_empty()).then_some(history);
+        decision.status.in_place = Some(progress.clone());
+    }
+    decision.status.retry_hosts = retry_hosts;
+    decision.notes.extend(joined.notes.iter().cloned());
+    if let Some(wait) = joined.requeue {
+        decision.requeue = Some(decision.requeue.map_or(wait, |w| w.min(wait)));
+    }
 
     // Apply: the step first, then the status that records it.
-    if let (Some(step), Some(raw), Some(access)) = (&decision.write, &raw, &access)
-        && let Err(err) = cluster::write_step(
-            &ctx.client,
-            access,
-            &namespace,
+    if let Some(step) = decision.write.clone() {
+        write_step(
+            ctx,
+            &reference,
             spec.cluster_name,
-            raw,
+            raw.as_ref(),
+            access.as_ref(),
             step,
-            FIELD_MANAGER,
         )
-        .await
-    {
-        ctx.events
-            .publish(
-                upgrader,
-                &Note::warning(
-                    "ErrorUpdatingVersion",
-                    format!(
-                        "writing {} to Cluster {} failed: {}",
-                        step.version_string(),
-                        spec.cluster_name,
-                        crate::runtime::cause_chain(&err)
-                    ),
-                ),
-            )
-            .await;
-        return Err(Error::WriteCluster(err));
+        .await?;
     }
     if decision.status != *current {
         let api: Api<K> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -448,12 +547,274 @@ pub async fn reconcile_upgrader<K: UpgraderKind>(
             .await
             .map_err(Error::WriteStatus)?;
     }
-    for note in &decision.notes {
-        ctx.events.publish(upgrader, note).await;
+    // The host writes come after the records that name them are persisted.
+    if let (Some((_, management)), Some(workload)) = (&world, &workload) {
+        let recovery = upgrader
+            .in_place()
+            .and_then(|p| p.upgrade_recovery)
+            .unwrap_or(false);
+        for action in &joined.actions {
+            if let Err(err) = Box::pin(perform(
+                ctx, workload, management, &namespace, action, recovery,
+            ))
+            .await
+            {
+                ctx.events
+                    .publish_to(
+                        &reference,
+                        &Note::warning(
+                            "ErrorUpdatingHost",
+                            format!("{action:?} failed: {}", crate::runtime::cause_chain(&err)),
+                        ),
+                    )
+                    .await;
+                return Err(Error::WriteHost(err));
+            }
+        }
     }
-    Ok(decision
-        .requeue
-        .map_or_else(Action::await_change, Action::requeue))
+    for note in &decision.notes {
+        ctx.events.publish_to(&reference, note).await;
+    }
+    let requeue = if joined.actions.is_empty() {
+        decision.requeue
+    } else {
+        // Look again soon: the writes just made are observed next.
+        Some(Duration::from_secs(1))
+    };
+    Ok(requeue.map_or_else(Action::await_change, Action::requeue))
+}
+
+/// Writes `step` to the Cluster; a failure is a Warning event and an error.
+async fn write_step(
+    ctx: &Context,
+    upgrader: &ObjectReference,
+    name: &str,
+    raw: Option<&serde_json::Value>,
+    access: Option<&cluster::Access>,
+    step: gates::Step,
+) -> Result<(), Error> {
+    let (Some(raw), Some(access)) = (raw, access) else {
+        return Ok(());
+    };
+    let namespace = upgrader.namespace.clone().unwrap_or_default();
+    let written = cluster::write_step(
+        &ctx.client,
+        access,
+        &namespace,
+        name,
+        raw,
+        &step,
+        FIELD_MANAGER,
+    )
+    .await;
+    if let Err(err) = written {
+        ctx.events
+            .publish_to(
+                upgrader,
+                &Note::warning(
+                    "ErrorUpdatingVersion",
+                    format!(
+                        "writing {} to Cluster {name} failed: {}",
+                        step.version_string(),
+                        crate::runtime::cause_chain(&err)
+                    ),
+                ),
+            )
+            .await;
+        return Err(Error::WriteCluster(err));
+    }
+    Ok(())
+}
+
+/// The in-place update the Plan asks for: `spec.inPlace` is set and the Plan's ready image has
+/// the Cluster's Kubernetes version.
+fn wanted_in_place<K: UpgraderKind>(
+    upgrader: &K,
+    cluster: &ClusterState,
+    plan: &PlanState,
+    images: &[gates::Image],
+    stored: &[Arc<GuardedImage>],
+    now: Timestamp,
+) -> Option<in_place::flow::Wanted> {
+    let namespace = upgrader.namespace();
+    let stamps = stored
+        .iter()
+        .filter_map(|i| i.0.as_ref().ok())
+        .filter(|i| i.namespace() == namespace);
+    let settings = in_place::Settings::from_spec(upgrader.in_place()?).ok()?;
+    let ClusterState::Found(view) = cluster else {
+        return None;
+    };
+    let topology = view.topology.as_ref()?;
+    let version = gates::cluster_version(topology).ok()?;
+    let (target, id) = gates::plan_target(plan, images).ok()?;
+    if !target.cmp_precedence(&version).is_eq() {
+        return None;
+    }
+    let spec = upgrader.view();
+    let held = gates::paused_upgrader(&spec)
+        .and_then(|()| gates::paused_cluster(view))
+        .and_then(|()| gates::previous_finished(view))
+        .and_then(|()| gates::in_window(&spec, now))
+        .and_then(|()| gates::dry_run(&spec))
+        .err();
+    let mut stamp = None;
+    let mut image = None;
+    for candidate in stamps.filter(|i| i.spec.id.as_deref() == Some(id.as_str())) {
+        image = candidate.spec.id.as_deref();
+        if let Some(found) = candidate.annotations().get(OS_IMAGE_STAMP_ANNOTATION) {
+            stamp = Some(found.as_str());
+            break;
+        }
+    }
+    Some(in_place::flow::Wanted {
+        settings,
+        image: image?.to_owned(),
+        stamp: stamp.map(str::to_owned),
+        version,
+        held,
+    })
+}
+
+/// The hosts as observed: their views with the management reads behind them, the spare-host
+/// gate's answer, and the workload client (read only when `workload` is asked for).
+type ObservedHosts = (
+    Option<(Vec<in_place::HostView>, in_place::observe::Management)>,
+    Option<Result<(), in_place::spare::NoSpareHost>>,
+    Option<Client>,
+);
+
+async fn observe_hosts(
+    ctx: &Context,
+    access: &cluster::Access,
+    namespace: &str,
+    cluster_name: &str,
+    workload: bool,
+) -> Result<Result<ObservedHosts, in_place::workload::Unreachable>, Error> {
+    let read = |e| Error::ReadHosts(cluster_name.to_owned(), e);
+    let machine = kube::core::ApiResource::from_gvk(&kube::core::GroupVersionKind::gvk(
+        cluster::GROUP,
+        &access.resource.version,
+        "Machine",
+    ));
+    let management = in_place::observe::management(&ctx.client, &machine, namespace, cluster_name)
+        .await
+        .map_err(read)?;
+    if !management.is_elemental() {
+        return Ok(Ok((Some((Vec::new(), management)), None, None)));
+    }
+    let pools = management.pools();
+    let pool_refs: Vec<in_place::spare::Pool<'_>> = pools
+        .iter()
+        .map(|(name, selector)| in_place::spare::Pool { name, selector })
+        .collect();
+    let labels: Vec<&BTreeMap<String, String>> =
+        management.hosts.values().map(|h| &h.labels).collect();
+    let spare = Some(in_place::spare::check(&pool_refs, &labels));
+    if !workload {
+        let views = management.views(&BTreeMap::new(), &BTreeMap::new());
+        return Ok(Ok((Some((views, management)), spare, None)));
+    }
+    let client = match ctx
+        .workloads
+        .client(&ctx.client, namespace, cluster_name)
+        .await
+    {
+        Ok(client) => client,
+        Err(unreachable) => return Ok(Err(unreachable)),
+    };
+    let names: Vec<String> = management
+        .machines
+        .iter()
+        .filter_map(|m| m.node.clone())
+        .collect();
+    let nodes = in_place::observe::nodes(&client, &names)
+        .await
+        .map_err(read)?;
+    let cordoned: Vec<String> = names
+        .into_iter()
+        .filter(|n| nodes.get(n).is_some_and(|n| n.cordoned))
+        .collect();
+    let mut drained = BTreeMap::new();
+    for name in cordoned {
+        let left = in_place::observe::evictable_pods(&client, &name)
+            .await
+            .map_err(read)?;
+        drained.insert(name, left.is_empty());
+    }
+    let views = management.views(&nodes, &drained);
+    Ok(Ok((Some((views, management)), spare, Some(client))))
+}
+
+/// Reports an unreachable workload cluster (Blocked, one Warning on the transition) and keeps
+/// the host records as they are.
+fn unreachable_decision<K: UpgraderKind>(
+    upgrader: &K,
+    current: &UpgraderStatus,
+    records: &[api::v1alpha1::HostRecord],
+    retry_hosts: Option<String>,
+    unreachable: &in_place::workload::Unreachable,
+    now: Timestamp,
+) -> Decision {
+    let hold = gates::Hold::new(
+        gates::Reason::WorkloadClusterUnavailable,
+        crate::text::bounded(&crate::runtime::cause_chain(unreachable)),
+    );
+    let now_time = Time(now);
+    let mut decision = decide(
+        &gates::Plan::Hold {
+            hold,
+            confirmed: None,
+        },
+        &Observed {
+            generation: upgrader.meta().generation,
+            status: current,
+            cluster: upgrader.view().cluster_name,
+            rollout: None,
+            now: &now_time,
+        },
+    );
+    decision.status.hosts = (!records.is_empty()).then(|| records.to_vec());
+    decision.status.retry_hosts = retry_hosts;
+    decision
+}
+
+/// Performs one in-place write.
+async fn perform(
+    ctx: &Context,
+    workload: &Client,
+    management: &in_place::observe::Management,
+    namespace: &str,
+    action: &in_place::Action,
+    upgrade_recovery: bool,
+) -> Result<(), WriteError> {
+    use in_place::workload as write;
+    match action {
+        in_place::Action::Cordon { node } => {
+            write::set_unschedulable(workload, node, true, FIELD_MANAGER).await
+        }
+        in_place::Action::Uncordon { node } => {
+            write::set_unschedulable(workload, node, false, FIELD_MANAGER).await
+        }
+        in_place::Action::Evict { node } => write::evict(workload, node).await.map(|_| ()),
+        in_place::Action::LabelPending { host } => {
+            write::label_pending(&ctx.client, namespace, host, FIELD_MANAGER).await
+        }
+        in_place::Action::ApplyImage { machine, image } => {
+            let Some(infrastructure) = management.infrastructure_of(machine) else {
+                return Ok(());
+            };
+            write::apply_image(
+                &ctx.client,
+                namespace,
+                infrastructure,
+                image,
+                upgrade_recovery,
+                FIELD_MANAGER,
+            )
+            .await
+        }
+    }
 }
 
 fn plan_state(ctx: &Context, namespace: &str, name: &str) -> Option<Plan> {

@@ -565,6 +565,18 @@ fn cluster_json(version: &str, image: &str) -> Value {
 
 const CLUSTER_URL: &str = "/apis/cluster.x-k8s.io/v1beta2/namespaces/team/clusters/c";
 
+/// Before a step, the Cluster's Machines are listed for the spare-host gate: none here, so the
+/// Cluster is not on Elemental.
+async fn no_machines(server: &mut crate::runtime::fixtures::Verifier) {
+    let list = server.next().await;
+    assert_eq!(list.method, Method::GET);
+    assert_eq!(
+        list.uri,
+        "/apis/cluster.x-k8s.io/v1beta2/namespaces/team/machines?&labelSelector=cluster.x-k8s.io%2Fcluster-name%3Dc"
+    );
+    list.ok(&json!({"apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "MachineList", "metadata": {}, "items": []}));
+}
+
 #[tokio::test]
 async fn a_step_is_one_server_side_apply_then_status_then_one_event() {
     let (ctx, verifier) = context();
@@ -572,6 +584,7 @@ async fn a_step_is_one_server_side_apply_then_status_then_one_event() {
         let get = server.next().await;
         assert_eq!((get.method.clone(), get.uri.as_str()), (Method::GET, CLUSTER_URL));
         get.ok(&cluster_json("v1.30.1", "i-1301"));
+        no_machines(&mut server).await;
         let apply = server.next().await;
         assert_eq!(apply.method, Method::PATCH);
         assert_eq!(apply.uri, format!("{CLUSTER_URL}?&force=true&fieldManager={FIELD_MANAGER}"));
@@ -654,6 +667,7 @@ async fn on_an_atomic_variables_list_a_step_is_one_guarded_json_patch() {
     let scenario = verifier.run(|mut server| async move {
         let read = cluster_json("v1.30.1", "i-1301");
         server.next().await.ok(&read);
+        no_machines(&mut server).await;
         let patch = server.next().await;
         assert_eq!(patch.method, Method::PATCH);
         assert_eq!(
@@ -695,6 +709,7 @@ async fn a_refused_write_is_one_warning_and_no_status_claiming_it() {
     let (ctx, verifier) = atomic_context();
     let scenario = verifier.run(|mut server| async move {
         server.next().await.ok(&cluster_json("v1.30.1", "i-1301"));
+        no_machines(&mut server).await;
         // A `test` operation failed: someone changed the Cluster in between.
         server.next().await.fail(422, "Invalid");
         server

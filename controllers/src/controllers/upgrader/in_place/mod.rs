@@ -11,7 +11,10 @@
 //! record; every action is idempotent and is asked for again until the observation shows it
 //! took effect. [`spare`] holds the spare-host gate for rollouts (S9).
 
+pub mod flow;
+pub mod observe;
 pub mod spare;
+pub mod workload;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -34,30 +37,8 @@ pub const VERIFY_GRACE: Duration = Duration::from_secs(300);
 /// every 10 s by default, so a failure still reported after this is a new failure.
 pub const RETRY_INTERVAL: Duration = Duration::from_secs(60);
 
-/// The reasons the in-place flow blocks with.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Reason {
-    /// A drain did not finish within `drainTimeout`.
-    DrainTimeout,
-    /// A host reported `done` while its Node runs another image.
-    BootedImageMismatch,
-    /// A host's OS update failed more than `retries` times.
-    OsVersionReconciliationFailed,
-    /// A pool has no spare host for a rollout.
-    NoSpareHost,
-}
-
-impl Reason {
-    /// The PascalCase wire form.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::DrainTimeout => "DrainTimeout",
-            Self::BootedImageMismatch => "BootedImageMismatch",
-            Self::OsVersionReconciliationFailed => OS_VERSION_RECONCILIATION_FAILED,
-            Self::NoSpareHost => "NoSpareHost",
-        }
-    }
-}
+pub use super::gates::Reason;
+pub use flow::CONTROL_PLANE_POOL;
 
 /// `spec.inPlace` with its defaults applied.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -558,4 +539,4 @@ fn drain_expired(record: &HostRecord, settings: Settings, now: Timestamp) -> boo
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -6,14 +6,14 @@ use proptest::prelude::*;
 use super::spare::{self, INSTALLED, MACHINE_NAME, NEEDS_RESET, NoSpareHost, Pool};
 use super::*;
 
-const OLD: &str = "oci://r/os@sha256:old";
-const NEW: &str = "oci://r/os@sha256:new";
-const TARGET: Target<'static> = Target {
+pub(crate) const OLD: &str = "oci://r/os@sha256:old";
+pub(crate) const NEW: &str = "oci://r/os@sha256:new";
+pub(crate) const TARGET: Target<'static> = Target {
     image: NEW,
     stamp: "os-2",
 };
 
-fn settings(max_unavailable: usize, retries: u32) -> Settings {
+pub(crate) fn settings(max_unavailable: usize, retries: u32) -> Settings {
     Settings {
         max_unavailable,
         drain_timeout: Duration::from_secs(600),
@@ -21,11 +21,11 @@ fn settings(max_unavailable: usize, retries: u32) -> Settings {
     }
 }
 
-fn at(seconds: i64) -> Timestamp {
+pub(crate) fn at(seconds: i64) -> Timestamp {
     Timestamp::from_second(1_800_000_000 + seconds).unwrap_or(Timestamp::UNIX_EPOCH)
 }
 
-fn view(host: &str, role: Role) -> HostView {
+pub(crate) fn view(host: &str, role: Role) -> HostView {
     HostView {
         host: host.to_owned(),
         machine: format!("m-{host}"),
@@ -41,11 +41,11 @@ fn view(host: &str, role: Role) -> HostView {
     }
 }
 
-fn worker(host: &str, pool: &str) -> HostView {
+pub(crate) fn worker(host: &str, pool: &str) -> HostView {
     view(host, Role::Worker(pool.to_owned()))
 }
 
-fn record(host: &str, phase: HostPhase) -> HostRecord {
+pub(crate) fn record(host: &str, phase: HostPhase) -> HostRecord {
     HostRecord {
         host: host.to_owned(),
         machine: format!("m-{host}"),

@@ -1,0 +1,690 @@
+//! Where the in-place flow meets the planner. Pure: from the planner's answer, the upgrader's
+//! `spec.inPlace`, the host records and the observed hosts, to the answer the upgrader reports,
+//! the records to persist, the writes to make and the events to publish.
+//!
+//! - An image-only change (the Plan's version is the Cluster's) with `spec.inPlace` set never
+//!   writes the Cluster: its hosts are moved in place, as far as the gates allow (a paused
+//!   upgrader or Cluster, an unfinished step, a closed window or a dry run start no host).
+//! - Hosts already started are always carried on, and no topology step is written until none is
+//!   in flight (S4).
+//! - A topology step on an Elemental Cluster needs a spare host per pool (S9).
+
+use std::time::Duration;
+
+use api::v1alpha1::{
+    HostPhase, HostRecord, InPlaceProgress, MAX_HISTORY, PoolProgress, StepRecord,
+};
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use semver::Version;
+
+use super::spare::NoSpareHost;
+use super::{Action, HostView, Role, Settings, Target, at_target, in_flight, is_blocked, step};
+use crate::controllers::upgrader::gates::{Hold, Plan, Reason};
+use crate::runtime::Note;
+
+/// How often hosts in flight are looked at.
+pub const IN_PLACE_POLL: Duration = Duration::from_secs(2);
+/// How often an updated Cluster is looked at for Machines created from the old template.
+pub const UPDATED_POLL: Duration = Duration::from_secs(60);
+/// The pool name the control plane is reported under.
+pub const CONTROL_PLANE_POOL: &str = "control-plane";
+
+/// The in-place update the Plan asks for.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Wanted {
+    /// Defaults applied.
+    pub settings: Settings,
+    /// The Plan's image ID, which has the Cluster's version.
+    pub image: String,
+    /// Its build's stamp, when the MachineImage carries one.
+    pub stamp: Option<String>,
+    /// The Cluster's version.
+    pub version: Version,
+    /// Why no host may start now (paused, unfinished step, window, dry run), if anything.
+    pub held: Option<Hold>,
+}
+
+/// Everything [`decide`] needs.
+#[derive(Clone, Debug)]
+pub struct Inputs<'a> {
+    /// The planner's answer.
+    pub planned: Plan,
+    /// Set when the Plan asks for an image-only change and `spec.inPlace` is set.
+    pub wanted: Option<Wanted>,
+    /// The persisted records.
+    pub records: &'a [HostRecord],
+    /// The observed hosts, when they were read.
+    pub world: Option<&'a [HostView]>,
+    /// The spare-host gate's answer, when a topology step on an Elemental Cluster was checked.
+    pub spare: Option<Result<(), NoSpareHost>>,
+    /// The settings in-flight hosts continue under when no update is wanted.
+    pub fallback: Settings,
+    /// The clock.
+    pub now: Timestamp,
+}
+
+/// What [`decide`] answers.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Outcome {
+    /// The answer the upgrader reports (never a write for an in-place change).
+    pub plan: Plan,
+    /// `status.hosts`.
+    pub records: Vec<HostRecord>,
+    /// `status.inPlace`, when an in-place update is wanted.
+    pub progress: Option<InPlaceProgress>,
+    /// The writes, after the status is persisted.
+    pub actions: Vec<Action>,
+    /// One event per host transition.
+    pub notes: Vec<Note>,
+    /// When to look again, overriding the planner's.
+    pub requeue: Option<Duration>,
+}
+
+/// Whether the hosts need reading: an in-place update is wanted, a host is in flight, or a
+/// topology step is about to be written (for the spare-host gate).
+pub fn needs_hosts(planned: &Plan, wanted: bool, records: &[HostRecord]) -> bool {
+    wanted || records.iter().any(|r| in_flight(r.phase)) || matches!(planned, Plan::Write(_))
+}
+
+/// Drops the blocked records when the `retry-hosts` annotation has a new value, so their hosts
+/// are tried again from the start; returns the records and the value to record.
+pub fn retried(
+    records: &[HostRecord],
+    annotation: Option<&str>,
+    last: Option<&str>,
+) -> (Vec<HostRecord>, Option<String>) {
+    match annotation {
+        Some(value) if Some(value) != last => (
+            records
+                .iter()
+                .filter(|r| !is_blocked(r.phase))
+                .cloned()
+                .collect(),
+            Some(value.to_owned()),
+        ),
+        _ => (records.to_vec(), last.map(str::to_owned)),
+    }
+}
+
+/// Joins the in-place flow to the planner's answer.
+pub fn decide(inputs: Inputs<'_>) -> Outcome {
+    let empty: &[HostView] = &[];
+    let world = inputs.world.unwrap_or(empty);
+    let Some(wanted) = inputs.wanted else {
+        return carry_on(
+            inputs.planned,
+            inputs.records,
+            world,
+            inputs.spare,
+            inputs.fallback,
+            inputs.now,
+        );
+    };
+    if inputs.world.is_none_or(<[HostView]>::is_empty) {
+        return held(
+            inputs.records,
+            Hold::new(
+                Reason::InPlaceNotPossible,
+                "spec.inPlace is set, but the Cluster has no Machines backed by ElementalMachines with a host",
+            ),
+        );
+    }
+    let Some(stamp) = wanted.stamp.as_deref().filter(|s| !s.is_empty()) else {
+        return held(
+            inputs.records,
+            Hold::new(
+                Reason::MissingImageStamp,
+                format!(
+                    "the Plan's image {} has no kubernetesupgraded.dimitrikoshkin.com/os-image-stamp annotation: a booted host could not be verified",
+                    wanted.image
+                ),
+            ),
+        );
+    };
+    let target = Target {
+        image: &wanted.image,
+        stamp,
+    };
+    let out = step(
+        inputs.records,
+        world,
+        target,
+        wanted.settings,
+        wanted.held.is_some(),
+        inputs.now,
+    );
+    let notes = transitions(inputs.records, &out.records);
+    let progress = progress(world, target);
+    let summary = format!(
+        "{} of {} hosts run {} ({})",
+        progress.updated, progress.total, target.image, target.stamp
+    );
+    let busy: Vec<String> = out
+        .records
+        .iter()
+        .filter(|r| in_flight(r.phase))
+        .map(|r| format!("{} ({:?})", r.host, r.phase))
+        .collect();
+    let (plan, requeue) = if let Some(blocked) = &out.blocked {
+        (
+            Plan::Hold {
+                hold: Hold::new(blocked.reason, blocked.message.clone()),
+                confirmed: None,
+            },
+            None,
+        )
+    } else if out.finished(world, target) {
+        (
+            Plan::Hold {
+                hold: Hold::new(
+                    Reason::InPlaceUpdated,
+                    format!("updated in place: {summary}"),
+                ),
+                confirmed: Some(wanted.version),
+            },
+            Some(UPDATED_POLL),
+        )
+    } else if !busy.is_empty() {
+        let hold = Hold::new(
+            Reason::InPlaceUpdating,
+            format!(
+                "updating in place: {summary}; in flight: {}",
+                busy.join(", ")
+            ),
+        );
+        (
+            Plan::Hold {
+                hold,
+                confirmed: None,
+            },
+            Some(IN_PLACE_POLL),
+        )
+    } else {
+        match wanted.held {
+            Some(hold) => (
+                Plan::Hold {
+                    hold,
+                    confirmed: None,
+                },
+                None,
+            ),
+            // Hosts left to do but none selectable yet (no Node reported).
+            None => (
+                Plan::Hold {
+                    hold: Hold::new(
+                        Reason::InPlaceUpdating,
+                        format!(
+                            "updating in place: {summary}; waiting for hosts to report their Node"
+                        ),
+                    ),
+                    confirmed: None,
+                },
+                Some(IN_PLACE_POLL),
+            ),
+        }
+    };
+    Outcome {
+        plan,
+        records: out.records,
+        progress: Some(progress),
+        actions: out.actions,
+        notes,
+        requeue,
+    }
+}
+
+/// No in-place update wanted: hosts already started are finished (no new one starts), and no
+/// topology step is written while one is in flight; a topology step on an Elemental Cluster
+/// needs its spare hosts.
+fn carry_on(
+    planned: Plan,
+    records: &[HostRecord],
+    world: &[HostView],
+    spare: Option<Result<(), NoSpareHost>>,
+    settings: Settings,
+    now: Timestamp,
+) -> Outcome {
+    let busy = records.iter().any(|r| in_flight(r.phase));
+    let (records, actions, notes, blocked) = if busy {
+        // The target only matters for selection, which is off.
+        let any = Target {
+            image: "",
+            stamp: "",
+        };
+        let out = step(records, world, any, settings, true, now);
+        let notes = transitions(records, &out.records);
+        (out.records, out.actions, notes, out.blocked)
+    } else {
+        (records.to_vec(), Vec::new(), Vec::new(), None)
+    };
+    let still_busy = records.iter().any(|r| in_flight(r.phase));
+    let step_of = |plan: &Plan| match plan {
+        Plan::Write(step) => Some(step.clone()),
+        Plan::Hold { hold, .. } => hold.step.as_deref().cloned(),
+    };
+    let waiting = step_of(&planned);
+    let with_step = |mut hold: Hold| {
+        hold.step = waiting.clone().map(Box::new);
+        hold
+    };
+    let (plan, requeue) = match (&planned, blocked) {
+        (_, Some(blocked)) => (
+            Plan::Hold {
+                hold: with_step(Hold::new(blocked.reason, blocked.message)),
+                confirmed: None,
+            },
+            None,
+        ),
+        (Plan::Write(_), None) if still_busy => (
+            Plan::Hold {
+                hold: with_step(Hold::new(
+                    Reason::PreviousStepUnfinished,
+                    "hosts are still being updated in place",
+                )),
+                confirmed: None,
+            },
+            Some(IN_PLACE_POLL),
+        ),
+        (Plan::Write(_), None) => match spare {
+            Some(Err(missing)) => (
+                Plan::Hold {
+                    hold: with_step(Hold::new(Reason::NoSpareHost, missing.to_string())),
+                    confirmed: None,
+                },
+                Some(Duration::from_secs(30)),
+            ),
+            _ => (planned, None),
+        },
+        (Plan::Hold { .. }, None) => (planned, still_busy.then_some(IN_PLACE_POLL)),
+    };
+    Outcome {
+        plan,
+        records,
+        progress: None,
+        actions,
+        notes,
+        requeue,
+    }
+}
+
+/// An in-place update in `status.history`: an entry `{from: v, to: v, image}` once the first
+/// host starts, finished when every host runs the image.
+pub fn history(
+    history: &[StepRecord],
+    plan: &Plan,
+    version: &str,
+    image: &str,
+    now: Timestamp,
+) -> Vec<StepRecord> {
+    let mut out = history.to_vec();
+    let Plan::Hold { hold, .. } = plan else {
+        return out;
+    };
+    let ours = |r: &StepRecord| r.to == version && r.from == version && r.image == image;
+    match hold.reason {
+        Reason::InPlaceUpdating if !out.last().is_some_and(ours) => out.push(StepRecord {
+            from: version.to_owned(),
+            to: version.to_owned(),
+            image: image.to_owned(),
+            started: Time(now),
+            finished: None,
+        }),
+        Reason::InPlaceUpdated => {
+            if let Some(last) = out.last_mut().filter(|r| ours(r) && r.finished.is_none()) {
+                last.finished = Some(Time(now));
+            }
+        }
+        _ => {}
+    }
+    let skip = out.len().saturating_sub(MAX_HISTORY);
+    out.into_iter().skip(skip).collect()
+}
+
+/// Reports `hold` and keeps the records as they are.
+fn held(records: &[HostRecord], hold: Hold) -> Outcome {
+    Outcome {
+        plan: Plan::Hold {
+            hold,
+            confirmed: None,
+        },
+        records: records.to_vec(),
+        progress: None,
+        actions: Vec::new(),
+        notes: Vec::new(),
+        requeue: None,
+    }
+}
+
+/// Each pool's hosts at `target`, the control plane first.
+pub fn progress(world: &[HostView], target: Target<'_>) -> InPlaceProgress {
+    let mut pools: Vec<PoolProgress> = Vec::new();
+    let mut sorted: Vec<&HostView> = world.iter().collect();
+    sorted.sort_by(|a, b| a.role.cmp(&b.role));
+    for view in sorted {
+        let (name, control_plane) = match &view.role {
+            Role::ControlPlane => (CONTROL_PLANE_POOL, true),
+            Role::Worker(pool) => (pool.as_str(), false),
+        };
+        let found = pools
+            .iter()
+            .position(|p| p.name == name && p.control_plane == control_plane);
+        let index = found.unwrap_or_else(|| {
+            pools.push(PoolProgress {
+                name: name.to_owned(),
+                control_plane,
+                updated: 0,
+                total: 0,
+            });
+            pools.len() - 1
+        });
+        if let Some(pool) = pools.get_mut(index) {
+            pool.total += 1;
+            pool.updated += i32::from(at_target(view, target));
+        }
+    }
+    InPlaceProgress {
+        image: target.image.to_owned(),
+        stamp: target.stamp.to_owned(),
+        updated: pools.iter().map(|p| p.updated).sum(),
+        total: pools.iter().map(|p| p.total).sum(),
+        pools,
+    }
+}
+
+/// One Normal event per host that entered a new phase; blocked phases are reported by the
+/// upgrader's `Blocked` Warning instead.
+pub fn transitions(before: &[HostRecord], after: &[HostRecord]) -> Vec<Note> {
+    after
+        .iter()
+        .filter(|r| !is_blocked(r.phase))
+        .filter(|r| {
+            before
+                .iter()
+                .find(|b| b.host == r.host)
+                .is_none_or(|b| b.phase != r.phase)
+        })
+        .map(|r| {
+            Note::normal(
+                event_reason(r.phase),
+                format!(
+                    "ElementalHost {} (Machine {}, Node {}{}): {}",
+                    r.host,
+                    r.machine,
+                    r.node,
+                    r.pool
+                        .as_deref()
+                        .map_or_else(|| ", control plane".to_owned(), |p| format!(", pool {p}")),
+                    describe(r.phase)
+                ),
+            )
+        })
+        .collect()
+}
+
+fn event_reason(phase: HostPhase) -> &'static str {
+    match phase {
+        HostPhase::Selected => "InPlaceHostSelected",
+        HostPhase::Cordoned => "InPlaceHostCordoned",
+        HostPhase::Drained => "InPlaceHostDrained",
+        HostPhase::Pending => "InPlaceHostPending",
+        HostPhase::Retrying => "InPlaceHostRetrying",
+        HostPhase::Done => "InPlaceHostDone",
+        HostPhase::Verified => "InPlaceHostVerified",
+        HostPhase::Uncordoned => "InPlaceHostUncordoned",
+        HostPhase::DrainTimeout => "DrainTimeout",
+        HostPhase::BootedImageMismatch => "BootedImageMismatch",
+        HostPhase::RetriesExhausted => "OSVersionReconciliationFailed",
+    }
+}
+
+fn describe(phase: HostPhase) -> &'static str {
+    match phase {
+        HostPhase::Selected => "selected for an in-place update; cordoning its Node",
+        HostPhase::Cordoned => "Node cordoned; evicting its pods",
+        HostPhase::Drained => "Node drained; labelling the host pending",
+        HostPhase::Pending => {
+            "labelled pending; the new image is written and the agent updates the host"
+        }
+        HostPhase::Retrying => "the OS update failed; the agent tries again",
+        HostPhase::Done => "the agent reported done; checking the booted image",
+        HostPhase::Verified => "the Node runs the new image; uncordoning it",
+        HostPhase::Uncordoned => "updated and schedulable again",
+        HostPhase::DrainTimeout => "the drain timed out",
+        HostPhase::BootedImageMismatch => "the booted image is not the target",
+        HostPhase::RetriesExhausted => "the OS update failed too often",
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    use super::*;
+    use crate::controllers::upgrader::gates::Step;
+    use crate::controllers::upgrader::in_place::UpdateLabel;
+
+    use crate::controllers::upgrader::in_place::tests::{NEW, at, record, settings, view as host};
+
+    fn updated(mut view: HostView) -> HostView {
+        view.image_uri = Some(NEW.into());
+        view.os_image = Some("Elemental os-2".into());
+        view
+    }
+
+    fn step_to(version: &str) -> Step {
+        Step {
+            from: "v1.31.1".into(),
+            version: Version::parse(version).unwrap(),
+            id: NEW.into(),
+            variable: None,
+        }
+    }
+
+    fn wanted(held: Option<Hold>) -> Wanted {
+        Wanted {
+            settings: settings(1, 1),
+            image: NEW.into(),
+            stamp: Some("os-2".into()),
+            version: Version::new(1, 31, 1),
+            held,
+        }
+    }
+
+    fn inputs<'a>(
+        planned: Plan,
+        wanted: Option<Wanted>,
+        records: &'a [HostRecord],
+        world: &'a [HostView],
+    ) -> Inputs<'a> {
+        Inputs {
+            planned,
+            wanted,
+            records,
+            world: Some(world),
+            spare: None,
+            fallback: settings(1, 1),
+            now: at(0),
+        }
+    }
+
+    fn reason(plan: &Plan) -> Option<Reason> {
+        match plan {
+            Plan::Write(_) => None,
+            Plan::Hold { hold, .. } => Some(hold.reason),
+        }
+    }
+
+    #[test]
+    fn an_image_only_change_in_place_never_writes_the_cluster_and_starts_one_host() {
+        let world = [
+            host("cp", Role::ControlPlane),
+            host("w", Role::Worker("a".into())),
+        ];
+        let out = decide(inputs(
+            Plan::Write(step_to("1.31.1")),
+            Some(wanted(None)),
+            &[],
+            &world,
+        ));
+        assert_eq!(reason(&out.plan), Some(Reason::InPlaceUpdating));
+        assert_eq!(
+            out.actions,
+            vec![Action::Cordon {
+                node: "n-cp".into()
+            }]
+        );
+        assert_eq!(out.records.len(), 1);
+        assert_eq!(out.notes.len(), 1);
+        assert_eq!(out.notes[0].reason, "InPlaceHostSelected");
+        let progress = out.progress.unwrap();
+        assert_eq!((progress.updated, progress.total), (0, 2));
+        assert_eq!(progress.pools[0].name, CONTROL_PLANE_POOL);
+        assert!(progress.pools[0].control_plane);
+    }
+
+    #[test]
+    fn a_gate_holding_the_step_starts_no_host() {
+        let world = [host("w", Role::Worker("a".into()))];
+        let window = Hold::new(Reason::OutsideMaintenanceWindow, "closed");
+        let out = decide(inputs(
+            Plan::Write(step_to("1.31.1")),
+            Some(wanted(Some(window))),
+            &[],
+            &world,
+        ));
+        assert_eq!(reason(&out.plan), Some(Reason::OutsideMaintenanceWindow));
+        assert!(out.actions.is_empty() && out.records.is_empty());
+    }
+
+    #[test]
+    fn every_host_at_target_is_updated_and_confirms_the_version() {
+        let world = [updated(host("w", Role::Worker("a".into())))];
+        let out = decide(inputs(
+            Plan::Write(step_to("1.31.1")),
+            Some(wanted(None)),
+            &[],
+            &world,
+        ));
+        match &out.plan {
+            Plan::Hold { hold, confirmed } => {
+                assert_eq!(hold.reason, Reason::InPlaceUpdated);
+                assert_eq!(confirmed.as_ref(), Some(&Version::new(1, 31, 1)));
+            }
+            Plan::Write(_) => panic!("wrote the Cluster"),
+        }
+        assert!(out.actions.is_empty());
+    }
+
+    #[test]
+    fn no_hosts_or_no_stamp_block_with_their_own_reason() {
+        let none = decide(inputs(
+            Plan::Write(step_to("1.31.1")),
+            Some(wanted(None)),
+            &[],
+            &[],
+        ));
+        assert_eq!(reason(&none.plan), Some(Reason::InPlaceNotPossible));
+        let world = [host("w", Role::Worker("a".into()))];
+        let mut unstamped = wanted(None);
+        unstamped.stamp = None;
+        let out = decide(inputs(
+            Plan::Write(step_to("1.31.1")),
+            Some(unstamped),
+            &[],
+            &world,
+        ));
+        assert_eq!(reason(&out.plan), Some(Reason::MissingImageStamp));
+        assert!(out.actions.is_empty());
+    }
+
+    fn in_flight_record() -> HostRecord {
+        let mut r = record("w", HostPhase::Pending);
+        r.started = Time(at(-100));
+        r.last_transition_time = None;
+        r
+    }
+
+    #[test]
+    fn a_version_step_waits_for_the_hosts_in_flight_which_carry_on() {
+        let mut view = host("w", Role::Worker("a".into()));
+        view.cordoned = true;
+        view.image_uri = Some(NEW.into());
+        view.label = Some(UpdateLabel::Done);
+        let records = [in_flight_record()];
+        let world = [view];
+        let out = decide(inputs(
+            Plan::Write(step_to("1.32.0")),
+            None,
+            &records,
+            &world,
+        ));
+        assert_eq!(reason(&out.plan), Some(Reason::PreviousStepUnfinished));
+        match &out.plan {
+            Plan::Hold { hold, .. } => assert!(hold.step.is_some()),
+            Plan::Write(_) => panic!("wrote while a host is in flight"),
+        }
+        assert_eq!(out.records[0].phase, HostPhase::Done);
+        assert_eq!(out.notes[0].reason, "InPlaceHostDone");
+    }
+
+    #[test]
+    fn a_step_on_elemental_needs_a_spare_host_per_pool() {
+        let mut missing = inputs(Plan::Write(step_to("1.32.0")), None, &[], &[]);
+        missing.spare = Some(Err(NoSpareHost {
+            pool: "md-a".into(),
+        }));
+        let out = decide(missing);
+        assert_eq!(reason(&out.plan), Some(Reason::NoSpareHost));
+        match &out.plan {
+            Plan::Hold { hold, .. } => assert!(hold.message.contains("md-a")),
+            Plan::Write(_) => unreachable!(),
+        }
+        let mut found = inputs(Plan::Write(step_to("1.32.0")), None, &[], &[]);
+        found.spare = Some(Ok(()));
+        assert!(matches!(decide(found).plan, Plan::Write(_)));
+    }
+
+    #[test]
+    fn an_in_place_update_is_one_history_entry_finished_when_all_hosts_run_it() {
+        let updating = Plan::Hold {
+            hold: Hold::new(Reason::InPlaceUpdating, "1 of 2"),
+            confirmed: None,
+        };
+        let started = history(&[], &updating, "v1.31.1", NEW, at(0));
+        assert_eq!(started.len(), 1);
+        assert_eq!(
+            (started[0].from.as_str(), started[0].to.as_str()),
+            ("v1.31.1", "v1.31.1")
+        );
+        assert_eq!(history(&started, &updating, "v1.31.1", NEW, at(5)), started);
+        let updated = Plan::Hold {
+            hold: Hold::new(Reason::InPlaceUpdated, "2 of 2"),
+            confirmed: Some(Version::new(1, 31, 1)),
+        };
+        let finished = history(&started, &updated, "v1.31.1", NEW, at(9));
+        assert_eq!(finished.len(), 1);
+        assert_eq!(finished[0].finished, Some(Time(at(9))));
+        assert_eq!(
+            history(&finished, &updated, "v1.31.1", NEW, at(20)),
+            finished
+        );
+    }
+
+    #[test]
+    fn a_new_retry_value_clears_blocked_hosts_once() {
+        let mut blocked = in_flight_record();
+        blocked.phase = HostPhase::DrainTimeout;
+        let mut other = in_flight_record();
+        other.host = "x".into();
+        let records = [blocked, other];
+        let (kept, last) = retried(&records, Some("1"), None);
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept[0].host, "x");
+        assert_eq!(last.as_deref(), Some("1"));
+        let (again, last) = retried(&records, Some("1"), Some("1"));
+        assert_eq!(again.len(), 2);
+        assert_eq!(last.as_deref(), Some("1"));
+    }
+}

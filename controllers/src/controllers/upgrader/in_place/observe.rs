@@ -1,0 +1,374 @@
+//! What the in-place flow sees of a Cluster's hosts: its Machines, their ElementalMachines and
+//! ElementalHosts in the management cluster, and their Nodes and pods in the workload cluster.
+//! The parsing is pure; [`management`] and [`nodes`] are the reads.
+
+use std::collections::BTreeMap;
+
+use api::v1alpha1::LabelSelector;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{DynamicObject, ListParams};
+use kube::core::{ApiResource, GroupVersionKind};
+use kube::{Api, Client, ResourceExt};
+use serde_json::Value;
+
+use super::{HostView, Role, UpdateLabel};
+use crate::runtime::status::{WriteError, bounded};
+
+/// Machine label naming its Cluster.
+pub const CLUSTER_NAME_LABEL: &str = "cluster.x-k8s.io/cluster-name";
+/// Machine label marking the control plane.
+pub const CONTROL_PLANE_LABEL: &str = "cluster.x-k8s.io/control-plane";
+/// Machine label naming its MachineDeployment.
+pub const DEPLOYMENT_NAME_LABEL: &str = "cluster.x-k8s.io/deployment-name";
+/// The ElementalHost label the agent acts on.
+pub const IN_PLACE_UPDATE_LABEL: &str =
+    "elementalhost.infrastructure.cluster.x-k8s.io/in-place-update";
+/// The Elemental provider's API group and version.
+pub const ELEMENTAL_API_VERSION: &str = "infrastructure.cluster.x-k8s.io/v1beta1";
+/// The Elemental infrastructure Machine kind.
+pub const ELEMENTAL_MACHINE: &str = "ElementalMachine";
+/// The Elemental host kind.
+pub const ELEMENTAL_HOST: &str = "ElementalHost";
+/// The annotation of a static (mirror) pod.
+pub const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
+/// The ElementalHost condition the agent reports OS updates on.
+pub const OS_VERSION_READY: &str = "OSVersionReady";
+
+/// One of the Cluster's Machines backed by an ElementalMachine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ElementalMachineRef {
+    /// The Machine.
+    pub machine: String,
+    /// Its ElementalMachine.
+    pub infrastructure: String,
+    /// Control plane or worker pool.
+    pub role: Role,
+    /// `status.nodeRef.name`.
+    pub node: Option<String>,
+}
+
+/// A Machine's role and infrastructure, when an ElementalMachine backs it.
+pub fn machine(object: &Value) -> Option<ElementalMachineRef> {
+    let name = object.pointer("/metadata/name")?.as_str()?.to_owned();
+    let labels = object.pointer("/metadata/labels");
+    let label = |key: &str| labels.and_then(|l| l.get(key)).and_then(Value::as_str);
+    let role = if label(CONTROL_PLANE_LABEL).is_some() {
+        Role::ControlPlane
+    } else {
+        Role::Worker(label(DEPLOYMENT_NAME_LABEL).unwrap_or_default().to_owned())
+    };
+    let reference = object.pointer("/spec/infrastructureRef")?;
+    if reference.get("kind").and_then(Value::as_str) != Some(ELEMENTAL_MACHINE) {
+        return None;
+    }
+    // v1beta1 names the apiVersion, v1beta2 only the apiGroup.
+    let group = reference
+        .get("apiGroup")
+        .and_then(Value::as_str)
+        .or_else(|| {
+            reference
+                .get("apiVersion")
+                .and_then(Value::as_str)
+                .and_then(|v| v.split('/').next())
+        });
+    if group.is_some_and(|g| Some(g) != ELEMENTAL_API_VERSION.split('/').next()) {
+        return None;
+    }
+    Some(ElementalMachineRef {
+        machine: name,
+        infrastructure: reference.get("name")?.as_str()?.to_owned(),
+        role,
+        node: object
+            .pointer("/status/nodeRef/name")
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty())
+            .map(str::to_owned),
+    })
+}
+
+/// What is read of an ElementalMachine.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ElementalMachine {
+    /// `spec.hostRef.name`.
+    pub host: Option<String>,
+    /// `spec.osVersionManagement.osVersion.imageUri`.
+    pub image_uri: Option<String>,
+    /// `spec.selector`, which picks hosts for it.
+    pub selector: Option<LabelSelector>,
+}
+
+/// Parses an ElementalMachine.
+pub fn elemental_machine(object: &Value) -> ElementalMachine {
+    ElementalMachine {
+        host: object
+            .pointer("/spec/hostRef/name")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        image_uri: object
+            .pointer("/spec/osVersionManagement/osVersion/imageUri")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        selector: object
+            .pointer("/spec/selector")
+            .and_then(|s| serde_json::from_value(s.clone()).ok()),
+    }
+}
+
+/// What is read of an ElementalHost.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct ElementalHost {
+    /// Its labels.
+    pub labels: BTreeMap<String, String>,
+    /// The `in-place-update` label.
+    pub label: Option<UpdateLabel>,
+    /// The `OSVersionReady` condition's reason.
+    pub os_reason: Option<String>,
+}
+
+/// Parses an ElementalHost.
+pub fn elemental_host(object: &Value) -> ElementalHost {
+    let labels: BTreeMap<String, String> = object
+        .pointer("/metadata/labels")
+        .and_then(|l| serde_json::from_value(l.clone()).ok())
+        .unwrap_or_default();
+    let label = match labels.get(IN_PLACE_UPDATE_LABEL).map(String::as_str) {
+        Some("pending") => Some(UpdateLabel::Pending),
+        Some("done") => Some(UpdateLabel::Done),
+        _ => None,
+    };
+    let os_reason = object
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .and_then(|c| {
+            c.iter()
+                .find(|c| c.get("type").and_then(Value::as_str) == Some(OS_VERSION_READY))
+        })
+        .and_then(|c| c.get("reason"))
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    ElementalHost {
+        labels,
+        label,
+        os_reason,
+    }
+}
+
+/// What is read of a workload Node.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct NodeState {
+    /// `spec.unschedulable`.
+    pub cordoned: bool,
+    /// `status.nodeInfo.osImage`.
+    pub os_image: Option<String>,
+    /// The `Ready` condition's `lastHeartbeatTime`.
+    pub reported: Option<Timestamp>,
+}
+
+/// Parses a Node.
+pub fn node(node: &Node) -> NodeState {
+    let status = node.status.as_ref();
+    NodeState {
+        cordoned: node
+            .spec
+            .as_ref()
+            .and_then(|s| s.unschedulable)
+            .unwrap_or(false),
+        os_image: status
+            .and_then(|s| s.node_info.as_ref())
+            .map(|i| i.os_image.clone())
+            .filter(|i| !i.is_empty()),
+        reported: status
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+            .and_then(|c| c.last_heartbeat_time.as_ref())
+            .map(|t| t.0),
+    }
+}
+
+/// Whether a drain must move `pod`: not owned by a DaemonSet, not a mirror pod, not finished.
+pub fn evictable(pod: &Pod) -> bool {
+    let daemon = pod
+        .owner_references()
+        .iter()
+        .any(|o| o.kind == "DaemonSet" && o.controller == Some(true));
+    let mirror = pod.annotations().contains_key(MIRROR_ANNOTATION);
+    let finished = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .is_some_and(|p| p == "Succeeded" || p == "Failed");
+    !daemon && !mirror && !finished
+}
+
+/// Everything read of the management cluster for one Cluster.
+#[derive(Clone, Debug, Default)]
+pub struct Management {
+    /// The Cluster's Elemental Machines.
+    pub machines: Vec<ElementalMachineRef>,
+    /// ElementalMachines of the namespace, by name.
+    pub elemental_machines: BTreeMap<String, ElementalMachine>,
+    /// ElementalHosts of the namespace, by name.
+    pub hosts: BTreeMap<String, ElementalHost>,
+}
+
+impl Management {
+    /// Whether the Cluster runs on Elemental.
+    pub fn is_elemental(&self) -> bool {
+        !self.machines.is_empty()
+    }
+
+    /// The ElementalMachine behind the Machine `machine`.
+    pub fn infrastructure_of(&self, machine: &str) -> Option<&str> {
+        self.machines
+            .iter()
+            .find(|m| m.machine == machine)
+            .map(|m| m.infrastructure.as_str())
+    }
+
+    /// The host views, with the workload's Nodes filled in from `nodes` and `drained`.
+    pub fn views(
+        &self,
+        nodes: &BTreeMap<String, NodeState>,
+        drained: &BTreeMap<String, bool>,
+    ) -> Vec<HostView> {
+        self.machines
+            .iter()
+            .filter_map(|m| {
+                let infra = self.elemental_machines.get(&m.infrastructure)?;
+                let host_name = infra.host.clone()?;
+                let host = self.hosts.get(&host_name).cloned().unwrap_or_default();
+                let node = m.node.as_ref().and_then(|n| nodes.get(n));
+                Some(HostView {
+                    host: host_name,
+                    machine: m.machine.clone(),
+                    // Without its Node, a host cannot be drained, so it is not selected.
+                    node: m.node.clone().filter(|_| node.is_some()),
+                    role: m.role.clone(),
+                    cordoned: node.is_some_and(|n| n.cordoned),
+                    drained: m
+                        .node
+                        .as_ref()
+                        .and_then(|n| drained.get(n))
+                        .copied()
+                        .unwrap_or(false),
+                    label: host.label,
+                    os_reason: host.os_reason,
+                    os_image: node.and_then(|n| n.os_image.clone()),
+                    node_reported: node.and_then(|n| n.reported),
+                    image_uri: infra.image_uri.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// Each pool with the selector of one of its ElementalMachines, for the spare-host gate.
+    pub fn pools(&self) -> Vec<(String, LabelSelector)> {
+        let mut pools: BTreeMap<String, LabelSelector> = BTreeMap::new();
+        for m in &self.machines {
+            let name = match &m.role {
+                Role::ControlPlane => super::CONTROL_PLANE_POOL.to_owned(),
+                Role::Worker(pool) => pool.clone(),
+            };
+            if let Some(selector) = self
+                .elemental_machines
+                .get(&m.infrastructure)
+                .and_then(|e| e.selector.clone())
+            {
+                pools.entry(name).or_insert(selector);
+            }
+        }
+        pools.into_iter().collect()
+    }
+}
+
+/// The Elemental resource of `kind`.
+pub fn elemental_resource(kind: &str) -> ApiResource {
+    let (group, version) = ELEMENTAL_API_VERSION
+        .split_once('/')
+        .unwrap_or(("infrastructure.cluster.x-k8s.io", "v1beta1"));
+    ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, kind))
+}
+
+/// Reads the Cluster's Machines (in the served Cluster API `version`), and the namespace's
+/// ElementalMachines and ElementalHosts. A missing Elemental API reads as no Elemental Machines.
+pub async fn management(
+    client: &Client,
+    machine_resource: &ApiResource,
+    namespace: &str,
+    cluster: &str,
+) -> Result<Management, WriteError> {
+    let machines: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), namespace, machine_resource);
+    let selector = ListParams::default().labels(&format!("{CLUSTER_NAME_LABEL}={cluster}"));
+    let listed = match bounded(machines.list(&selector)).await {
+        Ok(list) => list.items,
+        Err(WriteError::Api(kube::Error::Api(e))) if e.code == 404 => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    let machines: Vec<ElementalMachineRef> = listed
+        .iter()
+        .filter_map(|m| serde_json::to_value(m).ok())
+        .filter_map(|m| machine(&m))
+        .collect();
+    if machines.is_empty() {
+        return Ok(Management::default());
+    }
+    let elemental_machines = list_elemental(client, namespace, ELEMENTAL_MACHINE)
+        .await?
+        .into_iter()
+        .map(|(name, o)| (name, elemental_machine(&o)))
+        .collect();
+    let hosts = list_elemental(client, namespace, ELEMENTAL_HOST)
+        .await?
+        .into_iter()
+        .map(|(name, o)| (name, elemental_host(&o)))
+        .collect();
+    Ok(Management {
+        machines,
+        elemental_machines,
+        hosts,
+    })
+}
+
+/// The namespace's Elemental objects of `kind`, by name, as JSON.
+async fn list_elemental(
+    client: &Client,
+    namespace: &str,
+    kind: &str,
+) -> Result<Vec<(String, Value)>, WriteError> {
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), namespace, &elemental_resource(kind));
+    let items = bounded(api.list(&ListParams::default())).await?.items;
+    Ok(items
+        .into_iter()
+        .filter_map(|o| Some((o.name_any(), serde_json::to_value(o).ok()?)))
+        .collect())
+}
+
+/// The workload cluster's Nodes named in `names`.
+pub async fn nodes(
+    client: &Client,
+    names: &[String],
+) -> Result<BTreeMap<String, NodeState>, WriteError> {
+    let api: Api<Node> = Api::all(client.clone());
+    let mut out = BTreeMap::new();
+    for name in names {
+        if let Some(found) = bounded(api.get_opt(name)).await? {
+            out.insert(name.clone(), node(&found));
+        }
+    }
+    Ok(out)
+}
+
+/// The evictable pods on `node`.
+pub async fn evictable_pods(client: &Client, node: &str) -> Result<Vec<Pod>, WriteError> {
+    let api: Api<Pod> = Api::all(client.clone());
+    let on_node = ListParams::default().fields(&format!("spec.nodeName={node}"));
+    Ok(bounded(api.list(&on_node))
+        .await?
+        .items
+        .into_iter()
+        .filter(evictable)
+        .collect())
+}
