@@ -36,6 +36,11 @@ use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
 pub use kubernetes_upgrader::controllers::upgrader::in_place::OS_VERSION_RECONCILIATION_FAILED;
+pub use kubernetes_upgrader::controllers::upgrader::in_place::observe::{
+    CLUSTER_NAME_LABEL, CONTROL_PLANE_LABEL, DEPLOYMENT_NAME_LABEL, ELEMENTAL_HOST,
+    ELEMENTAL_MACHINE, IN_PLACE_UPDATE_LABEL as IN_PLACE_UPDATE, MIRROR_ANNOTATION,
+    OS_VERSION_READY,
+};
 pub use kubernetes_upgrader::controllers::upgrader::in_place::spare::{INSTALLED, MACHINE_NAME};
 
 use crate::control_plane::BareApiserver;
@@ -52,10 +57,6 @@ pub const MACHINE_CRD: &str = "machines.cluster.x-k8s.io";
 pub const ELEMENTAL_MACHINE_CRD: &str = "elementalmachines.infrastructure.cluster.x-k8s.io";
 /// Name of the minimal ElementalHost CRD.
 pub const ELEMENTAL_HOST_CRD: &str = "elementalhosts.infrastructure.cluster.x-k8s.io";
-/// The ElementalHost label the in-place flow turns `pending`, and the agent `done`.
-pub const IN_PLACE_UPDATE: &str = "elementalhost.infrastructure.cluster.x-k8s.io/in-place-update";
-/// The ElementalHost condition the agent reports the OS update on.
-pub const OS_VERSION_READY: &str = "OSVersionReady";
 /// The label the fixtures' ElementalMachine selectors match hosts by.
 pub const POOL_LABEL: &str = "e2e.example/pool";
 /// What a control-plane host's [`POOL_LABEL`] says.
@@ -66,8 +67,6 @@ pub const WORKLOAD_NAMESPACE: &str = "apps";
 pub const APP_LABEL: &str = "app";
 /// Kubernetes version of every fixture (Cluster, Machines, kubelets).
 pub const KUBERNETES_VERSION: &str = "v1.31.1";
-/// Annotation of a mirror pod (a static pod's API copy).
-pub const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
 
 // ---------------------------------------------------------------------------------------------
 // CRDs
@@ -688,12 +687,10 @@ impl Fleet {
 
     async fn create_host(&self, client: &Client, host: &Host, current: &OsImage) -> Result<()> {
         let ns = &self.namespace;
-        let mut machine_labels = labels(&[("cluster.x-k8s.io/cluster-name", &self.cluster)]);
+        let mut machine_labels = labels(&[(CLUSTER_NAME_LABEL, &self.cluster)]);
         match &host.pool {
-            None => machine_labels.insert("cluster.x-k8s.io/control-plane".into(), String::new()),
-            Some(pool) => {
-                machine_labels.insert("cluster.x-k8s.io/deployment-name".into(), pool.clone())
-            }
+            None => machine_labels.insert(CONTROL_PLANE_LABEL.into(), String::new()),
+            Some(pool) => machine_labels.insert(DEPLOYMENT_NAME_LABEL.into(), pool.clone()),
         };
         let machine = json!({
             "apiVersion": format!("{}/{V1BETA1}", crate::capi::GROUP),
@@ -705,7 +702,7 @@ impl Fleet {
                 "bootstrap": {"dataSecretName": format!("{}-bootstrap", host.machine())},
                 "infrastructureRef": {
                     "apiVersion": format!("{INFRA_GROUP}/{V1BETA1}"),
-                    "kind": "ElementalMachine",
+                    "kind": ELEMENTAL_MACHINE,
                     "name": host.elemental_machine(),
                     "namespace": ns,
                 },
@@ -729,8 +726,8 @@ impl Fleet {
         let osvm = initial_os_version_management(&current.uri);
         let em = json!({
             "apiVersion": format!("{INFRA_GROUP}/{V1BETA1}"),
-            "kind": "ElementalMachine",
-            "metadata": {"name": host.elemental_machine(), "labels": {"cluster.x-k8s.io/cluster-name": self.cluster}},
+            "kind": ELEMENTAL_MACHINE,
+            "metadata": {"name": host.elemental_machine(), "labels": {CLUSTER_NAME_LABEL: self.cluster}},
             "spec": {
                 "hostRef": {"name": host.host(), "namespace": ns},
                 "providerID": format!("elemental://{ns}/{}", host.host()),
@@ -780,7 +777,7 @@ pub async fn create_elemental_host(
     }
     let body = json!({
         "apiVersion": format!("{INFRA_GROUP}/{V1BETA1}"),
-        "kind": "ElementalHost",
+        "kind": ELEMENTAL_HOST,
         "metadata": {"name": name, "labels": labels},
         "spec": spec,
     });
@@ -811,7 +808,7 @@ pub async fn kubeconfig_secret(
     let secret: Secret = serde_json::from_value(json!({
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": {"name": format!("{cluster}-kubeconfig"), "labels": {"cluster.x-k8s.io/cluster-name": cluster}},
+        "metadata": {"name": format!("{cluster}-kubeconfig"), "labels": {CLUSTER_NAME_LABEL: cluster}},
         "type": "cluster.x-k8s.io/secret",
         "data": {"value": k8s_openapi::ByteString(kubeconfig.to_vec())},
     }))?;
