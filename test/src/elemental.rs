@@ -30,7 +30,7 @@ use kube::api::{
     ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
     PostParams,
 };
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
@@ -1267,26 +1267,27 @@ async fn agent_pass(
         if attempt.elapsed() < config.delay {
             continue;
         }
-        if let Behaviour::Fail { times, hold } = state.behaviour
-            && state.failures < times
-        {
+        if let Behaviour::Fail { times, hold } = state.behaviour {
             match state.failed_at {
-                None => {
+                // The failure stays reported for `hold`.
+                Some(at) if at.elapsed() < hold => continue,
+                Some(_) => {
+                    // The next try begins, and takes `hold`.
+                    state.failed_at = None;
+                    state.attempt = Some(Instant::now() + hold.saturating_sub(config.delay));
+                    os_version_ready(&host_api, &name, false, "WaitingForOSReconcile").await?;
+                    continue;
+                }
+                None if state.failures < times => {
                     state.failures += 1;
                     state.failed_at = Some(Instant::now());
                     lock(log).failures.push((name.clone(), state.failures));
                     os_version_ready(&host_api, &name, false, OS_VERSION_RECONCILIATION_FAILED)
                         .await?;
+                    continue;
                 }
-                Some(at) if at.elapsed() >= hold => {
-                    // The next try begins.
-                    state.failed_at = None;
-                    state.attempt = Some(Instant::now() + hold.saturating_sub(config.delay));
-                    os_version_ready(&host_api, &name, false, "WaitingForOSReconcile").await?;
-                }
-                Some(_) => {}
+                None => {}
             }
-            continue;
         }
         let booted = match state.behaviour {
             Behaviour::Fallback => state.running.clone(),
@@ -1450,7 +1451,9 @@ impl Monitor {
         let nodes: Api<Node> = Api::all(workload.clone());
         let shared = log.clone();
         tasks.spawn(async move {
-            let mut stream = watcher(nodes, watcher::Config::default()).boxed();
+            let mut stream = watcher(nodes, watcher::Config::default())
+                .default_backoff()
+                .boxed();
             loop {
                 match stream.try_next().await {
                     Ok(Some(watcher::Event::Apply(node) | watcher::Event::InitApply(node))) => {
@@ -1476,7 +1479,9 @@ impl Monitor {
         let known: BTreeSet<String> = fleet.hosts.iter().map(Host::host).collect();
         let shared = log.clone();
         tasks.spawn(async move {
-            let mut stream = watcher(hosts, watcher::Config::default()).boxed();
+            let mut stream = watcher(hosts, watcher::Config::default())
+                .default_backoff()
+                .boxed();
             loop {
                 match stream.try_next().await {
                     Ok(Some(watcher::Event::Apply(host) | watcher::Event::InitApply(host))) => {

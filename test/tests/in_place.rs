@@ -32,16 +32,17 @@ const LONG: Duration = Duration::from_secs(150);
 const CLUSTER: &str = "c";
 const UPGRADER: &str = "u";
 
-/// The stand-ins and fixtures of one scenario.
+/// The stand-ins and fixtures of one scenario. Fields drop in order: the stand-ins stop before
+/// the workload cluster does.
 struct Bed {
+    kubelet: Kubelet,
+    agent: Agent,
+    monitor: Monitor,
     env: TestEnv,
     workload: Workload,
     fleet: Fleet,
     old: OsImage,
     new: OsImage,
-    kubelet: Kubelet,
-    agent: Agent,
-    monitor: Monitor,
 }
 
 /// Starts the workload cluster, creates `hosts` booted from build 1 and starts the stand-ins
@@ -62,14 +63,14 @@ async fn bed(
     let agent = Agent::spawn(env.client.clone(), workload.client.clone(), config);
     let monitor = Monitor::spawn(&env.client, &workload.client, &fleet);
     Some(Bed {
+        kubelet,
+        agent,
+        monitor,
         env,
         workload,
         fleet,
         old,
         new,
-        kubelet,
-        agent,
-        monitor,
     })
 }
 
@@ -948,4 +949,83 @@ async fn a_rollout_without_a_spare_host_is_blocked_naming_the_pool() {
     // No host was touched in place.
     assert!(bed.monitor.log().order.is_empty());
     assert!(bed.agent.log().pending.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exhausted_retries_block_and_the_retry_hosts_annotation_clears_the_block() {
+    let env = e2e_env!("exhausted_retries_block_and_the_retry_hosts_annotation_clears_the_block");
+    let hosts = vec![Host::control_plane("cp0"), Host::worker("w0", "md-a")];
+    // Two failed tries, each shown for 4 s (two polls), then the third try works.
+    let failing = Behaviour::Fail {
+        times: 2,
+        hold: Duration::from_secs(4),
+    };
+    let Some(bed) = bed(env, hosts, |c| c.behaving("host-cp0", failing)).await else {
+        return;
+    };
+    let (cp, worker) = (bed.fleet.hosts[0].clone(), bed.fleet.hosts[1].clone());
+    bed.upgrade_to(&bed.new, "v1.31.1", json!({}), json!({}))
+        .await;
+    let manager = bed.env.start_manager().await.unwrap();
+
+    // retries: 1 allows one failure; the second exhausts them.
+    let u = bed
+        .wait_reason(&manager, "Blocked", "OSVersionReconciliationFailed")
+        .await;
+    let r = record(&u, &cp.host()).unwrap().clone();
+    assert_eq!(r["phase"], "RetriesExhausted", "{r}");
+    assert_eq!(r["attempts"], 2, "{r}");
+    assert!(
+        record(&u, &worker.host()).is_none(),
+        "a second host started: {u:#}"
+    );
+    assert!(cordoned(&bed.workload.node(&cp.node()).await.unwrap()));
+    assert_eq!(bed.agent.log().failures.len(), 2);
+
+    // The agent's next try works meanwhile; still blocked until an operator says otherwise.
+    e2e::eventually("the third try", Duration::from_secs(30), || async {
+        Ok((!bed.agent.log().updates.is_empty()).then_some(()))
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let u = bed.upgrader().await;
+    assert_eq!(phase(&u, &cp.host()).as_deref(), Some("RetriesExhausted"));
+    assert!(!cordoned(&bed.workload.node(&worker.node()).await.unwrap()));
+
+    // A new retry-hosts value clears the block: the host is finished and put back in service,
+    // then the worker goes.
+    support::upgraders(&bed.env, CCCU)
+        .patch(
+            UPGRADER,
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"metadata": {"annotations": {api::v1alpha1::RETRY_HOSTS_ANNOTATION: "1"}}}),
+            ),
+        )
+        .await
+        .unwrap();
+    let u = bed
+        .wait_upgrader("Ready=InPlaceUpdated", LONG, &manager, |u| {
+            condition_reason(u, "Ready").as_deref() == Some("InPlaceUpdated")
+        })
+        .await;
+    assert_eq!(u["status"]["retryHosts"], "1", "{:#}", u["status"]);
+    assert_ne!(
+        condition_status(&u, "Blocked").as_deref(),
+        Some("True"),
+        "{:#}",
+        u["status"]
+    );
+    for host in &bed.fleet.hosts {
+        let node = bed.workload.node(&host.node()).await.unwrap();
+        assert!(
+            !cordoned(&node),
+            "{} left cordoned after the retry; status: {:#}",
+            host.node(),
+            u["status"]
+        );
+        assert_eq!(node_os_image(&node), Some(bed.new.os_release().as_str()));
+    }
+    check_budget(&bed.monitor.log(), 1).unwrap();
 }
