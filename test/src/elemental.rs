@@ -39,7 +39,7 @@ pub use kubernetes_upgrader::controllers::upgrader::in_place::OS_VERSION_RECONCI
 pub use kubernetes_upgrader::controllers::upgrader::in_place::observe::{
     CLUSTER_NAME_LABEL, CONTROL_PLANE_LABEL, DEPLOYMENT_NAME_LABEL, ELEMENTAL_HOST,
     ELEMENTAL_MACHINE, IN_PLACE_UPDATE_LABEL as IN_PLACE_UPDATE, MIRROR_ANNOTATION,
-    OS_VERSION_READY,
+    OS_VERSION_READY, evictable,
 };
 pub use kubernetes_upgrader::controllers::upgrader::in_place::spare::{INSTALLED, MACHINE_NAME};
 
@@ -548,16 +548,6 @@ pub async fn pods_on(client: &Client, node: &str) -> Result<Vec<Pod>> {
         .list(&ListParams::default().fields(&format!("spec.nodeName={node}")))
         .await?
         .items)
-}
-
-/// Whether a drain must remove `pod`: not DaemonSet-owned, not a mirror pod.
-pub fn evictable(pod: &Pod) -> bool {
-    let daemon = pod
-        .owner_references()
-        .iter()
-        .any(|o| o.kind == "DaemonSet" && o.controller == Some(true));
-    let mirror = pod.annotations().contains_key(MIRROR_ANNOTATION);
-    !daemon && !mirror
 }
 
 /// Whether the Node is cordoned.
@@ -1449,71 +1439,70 @@ impl Monitor {
         let node_to_host: BTreeMap<String, String> =
             fleet.hosts.iter().map(|h| (h.node(), h.host())).collect();
         let nodes: Api<Node> = Api::all(workload.clone());
-        let shared = log.clone();
-        tasks.spawn(async move {
-            let mut stream = watcher(nodes, watcher::Config::default())
-                .default_backoff()
-                .boxed();
-            loop {
-                match stream.try_next().await {
-                    Ok(Some(watcher::Event::Apply(node) | watcher::Event::InitApply(node))) => {
-                        let Some(host) = node_to_host.get(&node.name_any()) else {
-                            continue;
-                        };
-                        let mut log = lock(&shared);
-                        if cordoned(&node) {
-                            log.cordoned.insert(host.clone());
-                            log.ever_cordoned.insert(host.clone());
-                        } else {
-                            log.cordoned.remove(host);
-                        }
-                        log.record(started.elapsed());
-                    }
-                    Ok(Some(_)) => {}
-                    Ok(None) => break,
-                    Err(e) => lock(&shared).errors.push(format!("Node watch: {e}")),
-                }
+        tasks.spawn(watch_into(nodes, log.clone(), "Node", move |log, node| {
+            let Some(host) = node_to_host.get(&node.name_any()) else {
+                return;
+            };
+            if cordoned(&node) {
+                log.cordoned.insert(host.clone());
+                log.ever_cordoned.insert(host.clone());
+            } else {
+                log.cordoned.remove(host);
             }
-        });
+            log.record(started.elapsed());
+        }));
         let hosts = elemental_hosts(management, &fleet.namespace);
         let known: BTreeSet<String> = fleet.hosts.iter().map(Host::host).collect();
-        let shared = log.clone();
-        tasks.spawn(async move {
-            let mut stream = watcher(hosts, watcher::Config::default())
-                .default_backoff()
-                .boxed();
-            loop {
-                match stream.try_next().await {
-                    Ok(Some(watcher::Event::Apply(host) | watcher::Event::InitApply(host))) => {
-                        let name = host.name_any();
-                        if !known.contains(&name) {
-                            continue;
-                        }
-                        let mut log = lock(&shared);
-                        if update_label(&host) == Some("pending") {
-                            if !log.pending_order.contains(&name) {
-                                log.pending_order.push(name.clone());
-                            }
-                            log.pending.insert(name);
-                        } else {
-                            log.pending.remove(&name);
-                        }
-                        log.record(started.elapsed());
-                    }
-                    Ok(Some(_)) => {}
-                    Ok(None) => break,
-                    Err(e) => lock(&shared)
-                        .errors
-                        .push(format!("ElementalHost watch: {e}")),
+        tasks.spawn(watch_into(
+            hosts,
+            log.clone(),
+            "ElementalHost",
+            move |log, host| {
+                let name = host.name_any();
+                if !known.contains(&name) {
+                    return;
                 }
-            }
-        });
+                if update_label(&host) == Some("pending") {
+                    if !log.pending_order.contains(&name) {
+                        log.pending_order.push(name.clone());
+                    }
+                    log.pending.insert(name);
+                } else {
+                    log.pending.remove(&name);
+                }
+                log.record(started.elapsed());
+            },
+        ));
         Self { log, _tasks: tasks }
     }
 
     /// What it saw so far.
     pub fn log(&self) -> MonitorLog {
         lock(&self.log).clone()
+    }
+}
+
+/// Watches `api` (backing off on errors) and hands every object seen to `apply` under the lock.
+async fn watch_into<K>(
+    api: Api<K>,
+    log: Arc<Mutex<MonitorLog>>,
+    what: &'static str,
+    mut apply: impl FnMut(&mut MonitorLog, K) + Send + 'static,
+) where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
+{
+    let mut stream = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .boxed();
+    loop {
+        match stream.try_next().await {
+            Ok(Some(watcher::Event::Apply(object) | watcher::Event::InitApply(object))) => {
+                apply(&mut lock(&log), object);
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => break,
+            Err(e) => lock(&log).errors.push(format!("{what} watch: {e}")),
+        }
     }
 }
 

@@ -99,7 +99,7 @@ impl Bed {
             {"name": "image", "value": self.old.uri},
             {"name": "other", "value": {"keep": true}},
         ]}}});
-        merge(&mut extra, &cluster_extra);
+        support::merge(&mut extra, &cluster_extra);
         support::cluster(env, "v1beta1", CLUSTER, "v1.31.1", extra)
             .await
             .unwrap();
@@ -107,10 +107,18 @@ impl Bed {
             "topologyVariable": "image",
             "inPlace": {"maxUnavailable": 1, "drainTimeout": "30s", "retries": 1},
         });
-        merge(&mut body, &spec);
+        support::merge(&mut body, &spec);
         support::upgrader(env, CCCU, UPGRADER, CLUSTER, "p", body)
             .await
             .unwrap();
+    }
+
+    /// [`Bed::upgrade_to`] the new build of the same Kubernetes version (an in-place update),
+    /// then starts the manager.
+    async fn start_in_place(&self, cluster_extra: Value, spec: Value) -> Manager {
+        self.upgrade_to(&self.new, "v1.31.1", cluster_extra, spec)
+            .await;
+        self.env.start_manager().await.unwrap()
     }
 
     async fn upgrader(&self) -> Value {
@@ -154,21 +162,29 @@ impl Bed {
         .await
     }
 
+    /// Asserts that the upgrader's only Warning events have `reason` (a block is reported once,
+    /// and nothing on the way there failed).
+    async fn assert_only_warning(&self, reason: &str) {
+        let warnings = self.env.warnings(UPGRADER).await.unwrap();
+        let reasons: BTreeSet<&str> = warnings
+            .iter()
+            .filter_map(|e| e.reason.as_deref())
+            .collect();
+        assert_eq!(
+            reasons,
+            BTreeSet::from([reason]),
+            "{:?}",
+            warnings
+                .iter()
+                .map(|e| (&e.reason, &e.note))
+                .collect::<Vec<_>>()
+        );
+    }
+
     async fn cluster_resource_version(&self) -> String {
         support::resource_version(&self.env, "v1beta1", CLUSTER)
             .await
             .unwrap()
-    }
-}
-
-fn merge(into: &mut Value, from: &Value) {
-    match (into, from) {
-        (Value::Object(a), Value::Object(b)) => {
-            for (k, v) in b {
-                merge(a.entry(k.clone()).or_insert(Value::Null), v);
-            }
-        }
-        (slot, v) => *slot = v.clone(),
     }
 }
 
@@ -182,6 +198,11 @@ fn record<'a>(u: &'a Value, host: &str) -> Option<&'a Value> {
 
 fn phase(u: &Value, host: &str) -> Option<String> {
     record(u, host)?["phase"].as_str().map(str::to_owned)
+}
+
+/// Control plane `cp0` and a worker `w0` of pool `md-a`.
+fn two_hosts() -> Vec<Host> {
+    vec![Host::control_plane("cp0"), Host::worker("w0", "md-a")]
 }
 
 /// Control plane `cp0`, then two workers of pool `md-a`.
@@ -540,7 +561,7 @@ async fn hosts_are_updated_one_after_another_control_plane_first() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_budget_that_blocks_the_drain_times_out_and_nothing_moves_on() {
     let env = e2e_env!("a_budget_that_blocks_the_drain_times_out_and_nothing_moves_on");
-    let hosts = vec![Host::control_plane("cp0"), Host::worker("w0", "md-a")];
+    let hosts = two_hosts();
     let Some(bed) = bed(env, hosts, |c| c).await else {
         return;
     };
@@ -554,14 +575,9 @@ async fn a_budget_that_blocks_the_drain_times_out_and_nothing_moves_on() {
             .unwrap();
     }
     bed.workload.create_pdb("db", &guard, 2).await.unwrap();
-    bed.upgrade_to(
-        &bed.new,
-        "v1.31.1",
-        json!({}),
-        json!({"inPlace": {"drainTimeout": "5s"}}),
-    )
-    .await;
-    let manager = bed.env.start_manager().await.unwrap();
+    let manager = bed
+        .start_in_place(json!({}), json!({"inPlace": {"drainTimeout": "5s"}}))
+        .await;
 
     // Blocked within the drain timeout (5 s) and a few polls of the cordon.
     e2e::eventually("the control plane cordoned", LONG, || async {
@@ -629,33 +645,18 @@ async fn a_budget_that_blocks_the_drain_times_out_and_nothing_moves_on() {
         );
     }
     // A refused eviction is the budget at work, not a failure: the only warning is the block.
-    let warnings = bed.env.warnings(UPGRADER).await.unwrap();
-    let reasons: BTreeSet<&str> = warnings
-        .iter()
-        .filter_map(|e| e.reason.as_deref())
-        .collect();
-    assert_eq!(
-        reasons,
-        BTreeSet::from(["DrainTimeout"]),
-        "{:?}",
-        warnings
-            .iter()
-            .map(|e| (&e.reason, &e.note))
-            .collect::<Vec<_>>()
-    );
+    bed.assert_only_warning("DrainTimeout").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fallback_boot_blocks_with_booted_image_mismatch_without_looping() {
     let env = e2e_env!("a_fallback_boot_blocks_with_booted_image_mismatch_without_looping");
-    let hosts = vec![Host::control_plane("cp0"), Host::worker("w0", "md-a")];
+    let hosts = two_hosts();
     let Some(bed) = bed(env, hosts, |c| c.behaving("host-cp0", Behaviour::Fallback)).await else {
         return;
     };
     let (cp, worker) = (bed.fleet.hosts[0].clone(), bed.fleet.hosts[1].clone());
-    bed.upgrade_to(&bed.new, "v1.31.1", json!({}), json!({}))
-        .await;
-    let manager = bed.env.start_manager().await.unwrap();
+    let manager = bed.start_in_place(json!({}), json!({})).await;
 
     let u = bed
         .wait_reason(&manager, "Blocked", "BootedImageMismatch")
@@ -705,29 +706,17 @@ async fn a_fallback_boot_blocks_with_booted_image_mismatch_without_looping() {
     assert_eq!(agent.updates[0].booted_stamp, bed.old.stamp);
     let seen = bed.monitor.log();
     assert_eq!(seen.order, vec![cp.host()], "{seen:?}");
-    let warnings = bed.env.warnings(UPGRADER).await.unwrap();
-    assert!(
-        warnings
-            .iter()
-            .any(|e| e.reason.as_deref() == Some("BootedImageMismatch")),
-        "{:?}",
-        warnings
-            .iter()
-            .map(|e| (&e.reason, &e.note))
-            .collect::<Vec<_>>()
-    );
+    bed.assert_only_warning("BootedImageMismatch").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_manager_killed_at_every_phase_resumes_the_same_host() {
     let env = e2e_env!("a_manager_killed_at_every_phase_resumes_the_same_host");
-    let hosts = vec![Host::control_plane("cp0"), Host::worker("w0", "md-a")];
+    let hosts = two_hosts();
     let Some(bed) = bed(env, hosts, |c| c).await else {
         return;
     };
-    bed.upgrade_to(&bed.new, "v1.31.1", json!({}), json!({}))
-        .await;
-    let mut manager = bed.env.start_manager().await.unwrap();
+    let mut manager = bed.start_in_place(json!({}), json!({})).await;
 
     // Kill -9 and restart whenever a host record shows a phase not seen before.
     let mut seen: Vec<(String, String)> = Vec::new();
@@ -818,18 +807,13 @@ async fn a_manager_killed_at_every_phase_resumes_the_same_host() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_cluster_starts_no_host_until_unpaused() {
     let env = e2e_env!("a_paused_cluster_starts_no_host_until_unpaused");
-    let hosts = vec![Host::control_plane("cp0"), Host::worker("w0", "md-a")];
+    let hosts = two_hosts();
     let Some(bed) = bed(env, hosts, |c| c).await else {
         return;
     };
-    bed.upgrade_to(
-        &bed.new,
-        "v1.31.1",
-        json!({"spec": {"paused": true}}),
-        json!({}),
-    )
-    .await;
-    let manager = bed.env.start_manager().await.unwrap();
+    let manager = bed
+        .start_in_place(json!({"spec": {"paused": true}}), json!({}))
+        .await;
 
     let u = bed.wait_reason(&manager, "Blocked", "ClusterPaused").await;
     assert_eq!(condition_status(&u, "Blocked").as_deref(), Some("True"));
@@ -872,7 +856,7 @@ async fn a_paused_cluster_starts_no_host_until_unpaused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollout_without_a_spare_host_is_blocked_naming_the_pool() {
     let env = e2e_env!("a_rollout_without_a_spare_host_is_blocked_naming_the_pool");
-    let hosts = vec![Host::control_plane("cp0"), Host::worker("w0", "md-a")];
+    let hosts = two_hosts();
     let Some(bed) = bed(env, hosts, |c| c).await else {
         return;
     };
@@ -954,7 +938,7 @@ async fn a_rollout_without_a_spare_host_is_blocked_naming_the_pool() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exhausted_retries_block_and_the_retry_hosts_annotation_clears_the_block() {
     let env = e2e_env!("exhausted_retries_block_and_the_retry_hosts_annotation_clears_the_block");
-    let hosts = vec![Host::control_plane("cp0"), Host::worker("w0", "md-a")];
+    let hosts = two_hosts();
     // Two failed tries, each shown for 4 s (two polls), then the third try works.
     let failing = Behaviour::Fail {
         times: 2,
@@ -964,9 +948,7 @@ async fn exhausted_retries_block_and_the_retry_hosts_annotation_clears_the_block
         return;
     };
     let (cp, worker) = (bed.fleet.hosts[0].clone(), bed.fleet.hosts[1].clone());
-    bed.upgrade_to(&bed.new, "v1.31.1", json!({}), json!({}))
-        .await;
-    let manager = bed.env.start_manager().await.unwrap();
+    let manager = bed.start_in_place(json!({}), json!({})).await;
 
     // retries: 1 allows one failure; the second exhausts them.
     let u = bed
