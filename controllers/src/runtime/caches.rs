@@ -239,7 +239,35 @@ pub fn generation_changed<K>(
 where
     K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
 {
-    let mut seen: HashMap<String, i64> = HashMap::new();
+    changed_by(stream, store, |_| None)
+}
+
+/// As [`generation_changed`], and also when the value of the annotation `key` changes (an
+/// operator's request, such as retrying blocked hosts, changes no generation).
+pub fn generation_or_annotation_changed<K>(
+    stream: impl Stream<Item = Arc<K>> + Send + 'static,
+    store: Store<K>,
+    key: &'static str,
+) -> impl Stream<Item = Arc<K>> + Send + 'static
+where
+    K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+{
+    changed_by(stream, store, move |object: &K| {
+        object.annotations().get(key).cloned()
+    })
+}
+
+/// Passes an object on when its generation or `extra` differs from the last one passed.
+fn changed_by<K, F>(
+    stream: impl Stream<Item = Arc<K>> + Send + 'static,
+    store: Store<K>,
+    extra: F,
+) -> impl Stream<Item = Arc<K>> + Send + 'static
+where
+    K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+    F: Fn(&K) -> Option<String> + Send + 'static,
+{
+    let mut seen: HashMap<String, (i64, Option<String>)> = HashMap::new();
     stream.filter(move |object| {
         let key = object.uid().unwrap_or_else(|| {
             format!(
@@ -249,7 +277,10 @@ where
             )
         });
         let pass = match object.meta().generation {
-            Some(generation) => seen.insert(key, generation) != Some(generation),
+            Some(generation) => {
+                let now = (generation, extra(object));
+                seen.insert(key, now.clone()) != Some(now)
+            }
             None => true,
         };
         if seen.len() > store.len() * 2 + 64 {
@@ -277,6 +308,29 @@ mod tests {
             }))
             .unwrap(),
         )
+    }
+
+    #[tokio::test]
+    async fn a_watched_annotation_change_passes_too() {
+        let (store, _writer) = reflector::store::<DebianRepositorySource>();
+        let annotated = |value: Option<&str>| {
+            let mut object = (*source("a", 1, "x")).clone();
+            object.metadata.annotations =
+                value.map(|v| [("retry".to_owned(), v.to_owned())].into_iter().collect());
+            Arc::new(object)
+        };
+        let events = futures::stream::iter([
+            annotated(None),
+            annotated(None),
+            annotated(Some("1")),
+            annotated(Some("1")),
+            annotated(Some("2")),
+        ]);
+        let passed: Vec<Option<String>> = generation_or_annotation_changed(events, store, "retry")
+            .map(|o| o.annotations().get("retry").cloned())
+            .collect()
+            .await;
+        assert_eq!(passed, [None, Some("1".to_owned()), Some("2".to_owned())]);
     }
 
     #[tokio::test]

@@ -23,7 +23,7 @@ impl std::fmt::Debug for Events {
 }
 
 /// An event to publish: type, reason and a note for people.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Note {
     /// Normal or Warning.
     pub warning: bool,
@@ -31,6 +31,9 @@ pub struct Note {
     pub reason: &'static str,
     /// Human-readable message; truncated to 1 KiB.
     pub message: String,
+    /// A second object the event is about (`related`): events that differ only in it are not
+    /// folded into one series.
+    pub related: Option<ObjectReference>,
 }
 
 impl Note {
@@ -40,6 +43,7 @@ impl Note {
             warning: false,
             reason,
             message: message.into(),
+            related: None,
         }
     }
 
@@ -49,7 +53,15 @@ impl Note {
             warning: true,
             reason,
             message: message.into(),
+            related: None,
         }
+    }
+
+    /// The same event, also about `related`.
+    #[must_use]
+    pub fn about(mut self, related: ObjectReference) -> Self {
+        self.related = Some(related);
+        self
     }
 }
 
@@ -82,7 +94,7 @@ impl Events {
             reason: note.reason.to_owned(),
             note: Some(crate::text::bounded(&note.message)),
             action: "Reconcile".to_owned(),
-            secondary: None,
+            secondary: note.related.clone(),
         };
         let object = format!(
             "{}/{}",

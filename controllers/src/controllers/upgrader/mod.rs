@@ -33,7 +33,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 
 pub use decide::{Decision, Observed, decide};
 
-use crate::runtime::caches::{Cacheable, generation_changed};
+use crate::runtime::caches::{Cacheable, generation_or_annotation_changed};
 use crate::runtime::status::{WriteError, apply_status};
 use crate::runtime::{
     ControllerMetrics, Events, Note, ReconcileError, Registration, Reporter, Running, Shared,
@@ -237,7 +237,8 @@ fn start<K: UpgraderKind>(shared: &Shared) -> Running {
         return Running::stream_ended(ready);
     };
     let shutdown = shared.shutdown.clone();
-    let trigger = generation_changed(events, cache.store.clone());
+    let trigger =
+        generation_or_annotation_changed(events, cache.store.clone(), RETRY_HOSTS_ANNOTATION);
     let by_plan = cache.store.clone();
     let by_deleted_plan = cache.store.clone();
     let deleted_plans = plans.deleted();
@@ -524,7 +525,14 @@ async fn reconcile_body<K: UpgraderKind>(
         decision.status.in_place = Some(progress.clone());
     }
     decision.status.retry_hosts = retry_hosts;
-    decision.notes.extend(joined.notes.iter().cloned());
+    decision
+        .notes
+        .extend(joined.notes.iter().cloned().map(|mut note| {
+            if let Some(host) = note.related.as_mut() {
+                host.namespace = Some(namespace.clone());
+            }
+            note
+        }));
     if let Some(wait) = joined.requeue {
         decision.requeue = Some(decision.requeue.map_or(wait, |w| w.min(wait)));
     }

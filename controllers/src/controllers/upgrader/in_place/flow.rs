@@ -15,9 +15,11 @@ use api::v1alpha1::{
     HostPhase, HostRecord, InPlaceProgress, MAX_HISTORY, PoolProgress, StepRecord,
 };
 use jiff::Timestamp;
+use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use semver::Version;
 
+use super::observe::{ELEMENTAL_API_VERSION, ELEMENTAL_HOST};
 use super::spare::NoSpareHost;
 use super::{Action, HostView, Role, Settings, Target, at_target, in_flight, is_blocked, step};
 use crate::controllers::upgrader::gates::{Hold, Plan, Reason};
@@ -392,7 +394,8 @@ pub fn progress(world: &[HostView], target: Target<'_>) -> InPlaceProgress {
     }
 }
 
-/// One Normal event per host that entered a new phase; blocked phases are reported by the
+/// One Normal event per host that entered a new phase, also about the ElementalHost (so that
+/// two hosts' events are never folded into one series); blocked phases are reported by the
 /// upgrader's `Blocked` Warning instead.
 pub fn transitions(before: &[HostRecord], after: &[HostRecord]) -> Vec<Note> {
     after
@@ -418,6 +421,12 @@ pub fn transitions(before: &[HostRecord], after: &[HostRecord]) -> Vec<Note> {
                     describe(r.phase)
                 ),
             )
+            .about(ObjectReference {
+                api_version: Some(ELEMENTAL_API_VERSION.to_owned()),
+                kind: Some(ELEMENTAL_HOST.to_owned()),
+                name: Some(r.host.clone()),
+                ..ObjectReference::default()
+            })
         })
         .collect()
 }
@@ -538,6 +547,11 @@ mod tests {
         assert_eq!(out.records.len(), 1);
         assert_eq!(out.notes.len(), 1);
         assert_eq!(out.notes[0].reason, "InPlaceHostSelected");
+        let related = out.notes[0].related.as_ref().unwrap();
+        assert_eq!(
+            (related.kind.as_deref(), related.name.as_deref()),
+            (Some("ElementalHost"), Some("cp"))
+        );
         let progress = out.progress.unwrap();
         assert_eq!((progress.updated, progress.total), (0, 2));
         assert_eq!(progress.pools[0].name, CONTROL_PLANE_POOL);
