@@ -16,6 +16,7 @@ pub mod capi;
 pub mod chaos;
 pub mod cluster;
 pub mod control_plane;
+pub mod elemental;
 pub mod install;
 pub mod manager;
 pub mod manifests;

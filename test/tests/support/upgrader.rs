@@ -84,7 +84,8 @@ pub async fn cluster(
     finish(env, api_version, name, version).await
 }
 
-fn merge(into: &mut Value, from: &Value) {
+/// Merges `from` into `into`: objects key by key, anything else replaced.
+pub fn merge(into: &mut Value, from: &Value) {
     match (into, from) {
         (Value::Object(a), Value::Object(b)) => {
             for (k, v) in b {
