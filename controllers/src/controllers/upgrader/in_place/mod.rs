@@ -470,7 +470,7 @@ fn transition(
         // turning True since, or a grace, tells this update's `done`.
         HostPhase::Pending
             if view.label == Some(UpdateLabel::Done)
-                && !view.os_ready_since.is_some_and(|at| at >= since(record))
+                && view.os_ready_since.is_none_or(|at| at < since(record))
                 && !elapsed(since(record), now, VERIFY_GRACE) =>
         {
             vec![Action::LabelPending {
