@@ -431,17 +431,9 @@ fn transition(
             Vec::new()
         }
         HostPhase::Cordoned => vec![Action::Evict { node: node() }],
-        // Already running the image (a retried host the agent finished meanwhile): nothing
-        // to update, only to verify and uncordon.
-        HostPhase::Drained
-            if at_target(
-                view,
-                Target {
-                    image: &record.image,
-                    stamp: &record.stamp,
-                },
-            ) =>
-        {
+        // Drained and already running the image (a retried host the agent finished
+        // meanwhile): nothing to update, so no `pending`; only to verify and uncordon.
+        HostPhase::Cordoned | HostPhase::Drained if view.drained && at_own_target(record, view) => {
             next.phase = HostPhase::Done;
             Vec::new()
         }
@@ -553,6 +545,17 @@ fn count_failure(record: &HostRecord, next: &mut HostRecord, settings: Settings)
         next.attempts,
         settings.retries.saturating_add(1)
     ));
+}
+
+/// Whether the host runs the image its record moves it to.
+fn at_own_target(record: &HostRecord, view: &HostView) -> bool {
+    at_target(
+        view,
+        Target {
+            image: &record.image,
+            stamp: &record.stamp,
+        },
+    )
 }
 
 fn apply_image(record: &HostRecord) -> Action {

@@ -156,6 +156,19 @@ fn each_transition_waits_for_its_observation() {
             HostPhase::Drained,
             vec![Action::LabelPending { host: "h".into() }],
         ),
+        // Drained and already at the target (a retried host): verified, never labelled.
+        (
+            HostPhase::Cordoned,
+            |v| {
+                v.cordoned = true;
+                v.drained = true;
+                v.image_uri = Some(NEW.into());
+                v.os_image = Some("Elemental os-2".into());
+            },
+            1,
+            HostPhase::Done,
+            vec![],
+        ),
         (
             HostPhase::Drained,
             |v| v.label = Some(UpdateLabel::Pending),
