@@ -412,6 +412,12 @@ fn transition(
             vec![Action::Evict { node: node() }]
         }
         HostPhase::Selected => vec![Action::Cordon { node: node() }],
+        // Drained and already running the image (a retried host the agent finished
+        // meanwhile): nothing to update, so no `pending`; only to verify and uncordon.
+        HostPhase::Cordoned | HostPhase::Drained if view.drained && at_own_target(record, view) => {
+            next.phase = HostPhase::Done;
+            Vec::new()
+        }
         HostPhase::Cordoned if view.drained => {
             next.phase = HostPhase::Drained;
             if paused {
@@ -431,12 +437,6 @@ fn transition(
             Vec::new()
         }
         HostPhase::Cordoned => vec![Action::Evict { node: node() }],
-        // Drained and already running the image (a retried host the agent finished
-        // meanwhile): nothing to update, so no `pending`; only to verify and uncordon.
-        HostPhase::Cordoned | HostPhase::Drained if view.drained && at_own_target(record, view) => {
-            next.phase = HostPhase::Done;
-            Vec::new()
-        }
         HostPhase::Drained if view.label == Some(UpdateLabel::Pending) && !paused => {
             next.phase = HostPhase::Pending;
             vec![apply_image(record)]
