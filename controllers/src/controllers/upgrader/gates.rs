@@ -103,7 +103,9 @@ impl Reason {
             Self::InPlaceUpdated => "InPlaceUpdated",
             Self::DrainTimeout => "DrainTimeout",
             Self::BootedImageMismatch => "BootedImageMismatch",
-            Self::OsVersionReconciliationFailed => "OSVersionReconciliationFailed",
+            Self::OsVersionReconciliationFailed => {
+                super::in_place::OS_VERSION_RECONCILIATION_FAILED
+            }
             Self::NoSpareHost => "NoSpareHost",
             Self::InPlaceNotPossible => "InPlaceNotPossible",
             Self::MissingImageStamp => "MissingImageStamp",

@@ -461,23 +461,10 @@ async fn reconcile_body<K: UpgraderKind>(
         ),
         _ => None,
     };
-    let (world, spare, workload) = match observed_hosts {
-        Some(Ok(hosts)) => hosts,
-        Some(Err(unreachable)) => {
-            let decision =
-                unreachable_decision(upgrader, current, &records, retry_hosts, &unreachable, now);
-            if decision.status != *current {
-                let api: Api<K> = Api::namespaced(ctx.client.clone(), &namespace);
-                apply_status(&api, &upgrader.name_any(), FIELD_MANAGER, &decision.status)
-                    .await
-                    .map_err(Error::WriteStatus)?;
-            }
-            for note in &decision.notes {
-                ctx.events.publish_to(&reference, note).await;
-            }
-            return Ok(Action::requeue(decide::MISSING_POLL));
-        }
-        None => (None, None, None),
+    let (world, spare, workload, unreachable) = match observed_hosts {
+        Some(Ok((world, spare, workload))) => (world, spare, workload, None),
+        Some(Err(unreachable)) => (None, None, None, Some(unreachable)),
+        None => (None, None, None, None),
     };
     let fallback =
         in_place::Settings::from_spec(&InPlace::default()).unwrap_or(in_place::Settings {
@@ -485,15 +472,21 @@ async fn reconcile_body<K: UpgraderKind>(
             drain_timeout: Duration::from_secs(600),
             retries: 1,
         });
-    let joined = in_place::flow::decide(in_place::flow::Inputs {
-        planned,
-        wanted,
-        records: &records,
-        world: world.as_ref().map(|(views, _)| views.as_slice()),
-        spare,
-        fallback,
-        now,
-    });
+    let joined = match unreachable {
+        // Blocked, the records kept as they are, until the kubeconfig Secret works.
+        Some(unreachable) => {
+            in_place::flow::unreachable(&records, crate::runtime::cause_chain(&unreachable))
+        }
+        None => in_place::flow::decide(in_place::flow::Inputs {
+            planned,
+            wanted,
+            records: &records,
+            world: world.as_ref().map(|(views, _)| views.as_slice()),
+            spare,
+            fallback,
+            now,
+        }),
+    };
     let rollout = match &cluster_state {
         ClusterState::Found(view) => view.topology.as_ref().and_then(|t| {
             api::version::parse_lenient(&t.version).map(|v| (v, view.finished.is_ok()))
@@ -667,19 +660,14 @@ fn wanted_in_place<K: UpgraderKind>(
         .and_then(|()| gates::in_window(&spec, now))
         .and_then(|()| gates::dry_run(&spec))
         .err();
-    let mut stamp = None;
-    let mut image = None;
-    for candidate in stamps.filter(|i| i.spec.id.as_deref() == Some(id.as_str())) {
-        image = candidate.spec.id.as_deref();
-        if let Some(found) = candidate.annotations().get(OS_IMAGE_STAMP_ANNOTATION) {
-            stamp = Some(found.as_str());
-            break;
-        }
-    }
+    // `plan_target` found a ready image with this ID; the stamp is on one of them.
+    let stamp = stamps
+        .filter(|i| i.spec.id.as_deref() == Some(id.as_str()))
+        .find_map(|i| i.annotations().get(OS_IMAGE_STAMP_ANNOTATION).cloned());
     Some(in_place::flow::Wanted {
         settings,
-        image: image?.to_owned(),
-        stamp: stamp.map(str::to_owned),
+        image: id,
+        stamp,
         version,
         held,
     })
@@ -753,39 +741,6 @@ async fn observe_hosts(
     }
     let views = management.views(&nodes, &drained);
     Ok(Ok((Some((views, management)), spare, Some(client))))
-}
-
-/// Reports an unreachable workload cluster (Blocked, one Warning on the transition) and keeps
-/// the host records as they are.
-fn unreachable_decision<K: UpgraderKind>(
-    upgrader: &K,
-    current: &UpgraderStatus,
-    records: &[api::v1alpha1::HostRecord],
-    retry_hosts: Option<String>,
-    unreachable: &in_place::workload::Unreachable,
-    now: Timestamp,
-) -> Decision {
-    let hold = gates::Hold::new(
-        gates::Reason::WorkloadClusterUnavailable,
-        crate::text::bounded(&crate::runtime::cause_chain(unreachable)),
-    );
-    let now_time = Time(now);
-    let mut decision = decide(
-        &gates::Plan::Hold {
-            hold,
-            confirmed: None,
-        },
-        &Observed {
-            generation: upgrader.meta().generation,
-            status: current,
-            cluster: upgrader.view().cluster_name,
-            rollout: None,
-            now: &now_time,
-        },
-    );
-    decision.status.hosts = (!records.is_empty()).then(|| records.to_vec());
-    decision.status.retry_hosts = retry_hosts;
-    decision
 }
 
 /// Performs one in-place write.

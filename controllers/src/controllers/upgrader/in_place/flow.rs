@@ -358,6 +358,12 @@ pub fn history(
     out.into_iter().skip(skip).collect()
 }
 
+/// The workload cluster cannot be reached: Blocked with `WorkloadClusterUnavailable` (`why`),
+/// the records kept as they are, no write.
+pub fn unreachable(records: &[HostRecord], why: String) -> Outcome {
+    held(records, Hold::new(Reason::WorkloadClusterUnavailable, why))
+}
+
 /// Reports `hold` and keeps the records as they are.
 fn held(records: &[HostRecord], hold: Hold) -> Outcome {
     Outcome {
@@ -456,9 +462,9 @@ fn event_reason(phase: HostPhase) -> &'static str {
         HostPhase::Done => "InPlaceHostDone",
         HostPhase::Verified => "InPlaceHostVerified",
         HostPhase::Uncordoned => "InPlaceHostUncordoned",
-        HostPhase::DrainTimeout => "DrainTimeout",
-        HostPhase::BootedImageMismatch => "BootedImageMismatch",
-        HostPhase::RetriesExhausted => "OSVersionReconciliationFailed",
+        HostPhase::DrainTimeout | HostPhase::BootedImageMismatch | HostPhase::RetriesExhausted => {
+            super::blocked_reason(phase).as_str()
+        }
     }
 }
 
@@ -700,6 +706,15 @@ mod tests {
             history(&finished, &updated, "v1.31.1", NEW, at(20)),
             finished
         );
+    }
+
+    #[test]
+    fn an_unreachable_workload_cluster_blocks_and_keeps_the_records() {
+        let records = [in_flight_record()];
+        let out = unreachable(&records, "Secret c-kubeconfig has no kubeconfig".into());
+        assert_eq!(reason(&out.plan), Some(Reason::WorkloadClusterUnavailable));
+        assert_eq!(out.records, records);
+        assert!(out.actions.is_empty() && out.notes.is_empty());
     }
 
     #[test]

@@ -281,7 +281,8 @@ pub fn step(
     }
 }
 
-fn blocked_reason(phase: HostPhase) -> Reason {
+/// The reason a blocked phase reports.
+pub(crate) fn blocked_reason(phase: HostPhase) -> Reason {
     match phase {
         HostPhase::DrainTimeout => Reason::DrainTimeout,
         HostPhase::BootedImageMismatch => Reason::BootedImageMismatch,
