@@ -238,6 +238,9 @@ impl ControlPlane {
         wait_apiserver_ready(&mut process, &kubeconfig).await?;
         Ok(BareApiserver {
             kubeconfig,
+            server,
+            token: self.admin_token.clone(),
+            ca_bundle: cert_dir.join("apiserver.crt"),
             process,
         })
     }
@@ -304,8 +307,47 @@ impl ControlPlane {
 pub struct BareApiserver {
     /// Admin kubeconfig for it.
     pub kubeconfig: PathBuf,
+    /// `https://127.0.0.1:PORT`.
+    pub server: String,
+    /// The admin bearer token.
+    pub token: String,
+    /// Its self-signed serving certificate and the CA that signed it (`--cert-dir`).
+    pub ca_bundle: PathBuf,
     /// Its process.
     pub process: ChildGuard,
+}
+
+impl BareApiserver {
+    /// An admin kubeconfig that verifies the server against its CA (inline, as Cluster API
+    /// writes them), for a workload cluster's `<cluster>-kubeconfig` Secret.
+    pub fn verified_kubeconfig(&self) -> Result<String> {
+        use base64::Engine as _;
+        let ca = fs::read(&self.ca_bundle)
+            .with_context(|| format!("reading {}", self.ca_bundle.display()))?;
+        let ca = base64::engine::general_purpose::STANDARD.encode(ca);
+        let server = serde_json::to_string(&self.server)?;
+        let token = serde_json::to_string(&self.token)?;
+        Ok(format!(
+            "apiVersion: v1
+kind: Config
+clusters:
+- name: workload
+  cluster:
+    server: {server}
+    certificate-authority-data: {ca}
+users:
+- name: workload-admin
+  user:
+    token: {token}
+contexts:
+- name: workload-admin@workload
+  context:
+    cluster: workload
+    user: workload-admin
+current-context: workload-admin@workload
+"
+        ))
+    }
 }
 
 struct ApiserverFiles<'a> {

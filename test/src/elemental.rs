@@ -321,7 +321,7 @@ pub struct Workload {
     pub apiserver: BareApiserver,
     /// Its admin client.
     pub client: Client,
-    /// The kubeconfig file's bytes (for the `<cluster>-kubeconfig` Secret).
+    /// The kubeconfig for the `<cluster>-kubeconfig` Secret: inline CA and token, TLS verified.
     pub kubeconfig: Vec<u8>,
 }
 
@@ -346,8 +346,7 @@ impl Workload {
         };
         let apiserver = plane.start_bare_apiserver().await?;
         let client = client_without_retries(&apiserver.kubeconfig).await?;
-        let kubeconfig = std::fs::read(&apiserver.kubeconfig)
-            .with_context(|| format!("reading {}", apiserver.kubeconfig.display()))?;
+        let kubeconfig = apiserver.verified_kubeconfig()?.into_bytes();
         namespace::ensure(&client, WORKLOAD_NAMESPACE).await?;
         Ok(Some(Self {
             apiserver,

@@ -1033,3 +1033,156 @@ async fn exhausted_retries_block_and_the_retry_hosts_annotation_clears_the_block
     }
     check_budget(&bed.monitor.log(), 1).unwrap();
 }
+
+// ---------------------------------------------------------------------------------------------
+// A hostile kubeconfig Secret
+
+/// Replaces the Cluster's `<cluster>-kubeconfig` Secret's `value` with `kubeconfig`.
+async fn set_kubeconfig(bed: &Bed, kubeconfig: &str) {
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = bed.env.api();
+    let value = k8s_openapi::ByteString(kubeconfig.as_bytes().to_vec());
+    secrets
+        .patch(
+            &format!("{CLUSTER}-kubeconfig"),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"value": value}})),
+        )
+        .await
+        .unwrap();
+}
+
+/// Changes the upgrader's spec (a new generation), so it reconciles now rather than at its poll.
+async fn nudge(bed: &Bed, drain_timeout: &str) {
+    support::upgraders(&bed.env, CCCU)
+        .patch(
+            UPGRADER,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"inPlace": {"drainTimeout": drain_timeout}}})),
+        )
+        .await
+        .unwrap();
+}
+
+/// A kubeconfig for the tenant's `server`, with a CA that would verify, whose user is `user`
+/// (YAML lines at the user's indent).
+fn hostile_kubeconfig(bed: &Bed, server: &str, user: &str) -> String {
+    let good: Value = serde_yaml::from_slice(&bed.workload.kubeconfig).unwrap();
+    let ca = good["clusters"][0]["cluster"]["certificate-authority-data"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    format!(
+        "apiVersion: v1
+kind: Config
+clusters:
+- name: w
+  cluster:
+    server: {server}
+    insecure-skip-tls-verify: false
+    certificate-authority-data: {ca}
+contexts:
+- name: w
+  context: {{cluster: w, user: w}}
+current-context: w
+users:
+- name: w
+  user:
+{user}"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_workload_kubeconfig_is_refused_before_any_request() {
+    let env = e2e_env!("a_hostile_workload_kubeconfig_is_refused_before_any_request");
+    let Some(bed) = bed(env, two_hosts(), |c| c).await else {
+        return;
+    };
+    // The tenant's listener counts every connection it is offered.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server = format!(
+        "https://127.0.0.1:{}",
+        listener.local_addr().unwrap().port()
+    );
+    let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = connections.clone();
+    let listening = tokio::spawn(async move {
+        while listener.accept().await.is_ok() {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    let scratch = tempfile::tempdir().unwrap();
+    let token_file = scratch.path().join("token");
+    std::fs::write(&token_file, "manager-token-marker").unwrap();
+    let marker = scratch.path().join("MARKER");
+
+    // tokenFile: the manager would send whatever that file holds to the tenant's server.
+    let with_token_file = hostile_kubeconfig(
+        &bed,
+        &server,
+        &format!(
+            "    token: inline\n    tokenFile: {}\n",
+            token_file.display()
+        ),
+    );
+    set_kubeconfig(&bed, &with_token_file).await;
+    let manager = bed.start_in_place(json!({}), json!({})).await;
+    let u = bed
+        .wait_reason(&manager, "Blocked", "InvalidWorkloadKubeconfig")
+        .await;
+    let message = condition_message(&u, "Blocked").unwrap_or_default();
+    assert!(message.contains("users[w].user.tokenFile"), "{message}");
+    assert_eq!(condition_status(&u, "Blocked").as_deref(), Some("True"));
+
+    // exec: the manager would run the tenant's command in its own container.
+    let with_exec = hostile_kubeconfig(
+        &bed,
+        &server,
+        &format!(
+            "    exec:\n      apiVersion: client.authentication.k8s.io/v1\n      command: /bin/sh\n      args: [\"-c\", \"touch {}\"]\n",
+            marker.display()
+        ),
+    );
+    set_kubeconfig(&bed, &with_exec).await;
+    nudge(&bed, "31s").await;
+    bed.wait_upgrader("the exec kubeconfig refused", LONG, &manager, |u| {
+        condition_message(u, "Blocked").is_some_and(|m| m.contains("users[w].user.exec"))
+    })
+    .await;
+
+    // Plain http, even with an inline token.
+    let plain = hostile_kubeconfig(
+        &bed,
+        &server.replace("https", "http"),
+        "    token: inline\n",
+    );
+    set_kubeconfig(&bed, &plain).await;
+    nudge(&bed, "32s").await;
+    bed.wait_upgrader("the http kubeconfig refused", LONG, &manager, |u| {
+        condition_message(u, "Blocked").is_some_and(|m| m.contains("clusters[w].cluster.server"))
+    })
+    .await;
+
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        connections.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the manager connected to the tenant's server"
+    );
+    assert!(!marker.exists(), "the manager ran the kubeconfig's command");
+    let u = bed.upgrader().await;
+    for host in &bed.fleet.hosts {
+        assert!(record(&u, &host.host()).is_none(), "a host started: {u:#}");
+        assert!(!cordoned(&bed.workload.node(&host.node()).await.unwrap()));
+    }
+
+    // Cluster API's own shape (inline CA, verified) works, and the update starts.
+    set_kubeconfig(&bed, std::str::from_utf8(&bed.workload.kubeconfig).unwrap()).await;
+    nudge(&bed, "33s").await;
+    bed.wait_upgrader("the first host selected", LONG, &manager, |u| {
+        record(u, &bed.fleet.hosts[0].host()).is_some()
+    })
+    .await;
+    bed.assert_blocked_warning("InvalidWorkloadKubeconfig")
+        .await;
+    listening.abort();
+}

@@ -175,7 +175,8 @@ fn requeue(hold: &Hold, observed: &Observed<'_>) -> Option<Duration> {
     match hold.reason {
         Reason::ClusterNotFound
         | Reason::ClusterApiNotInstalled
-        | Reason::WorkloadClusterUnavailable => Some(MISSING_POLL),
+        | Reason::WorkloadClusterUnavailable
+        | Reason::InvalidWorkloadKubeconfig => Some(MISSING_POLL),
         Reason::RollingOut | Reason::PreviousStepUnfinished => Some(ROLLOUT_POLL),
         Reason::OutsideMaintenanceWindow => Some(hold.not_before.map_or(WINDOW_POLL_MAX, |at| {
             let wait = at.duration_since(observed.now.0).unsigned_abs();

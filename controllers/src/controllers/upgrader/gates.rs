@@ -72,6 +72,8 @@ pub enum Reason {
     MissingImageStamp,
     /// The workload cluster cannot be reached through its kubeconfig Secret.
     WorkloadClusterUnavailable,
+    /// The kubeconfig Secret asks for something the allow-list refuses.
+    InvalidWorkloadKubeconfig,
 }
 
 impl Reason {
@@ -110,6 +112,7 @@ impl Reason {
             Self::InPlaceNotPossible => "InPlaceNotPossible",
             Self::MissingImageStamp => "MissingImageStamp",
             Self::WorkloadClusterUnavailable => "WorkloadClusterUnavailable",
+            Self::InvalidWorkloadKubeconfig => "InvalidWorkloadKubeconfig",
         }
     }
 }

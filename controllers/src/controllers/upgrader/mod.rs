@@ -474,9 +474,11 @@ async fn reconcile_body<K: UpgraderKind>(
         });
     let joined = match unreachable {
         // Blocked, the records kept as they are, until the kubeconfig Secret works.
-        Some(unreachable) => {
-            in_place::flow::unreachable(&records, crate::runtime::cause_chain(&unreachable))
-        }
+        Some(unreachable) => in_place::flow::unreachable(
+            &records,
+            unreachable.is_invalid_kubeconfig(),
+            crate::runtime::cause_chain(&unreachable),
+        ),
         None => in_place::flow::decide(in_place::flow::Inputs {
             planned,
             wanted,

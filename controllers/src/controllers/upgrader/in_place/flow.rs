@@ -358,10 +358,16 @@ pub fn history(
     out.into_iter().skip(skip).collect()
 }
 
-/// The workload cluster cannot be reached: Blocked with `WorkloadClusterUnavailable` (`why`),
-/// the records kept as they are, no write.
-pub fn unreachable(records: &[HostRecord], why: String) -> Outcome {
-    held(records, Hold::new(Reason::WorkloadClusterUnavailable, why))
+/// The workload cluster cannot be reached: Blocked with `WorkloadClusterUnavailable`, or
+/// `InvalidWorkloadKubeconfig` when its kubeconfig is refused (`why`), the records kept as they
+/// are, no write.
+pub fn unreachable(records: &[HostRecord], invalid_kubeconfig: bool, why: String) -> Outcome {
+    let reason = if invalid_kubeconfig {
+        Reason::InvalidWorkloadKubeconfig
+    } else {
+        Reason::WorkloadClusterUnavailable
+    };
+    held(records, Hold::new(reason, why))
 }
 
 /// Reports `hold` and keeps the records as they are.
@@ -711,8 +717,14 @@ mod tests {
     #[test]
     fn an_unreachable_workload_cluster_blocks_and_keeps_the_records() {
         let records = [in_flight_record()];
-        let out = unreachable(&records, "Secret c-kubeconfig has no kubeconfig".into());
+        let out = unreachable(
+            &records,
+            false,
+            "Secret c-kubeconfig has no kubeconfig".into(),
+        );
         assert_eq!(reason(&out.plan), Some(Reason::WorkloadClusterUnavailable));
+        let out = unreachable(&records, true, "users[a].user.exec: refused".into());
+        assert_eq!(reason(&out.plan), Some(Reason::InvalidWorkloadKubeconfig));
         assert_eq!(out.records, records);
         assert!(out.actions.is_empty() && out.notes.is_empty());
     }

@@ -12,6 +12,7 @@
 //! took effect. [`spare`] holds the spare-host gate for rollouts (S9).
 
 pub mod flow;
+pub mod kubeconfig;
 pub mod observe;
 pub mod spare;
 pub mod workload;

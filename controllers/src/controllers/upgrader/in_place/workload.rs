@@ -7,10 +7,10 @@ use std::sync::{Mutex, PoisonError};
 
 use k8s_openapi::api::core::v1::{Node, Secret};
 use kube::api::{DynamicObject, EvictParams, Patch, PatchParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Api, Client, Config};
+use kube::{Api, Client};
 use serde_json::json;
 
+use super::kubeconfig::{self, Refused};
 use super::observe::{
     ELEMENTAL_API_VERSION, ELEMENTAL_HOST, ELEMENTAL_MACHINE, IN_PLACE_UPDATE_LABEL,
     elemental_resource, evictable_pods,
@@ -26,9 +26,29 @@ pub enum Unreachable {
     /// Reading the Secret failed.
     #[error("reading Secret {0}")]
     Read(String, #[source] WriteError),
-    /// The kubeconfig does not load.
-    #[error("the kubeconfig in Secret {0} does not load: {1}")]
-    Invalid(String, String),
+    /// The kubeconfig asks for something the allow-list refuses, or does not load.
+    #[error("the kubeconfig in Secret {0} is refused: {1}")]
+    Refused(String, #[source] Refused),
+}
+
+impl Unreachable {
+    /// The kubeconfig itself is at fault (not the network or the Secret's absence).
+    pub fn is_invalid_kubeconfig(&self) -> bool {
+        matches!(self, Self::Refused(..))
+    }
+}
+
+/// A client built only from what [`kubeconfig::accept`] lets through; nothing is sent.
+pub fn client_from(bytes: &[u8]) -> Result<Client, Refused> {
+    let text = std::str::from_utf8(bytes).map_err(|e| Refused {
+        field: "value".into(),
+        why: format!("not UTF-8: {e}"),
+    })?;
+    let config = kubeconfig::accept(text)?.config()?;
+    Client::try_from(config).map_err(|e| Refused {
+        field: "value".into(),
+        why: e.to_string(),
+    })
 }
 
 /// The name of the Secret Cluster API keeps a Cluster's admin kubeconfig in.
@@ -77,20 +97,10 @@ impl Workloads {
             .data
             .as_ref()
             .and_then(|d| d.get("value"))
-            .map(|b| b.0.clone())
+            .map(|b| b.0.as_slice())
             .ok_or_else(|| Unreachable::NoKubeconfig(name.clone()))?;
-        let text = String::from_utf8(bytes)
-            .map_err(|e| Unreachable::Invalid(name.clone(), e.to_string()))?;
-        let kubeconfig = Kubeconfig::from_yaml(&text)
-            .map_err(|e| Unreachable::Invalid(name.clone(), e.to_string()))?;
-        let mut config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-            .await
-            .map_err(|e| Unreachable::Invalid(name.clone(), e.to_string()))?;
-        // A PodDisruptionBudget's refusal (429) is an answer, asked again next pass: the
-        // client's own retries would hold the reconcile for minutes instead.
-        config.default_retry = false;
-        let client = Client::try_from(config)
-            .map_err(|e| Unreachable::Invalid(name.clone(), e.to_string()))?;
+        let client =
+            client_from(bytes).map_err(|refused| Unreachable::Refused(name.clone(), refused))?;
         self.clients
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
