@@ -21,6 +21,9 @@ pub enum WriteError {
     /// The API server did not answer within [`API_TIMEOUT`].
     #[error("the API server did not answer within {0:?}")]
     TimedOut(Duration),
+    /// The answer was larger than the caller reads.
+    #[error("{0}")]
+    TooMany(String),
 }
 
 /// Runs one API call under [`API_TIMEOUT`].

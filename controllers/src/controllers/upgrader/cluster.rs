@@ -38,9 +38,9 @@ pub async fn discover(client: &Client) -> Result<Option<Access>, kube::Error> {
         Ok(group) => group,
         Err(WriteError::Api(kube::Error::Discovery(_))) => return Ok(None),
         Err(WriteError::Api(err)) => return Err(err),
-        Err(WriteError::TimedOut(_)) => {
+        Err(other) => {
             return Err(kube::Error::Discovery(
-                kube::error::DiscoveryError::MissingResource("cluster.x-k8s.io timed out".into()),
+                kube::error::DiscoveryError::MissingResource(format!("cluster.x-k8s.io: {other}")),
             ));
         }
     };

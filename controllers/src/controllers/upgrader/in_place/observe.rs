@@ -371,14 +371,26 @@ pub async fn nodes(
     Ok(out)
 }
 
+/// The most pods read from one Node (the kubelet's default is 110); a Node with more is an
+/// error, not a partial drain.
+pub const MAX_PODS_PER_NODE: u32 = 1000;
+
 /// The evictable pods on `node`.
 pub async fn evictable_pods(client: &Client, node: &str) -> Result<Vec<Pod>, WriteError> {
     let api: Api<Pod> = Api::all(client.clone());
-    let on_node = ListParams::default().fields(&format!("spec.nodeName={node}"));
-    Ok(bounded(api.list(&on_node))
-        .await?
-        .items
-        .into_iter()
-        .filter(evictable)
-        .collect())
+    let on_node = ListParams::default()
+        .fields(&format!("spec.nodeName={node}"))
+        .limit(MAX_PODS_PER_NODE);
+    let pods = bounded(api.list(&on_node)).await?;
+    if pods
+        .metadata
+        .continue_
+        .as_deref()
+        .is_some_and(|c| !c.is_empty())
+    {
+        return Err(WriteError::TooMany(format!(
+            "Node {node} has more than {MAX_PODS_PER_NODE} pods"
+        )));
+    }
+    Ok(pods.items.into_iter().filter(evictable).collect())
 }

@@ -5,10 +5,13 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 
+use http_body_util::Limited;
 use k8s_openapi::api::core::v1::{Node, Secret};
 use kube::api::{DynamicObject, EvictParams, Patch, PatchParams};
+use kube::client::ClientBuilder;
 use kube::{Api, Client};
 use serde_json::json;
+use tower::util::MapResponseLayer;
 
 use super::kubeconfig::{self, Refused};
 use super::observe::{
@@ -38,17 +41,30 @@ impl Unreachable {
     }
 }
 
-/// A client built only from what [`kubeconfig::accept`] lets through; nothing is sent.
+/// The largest response body read from a workload cluster: a hostile server cannot make the
+/// manager buffer more than this per request.
+pub const MAX_RESPONSE_BYTES: usize = 8 * 1024 * 1024;
+
+/// A client built only from what [`kubeconfig::accept`] lets through, its responses bounded by
+/// [`MAX_RESPONSE_BYTES`]; nothing is sent.
 pub fn client_from(bytes: &[u8]) -> Result<Client, Refused> {
-    let text = std::str::from_utf8(bytes).map_err(|e| Refused {
+    let refused = |why: String| Refused {
         field: "value".into(),
-        why: format!("not UTF-8: {e}"),
-    })?;
+        why,
+    };
+    let text = std::str::from_utf8(bytes).map_err(|e| refused(format!("not UTF-8: {e}")))?;
     let config = kubeconfig::accept(text)?.config()?;
-    Client::try_from(config).map_err(|e| Refused {
-        field: "value".into(),
-        why: e.to_string(),
-    })
+    with_bounded_bodies(config).map_err(|e| refused(e.to_string()))
+}
+
+/// The client of `config`, every response body cut off past [`MAX_RESPONSE_BYTES`].
+fn with_bounded_bodies(config: kube::Config) -> Result<Client, kube::Error> {
+    let bounded_bodies = MapResponseLayer::new(|response: http::Response<_>| {
+        response.map(|body| Limited::new(body, MAX_RESPONSE_BYTES))
+    });
+    Ok(ClientBuilder::try_from(config)?
+        .with_layer(&bounded_bodies)
+        .build())
 }
 
 /// The name of the Secret Cluster API keeps a Cluster's admin kubeconfig in.
@@ -209,4 +225,47 @@ pub async fn apply_image(
     ))
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    /// A server that answers one request with a JSON body of `size` bytes.
+    async fn serve_body(size: usize) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut request = [0_u8; 4096];
+            let _ = socket.read(&mut request).await;
+            let padding = "x".repeat(size.saturating_sub(40));
+            let body = format!(r#"{{"kind":"PodList","items":[],"p":"{padding}"}}"#);
+            let head = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                body.len()
+            );
+            let _ = socket.write_all(head.as_bytes()).await;
+            let _ = socket.write_all(body.as_bytes()).await;
+        });
+        format!("http://{address}")
+    }
+
+    async fn list_pods(server: &str) -> Result<(), kube::Error> {
+        let config = kube::Config::new(server.parse().unwrap());
+        let client = with_bounded_bodies(config).unwrap();
+        let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::all(client);
+        pods.list(&kube::api::ListParams::default())
+            .await
+            .map(|_| ())
+    }
+
+    #[tokio::test]
+    async fn a_response_past_the_bound_is_an_error_not_a_buffer() {
+        let small = serve_body(1024).await;
+        assert!(list_pods(&small).await.is_ok());
+        let huge = serve_body(MAX_RESPONSE_BYTES + 1024).await;
+        assert!(list_pods(&huge).await.is_err());
+    }
 }
