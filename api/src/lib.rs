@@ -8,6 +8,7 @@
 pub mod conditions;
 pub mod constraint;
 pub mod durations;
+pub mod names;
 pub mod quantity;
 pub mod v1alpha1;
 pub mod version;

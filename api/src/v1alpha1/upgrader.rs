@@ -36,8 +36,9 @@ macro_rules! upgrader_kind {
             #[serde(default, skip_serializing_if = "Option::is_none")]
             pub paused: Option<bool>,
 
-            /// The Cluster API `Cluster` to upgrade, in this namespace.
+            /// The Cluster API `Cluster` to upgrade, in this namespace: a DNS-1123 subdomain.
             #[schemars(length(min = 1, max = 253))]
+            #[x_kube(validation = kube::core::Rule::new(format!("self.matches('{}')", crate::names::DNS_SUBDOMAIN_PATTERN)).message("spec.clusterName must be a DNS-1123 subdomain: lowercase letters, digits, '-' and '.', alphanumeric at both ends"))]
             pub cluster_name: String,
 
             /// Name of an existing entry in `Cluster.spec.topology.variables` whose value is

@@ -154,9 +154,16 @@ pub async fn control_plane(
     let Some(reference) = cluster.pointer("/spec/controlPlaneRef") else {
         return Ok(None);
     };
+    // The reference is read from the Cluster: its parts go into request paths only when valid.
     let (Some(kind), Some(name)) = (
-        reference.get("kind").and_then(Value::as_str),
-        reference.get("name").and_then(Value::as_str),
+        reference
+            .get("kind")
+            .and_then(Value::as_str)
+            .filter(|k| api::names::is_kind(k)),
+        reference
+            .get("name")
+            .and_then(Value::as_str)
+            .filter(|n| api::names::is_dns_subdomain(n)),
     ) else {
         return Ok(None);
     };
@@ -166,11 +173,20 @@ pub async fn control_plane(
                 return Ok(None);
             };
             let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+            if !(group.is_empty() || api::names::is_dns_subdomain(group))
+                || !api::names::is_dns_label(version)
+            {
+                return Ok(None);
+            }
             let gvk = GroupVersionKind::gvk(group, version, kind);
             bounded(kube::discovery::pinned_kind(client, &gvk)).await?.0
         }
         ClusterApi::V1Beta2 => {
-            let Some(group) = reference.get("apiGroup").and_then(Value::as_str) else {
+            let Some(group) = reference
+                .get("apiGroup")
+                .and_then(Value::as_str)
+                .filter(|g| api::names::is_dns_subdomain(g))
+            else {
                 return Ok(None);
             };
             let discovered = bounded(kube::discovery::group(client, group)).await?;

@@ -805,6 +805,10 @@ async fn observe_cluster(
     let Some(access) = ctx.access().await? else {
         return Ok((ClusterState::ApiMissing, None, None));
     };
+    if !api::names::is_dns_subdomain(name) {
+        // Admission refuses such a name; one stored before that rule names no Cluster.
+        return Ok((ClusterState::NotFound, None, Some(access)));
+    }
     let read = |e| Error::ReadCluster(name.to_owned(), e);
     let Some(raw) = cluster::get(&ctx.client, &access, namespace, name)
         .await

@@ -75,14 +75,19 @@ pub fn machine(object: &Value) -> Option<ElementalMachineRef> {
     if group.is_some_and(|g| Some(g) != ELEMENTAL_API_VERSION.split('/').next()) {
         return None;
     }
+    // Names read here go into request paths: one that is not a valid object name is refused.
+    let infrastructure = reference
+        .get("name")?
+        .as_str()
+        .filter(|n| api::names::is_dns_subdomain(n))?;
     Some(ElementalMachineRef {
         machine: name,
-        infrastructure: reference.get("name")?.as_str()?.to_owned(),
+        infrastructure: infrastructure.to_owned(),
         role,
         node: object
             .pointer("/status/nodeRef/name")
             .and_then(Value::as_str)
-            .filter(|n| !n.is_empty())
+            .filter(|n| api::names::is_dns_subdomain(n))
             .map(str::to_owned),
     })
 }
@@ -104,6 +109,7 @@ pub fn elemental_machine(object: &Value) -> ElementalMachine {
         host: object
             .pointer("/spec/hostRef/name")
             .and_then(Value::as_str)
+            .filter(|n| api::names::is_dns_subdomain(n))
             .map(str::to_owned),
         image_uri: object
             .pointer("/spec/osVersionManagement/osVersion/imageUri")

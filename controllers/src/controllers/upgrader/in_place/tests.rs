@@ -870,3 +870,30 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn names_read_from_machines_are_refused_before_they_reach_a_request_path() {
+    let machine = |infrastructure: &str, node: &str| {
+        serde_json::json!({
+            "metadata": {"name": "m0", "labels": {"cluster.x-k8s.io/control-plane": ""}},
+            "spec": {"infrastructureRef": {
+                "apiVersion": "infrastructure.cluster.x-k8s.io/v1beta1",
+                "kind": "ElementalMachine",
+                "name": infrastructure,
+            }},
+            "status": {"nodeRef": {"name": node}},
+        })
+    };
+    let good = observe::machine(&machine("em0", "node-0")).expect("an Elemental Machine");
+    assert_eq!(good.node.as_deref(), Some("node-0"));
+    assert_eq!(good.infrastructure, "em0");
+    // A node name with a query is no node; an infrastructure name with a path is no Machine.
+    let bad_node = observe::machine(&machine("em0", "node-0?watch=true")).expect("kept");
+    assert_eq!(bad_node.node, None);
+    assert!(observe::machine(&machine("../secrets/x", "node-0")).is_none());
+    let host = |name: &str| {
+        observe::elemental_machine(&serde_json::json!({"spec": {"hostRef": {"name": name}}})).host
+    };
+    assert_eq!(host("h0").as_deref(), Some("h0"));
+    assert_eq!(host("h0/status"), None);
+}
