@@ -36,7 +36,8 @@ pub fn template(name: &str) -> Result<MachineImageTemplate> {
 }
 
 /// A syncer named `name` over the DebianRepositorySource `source` and the template `template`,
-/// with `extra` merged into its spec.
+/// with `extra` merged into its spec. Its `maxConcurrentBuilds` is 100 unless `extra` sets it:
+/// the suites that use it check which images are created, and no kubelet finishes their builds.
 pub fn syncer(
     name: &str,
     range: &str,
@@ -52,6 +53,7 @@ pub fn syncer(
             "name": source,
         },
         "machineImageTemplateRef": {"name": template},
+        "maxConcurrentBuilds": 100,
     });
     if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
         spec.extend(extra.clone());

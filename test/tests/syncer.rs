@@ -291,6 +291,71 @@ async fn strategies_latest_per_minor_and_all_in_range() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_images_and_max_concurrent_builds_bound_a_tenant() {
+    let env = e2e_env!("max_images_and_max_concurrent_builds_bound_a_tenant");
+    let _repo = setup(
+        &env,
+        &["1.27.0-1.1", "1.27.1-1.1", "1.27.2-1.1", "1.27.3-1.1"],
+    )
+    .await;
+    let manager = env.start_manager().await.unwrap();
+    add_syncer(
+        &env,
+        "capped",
+        "v1.27.x",
+        "src",
+        "tpl",
+        &json!({"strategy": "AllInRange", "maxImages": 2}),
+    )
+    .await;
+    // No kubelet finishes these builds: the default budget of two running builds holds too.
+    add_syncer(
+        &env,
+        "budget",
+        "v1.27.x",
+        "src",
+        "tpl",
+        &json!({"strategy": "AllInRange", "maxConcurrentBuilds": null}),
+    )
+    .await;
+    let timeout = Duration::from_secs(30);
+    wait_images(&env, "capped", &["v1.27.2", "v1.27.3"], timeout).await;
+    wait_images(&env, "budget", &["v1.27.2", "v1.27.3"], timeout).await;
+    let capped = wait_reason(
+        &env,
+        &manager,
+        "capped",
+        "False",
+        "MaxImagesReached",
+        Duration::from_secs(10),
+    )
+    .await;
+    let message = to_json(&capped)["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .unwrap()["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(message.contains("spec.maxImages"), "{message}");
+    wait_reason(
+        &env,
+        &manager,
+        "budget",
+        "False",
+        "WaitingForBuilds",
+        Duration::from_secs(10),
+    )
+    .await;
+    // Nothing more comes: the caps hold over further reconciles.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    wait_images(&env, "capped", &["v1.27.2", "v1.27.3"], timeout).await;
+    wait_images(&env, "budget", &["v1.27.2", "v1.27.3"], timeout).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paused_creates_nothing_until_unpaused() {
     let env = e2e_env!("paused_creates_nothing_until_unpaused");
     let _repo = setup(&env, &["1.27.1-1.1"]).await;

@@ -82,7 +82,24 @@ pub struct MachineImageSyncerSpec {
     /// with the rest. Images are never deleted when a version leaves the range.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub strategy: Option<SyncStrategy>,
+
+    /// The most MachineImages this syncer keeps (default 64). Past it, no image is created and
+    /// `Ready` says so with reason `MaxImagesReached`; delete old images or raise the cap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub max_images: Option<u32>,
+
+    /// The most builds of this syncer's images running at once (default 2): images without an
+    /// ID whose build has not failed. New images wait, with reason `WaitingForBuilds`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub max_concurrent_builds: Option<u32>,
 }
+
+/// `spec.maxImages` when unset.
+pub const DEFAULT_MAX_IMAGES: u32 = 64;
+/// `spec.maxConcurrentBuilds` when unset.
+pub const DEFAULT_MAX_CONCURRENT_BUILDS: u32 = 2;
 
 /// How many MachineImages one reconcile of a syncer creates at most; the rest follow in the
 /// next reconcile, which is queued at once.

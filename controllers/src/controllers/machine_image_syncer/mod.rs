@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use api::v1alpha1::{
-    KUBERNETES_VERSION_LABEL, MachineImage, MachineImageSyncer, MachineImageTemplate,
-    SYNCER_NAME_LABEL,
+    KUBERNETES_VERSION_LABEL, MachineImage, MachineImagePhase, MachineImageSyncer,
+    MachineImageTemplate, SYNCER_NAME_LABEL,
 };
 use futures::FutureExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -363,6 +363,11 @@ fn existing_images(store: &Store<GuardedImage>, namespace: &str, syncer: &str) -
                 name: i.name_any(),
                 version_label: i.labels().get(KUBERNETES_VERSION_LABEL)?.clone(),
                 spec_version: i.0.as_ref().ok().map(|image| image.spec.version.clone()),
+                building: i.0.as_ref().ok().is_some_and(|image| {
+                    image.spec.id.as_deref().is_none_or(str::is_empty)
+                        && image.status.as_ref().and_then(|s| s.phase)
+                            != Some(MachineImagePhase::Failed)
+                }),
             })
         })
         .collect();

@@ -12,6 +12,7 @@ use api::v1alpha1::{
     MachineImageSyncer, MachineImageSyncerStatus, MachineImageTemplate, ReferenceError,
     SYNCER_NAME_LABEL, SyncStrategy, resolve_reference,
 };
+use api::v1alpha1::{DEFAULT_MAX_CONCURRENT_BUILDS, DEFAULT_MAX_IMAGES};
 use api::version::parse_strict;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::{Resource, ResourceExt};
@@ -29,6 +30,10 @@ pub const CONDITION_PAUSED: &str = "Paused";
 pub const REASON_SYNCED: &str = "Synced";
 /// Reason of `Ready=False` while more images are to be created than one reconcile creates.
 pub const REASON_PROGRESSING: &str = "Progressing";
+/// Reason of `Ready=False` while `spec.maxImages` stops new images.
+pub const REASON_MAX_IMAGES: &str = "MaxImagesReached";
+/// Reason of `Ready=False` while `spec.maxConcurrentBuilds` builds run and more wait.
+pub const REASON_WAITING_FOR_BUILDS: &str = "WaitingForBuilds";
 /// Reason of `Paused=True`.
 pub const REASON_PAUSED: &str = "Paused";
 /// Reason of `Paused=False`.
@@ -81,6 +86,10 @@ pub struct Validated {
     pub template: String,
     /// The periodic re-check, `None` when disabled.
     pub interval: Option<Duration>,
+    /// The most images the syncer keeps.
+    pub max_images: usize,
+    /// The most of its builds running at once.
+    pub max_concurrent_builds: usize,
 }
 
 /// Why a spec cannot be acted on. Each has its own condition reason; the controller waits for a
@@ -156,6 +165,10 @@ pub fn validate(syncer: &MachineImageSyncer) -> Result<Validated, SpecError> {
         },
         template: template.name.to_owned(),
         interval,
+        max_images: spec.max_images.unwrap_or(DEFAULT_MAX_IMAGES) as usize,
+        max_concurrent_builds: spec
+            .max_concurrent_builds
+            .unwrap_or(DEFAULT_MAX_CONCURRENT_BUILDS) as usize,
     })
 }
 
@@ -227,6 +240,8 @@ pub struct Existing {
     pub version_label: String,
     /// Its `spec.version`, when it could be read.
     pub spec_version: Option<String>,
+    /// Its build is still to finish: no ID yet, and not failed.
+    pub building: bool,
 }
 
 impl Existing {
@@ -348,7 +363,7 @@ fn warning_for(reason: &str) -> Option<&'static str> {
         }
         "NoVersionInRange" => Some(EVENT_NO_LATEST_VERSION),
         "TemplateNotFound" => Some(EVENT_GET_TEMPLATE_FAILED),
-        "LabelValueInvalid" => Some(EVENT_CREATE_FAILED),
+        "LabelValueInvalid" | REASON_MAX_IMAGES => Some(EVENT_CREATE_FAILED),
         _ => None,
     }
 }
@@ -474,9 +489,12 @@ fn outcome(observed: &Observed<'_>) -> Outcome {
             );
         }
     };
+    let room = valid.max_images.saturating_sub(observed.images.len());
+    let building = observed.images.iter().filter(|i| i.building).count();
+    let free_builds = valid.max_concurrent_builds.saturating_sub(building);
     let batch: Vec<&str> = buildable
         .iter()
-        .take(MAX_IMAGES_PER_RECONCILE)
+        .take(MAX_IMAGES_PER_RECONCILE.min(room).min(free_builds))
         .map(|(_, text)| *text)
         .collect();
     let creates: Vec<MachineImage> = template
@@ -489,6 +507,35 @@ fn outcome(observed: &Observed<'_>) -> Outcome {
         .unwrap_or_default();
     let latest = latest_version(&valid.range, observed.images, batch.iter().copied());
     let more = buildable.len() > batch.len();
+    let limit = if !more {
+        None
+    } else if room <= batch.len() {
+        Some(Desired::new(
+            CONDITION_READY,
+            Status::False,
+            REASON_MAX_IMAGES,
+            format!(
+                "the syncer keeps {} MachineImages, its spec.maxImages ({}): {} selected versions get no image; delete old images or raise spec.maxImages",
+                observed.images.len() + batch.len(),
+                valid.max_images,
+                buildable.len() - batch.len()
+            ),
+        ))
+    } else if free_builds <= batch.len() {
+        Some(Desired::new(
+            CONDITION_READY,
+            Status::False,
+            REASON_WAITING_FOR_BUILDS,
+            format!(
+                "{} builds running, spec.maxConcurrentBuilds is {}: {} selected versions wait for a build to finish",
+                building + batch.len(),
+                valid.max_concurrent_builds,
+                buildable.len() - batch.len()
+            ),
+        ))
+    } else {
+        None
+    };
 
     if let Some((_, text)) = bad_labels.first() {
         let message = if valid_label_value(&syncer_name) {
@@ -505,6 +552,15 @@ fn outcome(observed: &Observed<'_>) -> Outcome {
             creates,
             latest,
             requeue: more.then_some(NEXT_BATCH),
+        };
+    }
+    if let Some(ready) = limit {
+        // Images, or finished builds, change this: their events bring the syncer back.
+        return Outcome {
+            ready,
+            creates,
+            latest,
+            requeue: valid.interval,
         };
     }
     let ready = if more {

@@ -58,6 +58,7 @@ fn existing(version: &str) -> Existing {
         name: format!("sync-{version}-xxxxx"),
         version_label: version.to_owned(),
         spec_version: Some(version.to_owned()),
+        building: false,
     }
 }
 
@@ -241,7 +242,10 @@ fn strategies_choose_versions_newest_first_and_bounded() {
         Case {
             template: Some(&tpl),
             images,
-            ..Case::new(&json!({"versionRange": range, "strategy": strategy}), &list)
+            ..Case::new(
+                &json!({"versionRange": range, "strategy": strategy, "maxConcurrentBuilds": 10}),
+                &list,
+            )
         }
         .decide()
     };
@@ -263,7 +267,10 @@ fn strategies_choose_versions_newest_first_and_bounded() {
     let many: Vec<&str> = many.iter().map(String::as_str).collect();
     let batch = Case {
         template: Some(&tpl),
-        ..Case::new(&json!({"strategy": "AllInRange"}), &many)
+        ..Case::new(
+            &json!({"strategy": "AllInRange", "maxConcurrentBuilds": 20}),
+            &many,
+        )
     }
     .decide();
     assert_eq!(batch.creates.len(), MAX_IMAGES_PER_RECONCILE);
@@ -300,6 +307,7 @@ fn an_existing_image_is_found_by_label_or_by_version() {
             name: "x".into(),
             version_label: "1.27.3".into(),
             spec_version: Some("1.27.3".into()),
+            building: false,
         }],
         ..Case::new(&json!({}), &list)
     };
@@ -484,4 +492,108 @@ fn validation_defaults_and_references() {
     .unwrap();
     assert!(!other.source.is_watched());
     assert_eq!(other.source.kind, "Feed");
+}
+
+#[test]
+fn max_images_caps_what_the_syncer_keeps_and_says_so() {
+    let tpl = template();
+    let many: Vec<String> = (0..6).map(|p| format!("v1.27.{p}")).collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    let case = |images: Vec<Existing>| Case {
+        template: Some(&tpl),
+        images,
+        ..Case::new(
+            &json!({"strategy": "AllInRange", "maxImages": 3, "maxConcurrentBuilds": 10}),
+            &many,
+        )
+    };
+    // Room for three: the three newest, and Ready=False naming the field.
+    let first = case(vec![]).decide();
+    assert_eq!(created_versions(&first), ["v1.27.5", "v1.27.4", "v1.27.3"]);
+    assert_eq!(ready(&first), ("False".into(), REASON_MAX_IMAGES.into()));
+    let message = &conditions::find(first.status.conditions.as_deref().unwrap(), CONDITION_READY)
+        .unwrap()
+        .message;
+    assert!(message.contains("spec.maxImages (3)"), "{message}");
+    assert!(
+        message.contains("3 selected versions get no image"),
+        "{message}"
+    );
+    assert_eq!(
+        first.notes.iter().map(|n| n.reason).collect::<Vec<_>>(),
+        [EVENT_CREATE_FAILED]
+    );
+    // At the cap: nothing more, and no event again.
+    let mut at_cap = case(["v1.27.5", "v1.27.4", "v1.27.3"].map(existing).to_vec());
+    at_cap.syncer.status = Some(first.status.clone());
+    let again = at_cap.decide();
+    assert!(again.creates.is_empty());
+    assert_eq!(ready(&again), ("False".into(), REASON_MAX_IMAGES.into()));
+    assert!(again.notes.is_empty());
+    // Without a cap in the way, Synced as before.
+    let room = Case {
+        template: Some(&tpl),
+        images: many.iter().map(|v| existing(v)).collect(),
+        ..Case::new(&json!({"strategy": "AllInRange", "maxImages": 6}), &many)
+    }
+    .decide();
+    assert_eq!(ready(&room), ("True".into(), REASON_SYNCED.into()));
+}
+
+#[test]
+fn max_concurrent_builds_waits_for_running_builds() {
+    let tpl = template();
+    let list = ["v1.27.0", "v1.27.1", "v1.27.2", "v1.27.3"];
+    let building = |version: &str| Existing {
+        building: true,
+        ..existing(version)
+    };
+    let case = |spec: Value, images: Vec<Existing>| {
+        Case {
+            template: Some(&tpl),
+            images,
+            ..Case::new(&spec, &list)
+        }
+        .decide()
+    };
+    // The default is two at once.
+    let first = case(json!({"strategy": "AllInRange"}), vec![]);
+    assert_eq!(created_versions(&first), ["v1.27.3", "v1.27.2"]);
+    assert_eq!(
+        ready(&first),
+        ("False".into(), REASON_WAITING_FOR_BUILDS.into())
+    );
+    // Two still building: nothing more.
+    let busy = case(
+        json!({"strategy": "AllInRange"}),
+        vec![building("v1.27.3"), building("v1.27.2")],
+    );
+    assert!(busy.creates.is_empty());
+    assert_eq!(
+        ready(&busy),
+        ("False".into(), REASON_WAITING_FOR_BUILDS.into())
+    );
+    // One finished: one more.
+    let one_done = case(
+        json!({"strategy": "AllInRange"}),
+        vec![existing("v1.27.3"), building("v1.27.2")],
+    );
+    assert_eq!(created_versions(&one_done), ["v1.27.1"]);
+    // A larger budget.
+    let wide = case(
+        json!({"strategy": "AllInRange", "maxConcurrentBuilds": 3}),
+        vec![],
+    );
+    assert_eq!(created_versions(&wide), ["v1.27.3", "v1.27.2", "v1.27.1"]);
+    // Images that are not building (built or failed) take no build slot.
+    let built = case(
+        json!({"strategy": "AllInRange"}),
+        vec![
+            existing("v1.27.3"),
+            existing("v1.27.2"),
+            existing("v1.27.1"),
+        ],
+    );
+    assert_eq!(created_versions(&built), ["v1.27.0"]);
+    assert_eq!(ready(&built), ("True".into(), REASON_SYNCED.into()));
 }
