@@ -727,20 +727,28 @@ async fn observe_hosts(
         .iter()
         .filter_map(|m| m.node.clone())
         .collect();
-    let nodes = in_place::observe::nodes(&client, &names)
-        .await
-        .map_err(read)?;
-    let cordoned: Vec<String> = names
-        .into_iter()
-        .filter(|n| nodes.get(n).is_some_and(|n| n.cordoned))
-        .collect();
-    let mut drained = BTreeMap::new();
-    for name in cordoned {
-        let left = in_place::observe::evictable_pods(&client, &name)
-            .await
-            .map_err(read)?;
-        drained.insert(name, left.is_empty());
-    }
+    let reads = async {
+        let nodes = in_place::observe::nodes(&client, &names).await?;
+        let mut drained = BTreeMap::new();
+        for name in names
+            .iter()
+            .filter(|n| nodes.get(*n).is_some_and(|n| n.cordoned))
+        {
+            let left = in_place::observe::evictable_pods(&client, name).await?;
+            drained.insert(name.clone(), left.is_empty());
+        }
+        Ok((nodes, drained))
+    };
+    // One slow workload cluster must not hold a worker: its reads share one deadline.
+    let (nodes, drained) =
+        match tokio::time::timeout(in_place::workload::READ_DEADLINE, reads).await {
+            Ok(read_all) => read_all.map_err(read)?,
+            Err(_) => {
+                return Ok(Err(in_place::workload::Unreachable::Slow(
+                    in_place::workload::READ_DEADLINE,
+                )));
+            }
+        };
     let views = management.views(&nodes, &drained);
     Ok(Ok((Some((views, management)), spare, Some(client))))
 }

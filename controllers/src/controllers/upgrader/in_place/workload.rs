@@ -29,6 +29,9 @@ pub enum Unreachable {
     /// Reading the Secret failed.
     #[error("reading Secret {0}")]
     Read(String, #[source] WriteError),
+    /// Reading its Nodes and pods took longer than the deadline.
+    #[error("the workload cluster's Nodes and pods were not read within {0:?}")]
+    Slow(std::time::Duration),
     /// The kubeconfig asks for something the allow-list refuses, or does not load.
     #[error("the kubeconfig in Secret {0} is refused: {1}")]
     Refused(String, #[source] Refused),
@@ -40,6 +43,9 @@ impl Unreachable {
         matches!(self, Self::Refused(..))
     }
 }
+
+/// How long one reconcile may spend reading a workload cluster's Nodes and pods.
+pub const READ_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The largest response body read from a workload cluster: a hostile server cannot make the
 /// manager buffer more than this per request.
