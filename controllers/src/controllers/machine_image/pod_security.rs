@@ -619,13 +619,10 @@ fn no_host(handler: &str) -> String {
 /// The rules of [`check`] in CEL, for a Job's pod template: each profile rule holds unless the
 /// namespace lifts the profile; the service-account rule always holds.
 pub fn admission_rules() -> Vec<AdmissionRule> {
-    let allow = format!(
-        "label the namespace {BUILD_POD_SECURITY_LABEL}={PRIVILEGED} to allow it in build pods"
-    );
     let profile = |field: &str, what: &str, expression: String| AdmissionRule {
         expression: format!("variables.privileged || ({expression})"),
         message: format!(
-            "spec.template.spec.{field} {what}: the baseline Pod Security profile of build pods forbids it; {allow}"
+            "spec.template.spec.{field} {what} in a build pod (the baseline Pod Security profile); the namespace label {BUILD_POD_SECURITY_LABEL}={PRIVILEGED} allows more"
         ),
     };
     let profile_types = cel_list(PROFILE_TYPES);
@@ -773,7 +770,7 @@ pub fn admission_rules() -> Vec<AdmissionRule> {
             ),
         ),
         profile(
-            "containers[*] probes' and lifecycle hooks' host",
+            "containers[*] probe and lifecycle hook hosts",
             "must be unset",
             format!(
                 "variables.containers.all(c, {} && {} && {} && {})",
@@ -800,7 +797,7 @@ pub fn admission_rules() -> Vec<AdmissionRule> {
                 .map(|f| unset_or(spec, f, &format!("{spec}.{f} in variables.serviceAccounts")))
                 .join(" && "),
             message: format!(
-                "spec.template.spec.serviceAccountName must be unset or {DEFAULT_SERVICE_ACCOUNT} in build pods; list further service accounts in the namespace annotation {BUILD_SERVICE_ACCOUNTS_ANNOTATION} to allow them"
+                "spec.template.spec.serviceAccountName must be unset or {DEFAULT_SERVICE_ACCOUNT} in a build pod, or listed in the namespace annotation {BUILD_SERVICE_ACCOUNTS_ANNOTATION}"
             ),
         },
     ]
