@@ -313,7 +313,10 @@ mod tests {
         };
         let account = read("rbac/service_account.yaml");
         let kustomization = read("default/kustomization.yaml");
-        assert!(kustomization.get("namePrefix").is_none(), "a namePrefix renames the account");
+        assert!(
+            kustomization.get("namePrefix").is_none(),
+            "a namePrefix renames the account"
+        );
         assert_eq!(
             MANAGER_USER,
             format!(
@@ -329,7 +332,11 @@ mod tests {
         );
         let rules = &policy["spec"]["matchConstraints"]["resourceRules"][0];
         assert_eq!(
-            (&rules["apiGroups"], &rules["resources"], &rules["operations"]),
+            (
+                &rules["apiGroups"],
+                &rules["resources"],
+                &rules["operations"]
+            ),
             (&json!(["batch"]), &json!(["jobs"]), &json!(["CREATE"]))
         );
         assert_eq!(binding["spec"]["validationActions"], json!(["Deny"]));

@@ -688,8 +688,8 @@ pub fn admission_rules() -> Vec<AdmissionRule> {
             }),
         ),
         profile(
-            "securityContext.seccompProfile.type",
-            "must be unset, RuntimeDefault or Localhost, in the pod and every container",
+            "securityContext.seccompProfile.type and containers[*].securityContext.seccompProfile.type",
+            "must be unset, RuntimeDefault or Localhost",
             pod_and_containers(|sc| {
                 unset_or(
                     sc,
@@ -699,8 +699,8 @@ pub fn admission_rules() -> Vec<AdmissionRule> {
             }),
         ),
         profile(
-            "securityContext.appArmorProfile.type",
-            "must be unset, RuntimeDefault or Localhost, in the pod and every container",
+            "securityContext.appArmorProfile.type and containers[*].securityContext.appArmorProfile.type",
+            "must be unset, RuntimeDefault or Localhost",
             pod_and_containers(|sc| {
                 unset_or(
                     sc,
@@ -710,9 +710,9 @@ pub fn admission_rules() -> Vec<AdmissionRule> {
             }),
         ),
         profile(
-            "securityContext.seLinuxOptions",
+            "securityContext.seLinuxOptions and containers[*].securityContext.seLinuxOptions",
             &format!(
-                "may set only the type {}, in the pod and every container",
+                "may set no user and no role, and only the type {}",
                 SELINUX_TYPES.join(", ")
             ),
             pod_and_containers(|sc| {
@@ -730,8 +730,8 @@ pub fn admission_rules() -> Vec<AdmissionRule> {
             }),
         ),
         profile(
-            "securityContext.windowsOptions.hostProcess",
-            "must be unset or false, in the pod and every container",
+            "securityContext.windowsOptions.hostProcess and containers[*].securityContext.windowsOptions.hostProcess",
+            "must be unset or false",
             pod_and_containers(|sc| {
                 let w = format!("{sc}.windowsOptions");
                 unset_or(

@@ -2,6 +2,7 @@
 //! namespace's label and annotation allow.
 
 use super::*;
+use kube::core::cel::{AdmissionRequest, VapEvaluator, VapExpression};
 use serde_json::{Value, json};
 
 /// A build pod that uses everything the baseline profile allows.
@@ -41,10 +42,10 @@ fn spec(value: &Value) -> PodSpec {
     serde_json::from_value(value.clone()).unwrap()
 }
 
-fn with(change: impl FnOnce(&mut Value)) -> PodSpec {
+fn with(change: impl FnOnce(&mut Value)) -> Value {
     let mut value = allowed();
     change(&mut value);
-    spec(&value)
+    value
 }
 
 fn baseline() -> BuildPodPolicy {
@@ -73,10 +74,9 @@ fn a_pod_within_the_baseline_profile_is_allowed() {
     assert_eq!(check(&minimal, "team", &baseline()), Ok(()));
 }
 
-#[test]
-fn each_baseline_rule_names_its_field_and_the_label_lifts_it() {
-    let c = "spec.jobTemplate.spec.containers[0]";
-    let cases: Vec<(&str, PodSpec, &str)> = vec![
+/// Each baseline rule (and `nodeName`): what breaks it, and the one field the refusal names.
+fn baseline_cases() -> Vec<(&'static str, Value, &'static str)> {
+    vec![
         (
             "privileged container",
             with(|s| s["containers"][0]["securityContext"]["privileged"] = json!(true)),
@@ -224,13 +224,20 @@ fn each_baseline_rule_names_its_field_and_the_label_lifts_it() {
             with(|s| s["nodeName"] = json!("control-plane-0")),
             "spec.jobTemplate.spec.nodeName",
         ),
-    ];
+    ]
+}
+
+#[test]
+fn each_baseline_rule_names_its_field_and_the_label_lifts_it() {
+    let c = "spec.jobTemplate.spec.containers[0]";
+    let cases = baseline_cases();
     assert!(
         cases
             .iter()
             .all(|(_, _, field)| field.starts_with("spec.jobTemplate.spec."))
     );
     for (what, pod, field) in &cases {
+        let pod = &spec(pod);
         let refusal = check(pod, "team", &baseline()).expect_err(what);
         assert_eq!(fields(&refusal), [*field], "{what}");
         assert_eq!(
@@ -249,7 +256,7 @@ fn each_baseline_rule_names_its_field_and_the_label_lifts_it() {
         assert_eq!(check(pod, "team", &privileged()), Ok(()), "{what}");
     }
     // Container violations say which container.
-    let refusal = check(&cases[0].1, "team", &baseline()).unwrap_err();
+    let refusal = check(&spec(&cases[0].1), "team", &baseline()).unwrap_err();
     assert_eq!(
         refusal.violations[0].to_string(),
         format!("{c}.securityContext.privileged is true (container \"build\")")
@@ -259,7 +266,7 @@ fn each_baseline_rule_names_its_field_and_the_label_lifts_it() {
 #[test]
 fn service_accounts_need_the_annotation_even_when_privileged() {
     for field in ["serviceAccountName", "serviceAccount"] {
-        let pod = with(|s| s[field] = json!("cluster-admin-sa"));
+        let pod = spec(&with(|s| s[field] = json!("cluster-admin-sa")));
         for policy in [baseline(), privileged()] {
             let refusal = check(&pod, "team", &policy).unwrap_err();
             assert_eq!(fields(&refusal), [format!("spec.jobTemplate.spec.{field}")]);
@@ -281,7 +288,7 @@ fn service_accounts_need_the_annotation_even_when_privileged() {
         assert_eq!(check(&pod, "team", &listed), Ok(()));
     }
     for ok in ["", "default"] {
-        let pod = with(|s| s["serviceAccountName"] = json!(ok));
+        let pod = spec(&with(|s| s["serviceAccountName"] = json!(ok)));
         assert_eq!(check(&pod, "team", &baseline()), Ok(()), "{ok:?}");
     }
 }
@@ -324,14 +331,14 @@ fn the_namespace_sets_the_policy() {
 
 #[test]
 fn a_refusal_lists_every_violation_boundedly() {
-    let pod = with(|s| {
+    let pod = spec(&with(|s| {
         s["hostNetwork"] = json!(true);
         s["hostPID"] = json!(true);
         s["hostIPC"] = json!(true);
         s["nodeName"] = json!("n".repeat(300));
         s["containers"][0]["securityContext"]["privileged"] = json!(true);
         s["serviceAccountName"] = json!("builder");
-    });
+    }));
     let refusal = check(&pod, "team", &baseline()).unwrap_err();
     assert_eq!(refusal.violations.len(), 6);
     let message = refusal.to_string();
@@ -389,4 +396,130 @@ fn every_admission_rule_names_its_field_and_what_allows_it() {
         names,
         ["spec", "containers", "privileged", "serviceAccounts"]
     );
+}
+
+/// How the offline evaluator shows the map key `key`: it escapes map keys as the API server
+/// escapes only schema property names (`.` as `__dot__`, …), so `'a.b/c' in labels` is false
+/// offline. The rules are evaluated offline with their keys written that way.
+fn offline_key(key: &str) -> String {
+    let evaluator = VapEvaluator::builder()
+        .object(json!({}))
+        .namespace_object(json!({"metadata": {"labels": {key: "x"}}}))
+        .request(AdmissionRequest::default())
+        .build();
+    let shown = evaluator.evaluate(&[VapExpression {
+        expression: "namespaceObject.metadata.labels.map(k, k)[0] == 'unknown'".to_owned(),
+        message: None,
+        message_expression: Some("namespaceObject.metadata.labels.map(k, k)[0]".to_owned()),
+    }]);
+    shown[0].message.clone().unwrap()
+}
+
+/// The admission rules with every `variables.x` written out, as the offline evaluator has no
+/// variables, and the namespace's keys as it shows them.
+fn offline_rules() -> Vec<VapExpression> {
+    let mut expanded: Vec<(String, String)> = Vec::new();
+    let substitute = |text: &str, known: &[(String, String)]| {
+        let mut text = text.to_owned();
+        let mut by_length = known.to_vec();
+        by_length.sort_by_key(|(name, _)| std::cmp::Reverse(name.len()));
+        for (name, expression) in by_length {
+            text = text.replace(&format!("variables.{name}"), &format!("({expression})"));
+        }
+        text
+    };
+    for (name, expression) in admission_variables() {
+        let written = substitute(&expression, &expanded);
+        expanded.push((name.to_owned(), written));
+    }
+    let keys = [BUILD_POD_SECURITY_LABEL, BUILD_SERVICE_ACCOUNTS_ANNOTATION]
+        .map(|key| (format!("'{key}'"), format!("'{}'", offline_key(key))));
+    admission_rules()
+        .into_iter()
+        .map(|rule| VapExpression {
+            expression: keys.iter().fold(
+                substitute(&rule.expression, &expanded),
+                |text, (key, shown)| text.replace(key, shown),
+            ),
+            message: Some(rule.message),
+            message_expression: None,
+        })
+        .collect()
+}
+
+/// The messages of the admission rules a Job with `pod` fails in a namespace with `metadata`.
+fn admission_refusals(pod: &Value, metadata: &Value) -> Vec<String> {
+    let job = json!({
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": "img-abcde", "namespace": "team"},
+        "spec": {"template": {"spec": pod}},
+    });
+    let mut namespace = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": metadata});
+    namespace["metadata"]["name"] = json!("team");
+    let evaluator = VapEvaluator::builder()
+        .object(job)
+        .namespace_object(namespace)
+        .request(AdmissionRequest::default())
+        .build();
+    evaluator
+        .evaluate(&offline_rules())
+        .into_iter()
+        .filter(|r| !r.passed)
+        .map(|r| r.message.unwrap_or_default())
+        .collect()
+}
+
+/// The policy and `check` agree on every case: the same pods refused, for the same field, and
+/// the same label and annotation lifting them.
+#[test]
+fn the_admission_rules_agree_with_the_check() {
+    let unlabelled = json!({});
+    let lifted = json!({"labels": {BUILD_POD_SECURITY_LABEL: "privileged"}});
+    assert_eq!(
+        admission_refusals(&allowed(), &unlabelled),
+        Vec::<String>::new()
+    );
+    for (what, pod, field) in baseline_cases() {
+        if field.contains("ephemeralContainers") {
+            // The API server refuses ephemeral containers in a pod template before any policy.
+            continue;
+        }
+        let refused = admission_refusals(&pod, &unlabelled);
+        assert_eq!(refused.len(), 1, "{what}: {refused:?}");
+        // The check names `spec.jobTemplate.spec.x[0].y`, the policy `spec.template.spec.x[*].y`.
+        let last = field.rsplit('.').next().unwrap();
+        assert!(
+            refused[0].contains(last),
+            "{what}: {} lacks {last}",
+            refused[0]
+        );
+        assert!(refused[0].contains(BUILD_POD_SECURITY_LABEL), "{what}");
+        assert_eq!(
+            admission_refusals(&pod, &lifted),
+            Vec::<String>::new(),
+            "{what}"
+        );
+    }
+    for field in ["serviceAccountName", "serviceAccount"] {
+        let pod = with(|s| s[field] = json!("builder"));
+        for metadata in [&unlabelled, &lifted] {
+            let refused = admission_refusals(&pod, metadata);
+            assert_eq!(refused.len(), 1, "{field}: {refused:?}");
+            assert!(refused[0].contains(BUILD_SERVICE_ACCOUNTS_ANNOTATION));
+        }
+        let listed =
+            json!({"annotations": {BUILD_SERVICE_ACCOUNTS_ANNOTATION: "publisher, builder"}});
+        assert_eq!(
+            admission_refusals(&pod, &listed),
+            Vec::<String>::new(),
+            "{field}"
+        );
+        let other = json!({"annotations": {BUILD_SERVICE_ACCOUNTS_ANNOTATION: "builders"}});
+        assert_eq!(admission_refusals(&pod, &other).len(), 1, "{field}");
+    }
+    // Only the exact value lifts the profile.
+    let (_, pod, _) = &baseline_cases()[0];
+    let wrong = json!({"labels": {BUILD_POD_SECURITY_LABEL: "Privileged"}});
+    assert_eq!(admission_refusals(pod, &wrong).len(), 1);
 }
