@@ -359,8 +359,8 @@ pub fn decide(observed: &Observed<'_>) -> Decision {
     let outcome = if start {
         let attempt = attempts.saturating_add(1);
         let rendered = render_job(image, attempt, rebuild.as_deref())
-            .map_err(|err| invalid(&err, id.is_some()))
-            .and_then(|job| allowed(job, observed.build_pods, id.is_some()));
+            .map_err(NoJob::Invalid)
+            .and_then(|job| allowed(job, observed.build_pods).map_err(NoJob::NotAllowed));
         match rendered {
             Ok(job) => {
                 let why = if rebuild_requested {
@@ -399,7 +399,8 @@ pub fn decide(observed: &Observed<'_>) -> Decision {
                 create = Some(job);
                 outcome
             }
-            Err(refused) => refused,
+            Err(NoJob::Invalid(err)) => invalid(&err, id.is_some()),
+            Err(NoJob::NotAllowed(refusal)) => not_allowed(&refusal, id.is_some()),
         }
     } else if let Some(job) = observed.latest {
         decide_job(image, job, observed.pods, id.as_deref(), &mut write_id)
@@ -490,18 +491,23 @@ fn invalid(err: &RenderError, ready: bool) -> Outcome {
     }
 }
 
-/// `job` when the namespace allows its pod; otherwise the failed build that never became a Job.
-fn allowed(job: Job, policy: &BuildPodPolicy, ready: bool) -> Result<Job, Outcome> {
+/// Why an attempt gets no Job.
+enum NoJob {
+    /// The image cannot be rendered into one.
+    Invalid(RenderError),
+    /// The namespace does not allow its pod.
+    NotAllowed(Refusal),
+}
+
+/// `job` when the namespace allows its pod.
+fn allowed(job: Job, policy: &BuildPodPolicy) -> Result<Job, Refusal> {
     let Some(pod) = job.spec.as_ref().and_then(|s| s.template.spec.as_ref()) else {
         return Ok(job);
     };
-    let namespace = job.namespace().unwrap_or_default();
-    match pod_security::check(pod, &namespace, policy) {
-        Ok(()) => Ok(job),
-        Err(refusal) => Err(not_allowed(&refusal, ready)),
-    }
+    pod_security::check(pod, &job.namespace().unwrap_or_default(), policy).map(|()| job)
 }
 
+/// A build whose pod the namespace does not allow: failed, never a Job.
 fn not_allowed(refusal: &Refusal, ready: bool) -> Outcome {
     Outcome {
         phase: Some(MachineImagePhase::Failed),
