@@ -154,13 +154,10 @@ impl fmt::Display for Refusal {
             .iter()
             .filter(|v| v.allowed_by == AllowedBy::PrivilegedLabel)
             .collect();
-        let accounts: BTreeSet<&str> = self
+        let accounts: Vec<&Violation> = self
             .violations
             .iter()
-            .filter_map(|v| match &v.allowed_by {
-                AllowedBy::ServiceAccount(a) => Some(a.as_str()),
-                AllowedBy::PrivilegedLabel => None,
-            })
+            .filter(|v| v.allowed_by != AllowedBy::PrivilegedLabel)
             .collect();
         let ns = &self.namespace;
         if !profile.is_empty() {
@@ -179,16 +176,11 @@ impl fmt::Display for Refusal {
             if !profile.is_empty() {
                 f.write_str(". ")?;
             }
-            let named: Vec<&Violation> = self
-                .violations
-                .iter()
-                .filter(|v| v.allowed_by != AllowedBy::PrivilegedLabel)
-                .collect();
             write!(
                 f,
                 "build pods in namespace {ns} use no service account but {DEFAULT_SERVICE_ACCOUNT} unless the namespace annotation {BUILD_SERVICE_ACCOUNTS_ANNOTATION} lists it: "
             )?;
-            list(f, &named)?;
+            list(f, &accounts)?;
         }
         Ok(())
     }
