@@ -1,9 +1,12 @@
-//! The generated install manifests: the CRDs and the ValidatingAdmissionPolicies that check what
-//! CRD rules cannot see (the object's namespace). They are committed under `config/crd/`, and a
-//! test fails when the committed files drift from what this module renders.
+//! The generated install manifests: the CRDs, the ValidatingAdmissionPolicies that check what
+//! CRD rules cannot see (the object's namespace), and the one that holds the manager's build Jobs
+//! to what their namespace allows build pods. They are committed under `config/crd/`, and a test
+//! fails when the committed files drift from what this module renders.
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use serde_json::{Value, json};
+
+use crate::controllers::machine_image::pod_security;
 
 /// A reference field that must stay in the object's namespace.
 struct SameNamespaceRule {
@@ -98,6 +101,67 @@ fn policy_documents(policy: &Policy) -> [Value; 2] {
     ]
 }
 
+/// The user name of the manager's service account as installed by `config/default`: the only
+/// requester whose Jobs the build-pod policy checks.
+pub const MANAGER_USER: &str =
+    "system:serviceaccount:kubernetes-upgrader-system:kubernetes-upgrader-controller-manager";
+/// The name of the build-pod policy and its binding.
+pub const BUILD_POD_POLICY: &str = "kubernetes-upgrader-build-pods";
+
+/// The policy that refuses a Job the manager creates when its pod is outside what the Job's
+/// namespace allows build pods (the rules of `pod_security::check`), and its binding.
+fn build_pod_policy_documents() -> [Value; 2] {
+    let variables: Vec<Value> = pod_security::admission_variables()
+        .into_iter()
+        .map(|(name, expression)| json!({"name": name, "expression": expression}))
+        .collect();
+    let validations: Vec<Value> = pod_security::admission_rules()
+        .into_iter()
+        .map(|rule| {
+            json!({"expression": rule.expression, "message": rule.message, "reason": "Forbidden"})
+        })
+        .collect();
+    [
+        json!({
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingAdmissionPolicy",
+            "metadata": { "name": BUILD_POD_POLICY },
+            "spec": {
+                "failurePolicy": "Fail",
+                "matchConstraints": {
+                    "resourceRules": [{
+                        "apiGroups": ["batch"],
+                        "apiVersions": ["v1"],
+                        "operations": ["CREATE"],
+                        "resources": ["jobs"],
+                    }]
+                },
+                "matchConditions": [{
+                    "name": "manager",
+                    "expression": format!("request.userInfo.username == '{MANAGER_USER}'"),
+                }],
+                "variables": variables,
+                "validations": validations,
+            }
+        }),
+        json!({
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingAdmissionPolicyBinding",
+            "metadata": { "name": BUILD_POD_POLICY },
+            "spec": { "policyName": BUILD_POD_POLICY, "validationActions": ["Deny"] }
+        }),
+    ]
+}
+
+/// Every admission policy document, in install order.
+fn policy_documents_all() -> Vec<Value> {
+    POLICIES
+        .iter()
+        .flat_map(policy_documents)
+        .chain(build_pod_policy_documents())
+        .collect()
+}
+
 fn to_yaml<T: serde::Serialize>(value: &T) -> Result<String, serde_yaml::Error> {
     // An empty `categories: []` is stripped: GitOps agents would re-apply it forever.
     let mut value =
@@ -130,11 +194,9 @@ pub fn files() -> Result<Vec<(String, String)>, serde_yaml::Error> {
         names.push(name);
     }
     let mut policies = String::new();
-    for policy in POLICIES {
-        for document in policy_documents(policy) {
-            policies.push_str("---\n");
-            policies.push_str(&to_yaml(&document)?);
-        }
+    for document in policy_documents_all() {
+        policies.push_str("---\n");
+        policies.push_str(&to_yaml(&document)?);
     }
     files.push(("admission-policies.yaml".to_owned(), policies));
     names.push("admission-policies.yaml".to_owned());
@@ -160,11 +222,9 @@ pub fn render(with_policies: bool) -> Result<String, serde_yaml::Error> {
         out.push_str(&to_yaml(&crd)?);
     }
     if with_policies {
-        for policy in POLICIES {
-            for document in policy_documents(policy) {
-                out.push_str("---\n");
-                out.push_str(&to_yaml(&document)?);
-            }
+        for document in policy_documents_all() {
+            out.push_str("---\n");
+            out.push_str(&to_yaml(&document)?);
         }
     }
     Ok(out)
@@ -239,7 +299,50 @@ mod tests {
         assert_eq!(
             with.matches("kind: ValidatingAdmissionPolicyBinding")
                 .count(),
-            2
+            3
+        );
+        assert!(with.contains(BUILD_POD_POLICY));
+    }
+
+    /// The build-pod policy matches the service account `config/` installs, and only it.
+    #[test]
+    fn the_build_pod_policy_matches_the_installed_service_account() {
+        let config = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../config");
+        let read = |path: &str| -> Value {
+            serde_yaml::from_str(&std::fs::read_to_string(config.join(path)).unwrap()).unwrap()
+        };
+        let account = read("rbac/service_account.yaml");
+        let kustomization = read("default/kustomization.yaml");
+        assert!(
+            kustomization.get("namePrefix").is_none(),
+            "a namePrefix renames the account"
+        );
+        assert_eq!(
+            MANAGER_USER,
+            format!(
+                "system:serviceaccount:{}:{}",
+                kustomization["namespace"].as_str().unwrap(),
+                account["metadata"]["name"].as_str().unwrap()
+            )
+        );
+        let [policy, binding] = build_pod_policy_documents();
+        assert_eq!(
+            policy["spec"]["matchConditions"][0]["expression"],
+            format!("request.userInfo.username == '{MANAGER_USER}'")
+        );
+        let rules = &policy["spec"]["matchConstraints"]["resourceRules"][0];
+        assert_eq!(
+            (
+                &rules["apiGroups"],
+                &rules["resources"],
+                &rules["operations"]
+            ),
+            (&json!(["batch"]), &json!(["jobs"]), &json!(["CREATE"]))
+        );
+        assert_eq!(binding["spec"]["validationActions"], json!(["Deny"]));
+        assert_eq!(
+            policy["spec"]["validations"].as_array().unwrap().len(),
+            pod_security::admission_rules().len()
         );
     }
 

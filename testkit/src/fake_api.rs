@@ -302,13 +302,14 @@ async fn handle(
     }
 }
 
-/// Whether `path` is a collection of one of our other kinds, or of the Jobs and Pods the build
-/// controllers watch.
+/// Whether `path` is a collection of one of our other kinds, of the Jobs and Pods the build
+/// controllers watch, or of the Namespaces whose build-pod rules they read.
 fn is_other_collection(path: &str) -> bool {
     let last = path.rsplit('/').next().unwrap_or_default();
     (path.starts_with(GROUP_PATH) && NAMES.iter().any(|(plural, _, _)| plural == last))
         || (path.starts_with("/apis/batch/v1/") && last == "jobs")
         || (path.starts_with("/api/v1/") && last == "pods")
+        || path == "/api/v1/namespaces"
 }
 
 fn not_found(path: &str) -> Value {

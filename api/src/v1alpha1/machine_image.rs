@@ -64,7 +64,10 @@ pub fn version_rule() -> kube::core::Rule {
 #[x_kube(validation = kube::core::Rule::new("!has(self.imageIDContainer) || self.spec.containers.exists(c, c.name == self.imageIDContainer)").message("jobTemplate.imageIDContainer must name a container of jobTemplate.spec.containers"))]
 #[serde(rename_all = "camelCase")]
 pub struct JobTemplate {
-    /// The pod spec, copied verbatim into the build Job's pod template.
+    /// The pod spec of the build Job, which the manager creates: it must pass the baseline Pod
+    /// Security profile and use no service account but `default`, unless the namespace's label
+    /// `kubernetesupgraded.dimitrikoshkin.com/build-pod-security: privileged` or annotation
+    /// `kubernetesupgraded.dimitrikoshkin.com/build-service-accounts` allows more.
     pub spec: PodSpec,
 
     /// Retries of the build pod before the Job fails (the Job's `backoffLimit`; Kubernetes

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use futures::future::BoxFuture;
 use futures::{FutureExt, Stream, StreamExt};
+use k8s_openapi::api::core::v1::Namespace;
 use kube::runtime::reflector::{self, ReflectHandle, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -23,38 +24,31 @@ use crate::shutdown::Shutdown;
 /// Events buffered per subscriber before the watch waits for slow readers.
 const BUFFER: usize = 1024;
 
-/// What a shared cache may hold: a namespaced kind with a static type.
-pub trait Cacheable:
-    Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-    + Clone
-    + DeserializeOwned
-    + Debug
-    + Send
-    + Sync
-    + 'static
+/// What a shared cache may hold: a kind with a static type.
+pub trait Watchable:
+    Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static
 {
 }
 
-impl<K> Cacheable for K where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + DeserializeOwned
-        + Debug
-        + Send
-        + Sync
-        + 'static
+impl<K> Watchable for K where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static
 {
 }
+
+/// A namespaced [`Watchable`]: watched only in the manager's namespace when it is confined.
+pub trait Cacheable: Watchable + Resource<Scope = k8s_openapi::NamespaceResourceScope> {}
+
+impl<K> Cacheable for K where K: Watchable + Resource<Scope = k8s_openapi::NamespaceResourceScope> {}
 
 /// A shared reflector: its store, and subscriptions to the objects it applies and deletes.
-pub struct Cache<K: Cacheable> {
+pub struct Cache<K: Watchable> {
     /// The store, filled by the one watch of this kind.
     pub store: Store<K>,
     writer: Arc<Mutex<Option<reflector::store::Writer<K>>>>,
     deleted: tokio::sync::broadcast::Sender<Arc<K>>,
 }
 
-impl<K: Cacheable> Clone for Cache<K> {
+impl<K: Watchable> Clone for Cache<K> {
     fn clone(&self) -> Self {
         Self {
             store: self.store.clone(),
@@ -64,7 +58,7 @@ impl<K: Cacheable> Clone for Cache<K> {
     }
 }
 
-impl<K: Cacheable> Cache<K> {
+impl<K: Watchable> Cache<K> {
     /// A stream of the objects the watch applies, for `Controller::for_shared_stream` or
     /// `watches_shared_stream`. `None` once the manager has started the watches.
     pub fn subscribe(&self) -> Option<ReflectHandle<K>> {
@@ -138,8 +132,40 @@ impl Caches {
     /// The cache of the `K` that match `label_selector` (all of them when `None`).
     pub fn cache_with<K: Cacheable>(&self, label_selector: Option<&str>) -> Cache<K> {
         let selector = label_selector.unwrap_or_default().to_owned();
+        let labels = selector.clone();
+        self.entry(selector, move |caches: &Caches| {
+            let api: Api<K> = match &caches.namespace {
+                Some(ns) => Api::namespaced(caches.client.clone(), ns),
+                None => Api::all(caches.client.clone()),
+            };
+            let mut config = watcher::Config::default();
+            if !labels.is_empty() {
+                config = config.labels(&labels);
+            }
+            (api, config)
+        })
+    }
+
+    /// The cache of Namespaces: every one, or only the manager's own when it is confined.
+    pub fn namespaces(&self) -> Cache<Namespace> {
+        self.entry(String::new(), |caches: &Caches| {
+            let mut config = watcher::Config::default();
+            if let Some(ns) = &caches.namespace {
+                config = config.fields(&format!("metadata.name={ns}"));
+            }
+            (Api::all(caches.client.clone()), config)
+        })
+    }
+
+    /// The cache of `K` under `selector`, made on first use with the API and watcher
+    /// configuration `watch` returns.
+    fn entry<K, F>(&self, selector: String, watch: F) -> Cache<K>
+    where
+        K: Watchable,
+        F: FnOnce(&Caches) -> (Api<K>, watcher::Config) + Send + 'static,
+    {
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        let key = (TypeId::of::<K>(), selector.clone());
+        let key = (TypeId::of::<K>(), selector);
         if let Some(cache) = entries
             .get(&key)
             .and_then(|e| e.cache.downcast_ref::<Cache<K>>())
@@ -156,14 +182,7 @@ impl Caches {
         let deleted = cache.deleted.clone();
         let start: Starter = Box::new(move |caches: &Caches| {
             let writer = writer.lock().unwrap_or_else(PoisonError::into_inner).take();
-            let api: Api<K> = match &caches.namespace {
-                Some(ns) => Api::namespaced(caches.client.clone(), ns),
-                None => Api::all(caches.client.clone()),
-            };
-            let mut config = watcher::Config::default();
-            if !selector.is_empty() {
-                config = config.labels(&selector);
-            }
+            let (api, config) = watch(caches);
             let shutdown = caches.shutdown.clone();
             async move {
                 let kind = K::kind(&()).into_owned();

@@ -14,6 +14,7 @@ use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 
+use super::pod_security::{self, BuildPodPolicy, REASON_BUILD_POD_NOT_ALLOWED, Refusal};
 use super::render::{RenderError, render_job, stamp, template_hash};
 use crate::runtime::Note;
 
@@ -244,6 +245,8 @@ pub struct Observed<'a> {
     pub job_gone: bool,
     /// The latest Job's pods, when [`needs_pods`] asked for them.
     pub pods: &'a [Pod],
+    /// What the image's namespace allows build pods.
+    pub build_pods: &'a BuildPodPolicy,
     /// The time of this reconcile.
     pub now: &'a Time,
 }
@@ -355,7 +358,10 @@ pub fn decide(observed: &Observed<'_>) -> Decision {
 
     let outcome = if start {
         let attempt = attempts.saturating_add(1);
-        match render_job(image, attempt, rebuild.as_deref()) {
+        let rendered = render_job(image, attempt, rebuild.as_deref())
+            .map_err(NoJob::Invalid)
+            .and_then(|job| allowed(job, observed.build_pods).map_err(NoJob::NotAllowed));
+        match rendered {
             Ok(job) => {
                 let why = if rebuild_requested {
                     format!(
@@ -393,7 +399,8 @@ pub fn decide(observed: &Observed<'_>) -> Decision {
                 create = Some(job);
                 outcome
             }
-            Err(err) => invalid(&err, id.is_some()),
+            Err(NoJob::Invalid(err)) => invalid(&err, id.is_some()),
+            Err(NoJob::NotAllowed(refusal)) => not_allowed(&refusal, id.is_some()),
         }
     } else if let Some(job) = observed.latest {
         decide_job(image, job, observed.pods, id.as_deref(), &mut write_id)
@@ -477,6 +484,36 @@ fn invalid(err: &RenderError, ready: bool) -> Outcome {
         ready,
         reason: err.reason(),
         message: err.to_string(),
+        job_ref: None,
+        completion: None,
+        requeue: None,
+        warning: true,
+    }
+}
+
+/// Why an attempt gets no Job.
+enum NoJob {
+    /// The image cannot be rendered into one.
+    Invalid(RenderError),
+    /// The namespace does not allow its pod.
+    NotAllowed(Refusal),
+}
+
+/// `job` when the namespace allows its pod.
+fn allowed(job: Job, policy: &BuildPodPolicy) -> Result<Job, Refusal> {
+    let Some(pod) = job.spec.as_ref().and_then(|s| s.template.spec.as_ref()) else {
+        return Ok(job);
+    };
+    pod_security::check(pod, &job.namespace().unwrap_or_default(), policy).map(|()| job)
+}
+
+/// A build whose pod the namespace does not allow: failed, never a Job.
+fn not_allowed(refusal: &Refusal, ready: bool) -> Outcome {
+    Outcome {
+        phase: Some(MachineImagePhase::Failed),
+        ready,
+        reason: REASON_BUILD_POD_NOT_ALLOWED,
+        message: refusal.to_string(),
         job_ref: None,
         completion: None,
         requeue: None,

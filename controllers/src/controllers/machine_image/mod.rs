@@ -8,8 +8,11 @@
 //! image ID comes from the Job's `…/image-id` annotation or, failing that, the termination
 //! message of the build container. A new attempt starts only when asked: a new value of the
 //! rebuild annotation, a changed job template while the image is not built, or a deleted Job.
+//! A Job is created only when the image's namespace allows its pod ([`pod_security`]); a change
+//! of the namespace looks again at the images it refused.
 
 mod decide;
+pub mod pod_security;
 mod render;
 
 use std::collections::HashMap;
@@ -19,18 +22,19 @@ use std::time::Duration;
 use api::v1alpha1::{MACHINE_IMAGE_NAME_LABEL, MachineImage, OS_IMAGE_STAMP_ANNOTATION};
 use futures::FutureExt;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
-use kube::runtime::reflector::Store;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, ResourceExt};
 
 pub use decide::{
     Decision, IdError, IdWrite, JobOutcome, Observed, decide, handed_off_id, id_container,
     job_outcome, latest_job, needs_pods, validate_image_id,
 };
+pub use pod_security::{BuildPodPolicy, REASON_BUILD_POD_NOT_ALLOWED};
 pub use render::{RenderError, job_labels, job_name, render_job, stamp, template_hash};
 
 use crate::runtime::backoff::backoff;
@@ -70,6 +74,8 @@ pub struct Context {
     events: Events,
     /// The build Jobs: only those labelled with an image name.
     jobs: Store<Job>,
+    /// The namespaces, for what each allows build pods.
+    namespaces: Store<Namespace>,
     /// Consecutive failures per image uid, for the retry backoff.
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -81,18 +87,20 @@ impl std::fmt::Debug for Context {
 }
 
 impl Context {
-    /// A context over `jobs`, the label-filtered store of build Jobs.
+    /// A context over `jobs`, the label-filtered store of build Jobs, and `namespaces`.
     pub fn new(
         client: Client,
         metrics: ControllerMetrics,
         instance: Option<String>,
         jobs: Store<Job>,
+        namespaces: Store<Namespace>,
     ) -> Self {
         Self {
             events: Events::new(client.clone(), COMPONENT, instance),
             client,
             metrics,
             jobs,
+            namespaces,
             failures: Mutex::default(),
         }
     }
@@ -108,6 +116,15 @@ pub enum Error {
     /// The stored object does not match the schema.
     #[error("the object cannot be read: {0}")]
     InvalidObject(String),
+    /// Reading the image's namespace failed.
+    #[error("reading the namespace {namespace}")]
+    GetNamespaceError {
+        /// The namespace.
+        namespace: String,
+        /// Why.
+        #[source]
+        source: WriteError,
+    },
     /// Reading the image's Job or its pods failed.
     #[error("reading the build Job {job} or its pods")]
     GetLatestJobsError {
@@ -137,6 +154,7 @@ pub enum Error {
 impl ReconcileError for Error {
     const CATEGORIES: &'static [&'static str] = &[
         "InvalidObject",
+        "GetNamespaceError",
         "GetLatestJobsError",
         "CreatingJobError",
         "WriteImageId",
@@ -146,6 +164,7 @@ impl ReconcileError for Error {
     fn category(&self) -> &'static str {
         match self {
             Self::InvalidObject(_) => "InvalidObject",
+            Self::GetNamespaceError { .. } => "GetNamespaceError",
             Self::GetLatestJobsError { .. } => "GetLatestJobsError",
             Self::CreatingJobError { .. } => "CreatingJobError",
             Self::WriteImageId(_) => "WriteImageId",
@@ -160,26 +179,36 @@ fn start(shared: &Shared) -> Running {
     let jobs = shared
         .caches
         .cache_with::<Job>(Some(MACHINE_IMAGE_NAME_LABEL));
+    let namespaces = shared.caches.namespaces();
     let reporter = Reporter::new::<Error>(shared, CONTROLLER, COMPONENT);
     let ctx = Arc::new(Context::new(
         shared.client.clone(),
         reporter.metrics.clone(),
         shared.instance.clone(),
         jobs.store.clone(),
+        namespaces.store.clone(),
     ));
     let ready = all_ready(vec![
         synced(images.store.clone()),
         synced(jobs.store.clone()),
+        synced(namespaces.store.clone()),
     ]);
-    let (Some(image_events), Some(job_events)) = (images.subscribe(), jobs.subscribe()) else {
+    let (Some(image_events), Some(job_events), Some(namespace_events)) =
+        (images.subscribe(), jobs.subscribe(), namespaces.subscribe())
+    else {
         return Running::stream_ended(ready);
     };
     let shutdown = shared.shutdown.clone();
+    let refused_in = images.store.clone();
     let run = async move {
         // Every image change counts (the rebuild annotation does not change the generation);
         // our own status writes then find nothing to do.
         let results = Controller::for_shared_stream(image_events, images.store)
             .owns_shared_stream(job_events)
+            // A namespace's label or annotation may now allow the build pods it refused.
+            .watches_shared_stream(namespace_events, move |namespace| {
+                refused(&refused_in, &namespace.name_any())
+            })
             .with_config(ControllerConfig::default().concurrency(16))
             .graceful_shutdown_on(shutdown.clone().wait())
             .run(reconcile, error_policy, ctx);
@@ -187,6 +216,42 @@ fn start(shared: &Shared) -> Running {
     }
     .boxed();
     Running { ready, run }
+}
+
+/// The images of `namespace` whose build pod it refused.
+fn refused(images: &Store<Guarded>, namespace: &str) -> Vec<ObjectRef<Guarded>> {
+    images
+        .state()
+        .iter()
+        .filter(|guarded| {
+            guarded.0.as_ref().is_ok_and(|image| {
+                image.namespace().as_deref() == Some(namespace)
+                    && image
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.conditions.as_deref())
+                        .and_then(|c| api::conditions::find(c, api::v1alpha1::CONDITION_READY))
+                        .is_some_and(|c| c.reason == REASON_BUILD_POD_NOT_ALLOWED)
+            })
+        })
+        .map(|guarded| ObjectRef::from_obj(&**guarded))
+        .collect()
+}
+
+/// What the namespace of an image allows build pods: from the cache, or read when the cache
+/// has not seen it yet (a namespace just made). A namespace that is gone allows the baseline.
+async fn build_pod_policy(ctx: &Context, namespace: &str) -> Result<BuildPodPolicy, Error> {
+    if let Some(cached) = ctx.namespaces.get(&ObjectRef::new(namespace)) {
+        return Ok(BuildPodPolicy::of(&cached));
+    }
+    let api: Api<Namespace> = Api::all(ctx.client.clone());
+    match bounded(api.get_opt(namespace)).await {
+        Ok(found) => Ok(found.as_ref().map(BuildPodPolicy::of).unwrap_or_default()),
+        Err(source) => Err(Error::GetNamespaceError {
+            namespace: namespace.to_owned(),
+            source,
+        }),
+    }
 }
 
 /// Permanent errors wait for a change; API failures retry with backoff.
@@ -299,12 +364,15 @@ pub async fn reconcile_image(
         _ => Vec::new(),
     };
 
+    let build_pods = build_pod_policy(ctx, &namespace).await?;
+
     // Decide.
     let decision = decide(&Observed {
         image,
         latest: latest.as_ref(),
         job_gone,
         pods: &pods,
+        build_pods: &build_pods,
         now,
     });
 

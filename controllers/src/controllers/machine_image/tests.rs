@@ -79,11 +79,22 @@ fn now() -> Time {
 }
 
 fn decide_on(image: &MachineImage, latest: Option<&Job>, gone: bool, pods: &[Pod]) -> Decision {
+    decide_in(image, latest, gone, pods, &BuildPodPolicy::default())
+}
+
+fn decide_in(
+    image: &MachineImage,
+    latest: Option<&Job>,
+    gone: bool,
+    pods: &[Pod],
+    build_pods: &BuildPodPolicy,
+) -> Decision {
     decide(&Observed {
         image,
         latest,
         job_gone: gone,
         pods,
+        build_pods,
         now: &now(),
     })
 }
@@ -451,17 +462,40 @@ fn the_latest_job_is_the_highest_attempt() {
 
 // Choreography.
 
+/// A store that has listed `objects`.
+fn listed<K>(objects: &[K]) -> reflector::Store<K>
+where
+    K: kube::Resource<DynamicType = ()> + Clone,
+{
+    let (store, mut writer) = reflector::store::<K>();
+    writer.apply_watcher_event(&watcher::Event::Init);
+    for object in objects {
+        writer.apply_watcher_event(&watcher::Event::InitApply(object.clone()));
+    }
+    writer.apply_watcher_event(&watcher::Event::InitDone);
+    store
+}
+
+fn namespace(name: &str, labels: &Value) -> Namespace {
+    serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}})).unwrap()
+}
+
 impl Context {
-    /// A context over `jobs`, with the verifier that plays the API server.
+    /// A context over `jobs` and an unlabelled namespace `team`, with the verifier that plays
+    /// the API server.
     fn test(jobs: &[Job]) -> (Arc<Context>, Verifier) {
+        Self::test_in(jobs, &[namespace("team", &json!({}))])
+    }
+
+    fn test_in(jobs: &[Job], namespaces: &[Namespace]) -> (Arc<Context>, Verifier) {
         let (client, verifier) = mock_client();
-        let (store, mut writer) = reflector::store::<Job>();
-        writer.apply_watcher_event(&watcher::Event::Init);
-        for job in jobs {
-            writer.apply_watcher_event(&watcher::Event::InitApply(job.clone()));
-        }
-        writer.apply_watcher_event(&watcher::Event::InitDone);
-        let ctx = Context::new(client, test_metrics(), Some("test".into()), store);
+        let ctx = Context::new(
+            client,
+            test_metrics(),
+            Some("test".into()),
+            listed(jobs),
+            listed(namespaces),
+        );
         (Arc::new(ctx), verifier)
     }
 }
@@ -684,4 +718,201 @@ async fn a_job_being_deleted_is_retried_with_the_next_attempt() {
     });
     run(&image, &ctx).await.unwrap();
     scenario.finish().await;
+}
+
+// Build pods the namespace does not allow.
+
+fn privileged_spec() -> Value {
+    let mut spec = build_spec();
+    spec["jobTemplate"]["spec"]["containers"][0]["securityContext"] = json!({"privileged": true});
+    spec
+}
+
+fn lifted() -> BuildPodPolicy {
+    BuildPodPolicy {
+        privileged: true,
+        ..BuildPodPolicy::default()
+    }
+}
+
+#[test]
+fn a_build_pod_the_namespace_refuses_never_becomes_a_job() {
+    let image = image_with(&privileged_spec(), &json!({}), None);
+    let d = decide_on(&image, None, false, &[]);
+    assert!(d.create.is_none());
+    assert_eq!(d.status.phase, Some(MachineImagePhase::Failed));
+    assert!(!d.status.ready);
+    assert_eq!(
+        ready(&d.status),
+        ("False".into(), "BuildPodNotAllowed".into())
+    );
+    let message = &d.status.conditions.as_ref().unwrap()[0].message;
+    assert!(
+        message.contains("spec.jobTemplate.spec.containers[0].securityContext.privileged")
+            && message
+                .contains("kubernetesupgraded.dimitrikoshkin.com/build-pod-security=privileged"),
+        "{message}"
+    );
+    // No attempt is counted, nothing is recorded as answered.
+    assert_eq!((d.status.attempts, d.status.job_ref.clone()), (None, None));
+    assert_eq!(d.status.job_template_hash, None);
+    assert_eq!(d.notes.len(), 1);
+    assert!(d.notes[0].warning && d.notes[0].reason == "BuildPodNotAllowed");
+    assert_eq!(d.requeue, None, "a namespace change brings it back");
+
+    // Steady: the same status, no second warning.
+    let mut after = image.clone();
+    after.status = Some(d.status.clone());
+    let again = decide_on(&after, None, false, &[]);
+    assert!(again.create.is_none() && again.notes.is_empty());
+    assert_eq!(again.status, d.status);
+
+    // Once the namespace allows it, the next reconcile creates attempt 1.
+    let allowed = decide_in(&after, None, false, &[], &lifted());
+    let job = allowed.create.expect("a Job");
+    assert_eq!(job.name_any(), job_name("img", "uid-1", 1));
+    assert_eq!(allowed.status.phase, Some(MachineImagePhase::Building));
+    assert_eq!(ready(&allowed.status), ("False".into(), "Building".into()));
+}
+
+#[test]
+fn a_refused_rebuild_keeps_the_built_image_ready() {
+    let built = {
+        let image = image(Some(building_status(&image(None), 1)));
+        let job = job_of(&image, 1, &complete());
+        let mut after = image.clone();
+        after.spec.id = Some("ami-1".into());
+        after.status = Some(decide_on(&after, Some(&job), false, &[]).status);
+        (after, job)
+    };
+    let (mut image, job) = built;
+    image.spec.job_template.spec.host_network = Some(true);
+    image
+        .metadata
+        .annotations
+        .get_or_insert_default()
+        .insert(REBUILD_ANNOTATION.into(), "again".into());
+    let d = decide_on(&image, Some(&job), false, &[]);
+    assert!(d.create.is_none());
+    assert!(d.status.ready, "the image ID still stands");
+    assert_eq!(d.status.phase, Some(MachineImagePhase::Failed));
+    assert_eq!(
+        ready(&d.status),
+        ("True".into(), "BuildPodNotAllowed".into())
+    );
+    // The rebuild is not taken as answered: a namespace that allows it later builds it.
+    assert_eq!(d.status.rebuild, None);
+    assert_eq!(d.status.attempts, Some(1));
+    let mut after = image.clone();
+    after.status = Some(d.status.clone());
+    let allowed = decide_in(&after, Some(&job), false, &[], &lifted());
+    assert_eq!(
+        allowed.create.map(|j| j.name_any()),
+        Some(job_name("img", "uid-1", 2))
+    );
+}
+
+#[tokio::test]
+async fn a_refused_build_writes_status_and_one_warning_and_creates_nothing() {
+    let image = image_with(&privileged_spec(), &json!({}), None);
+    let (ctx, verifier) = Context::test(&[]);
+    let answer = image.clone();
+    let scenario = verifier.run(|mut server| async move {
+        let call = server
+            .expect_status_apply::<MachineImage>("team", "img", FIELD_MANAGER)
+            .await;
+        assert_eq!(call.body["status"]["phase"], "Failed");
+        assert_eq!(
+            call.body["status"]["conditions"][0]["reason"],
+            "BuildPodNotAllowed"
+        );
+        answer_status(call, &answer);
+        server
+            .expect_event("team", COMPONENT, "BuildPodNotAllowed")
+            .await;
+        server
+    });
+    let action = run(&image, &ctx).await.unwrap();
+    assert_eq!(action, Action::await_change());
+    scenario.finish().await;
+}
+
+#[tokio::test]
+async fn a_namespace_the_cache_lacks_is_read_before_deciding() {
+    let image = image_with(&privileged_spec(), &json!({}), None);
+    let (ctx, verifier) = Context::test_in(&[], &[]);
+    let answer = image.clone();
+    let scenario = verifier.run(|mut server| async move {
+        let call = server.next().await;
+        assert_eq!(call.method, Method::GET);
+        assert_eq!(call.uri, "/api/v1/namespaces/team");
+        let labelled = namespace(
+            "team",
+            &json!({"kubernetesupgraded.dimitrikoshkin.com/build-pod-security": "privileged"}),
+        );
+        call.ok(&serde_json::to_value(labelled).unwrap());
+        let call = server.next().await;
+        assert_eq!(call.method, Method::POST);
+        assert_eq!(
+            call.body["spec"]["template"]["spec"]["containers"][0]["securityContext"]["privileged"],
+            true
+        );
+        let created = call.body.clone();
+        call.reply(201, &created);
+        let call = server
+            .expect_status_apply::<MachineImage>("team", "img", FIELD_MANAGER)
+            .await;
+        assert_eq!(call.body["status"]["phase"], "Building");
+        answer_status(call, &answer);
+        server.expect_event("team", COMPONENT, "CreatingJob").await;
+        server
+    });
+    run(&image, &ctx).await.unwrap();
+    scenario.finish().await;
+}
+
+#[tokio::test]
+async fn a_namespace_that_cannot_be_read_fails_the_reconcile_before_any_write() {
+    let image = image(None);
+    let (ctx, verifier) = Context::test_in(&[], &[]);
+    let scenario = verifier.run(|mut server| async move {
+        let call = server.next().await;
+        assert_eq!(call.uri, "/api/v1/namespaces/team");
+        call.fail(403, "Forbidden");
+        server
+    });
+    let err = run(&image, &ctx).await.unwrap_err();
+    assert_eq!(err.category(), "GetNamespaceError");
+    scenario.finish().await;
+}
+
+#[test]
+fn a_namespace_change_brings_back_only_its_refused_images() {
+    let refused = |name: &str, ns: &str| {
+        let mut image = image_with(&privileged_spec(), &json!({}), None);
+        image.metadata.name = Some(name.into());
+        image.metadata.namespace = Some(ns.into());
+        image.status = Some(decide_on(&image, None, false, &[]).status);
+        image
+    };
+    let mut building = image(None);
+    building.metadata.name = Some("building".into());
+    building.status = Some(decide_on(&building, None, false, &[]).status);
+    let images: Vec<Guarded> = [
+        refused("a", "team"),
+        refused("b", "other"),
+        building,
+        refused("c", "team"),
+    ]
+    .into_iter()
+    .map(|i| DeserializeGuard(Ok(i)))
+    .collect();
+    let store = listed(&images);
+    let mut names: Vec<String> = super::refused(&store, "team")
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    names.sort();
+    assert_eq!(names, ["a", "c"]);
+    assert!(super::refused(&store, "elsewhere").is_empty());
 }

@@ -165,6 +165,10 @@ fn elemental_builds_rootless_pushes_with_the_secret_and_hands_off_a_digest() {
     assert_eq!(build_security.run_as_non_root, Some(true));
     let publish_security = publish.security_context.clone().unwrap();
     assert_eq!(publish_security.privileged, Some(false));
+    assert_eq!(
+        publish_security.capabilities.and_then(|c| c.drop),
+        Some(vec!["ALL".to_owned()])
+    );
     assert!(script(publish).contains("elemental build-iso -o /iso -n \"${MACHINE_IMAGE_STAMP}\""));
     let volumes: BTreeMap<String, _> = pod
         .volumes
@@ -202,5 +206,56 @@ fn elemental_builds_rootless_pushes_with_the_secret_and_hands_off_a_digest() {
         "elemental init --force",
     ] {
         assert!(dockerfile.contains(needle), "{needle}");
+    }
+}
+
+/// The Pod Security level `jobs/README.md` states for each template: CAPD and vSphere run
+/// within baseline; Elemental needs `privileged` (Unconfined seccomp and AppArmor for buildah).
+#[test]
+fn each_template_needs_the_pod_security_level_its_readme_states() {
+    use crate::controllers::machine_image::pod_security::{BuildPodPolicy, check};
+    let baseline = BuildPodPolicy::default();
+    let privileged = BuildPodPolicy {
+        privileged: true,
+        ..BuildPodPolicy::default()
+    };
+    for yaml in [CAPD, VSPHERE] {
+        let (image, _, pod) = rendered(yaml);
+        assert_eq!(
+            check(&pod, "builds", &baseline),
+            Ok(()),
+            "{}",
+            image.name_any()
+        );
+    }
+    let (_, _, pod) = rendered(ELEMENTAL);
+    let refusal = check(&pod, "builds", &baseline).unwrap_err();
+    let fields: Vec<&str> = refusal
+        .violations
+        .iter()
+        .map(|v| v.field.as_str())
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            "spec.jobTemplate.spec.initContainers[0].securityContext.seccompProfile.type",
+            "spec.jobTemplate.spec.initContainers[0].securityContext.appArmorProfile.type",
+        ]
+    );
+    assert_eq!(check(&pod, "builds", &privileged), Ok(()));
+    let readme = include_str!("../../../../jobs/README.md");
+    for (file, level) in [
+        ("capd.yaml", "baseline"),
+        ("vsphere-ova.yaml", "baseline"),
+        ("elemental-os.yaml", "privileged"),
+    ] {
+        let row = readme
+            .lines()
+            .find(|l| l.starts_with(&format!("| `{file}`")))
+            .unwrap_or_else(|| panic!("jobs/README.md has no row for {file}"));
+        assert!(
+            row.contains(&format!("Pod Security: `{level}`")),
+            "{file} must say `{level}`: {row}"
+        );
     }
 }
