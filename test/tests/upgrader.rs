@@ -252,3 +252,145 @@ async fn every_gate_holds_without_writing_the_cluster() {
         .await
         .unwrap();
 }
+
+/// A refused Cluster write fails the reconcile once, and that failure is one Warning
+/// (`ErrorUpdatingVersion`), seen through the running manager: never a second Warning for the same
+/// failure under another reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_cluster_write_is_one_warning_per_failed_reconcile() {
+    let env = e2e_env!("a_refused_cluster_write_is_one_warning_per_failed_reconcile");
+    static_image(&env, "img-1-30-1", "v1.30.1", "i-130")
+        .await
+        .unwrap();
+    plan(&env, "p", ">=1.29.0").await.unwrap();
+    cluster(&env, "v1beta1", "c", "v1.29.4", json!({}))
+        .await
+        .unwrap();
+    // Cluster updates in this namespace are refused by an admission policy.
+    let name = format!("freeze-{}", env.namespace);
+    let policy = json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": name},
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {"resourceRules": [{
+                "apiGroups": ["cluster.x-k8s.io"], "apiVersions": ["*"],
+                "operations": ["UPDATE"], "resources": ["clusters"],
+            }]},
+            "matchConditions": [{"name": "this-test", "expression": format!("object.metadata.namespace == '{}'", env.namespace)}],
+            "validations": [{"expression": "false", "message": "clusters are frozen in this namespace"}],
+        },
+    });
+    let binding = json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": name},
+        "spec": {"policyName": name, "validationActions": ["Deny"]},
+    });
+    e2e::manifests::apply(&env.client, &policy, "e2e")
+        .await
+        .unwrap();
+    e2e::manifests::apply(&env.client, &binding, "e2e")
+        .await
+        .unwrap();
+    let clusters = support::clusters(&env, "v1beta1");
+    e2e::eventually("the freeze in force", Duration::from_secs(30), || async {
+        let refused = clusters
+            .patch(
+                "c",
+                &kube::api::PatchParams {
+                    dry_run: true,
+                    ..Default::default()
+                },
+                &kube::api::Patch::Merge(json!({"metadata": {"labels": {"probe": "1"}}})),
+            )
+            .await
+            .is_err();
+        Ok(refused.then_some(()))
+    })
+    .await
+    .unwrap();
+    upgrader(
+        &env,
+        CCCU,
+        "u",
+        "c",
+        "p",
+        json!({"topologyVariable": "image"}),
+    )
+    .await
+    .unwrap();
+    let manager = env.start_manager().await.unwrap();
+
+    e2e::eventually(
+        "a Warning for the refused write",
+        Duration::from_secs(30),
+        || async {
+            let warnings = env.warnings("u").await?;
+            Ok((!warnings.is_empty()).then_some(()))
+        },
+    )
+    .await
+    .unwrap();
+    // A retry follows (10 s backoff): still one reason, once per failed reconcile.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    // Before the Plan reports its choice, a startup Warning of its own may come: not this failure.
+    let about_the_write = |warnings: Vec<k8s_openapi::api::events::v1::Event>| {
+        warnings
+            .into_iter()
+            .filter(|e| e.reason.as_deref() != Some("MachineImageDetailsVersionNotSet"))
+            .collect::<Vec<_>>()
+    };
+    let warnings = about_the_write(env.warnings("u").await.unwrap());
+    let reasons: Vec<(Option<String>, Option<String>)> = warnings
+        .iter()
+        .map(|e| (e.reason.clone(), e.note.clone()))
+        .collect();
+    assert!(
+        warnings
+            .iter()
+            .all(|e| e.reason.as_deref() == Some("ErrorUpdatingVersion")),
+        "{reasons:?}\n{}",
+        manager.log_tail()
+    );
+    let note = warnings[0].note.clone().unwrap_or_default();
+    assert!(
+        note.contains("v1.30.1") && note.contains("frozen"),
+        "{note}"
+    );
+    let failures = || async {
+        let text = manager.metrics_text().await.unwrap();
+        e2e::manager::metric_sum(
+            &e2e::manager::parse_metrics(&text),
+            "kubernetes_upgrader_reconcile_failures_total",
+            &[
+                ("controller", "clusterclassclusterupgrader"),
+                ("category", "WriteCluster"),
+            ],
+        )
+    };
+    let before = failures().await;
+    let published: i32 = about_the_write(env.warnings("u").await.unwrap())
+        .iter()
+        .map(|e| e.series.as_ref().map_or(1, |s| s.count))
+        .sum();
+    let after = failures().await;
+    assert!(before >= 1.0, "no failed reconcile counted");
+    assert!(
+        before <= f64::from(published) && f64::from(published) <= after,
+        "one Warning per failed reconcile: {before}..={after} failures, {published} published: {reasons:?}"
+    );
+    assert_eq!(
+        topology(&env, "v1beta1", "c").await.unwrap()["version"],
+        "v1.29.4"
+    );
+    let bindings: kube::Api<
+        k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicyBinding,
+    > = kube::Api::all(env.client.clone());
+    let policies: kube::Api<
+        k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicy,
+    > = kube::Api::all(env.client.clone());
+    let _ = bindings.delete(&name, &Default::default()).await;
+    let _ = policies.delete(&name, &Default::default()).await;
+}

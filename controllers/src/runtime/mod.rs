@@ -203,6 +203,12 @@ pub trait ReconcileError: std::error::Error + Send + Sync + 'static {
 
     /// The PascalCase category of this error.
     fn category(&self) -> &'static str;
+
+    /// The reason of the Warning event this failure becomes: the category, unless a wire
+    /// contract names the event otherwise.
+    fn event_reason(&self) -> &'static str {
+        self.category()
+    }
 }
 
 /// The category of failures that happen outside a reconcile (watch errors, the queue).
@@ -251,7 +257,7 @@ impl Reporter {
                 self.metrics.failure(category);
                 tracing::warn!(controller = self.controller, object = %object, category, error = %note, "reconcile failed");
                 self.events
-                    .publish_to(&(*object).into(), &Note::warning(category, note))
+                    .publish_to(&(*object).into(), &Note::warning(err.event_reason(), note))
                     .await;
             }
             Err(other) => {

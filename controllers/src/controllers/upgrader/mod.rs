@@ -36,8 +36,8 @@ pub use decide::{Decision, Observed, decide};
 use crate::runtime::caches::{Cacheable, generation_or_annotation_changed};
 use crate::runtime::status::{WriteError, apply_status};
 use crate::runtime::{
-    ControllerMetrics, Events, Note, ReconcileError, Registration, Reporter, Running, Shared,
-    all_ready, drive, synced,
+    ControllerMetrics, Events, ReconcileError, Registration, Reporter, Running, Shared, all_ready,
+    drive, synced,
 };
 use finish::Rollout;
 use gates::{ClusterState, PlanState};
@@ -129,8 +129,8 @@ pub enum Error {
     #[error("reading the Cluster {0}")]
     ReadCluster(String, #[source] WriteError),
     /// Writing the step to the Cluster failed.
-    #[error("writing the step to the Cluster")]
-    WriteCluster(#[source] WriteError),
+    #[error("{0}")]
+    WriteCluster(String, #[source] WriteError),
     /// Writing the status failed.
     #[error("writing status")]
     WriteStatus(#[source] WriteError),
@@ -138,8 +138,8 @@ pub enum Error {
     #[error("reading the hosts of Cluster {0}")]
     ReadHosts(String, #[source] WriteError),
     /// A write of the in-place flow failed.
-    #[error("updating hosts in place")]
-    WriteHost(#[source] WriteError),
+    #[error("updating a host in place: {0}")]
+    WriteHost(String, #[source] WriteError),
 }
 
 impl ReconcileError for Error {
@@ -158,10 +158,19 @@ impl ReconcileError for Error {
             Self::InvalidObject(_) => "InvalidObject",
             Self::Discovery(_) => "Discovery",
             Self::ReadCluster(..) => "ReadCluster",
-            Self::WriteCluster(_) => "WriteCluster",
+            Self::WriteCluster(..) => "WriteCluster",
             Self::WriteStatus(_) => "WriteStatus",
             Self::ReadHosts(..) => "ReadHosts",
-            Self::WriteHost(_) => "WriteHost",
+            Self::WriteHost(..) => "WriteHost",
+        }
+    }
+
+    /// v0.6's reason for a refused Cluster write; its companion for a refused host write.
+    fn event_reason(&self) -> &'static str {
+        match self {
+            Self::WriteCluster(..) => "ErrorUpdatingVersion",
+            Self::WriteHost(..) => "ErrorUpdatingHost",
+            other => other.category(),
         }
     }
 }
@@ -558,22 +567,11 @@ async fn reconcile_body<K: UpgraderKind>(
             .and_then(|p| p.upgrade_recovery)
             .unwrap_or(false);
         for action in &joined.actions {
-            if let Err(err) = Box::pin(perform(
+            Box::pin(perform(
                 ctx, workload, management, &namespace, action, recovery,
             ))
             .await
-            {
-                ctx.events
-                    .publish_to(
-                        &reference,
-                        &Note::warning(
-                            "ErrorUpdatingHost",
-                            format!("{action:?} failed: {}", crate::runtime::cause_chain(&err)),
-                        ),
-                    )
-                    .await;
-                return Err(Error::WriteHost(err));
-            }
+            .map_err(|source| Error::WriteHost(format!("{action:?}"), source))?;
         }
     }
     for note in &decision.notes {
@@ -611,23 +609,12 @@ async fn write_step(
         FIELD_MANAGER,
     )
     .await;
-    if let Err(err) = written {
-        ctx.events
-            .publish_to(
-                upgrader,
-                &Note::warning(
-                    "ErrorUpdatingVersion",
-                    format!(
-                        "writing {} to Cluster {name} failed: {}",
-                        step.version_string(),
-                        crate::runtime::cause_chain(&err)
-                    ),
-                ),
-            )
-            .await;
-        return Err(Error::WriteCluster(err));
-    }
-    Ok(())
+    written.map_err(|source| {
+        Error::WriteCluster(
+            format!("writing {} to Cluster {name}", step.version_string()),
+            source,
+        )
+    })
 }
 
 /// The in-place update the Plan asks for: `spec.inPlace` is set and the Plan's ready image has
