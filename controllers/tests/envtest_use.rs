@@ -2,6 +2,7 @@
 //! format and archives built here (stub binaries in the published layout), with an empty `$HOME`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
@@ -46,16 +47,18 @@ fn archive_name(version: &str, platform: &str) -> String {
 fn publish(server: &RepoServer, hash_of: impl Fn(&str, &[u8]) -> String) {
     let mut index = String::from("releases:\n");
     for version in VERSIONS {
-        index.push_str(&format!("  v{version}:\n"));
+        writeln!(index, "  v{version}:").unwrap();
         for platform in PLATFORMS {
             let name = archive_name(version, platform);
             let bytes = archive(version, platform);
             let path = format!("releases/{name}");
-            index.push_str(&format!(
-                "    {name}:\n      hash: {}\n      selfLink: {}\n",
+            writeln!(
+                index,
+                "    {name}:\n      hash: {}\n      selfLink: {}",
                 hash_of(&name, &bytes),
                 server.url_for(&path)
-            ));
+            )
+            .unwrap();
             server.put(&path, bytes);
         }
     }

@@ -138,6 +138,7 @@ async fn fetch(
         .archive(&release, &mut file, staged.path())
         .await?;
     drop(file);
+    say("SHA-512 verified; unpacking");
     let store = store.clone();
     let name = release.archive.clone();
     let version = release.version.clone();
@@ -152,7 +153,7 @@ async fn fetch(
         message: e.to_string(),
     })??;
     say(&format!(
-        "SHA-512 verified; Kubernetes {} ({platform}) unpacked into {}",
+        "Kubernetes {} ({platform}) unpacked into {}",
         release.version,
         folder.display()
     ));

@@ -162,6 +162,8 @@ impl Index {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    use std::fmt::Write as _;
+
     use super::*;
     use crate::envtest::{Arch, Os};
 
@@ -198,12 +200,14 @@ mod tests {
             ("v1.32.10", 'e'),
             ("v1.33.0", 'f'),
         ] {
-            yaml.push_str(&format!("  {version}:\n"));
+            writeln!(yaml, "  {version}:").unwrap();
             for platform in platforms {
-                yaml.push_str(&format!(
-                    "    envtest-{version}-{platform}.tar.gz:\n      hash: {}\n      selfLink: https://github.com/kubernetes-sigs/controller-tools/releases/download/envtest-{version}/envtest-{version}-{platform}.tar.gz\n",
+                writeln!(
+                    yaml,
+                    "    envtest-{version}-{platform}.tar.gz:\n      hash: {}\n      selfLink: https://github.com/kubernetes-sigs/controller-tools/releases/download/envtest-{version}/envtest-{version}-{platform}.tar.gz",
                     hash(seed)
-                ));
+                )
+                .unwrap();
             }
         }
         yaml

@@ -362,12 +362,11 @@ mod tests {
             ("1.32.0-beta.0", None),
         ] {
             let got = text.parse::<VersionSpec>();
-            match want {
-                Some(want) => assert_eq!(got.unwrap(), want, "{text}"),
-                None => {
-                    let message = got.unwrap_err().to_string();
-                    assert!(message.starts_with("VERSION "), "{text}: {message}");
-                }
+            if let Some(want) = want {
+                assert_eq!(got.unwrap(), want, "{text}");
+            } else {
+                let message = got.unwrap_err().to_string();
+                assert!(message.starts_with("VERSION "), "{text}: {message}");
             }
         }
     }
