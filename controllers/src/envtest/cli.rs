@@ -8,8 +8,10 @@ use std::process::ExitCode;
 use reqwest::Url;
 
 use super::fetch::Downloader;
+use super::store::Staged;
 use super::{
-    Arch, DEFAULT_INDEX_URL, DEFAULT_VERSION, EnvtestError, Os, Platform, Store, VersionSpec,
+    Arch, DEFAULT_INDEX_URL, DEFAULT_VERSION, EnvtestError, Os, Platform, Release, Store,
+    VersionSpec,
 };
 use crate::text::redact_url;
 
@@ -108,38 +110,13 @@ pub async fn run_use(args: &UseArgs) -> Result<PathBuf, EnvtestError> {
         args.version,
         redact_url(index_url.as_str())
     ));
-    tokio::select! {
-        result = fetch(&store, &args.version, platform, &index_url) => result,
-        _ = tokio::signal::ctrl_c() => Err(EnvtestError::Interrupted),
-    }
-}
-
-/// Downloads and installs the newest match of `wanted`. Dropped midway (Ctrl-C), its staging
-/// file goes with it.
-async fn fetch(
-    store: &Store,
-    wanted: &VersionSpec,
-    platform: Platform,
-    index_url: &Url,
-) -> Result<PathBuf, EnvtestError> {
-    let downloader = Downloader::new()?;
-    let release = downloader
-        .index(index_url)
-        .await?
-        .select(wanted, platform, index_url)?;
-    store.sweep_stale();
-    let (staged, mut file) = store.staging_file(&release.version, platform)?;
-    say(&format!(
-        "downloading {} from {}",
-        release.archive,
-        redact_url(release.url.as_str())
-    ));
-    downloader
-        .archive(&release, &mut file, staged.path())
-        .await?;
-    drop(file);
+    // Ctrl-C stops the download, and its staging file goes with it. Unpacking is local and
+    // short: it runs to the end, so the folder is either whole or absent.
+    let (release, staged) = tokio::select! {
+        downloaded = download(&store, &args.version, platform, &index_url) => downloaded?,
+        _ = tokio::signal::ctrl_c() => return Err(EnvtestError::Interrupted),
+    };
     say("SHA-512 verified; unpacking");
-    let store = store.clone();
     let name = release.archive.clone();
     let version = release.version.clone();
     let folder = tokio::task::spawn_blocking(move || {
@@ -158,6 +135,31 @@ async fn fetch(
         folder.display()
     ));
     Ok(folder)
+}
+
+/// Downloads the newest match of `wanted` into a staging file, its SHA-512 checked.
+async fn download(
+    store: &Store,
+    wanted: &VersionSpec,
+    platform: Platform,
+    index_url: &Url,
+) -> Result<(Release, Staged), EnvtestError> {
+    let downloader = Downloader::new()?;
+    let release = downloader
+        .index(index_url)
+        .await?
+        .select(wanted, platform, index_url)?;
+    store.sweep_stale();
+    let (staged, mut file) = store.staging_file(&release.version, platform)?;
+    say(&format!(
+        "downloading {} from {}",
+        release.archive,
+        redact_url(release.url.as_str())
+    ));
+    downloader
+        .archive(&release, &mut file, staged.path())
+        .await?;
+    Ok((release, staged))
 }
 
 fn say(line: &str) {
