@@ -24,7 +24,7 @@ control-plane:
 ifeq ($(OFFLINE),)
 	@if [ -z "$$KUBEBUILDER_ASSETS" ] && [ -z "$$E2E_KUBECONFIG" ]; then \
 	  $(UPGRADER) envtest use --prefer-installed $(ENVTEST_K8S_VERSION) >/dev/null \
-	  || { echo "make: no control plane, and fetching one failed (OFFLINE=1 runs without it)" >&2; exit 1; }; \
+	  || { echo "make: fetching a control plane failed: set KUBEBUILDER_ASSETS or E2E_KUBECONFIG, or OFFLINE=1 to go on without one" >&2; exit 1; }; \
 	fi
 endif
 

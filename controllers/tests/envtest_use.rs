@@ -151,7 +151,10 @@ async fn the_newest_patch_for_the_platform_is_fetched_once_and_then_reused() {
         );
     }
     assert!(
-        stderr.contains("fetching Kubernetes 1.32.x (darwin/arm64)"),
+        stderr.contains(&format!(
+            "envtest: no Kubernetes 1.32.x (darwin/arm64) in {}: fetching its etcd, kube-apiserver and kubectl",
+            home.k8s().display()
+        )),
         "{stderr}"
     );
     assert!(stderr.contains("SHA-512 verified"), "{stderr}");

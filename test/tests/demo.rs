@@ -147,7 +147,7 @@ fn on_a_fresh_machine_make_demo_fetches_the_control_plane_then_converges() {
     let stderr = String::from_utf8_lossy(&fetched.stderr);
     assert!(fetched.status.success(), "{stderr}");
     assert!(
-        stderr.contains("envtest: fetching Kubernetes 1.32.x"),
+        stderr.contains("envtest: no Kubernetes 1.32.x") && stderr.contains(": fetching its etcd"),
         "{stderr}"
     );
     assert!(stderr.contains("SHA-512 verified"), "{stderr}");

@@ -106,8 +106,9 @@ pub async fn run_use(args: &UseArgs) -> Result<PathBuf, EnvtestError> {
         });
     }
     say(&format!(
-        "fetching Kubernetes {} ({platform}): etcd, kube-apiserver and kubectl, from the envtest releases listed at {}",
+        "no Kubernetes {} ({platform}) in {}: fetching its etcd, kube-apiserver and kubectl from the envtest releases listed at {}",
         args.version,
+        store.versions_dir().display(),
         redact_url(index_url.as_str())
     ));
     // Ctrl-C stops the download, and its staging file goes with it. Unpacking is local and
