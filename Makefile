@@ -3,18 +3,35 @@ CARGO ?= cargo
 KUBECTL ?= kubectl
 IMG ?= ghcr.io/kubernetes-upgrader/kubernetes-upgrader:latest
 BIN := $(CARGO) run --release --locked --bin kubernetes-upgrader --
+## The product binary, for `envtest use`.
+UPGRADER ?= $(CARGO) run --locked -q --bin kubernetes-upgrader --
+## The Kubernetes minor the end-to-end suites are tested against.
+ENVTEST_K8S_VERSION ?= 1.32
 
-.PHONY: all build test ci lint fmt manifests e2e bench bench-load bench-syncer bench-image bench-upgrade demo run install docker-build
+.PHONY: all build test ci lint fmt manifests e2e bench bench-load bench-syncer bench-image bench-upgrade demo run install docker-build control-plane
 
 all: build
 
 build:
 	$(CARGO) build --locked --workspace
 
-## The test command: formatting, lints and every test. End-to-end suites skip without an API server
-## (KUBEBUILDER_ASSETS, setup-envtest's folder or E2E_KUBECONFIG); --no-fail-fast runs every binary
-## even when one fails, and the end-to-end wall time is printed.
-test:
+## The local control plane of the end-to-end suites and the demo. With none configured (no
+## KUBEBUILDER_ASSETS, no E2E_KUBECONFIG, nothing in setup-envtest's folder), `envtest use` fetches
+## Kubernetes $(ENVTEST_K8S_VERSION)'s etcd, kube-apiserver and kubectl from controller-tools'
+## envtest releases into setup-envtest's folder, SHA-512 checked, once. OFFLINE=1 never fetches;
+## ENVTEST_INDEX_URL points at a mirror of the release index.
+control-plane:
+ifeq ($(OFFLINE),)
+	@if [ -z "$$KUBEBUILDER_ASSETS" ] && [ -z "$$E2E_KUBECONFIG" ]; then \
+	  $(UPGRADER) envtest use --prefer-installed $(ENVTEST_K8S_VERSION) >/dev/null \
+	  || { echo "make: fetching a control plane failed: set KUBEBUILDER_ASSETS or E2E_KUBECONFIG, or OFFLINE=1 to go on without one" >&2; exit 1; }; \
+	fi
+endif
+
+## The test command: formatting, lints and every test. End-to-end suites run against the control
+## plane above (fetched on first use), or E2E_KUBECONFIG; with OFFLINE=1 and neither, they skip.
+## --no-fail-fast runs every binary even when one fails, and the end-to-end wall time is printed.
+test: control-plane
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
 	$(CARGO) build --locked --bin kubernetes-upgrader
@@ -35,8 +52,8 @@ fmt:
 manifests:
 	UPDATE_CRDS=1 $(CARGO) test --locked -p kubernetes-upgrader --lib crdgen
 
-## End-to-end suites; needs KUBEBUILDER_ASSETS (etcd, kube-apiserver) or E2E_KUBECONFIG.
-e2e:
+## End-to-end suites, against the control plane above or E2E_KUBECONFIG.
+e2e: control-plane
 	$(CARGO) build --locked --bin kubernetes-upgrader
 	$(CARGO) test --locked -p e2e --no-fail-fast -- --test-threads=2
 
@@ -61,10 +78,10 @@ bench-image:
 	$(CARGO) build --locked --bin kubernetes-upgrader
 	$(CARGO) run --locked -p e2e --bin image_ready
 
-## The whole pipeline on this machine, with no cluster: a local control plane from the test
-## assets (KUBEBUILDER_ASSETS or setup-envtest's folder), or the current kubeconfig with
-## USE_CURRENT_CONTEXT=1. Ctrl-C stops everything it started.
-demo:
+## The whole pipeline on this machine, with no cluster: the local control plane above (fetched
+## on first use), or the current kubeconfig with USE_CURRENT_CONTEXT=1. Ctrl-C stops everything
+## it started.
+demo: $(if $(USE_CURRENT_CONTEXT),,control-plane)
 	$(CARGO) build --locked --bin kubernetes-upgrader
 	$(CARGO) run --locked -q -p e2e --bin demo -- $(if $(USE_CURRENT_CONTEXT),--use-current-context)
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::debian::cli::VersionsArgs;
+use crate::envtest::cli::EnvtestArgs;
 use crate::manager::DEFAULT_LEASE_NAME;
 use crate::telemetry::LogFormat;
 
@@ -38,6 +39,8 @@ pub enum Command {
     Versions(VersionsArgs),
     /// Print the pipeline as a tree: sources, syncers, images, plans, upgraders and clusters.
     Status(StatusArgs),
+    /// Fetch a local control plane for tests and the demo, as `setup-envtest` does.
+    Envtest(EnvtestArgs),
 }
 
 /// Flags of `status`.

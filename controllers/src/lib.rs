@@ -5,6 +5,7 @@ pub mod controllers;
 pub mod crdgen;
 pub mod debian;
 pub mod describe;
+pub mod envtest;
 pub mod manager;
 pub mod runtime;
 pub mod shutdown;

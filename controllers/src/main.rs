@@ -7,7 +7,7 @@ use clap::Parser;
 use kubernetes_upgrader::cli::{Cli, Command, RunArgs};
 use kubernetes_upgrader::manager::{self, LeaderElection, ManagerConfig};
 use kubernetes_upgrader::shutdown::Shutdown;
-use kubernetes_upgrader::{controllers, crdgen, debian, describe, telemetry};
+use kubernetes_upgrader::{controllers, crdgen, debian, describe, envtest, telemetry};
 
 const SERVICE_ACCOUNT_NAMESPACE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
 const DEFAULT_NAMESPACE: &str = "kubernetes-upgrader-system";
@@ -29,6 +29,7 @@ async fn main() -> ExitCode {
             debian::cli::run_versions(args).await
         }
         Some(Command::Status(args)) => describe::run(args).await,
+        Some(Command::Envtest(args)) => envtest::cli::run(args).await,
         Some(Command::Run(args)) => run(args).await,
         None => run(cli.run).await,
     };

@@ -12,7 +12,7 @@ use crate::control_plane::{Assets, ControlPlane};
 use crate::install;
 
 /// The one line printed by every skipped end-to-end test.
-pub const SKIP_HINT: &str = "set KUBEBUILDER_ASSETS to a folder with etcd and kube-apiserver (`setup-envtest use 1.32` puts one in its default folder, which is found without it), or E2E_KUBECONFIG to a kubeconfig";
+pub const SKIP_HINT: &str = "set KUBEBUILDER_ASSETS to a folder with etcd and kube-apiserver (`kubernetes-upgrader envtest use` or `setup-envtest use 1.32` puts one in setup-envtest's folder, which is found without it), or E2E_KUBECONFIG to a kubeconfig";
 
 /// Set (to anything but empty) when every end-to-end test must run: a test that would skip
 /// fails instead. `.ci/run` sets it once it has found the assets.

@@ -13,6 +13,7 @@ use rand::Rng;
 
 use crate::http;
 use crate::procs::{self, ChildGuard};
+use kubernetes_upgrader::envtest;
 
 /// How long etcd and kube-apiserver get to become ready.
 const START_TIMEOUT: Duration = Duration::from_secs(90);
@@ -37,12 +38,15 @@ impl Assets {
         Self::in_folder(&PathBuf::from(dir)).map(Some)
     }
 
-    /// The newest control plane that `setup-envtest use` left in its default folder,
-    /// `$HOME/.local/share/kubebuilder-envtest/k8s/<version>-linux-amd64`; `None` when there is none.
+    /// The newest control plane for this machine in setup-envtest's default folder, where
+    /// `setup-envtest use` and `kubernetes-upgrader envtest use` put them
+    /// (`$HOME/.local/share/kubebuilder-envtest/k8s/<version>-<os>-<arch>` on Linux); `None`
+    /// when there is none.
     pub fn from_setup_envtest() -> Option<Self> {
-        let home = std::env::var_os("HOME").filter(|h| !h.is_empty())?;
-        let root = PathBuf::from(home).join(".local/share/kubebuilder-envtest/k8s");
-        let dir = newest_envtest_folder(&root)?;
+        let platform = envtest::Platform::current().ok()?;
+        let (_, dir) = envtest::Store::default_location()
+            .ok()?
+            .installed(None, platform)?;
         Self::in_folder(&dir).ok()
     }
 
@@ -69,24 +73,6 @@ impl Assets {
             kube_controller_manager: kcm.is_file().then_some(kcm),
         })
     }
-}
-
-/// The folder under `root` named `<version>-linux-amd64` with the highest version that holds a
-/// `kube-apiserver`.
-pub fn newest_envtest_folder(root: &Path) -> Option<PathBuf> {
-    std::fs::read_dir(root)
-        .ok()?
-        .filter_map(Result::ok)
-        .filter_map(|entry| {
-            let name = entry.file_name().into_string().ok()?;
-            let version = semver::Version::parse(name.strip_suffix("-linux-amd64")?).ok()?;
-            let dir = entry.path();
-            dir.join("kube-apiserver")
-                .is_file()
-                .then_some((version, dir))
-        })
-        .max_by(|a, b| a.0.cmp(&b.0))
-        .map(|(_, dir)| dir)
 }
 
 fn which(name: &str) -> Option<PathBuf> {
@@ -532,34 +518,4 @@ fn rust_key_pair() -> Result<(String, String)> {
     let private_pem = private.to_pkcs8_pem(LineEnding::LF)?.to_string();
     let public_pem = public.to_public_key_pem(LineEnding::LF)?;
     Ok((private_pem, public_pem))
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-
-    #[test]
-    fn the_newest_complete_envtest_folder_wins() {
-        let root = tempfile::tempdir().unwrap();
-        for (name, complete) in [
-            ("1.30.0-linux-amd64", true),
-            ("1.32.13-linux-amd64", true),
-            ("1.32.2-linux-amd64", true),
-            ("1.33.0-linux-amd64", false),
-            ("1.99.0-darwin-arm64", true),
-            ("not-a-version-linux-amd64", true),
-        ] {
-            let dir = root.path().join(name);
-            std::fs::create_dir_all(&dir).unwrap();
-            if complete {
-                std::fs::write(dir.join("kube-apiserver"), b"").unwrap();
-            }
-        }
-        assert_eq!(
-            newest_envtest_folder(root.path()),
-            Some(root.path().join("1.32.13-linux-amd64"))
-        );
-        assert_eq!(newest_envtest_folder(&root.path().join("absent")), None);
-    }
 }

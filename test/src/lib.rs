@@ -2,8 +2,10 @@
 //! policies, the real manager binary, and stand-ins for what a kubelet would do.
 //!
 //! The API server is found in this order:
-//! 1. `KUBEBUILDER_ASSETS` names a folder with `etcd` and `kube-apiserver`: the harness starts
-//!    them once per test binary on free loopback ports (see [`control_plane`]);
+//! 1. `KUBEBUILDER_ASSETS` names a folder with `etcd` and `kube-apiserver`, or setup-envtest's
+//!    folder holds one for this machine (`kubernetes-upgrader envtest use` puts it there; `make`
+//!    does on first use): the harness starts them once per test binary on free loopback ports
+//!    (see [`control_plane`]);
 //! 2. `E2E_KUBECONFIG` names a kubeconfig: that cluster is used;
 //! 3. otherwise each test prints one line saying what to set, and passes.
 //!

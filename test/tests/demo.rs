@@ -7,6 +7,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use e2e::{cluster, control_plane::Assets, procs};
+use kubernetes_upgrader_testkit::debian::RepoServer;
+use sha2::{Digest as _, Sha512};
 
 fn demo() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_demo"));
@@ -40,6 +42,11 @@ fn demo_converges_from_a_new_repository_version_to_the_cluster() {
     e2e::manager::binary().unwrap();
     let started = Instant::now();
     let output = demo().env("DEMO_EXIT_WHEN_DONE", "1").output().unwrap();
+    assert_converged(&output, started);
+}
+
+/// The demo ran to the end: both releases reached the Cluster, and the tree was printed plain.
+fn assert_converged(output: &std::process::Output, started: Instant) {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
@@ -62,6 +69,153 @@ fn demo_converges_from_a_new_repository_version_to_the_cluster() {
         "{stdout}"
     );
     assert!(!stdout.contains('\u{1b}'));
+}
+
+/// A fresh machine: an empty `$HOME`, no `KUBEBUILDER_ASSETS`, and controller-tools' release index
+/// mirrored on loopback (`ENVTEST_INDEX_URL`), holding this machine's control plane repacked as
+/// controller-tools publishes it. `make demo` runs `make control-plane`, then the demo binary; this
+/// runs the same two steps (the demo binary directly, as a nested `cargo run` would contend for
+/// the build this test runs in). The first fetches and unpacks, the demo converges on it, and a
+/// second `make control-plane` downloads nothing.
+#[test]
+fn on_a_fresh_machine_make_demo_fetches_the_control_plane_then_converges() {
+    let test = "on_a_fresh_machine_make_demo_fetches_the_control_plane_then_converges";
+    let Some(assets) = Assets::from_env()
+        .ok()
+        .flatten()
+        .or_else(Assets::from_setup_envtest)
+    else {
+        cluster::skip(
+            test,
+            "repacks the control plane of KUBEBUILDER_ASSETS: set it",
+        );
+        return;
+    };
+    if !std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .any(|dir| dir.join("make").is_file())
+    {
+        cluster::skip(test, "runs `make control-plane`: install make");
+        return;
+    }
+    let manager = e2e::manager::binary().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let server = runtime.block_on(RepoServer::start()).unwrap();
+    let version = published_version(&assets);
+    let platform = kubernetes_upgrader::envtest::Platform::current().unwrap();
+    let name = format!("envtest-v{version}-{}.tar.gz", platform.suffix());
+    let archive = repack(&assets);
+    server.put(
+        "envtest-releases.yaml",
+        format!(
+            "releases:\n  v{version}:\n    {name}:\n      hash: {}\n      selfLink: {}\n",
+            hex::encode(Sha512::digest(&archive)),
+            server.url_for(&format!("releases/{name}"))
+        ),
+    );
+    server.put(&format!("releases/{name}"), archive);
+
+    let home = tempfile::tempdir().unwrap();
+    let fresh = |command: &mut Command| {
+        command
+            .env("HOME", home.path())
+            .env("ENVTEST_INDEX_URL", server.url_for("envtest-releases.yaml"))
+            .env("NO_COLOR", "1")
+            .env_remove("KUBEBUILDER_ASSETS")
+            .env_remove("E2E_KUBECONFIG")
+            .env_remove("XDG_DATA_HOME")
+            .env_remove("OFFLINE")
+            .env_remove("MAKEFLAGS")
+            .env_remove("MFLAGS")
+            .env_remove("MAKELEVEL")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+    };
+    let make_control_plane = || {
+        let mut make = Command::new("make");
+        make.arg("-s")
+            .arg("--no-print-directory")
+            .arg("-C")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+            .arg("control-plane")
+            .arg(format!("UPGRADER={}", manager.display()));
+        fresh(&mut make);
+        make.output().unwrap()
+    };
+
+    let fetched = make_control_plane();
+    let stderr = String::from_utf8_lossy(&fetched.stderr);
+    assert!(fetched.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("envtest: no Kubernetes 1.32.x") && stderr.contains(": fetching its etcd"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("SHA-512 verified"), "{stderr}");
+    let folder = home.path().join(format!(
+        ".local/share/kubebuilder-envtest/k8s/{version}-{}",
+        platform.suffix()
+    ));
+    for binary in ["etcd", "kube-apiserver"] {
+        assert!(
+            folder.join(binary).is_file(),
+            "{} has no {binary}",
+            folder.display()
+        );
+    }
+    assert_eq!(server.requests(), 2);
+
+    let started = Instant::now();
+    let mut demo = demo();
+    fresh(&mut demo);
+    let output = demo.env("DEMO_EXIT_WHEN_DONE", "1").output().unwrap();
+    assert_converged(&output, started);
+
+    let again = make_control_plane();
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(again.status.success(), "{stderr}");
+    assert!(stderr.contains("is already in"), "{stderr}");
+    assert_eq!(server.requests(), 2, "the second run downloaded again");
+}
+
+/// The version the archive is published as: the assets' folder name when it is a 1.32 release
+/// (what `make` asks for), 1.32.0 otherwise.
+fn published_version(assets: &Assets) -> semver::Version {
+    assets
+        .kube_apiserver
+        .parent()
+        .and_then(|dir| dir.file_name())
+        .and_then(|name| name.to_str())
+        .and_then(|name| name.split('-').next())
+        .and_then(|v| semver::Version::parse(v).ok())
+        .filter(|v| (v.major, v.minor) == (1, 32))
+        .unwrap_or_else(|| semver::Version::new(1, 32, 0))
+}
+
+/// etcd and kube-apiserver as a gzip'd tar in controller-tools' layout,
+/// `controller-tools/envtest/<binary>`. The published archives also hold kubectl, which `envtest
+/// use` takes when present (its loopback tests cover that); the demo does not need it, and
+/// leaving it out halves what this debug build compresses and hashes.
+fn repack(assets: &Assets) -> Vec<u8> {
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut tar = tar::Builder::new(gz);
+    for (name, path) in [
+        ("etcd", &assets.etcd),
+        ("kube-apiserver", &assets.kube_apiserver),
+    ] {
+        // Symlinks (install.sh links Debian's etcd) are followed: the archive holds files.
+        let mut file = std::fs::File::open(path).unwrap();
+        let mut header = tar::Header::new_gnu();
+        header.set_size(file.metadata().unwrap().len());
+        header.set_mode(0o755);
+        header.set_cksum();
+        tar.append_data(
+            &mut header,
+            format!("controller-tools/envtest/{name}"),
+            &mut file,
+        )
+        .unwrap();
+    }
+    tar.into_inner().unwrap().finish().unwrap()
 }
 
 #[test]

@@ -807,7 +807,7 @@ fn fetch_failed(url: &Url, error: &reqwest::Error) -> SyncError {
 }
 
 /// An error and its sources on one line, without reqwest's copy of the URL.
-fn chain(error: &reqwest::Error) -> String {
+pub(crate) fn chain(error: &reqwest::Error) -> String {
     let mut message = if error.is_timeout() {
         "timed out (no data within the idle read timeout)".to_owned()
     } else {

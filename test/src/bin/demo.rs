@@ -1,7 +1,8 @@
 //! `make demo`: the whole pipeline on one machine, with no cluster.
 //!
 //! It starts etcd and kube-apiserver from the test assets (`KUBEBUILDER_ASSETS`, or
-//! setup-envtest's folder), or uses the current kubeconfig with `--use-current-context`;
+//! setup-envtest's folder, which `make demo` fills on first use with `kubernetes-upgrader envtest
+//! use`), or uses the current kubeconfig with `--use-current-context`;
 //! installs the CRDs and policies; serves a signed Debian repository on loopback; starts the
 //! manager; applies the CAPD sample and a demo Cluster; and stands in for the kubelet (build
 //! Jobs finish through the termination message) and for Cluster API (each rollout reports
