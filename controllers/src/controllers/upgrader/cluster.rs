@@ -281,16 +281,17 @@ pub async fn write_step(
     cluster: &Value,
     step: &Step,
     field_manager: &str,
-) -> Result<(), WriteError> {
+) -> Result<Value, WriteError> {
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &access.resource);
     if access.list_map || step.variable.is_none() {
         let body = apply_body(access, namespace, name, step);
-        bounded(api.patch(
+        let written = bounded(api.patch(
             name,
             &PatchParams::apply(field_manager).force(),
             &Patch::Apply(&body),
         ))
         .await?;
+        as_json(&written)
     } else {
         let patch: json_patch::Patch = serde_json::from_value(json_patch(cluster, step))
             .map_err(|e| WriteError::Api(kube::Error::SerdeError(e)))?;
@@ -298,9 +299,13 @@ pub async fn write_step(
             field_manager: Some(field_manager.to_owned()),
             ..PatchParams::default()
         };
-        bounded(api.patch(name, &params, &Patch::<()>::Json(patch))).await?;
+        let written = bounded(api.patch(name, &params, &Patch::<()>::Json(patch))).await?;
+        as_json(&written)
     }
-    Ok(())
+}
+
+fn as_json(object: &DynamicObject) -> Result<Value, WriteError> {
+    serde_json::to_value(object).map_err(|e| WriteError::Api(kube::Error::SerdeError(e)))
 }
 
 /// The `v`-prefixed form of a version string as the Cluster holds it, for messages.

@@ -124,6 +124,19 @@ pub fn decide(plan: &Plan, observed: &Observed<'_>) -> Decision {
     }
 }
 
+/// Settles a written step's status as the next reconcile will see it: `post` is the decision on
+/// the Cluster as the write returned it (its new generation not yet observed by Cluster API), so
+/// its conditions and `nextStep` replace the written decision's, which keeps its history,
+/// `latestSetVersion` and events. A step then writes the upgrader's status once.
+pub fn settle_after_write(written: &mut Decision, post: &Decision) {
+    written
+        .status
+        .conditions
+        .clone_from(&post.status.conditions);
+    written.status.next_step.clone_from(&post.status.next_step);
+    written.requeue = post.requeue;
+}
+
 fn step_message(step: &Step, cluster: &str) -> String {
     format!(
         "set Cluster {cluster} from {} to {} with image {:?}",

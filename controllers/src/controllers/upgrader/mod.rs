@@ -542,17 +542,46 @@ async fn reconcile_body<K: UpgraderKind>(
         decision.requeue = Some(decision.requeue.map_or(wait, |w| w.min(wait)));
     }
 
-    // Apply: the step first, then the status that records it.
-    if let Some(step) = decision.write.clone() {
-        write_step(
+    // Apply: the step first, then the status that records it, as the next reconcile will see it.
+    if let (Some(step), Some(access)) = (decision.write.clone(), access.as_ref())
+        && let Some(written) = write_step(
             ctx,
             &reference,
             spec.cluster_name,
             raw.as_ref(),
-            access.as_ref(),
-            step,
+            access,
+            &step,
         )
-        .await?;
+        .await?
+    {
+        let mut view = cluster::view(&written);
+        view.finished = finish::finished(
+            &Rollout {
+                api: access.api,
+                cluster: &written,
+                control_plane: None,
+                machine_deployments: None,
+            },
+            &step.version,
+        );
+        let after = gates::plan(&gates::Inputs {
+            spec: upgrader.view(),
+            cluster: &ClusterState::Found(view),
+            plan: &plan_state,
+            images: &images,
+            now,
+        });
+        let post = decide(
+            &after,
+            &Observed {
+                generation: upgrader.meta().generation,
+                status: current,
+                cluster: spec.cluster_name,
+                rollout: Some((step.version.clone(), false)),
+                now: &now_time,
+            },
+        );
+        decide::settle_after_write(&mut decision, &post);
     }
     if decision.status != *current {
         let api: Api<K> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -586,30 +615,31 @@ async fn reconcile_body<K: UpgraderKind>(
     Ok(requeue.map_or_else(Action::await_change, Action::requeue))
 }
 
-/// Writes `step` to the Cluster; a failure is a Warning event and an error.
+/// Writes `step` to the Cluster; returns the Cluster as written.
 async fn write_step(
     ctx: &Context,
     upgrader: &ObjectReference,
     name: &str,
     raw: Option<&serde_json::Value>,
-    access: Option<&cluster::Access>,
-    step: gates::Step,
-) -> Result<(), Error> {
-    let (Some(raw), Some(access)) = (raw, access) else {
-        return Ok(());
+    access: &cluster::Access,
+    step: &gates::Step,
+) -> Result<Option<serde_json::Value>, Error> {
+    let Some(raw) = raw else {
+        return Ok(None);
     };
     let namespace = upgrader.namespace.clone().unwrap_or_default();
-    let written = cluster::write_step(
+    cluster::write_step(
         &ctx.client,
         access,
         &namespace,
         name,
         raw,
-        &step,
+        step,
         FIELD_MANAGER,
     )
-    .await;
-    written.map_err(|source| {
+    .await
+    .map(Some)
+    .map_err(|source| {
         Error::WriteCluster(
             format!("writing {} to Cluster {name}", step.version_string()),
             source,
