@@ -342,10 +342,11 @@ pub fn decide(observed: &Observed<'_>) -> Decision {
     // A Job removed by its TTL is not a request to retry (the rebuild annotation is).
     let gone_after_failure =
         observed.latest.is_none() && ttl && current.phase == Some(MachineImagePhase::Failed);
-    // An attempt whose Job name another Job held stays refused until a rebuild is asked:
-    // retrying on its own would let whoever holds the names keep it busy.
-    let refused =
-        observed.latest.is_none() && ready_reason(&current) == Some(REASON_JOB_NOT_TRUSTED);
+    // An attempt whose Job name another Job held (so no Job is recorded) stays refused until a
+    // rebuild is asked: retrying on its own would let whoever holds the names keep it busy.
+    let refused = observed.latest.is_none()
+        && current.job_ref.is_none()
+        && ready_reason(&current) == Some(REASON_JOB_NOT_TRUSTED);
     let no_job = observed.latest.is_none() && id.is_none() && !gone_after_failure && !refused;
     let start = rebuild_requested || template_changed || no_job;
 

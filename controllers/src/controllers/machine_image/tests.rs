@@ -600,6 +600,12 @@ fn a_changed_attempt_annotation_is_refused() {
     after.status = Some(d.status.clone());
     let again = decide_on(&after, Some(&tampered), false, &[]);
     assert!(again.notes.is_empty() && again.status == d.status && again.write_id.is_none());
+    // Deleting it still retries, under attempt 2.
+    let retried = decide_on(&after, None, true, &[]);
+    assert_eq!(
+        retried.create.map(|j| j.name_any()),
+        Some(job_name("img", "uid-1", 2))
+    );
 }
 
 #[test]
