@@ -21,6 +21,11 @@ pub const MAX_IMAGE_ID: usize = 1024;
 /// How often a running build is looked at even without a Job event (v0.6: 1 min).
 pub const BUILDING_RECHECK: Duration = Duration::from_secs(60);
 
+/// How long an attempt whose Job name another Job took waits before the next attempt tries its
+/// own name: a manager killed between creating a Job and recording its UID recovers this way,
+/// and whoever takes names ahead keeps an image busy at this pace at most.
+pub const TAKEN_NAME_RETRY: Duration = Duration::from_secs(10);
+
 /// Reason: the image exists.
 pub const REASON_BUILT: &str = "Built";
 /// Reason: a build Job runs.
@@ -342,13 +347,19 @@ pub fn decide(observed: &Observed<'_>) -> Decision {
     // A Job removed by its TTL is not a request to retry (the rebuild annotation is).
     let gone_after_failure =
         observed.latest.is_none() && ttl && current.phase == Some(MachineImagePhase::Failed);
-    // An attempt whose Job name another Job held (so no Job is recorded) stays refused until a
-    // rebuild is asked: retrying on its own would let whoever holds the names keep it busy.
+    // An attempt whose Job name another Job held (so no Job is recorded) waits before the next
+    // attempt tries its own name, so that whoever takes names ahead cannot keep it busy.
     let refused = observed.latest.is_none()
         && current.job_ref.is_none()
         && ready_reason(&current) == Some(REASON_JOB_NOT_TRUSTED);
+    let retry_in = remaining(
+        current.build_start_time.as_ref(),
+        observed.now,
+        TAKEN_NAME_RETRY,
+    );
+    let retry_taken = refused && retry_in.is_zero();
     let no_job = observed.latest.is_none() && id.is_none() && !gone_after_failure && !refused;
-    let start = rebuild_requested || template_changed || no_job;
+    let start = rebuild_requested || template_changed || no_job || retry_taken;
 
     let mut status = MachineImageStatus {
         observed_generation: image.metadata.generation,
@@ -374,6 +385,8 @@ pub fn decide(observed: &Observed<'_>) -> Decision {
                     )
                 } else if template_changed {
                     "the job template changed".to_owned()
+                } else if retry_taken {
+                    "the previous attempt's Job name was taken by a Job this controller did not create".to_owned()
                 } else {
                     "the image has no ID".to_owned()
                 };
@@ -423,7 +436,7 @@ pub fn decide(observed: &Observed<'_>) -> Decision {
                 .unwrap_or_else(|| "the build Job was not created by this controller".to_owned()),
             job_ref: None,
             completion: current.build_completion_time.clone(),
-            requeue: None,
+            requeue: Some(retry_in),
             warning: true,
         }
     } else if let Some(id) = &id {
@@ -466,6 +479,15 @@ pub fn decide(observed: &Observed<'_>) -> Decision {
     )
 }
 
+/// What is left of `wait` since `since` (nothing when `since` is unknown or in the future).
+fn remaining(since: Option<&Time>, now: &Time, wait: Duration) -> Duration {
+    let Some(since) = since else {
+        return Duration::ZERO;
+    };
+    Duration::try_from(now.0.duration_since(since.0))
+        .map_or(Duration::ZERO, |elapsed| wait.saturating_sub(elapsed))
+}
+
 /// The reason of the current `Ready` condition.
 fn ready_reason(status: &MachineImageStatus) -> Option<&str> {
     status
@@ -501,7 +523,6 @@ fn conclude(
 ) -> Decision {
     status.ready = outcome.ready;
     status.phase = outcome.phase;
-    status.job_ref.clone_from(&outcome.job_ref);
     let same_build = current.job_ref.as_ref().and_then(|r| r.name.as_ref())
         == outcome.job_ref.as_ref().and_then(|r| r.name.as_ref());
     let transition = !same_build || ready_reason(current) != Some(outcome.reason);
@@ -523,6 +544,7 @@ fn conclude(
         image.metadata.generation,
         now,
     ));
+    status.job_ref = outcome.job_ref;
     Decision {
         create,
         write_id,
@@ -544,8 +566,8 @@ pub enum Creation<'a> {
 /// The decision once its Job's creation is known: the created Job's UID is recorded in
 /// `status.jobRef`, the one proof that a Job is this controller's own. A Job that already held
 /// the name is refused: nothing is taken from it, the attempt is spent (its rebuild value and
-/// template hash count as answered), and the image waits for a rebuild, which builds under the
-/// next attempt's name.
+/// template hash count as answered), and after [`TAKEN_NAME_RETRY`] the next attempt tries its
+/// own name.
 pub fn settle(observed: &Observed<'_>, decision: Decision, creation: Creation<'_>) -> Decision {
     match creation {
         Creation::Created(job) => Decision {
@@ -560,8 +582,8 @@ pub fn settle(observed: &Observed<'_>, decision: Decision, creation: Creation<'_
             let current = image.status.clone().unwrap_or_default();
             let id = image.spec.id.as_deref().filter(|id| !id.is_empty());
             let attempt = decision.status.attempts.unwrap_or(0);
+            // The attempt's start time stays: the next one waits from it.
             let status = MachineImageStatus {
-                build_start_time: current.build_start_time.clone(),
                 build_completion_time: current.build_completion_time.clone(),
                 ..decision.status
             };
@@ -570,13 +592,15 @@ pub fn settle(observed: &Observed<'_>, decision: Decision, creation: Creation<'_
                 ready: id.is_some(),
                 reason: REASON_JOB_NOT_TRUSTED,
                 message: format!(
-                    "the Job {} of build attempt {attempt} already exists and this controller did not create it (its UID {} is not the one recorded); its result is not taken. Set the annotation {REBUILD_ANNOTATION} to a new value to build under a new name",
+                    "the Job {} of build attempt {attempt} already exists and this controller did not create it (its UID {} is not the one recorded); its result is not taken; attempt {} tries its own name in {}s",
                     job.name_any(),
                     job.metadata.uid.as_deref().unwrap_or("(none)"),
+                    attempt.saturating_add(1),
+                    TAKEN_NAME_RETRY.as_secs(),
                 ),
                 job_ref: None,
                 completion: current.build_completion_time.clone(),
-                requeue: None,
+                requeue: Some(TAKEN_NAME_RETRY),
                 warning: true,
             };
             conclude(

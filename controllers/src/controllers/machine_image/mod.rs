@@ -219,7 +219,7 @@ pub async fn reconcile(obj: Arc<Guarded>, ctx: Arc<Context>) -> Result<Action, E
     };
     let now = now();
     let uid = image.uid().unwrap_or_default();
-    let result = reconcile_image(image, &ctx, &now).await;
+    let result = Box::pin(reconcile_image(image, &ctx, &now)).await;
     let mut failures = ctx.failures();
     if result.is_ok() {
         failures.remove(&uid);

@@ -531,27 +531,50 @@ fn the_created_uid_is_recorded_and_a_taken_name_is_refused_until_a_rebuild() {
     );
     assert_eq!(refused.status.job_ref, None);
     assert_eq!(refused.status.phase, Some(MachineImagePhase::Failed));
-    assert_eq!(refused.status.build_start_time, None, "no build started");
+    assert_eq!(refused.status.build_start_time, Some(now()));
     assert_eq!(
         ready(&refused.status),
         ("False".into(), "JobNotTrusted".into())
     );
     assert_eq!(refused.notes.len(), 1);
     assert!(refused.notes[0].warning && refused.notes[0].reason == "JobNotTrusted");
+    assert_eq!(refused.requeue, Some(decide::TAKEN_NAME_RETRY));
 
-    // It stays refused, quietly: no retry under the same name, no second Warning.
+    // It stays refused, quietly, until the wait is over: no second Warning meanwhile.
     let mut after = image.clone();
     after.status = Some(refused.status.clone());
-    let again = decide_on(&after, None, false, &[]);
+    let at = |seconds: i64| Time(now().0 + k8s_openapi::jiff::SignedDuration::from_secs(seconds));
+    let decide_at = |image: &MachineImage, now: &Time| {
+        decide(&Observed {
+            image,
+            latest: None,
+            job_gone: false,
+            pods: &[],
+            now,
+        })
+    };
+    let again = decide_at(&after, &at(4));
     assert!(again.create.is_none() && again.notes.is_empty());
-    assert_eq!(again.status, refused.status);
-    // A rebuild builds under attempt 2's name.
+    assert_eq!(again.requeue, Some(Duration::from_secs(6)));
+    assert_eq!(again.status.conditions, refused.status.conditions);
+    // Then attempt 2 tries its own name.
+    let next = decide_at(&after, &at(10));
+    assert_eq!(
+        next.create.map(|j| j.name_any()),
+        Some(job_name("img", "uid-1", 2))
+    );
+    assert!(
+        next.notes[0].message.contains("was taken"),
+        "{:?}",
+        next.notes
+    );
+    // A rebuild does not wait.
     after
         .metadata
         .annotations
         .get_or_insert_default()
         .insert(REBUILD_ANNOTATION.into(), "again".into());
-    let rebuilt = decide_on(&after, None, false, &[]);
+    let rebuilt = decide_at(&after, &at(1));
     assert_eq!(
         rebuilt.create.map(|j| j.name_any()),
         Some(job_name("img", "uid-1", 2))
@@ -582,6 +605,7 @@ fn a_refused_rebuild_of_a_built_image_keeps_it_ready_with_its_id() {
     after.status = Some(refused.status.clone());
     let again = decide_on(&after, None, false, &[]);
     assert_eq!(again.status, refused.status, "not silently Built again");
+    assert!(again.create.is_none() && again.notes.is_empty());
 }
 
 #[test]
@@ -830,7 +854,7 @@ async fn a_job_that_took_the_name_first_is_refused_with_a_condition() {
         server
     });
     let action = run(&image, &ctx).await.unwrap();
-    assert_eq!(action, Action::await_change());
+    assert_eq!(action, Action::requeue(decide::TAKEN_NAME_RETRY));
     scenario.finish().await;
 }
 
