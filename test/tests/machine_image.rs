@@ -736,8 +736,22 @@ async fn the_manager_runs_as_its_service_account_which_may_not_delete_jobs() {
         let manager = manager.clone();
         async move { can_i(&manager, verb, group, resource, ns).await.unwrap() }
     };
-    // `kubectl auth can-i delete jobs` as the manager: no.
+    // `kubectl auth can-i delete jobs` as the manager: no (asked through kubectl too when it is
+    // installed; it sends the same SelfSubjectAccessReview).
     assert!(!can("delete", "batch", "jobs").await);
+    if let Ok(output) = std::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(env.manager_kubeconfig())
+        .args(["auth", "can-i", "delete", "jobs", "-n", ns])
+        .output()
+    {
+        assert_eq!(
+            String::from_utf8_lossy(&output.stdout).trim(),
+            "no",
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
     assert!(!can("update", "batch", "jobs").await);
     assert!(!can("get", "", "pods").await);
     assert!(can("create", "batch", "jobs").await);
