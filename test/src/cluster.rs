@@ -26,8 +26,12 @@ pub fn skipping_forbidden() -> bool {
 /// The API server of this test binary, with our CRDs and admission policy installed.
 #[derive(Debug)]
 pub struct Cluster {
-    /// Admin kubeconfig, for the manager binary and for clients.
+    /// Admin kubeconfig, for clients.
     pub kubeconfig: PathBuf,
+    /// The manager's kubeconfig: a token of its own ServiceAccount, bound to the roles of
+    /// `config/rbac`, so the suites run it with exactly the RBAC it ships with. The admin
+    /// kubeconfig for [`existing`] clusters.
+    pub manager_kubeconfig: PathBuf,
     /// The control plane the harness started, or `None` for an `E2E_KUBECONFIG` cluster.
     pub local: Option<ControlPlane>,
 }
@@ -109,6 +113,7 @@ async fn setup() -> Result<Option<Cluster>> {
                 .await
                 .context("starting etcd and kube-apiserver")?;
             Cluster {
+                manager_kubeconfig: plane.kubeconfig.clone(),
                 kubeconfig: plane.kubeconfig.clone(),
                 local: Some(plane),
             }
@@ -117,12 +122,43 @@ async fn setup() -> Result<Option<Cluster>> {
             let path = std::fs::canonicalize(&path)
                 .with_context(|| format!("E2E_KUBECONFIG={} is not readable", path.display()))?;
             Cluster {
+                manager_kubeconfig: path.clone(),
                 kubeconfig: path,
                 local: None,
             }
         }
     };
-    Ok(Some(prepare(cluster).await?))
+    let mut cluster = prepare(cluster).await?;
+    cluster.manager_kubeconfig = manager_identity(&cluster)
+        .await
+        .context("setting up the manager's ServiceAccount from config/rbac")?;
+    Ok(Some(cluster))
+}
+
+/// How long the manager's token lives: longer than any test binary runs.
+const MANAGER_TOKEN_LIFETIME: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// Installs `config/rbac` and writes a kubeconfig holding a token of the manager's
+/// ServiceAccount (TokenRequest API); returns its path once RBAC lets the token list images.
+async fn manager_identity(cluster: &Cluster) -> Result<PathBuf> {
+    let admin = client_from_kubeconfig(&cluster.kubeconfig).await?;
+    install::install_manager_rbac(&admin).await?;
+    let token = install::manager_token(&admin, MANAGER_TOKEN_LIFETIME).await?;
+    let user = format!(
+        "system:serviceaccount:{}:{}",
+        install::MANAGER_NAMESPACE,
+        install::MANAGER_SERVICE_ACCOUNT
+    );
+    let dir = crate::procs::scratch_subdir("manager-identity-")?;
+    let path = dir.join("kubeconfig");
+    std::fs::write(
+        &path,
+        crate::control_plane::kubeconfig_yaml(&cluster.server()?, &token, &user),
+    )
+    .with_context(|| format!("writing {}", path.display()))?;
+    let manager = client_from_kubeconfig(&path).await?;
+    install::wait_authorized(&manager, std::time::Duration::from_secs(30)).await?;
+    Ok(path)
 }
 
 /// The cluster of `kubeconfig`, with our CRDs and admission policies installed: for tools such
@@ -132,6 +168,7 @@ pub async fn existing(kubeconfig: &Path) -> Result<Cluster> {
     let path = std::fs::canonicalize(kubeconfig)
         .with_context(|| format!("{} is not readable", kubeconfig.display()))?;
     prepare(Cluster {
+        manager_kubeconfig: path.clone(),
         kubeconfig: path,
         local: None,
     })
@@ -164,6 +201,11 @@ pub async fn client_from_kubeconfig(kubeconfig: &Path) -> Result<Client> {
 }
 
 impl Cluster {
+    /// A fresh client with the manager's identity.
+    pub async fn manager_client(&self) -> Result<Client> {
+        client_from_kubeconfig(&self.manager_kubeconfig).await
+    }
+
     /// A fresh admin client.
     pub async fn client(&self) -> Result<Client> {
         client_from_kubeconfig(&self.kubeconfig).await

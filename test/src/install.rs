@@ -1,12 +1,19 @@
 //! Installs our CRDs and admission policies from `config/crd/`, plus a minimal Cluster API
-//! `Cluster` CRD, and waits until they are in force.
+//! `Cluster` CRD, and waits until they are in force; and the manager's identity from
+//! `config/rbac/`, with a token for it.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+};
+use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
 
@@ -282,5 +289,153 @@ pub async fn wait_policies_effective(client: &Client, timeout: Duration) -> Resu
             );
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The manager's ServiceAccount, as `config/rbac` binds it.
+pub const MANAGER_SERVICE_ACCOUNT: &str = "kubernetes-upgrader-controller-manager";
+/// The namespace of the manager's ServiceAccount.
+pub const MANAGER_NAMESPACE: &str = "kubernetes-upgrader-system";
+
+/// `config/rbac/<file>`, as typed objects of kind `kind`.
+fn rbac_objects<K: serde::de::DeserializeOwned>(file: &str, kind: &str) -> Result<Vec<K>> {
+    let path = manifests::workspace_root()
+        .join("config")
+        .join("rbac")
+        .join(file);
+    manifests::load_yaml_docs(&path)?
+        .into_iter()
+        .filter(|d| d["kind"] == kind)
+        .map(|d| serde_json::from_value(d).with_context(|| format!("a {kind} of {file}")))
+        .collect()
+}
+
+/// Server-side applies `object` with the harness's field manager.
+async fn apply_typed<K>(api: &Api<K>, object: &K) -> Result<()>
+where
+    K: kube::Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let name = object.name_any();
+    api.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(object),
+    )
+    .await
+    .with_context(|| format!("applying {name}"))?;
+    Ok(())
+}
+
+/// Installs the manager's identity exactly as `config/rbac` ships it: its namespace, its
+/// ServiceAccount, the ClusterRole and the ClusterRoleBinding. The leader-election Role is
+/// namespaced: [`install_leader_election_role`] puts it where a test elects.
+pub async fn install_manager_rbac(client: &Client) -> Result<()> {
+    namespace::ensure(client, MANAGER_NAMESPACE).await?;
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), MANAGER_NAMESPACE);
+    for account in rbac_objects::<ServiceAccount>("service_account.yaml", "ServiceAccount")? {
+        apply_typed(&accounts, &account).await?;
+    }
+    let roles: Api<ClusterRole> = Api::all(client.clone());
+    for role in rbac_objects::<ClusterRole>("role.yaml", "ClusterRole")? {
+        apply_typed(&roles, &role).await?;
+    }
+    let bindings: Api<ClusterRoleBinding> = Api::all(client.clone());
+    for binding in rbac_objects::<ClusterRoleBinding>("role.yaml", "ClusterRoleBinding")? {
+        apply_typed(&bindings, &binding).await?;
+    }
+    Ok(())
+}
+
+/// The leader-election Role and RoleBinding of `config/rbac` in `namespace`.
+pub async fn install_leader_election_role(client: &Client, namespace: &str) -> Result<()> {
+    let roles: Api<Role> = Api::namespaced(client.clone(), namespace);
+    for role in rbac_objects::<Role>("leader_election_role.yaml", "Role")? {
+        apply_typed(&roles, &role).await?;
+    }
+    let bindings: Api<RoleBinding> = Api::namespaced(client.clone(), namespace);
+    for binding in rbac_objects::<RoleBinding>("leader_election_role.yaml", "RoleBinding")? {
+        apply_typed(&bindings, &binding).await?;
+    }
+    Ok(())
+}
+
+/// A token for the manager's ServiceAccount from the TokenRequest API, valid for `lifetime`.
+pub async fn manager_token(client: &Client, lifetime: Duration) -> Result<String> {
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), MANAGER_NAMESPACE);
+    let request = TokenRequest {
+        metadata: ObjectMeta::default(),
+        spec: TokenRequestSpec {
+            audiences: Vec::new(),
+            expiration_seconds: Some(i64::try_from(lifetime.as_secs()).unwrap_or(i64::MAX)),
+            ..TokenRequestSpec::default()
+        },
+        status: None,
+    };
+    let answer = accounts
+        .create_token_request(MANAGER_SERVICE_ACCOUNT, &PostParams::default(), &request)
+        .await
+        .context("requesting a token for the manager's ServiceAccount")?;
+    Ok(answer
+        .status
+        .context("the TokenRequest answer has no status")?
+        .token)
+}
+
+/// Whether the identity of `client` may `verb` `resource` (of `group`) in `namespace`: a
+/// SelfSubjectAccessReview, what `kubectl auth can-i` asks.
+pub async fn can_i(
+    client: &Client,
+    verb: &str,
+    group: &str,
+    resource: &str,
+    namespace: &str,
+) -> Result<bool> {
+    let reviews: Api<SelfSubjectAccessReview> = Api::all(client.clone());
+    let review = SelfSubjectAccessReview {
+        metadata: ObjectMeta::default(),
+        spec: SelfSubjectAccessReviewSpec {
+            resource_attributes: Some(ResourceAttributes {
+                verb: Some(verb.to_owned()),
+                group: Some(group.to_owned()),
+                resource: Some(resource.to_owned()),
+                namespace: Some(namespace.to_owned()),
+                ..ResourceAttributes::default()
+            }),
+            non_resource_attributes: None,
+        },
+        status: None,
+    };
+    let answer = reviews
+        .create(&PostParams::default(), &review)
+        .await
+        .with_context(|| format!("asking whether I may {verb} {resource}"))?;
+    Ok(answer.status.is_some_and(|s| s.allowed))
+}
+
+/// Waits until the identity of `client` may list and watch MachineImages: RBAC objects take
+/// effect once the API server's authorizer has seen them.
+pub async fn wait_authorized(client: &Client, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut allowed = true;
+        for verb in ["list", "watch"] {
+            allowed &= can_i(
+                client,
+                verb,
+                "kubernetesupgraded.dimitrikoshkin.com",
+                "machineimages",
+                "default",
+            )
+            .await?;
+        }
+        if allowed {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "the manager's ServiceAccount may still not list MachineImages after {timeout:?}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -93,6 +93,8 @@ impl TestEnv {
             &format!("e2e-{}", namespace::dns_fragment(test, 40)),
         )
         .await?;
+        // A test may run the manager with leader election in its namespace.
+        install::install_leader_election_role(&client, &namespace).await?;
         Ok(Some(Self {
             cluster,
             client,
@@ -130,9 +132,14 @@ impl TestEnv {
         &self.cluster.kubeconfig
     }
 
-    /// Manager options confined to this test's namespace.
+    /// The manager's kubeconfig: its own ServiceAccount with the RBAC of `config/rbac`.
+    pub fn manager_kubeconfig(&self) -> &Path {
+        &self.cluster.manager_kubeconfig
+    }
+
+    /// Manager options confined to this test's namespace, as the manager's ServiceAccount.
     pub fn manager_options(&self) -> ManagerOptions {
-        ManagerOptions::new(self.kubeconfig(), &self.namespace)
+        ManagerOptions::new(self.manager_kubeconfig(), &self.namespace)
             .labelled(&format!("manager-{}", self.test))
     }
 

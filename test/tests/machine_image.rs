@@ -6,17 +6,19 @@
 use std::time::Duration;
 
 use api::v1alpha1::{
-    IMAGE_ID_ANNOTATION, MACHINE_IMAGE_NAME_LABEL, MachineImage, MachineImageTemplate,
-    OS_IMAGE_STAMP_ANNOTATION, REBUILD_ANNOTATION,
+    ATTEMPT_ANNOTATION, IMAGE_ID_ANNOTATION, MACHINE_IMAGE_NAME_LABEL, MachineImage,
+    MachineImageTemplate, OS_IMAGE_STAMP_ANNOTATION, REBUILD_ANNOTATION,
 };
 use e2e::builds;
+use e2e::install::can_i;
 use e2e::status::{condition_message, condition_reason, condition_status, to_json};
 use e2e::{TestEnv, e2e_env};
+use k8s_openapi::api::authentication::v1::SelfSubjectReview;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
-use kubernetes_upgrader::controllers::machine_image::job_name;
+use kubernetes_upgrader::controllers::machine_image::{job_name, render_job};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -559,4 +561,201 @@ async fn a_template_the_server_refuses_is_not_ready() {
     )
     .await;
     fixed.unwrap();
+}
+
+/// A Job someone else made for `image`, as the manager would render it (the image's labels,
+/// a controller owner reference with its UID), under `name`, with `annotations` added.
+fn forged_job(image: &MachineImage, name: &str, annotations: &[(&str, &str)]) -> Job {
+    let mut job = render_job(image, 1, None).unwrap();
+    job.metadata.name = Some(name.to_owned());
+    let notes = job.metadata.annotations.get_or_insert_default();
+    for (key, value) in annotations {
+        notes.insert((*key).to_owned(), (*value).to_owned());
+    }
+    job
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_job_completed_after_the_build_does_not_change_the_id() {
+    let env = e2e_env!("a_forged_job_completed_after_the_build_does_not_change_the_id");
+    let _manager = env.start_manager().await.unwrap();
+    let image = create(&env, &image("guarded", &build_spec("v1.31.2"))).await;
+    let job = wait_job(&env, &image, 1).await;
+    let jobs: Api<Job> = env.api();
+    jobs.patch(
+        &job.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"metadata": {"annotations": {IMAGE_ID_ANNOTATION: "ami-real"}}})),
+    )
+    .await
+    .unwrap();
+    builds::job_succeeded(&env.client, &env.namespace, &job.name_any())
+        .await
+        .unwrap();
+    let built = wait_image(&env, "guarded", "built", |j| {
+        is(j, "True", "Built", "Created") && j["spec"]["id"] == "ami-real"
+    })
+    .await;
+    // The UID recorded is the one of the Job the manager created.
+    assert_eq!(
+        built.status.as_ref().unwrap().job_ref.as_ref().unwrap().uid,
+        job.uid()
+    );
+
+    // A Job with the image's labels, an owner reference with its UID, a higher attempt and
+    // another ID, completed after the build, with a build pod handing off a third ID.
+    let forged = forged_job(
+        &image,
+        "guarded-forged",
+        &[
+            (ATTEMPT_ANNOTATION, "7"),
+            (IMAGE_ID_ANNOTATION, "ami-forged"),
+            (OS_IMAGE_STAMP_ANNOTATION, "guarded-7"),
+        ],
+    );
+    assert_eq!(forged.owner_references()[0].uid, image.uid().unwrap());
+    let forged = jobs.create(&PostParams::default(), &forged).await.unwrap();
+    builds::build_succeeded_with_termination_message(
+        &env.client,
+        &env.namespace,
+        &forged.name_any(),
+        "ami-from-pod",
+    )
+    .await
+    .unwrap();
+    let api: Api<MachineImage> = env.api();
+    e2e::assert_no_writes(&api, "guarded", Duration::from_secs(4))
+        .await
+        .unwrap();
+    let after = api.get("guarded").await.unwrap();
+    assert_eq!(after.spec.id.as_deref(), Some("ami-real"));
+    assert_eq!(after.status, built.status);
+    assert_eq!(
+        after.annotations().get(OS_IMAGE_STAMP_ANNOTATION),
+        built.annotations().get(OS_IMAGE_STAMP_ANNOTATION)
+    );
+
+    // The manager's own Job, its attempt annotation changed afterwards: refused, ID kept.
+    jobs.patch(
+        &job.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"metadata": {"annotations": {ATTEMPT_ANNOTATION: "9", IMAGE_ID_ANNOTATION: "ami-changed"}}})),
+    )
+    .await
+    .unwrap();
+    let refused = wait_image(&env, "guarded", "the changed attempt refused", |j| {
+        ready_reason(j) == (Some("True".into()), Some("JobNotTrusted".into()))
+    })
+    .await;
+    assert_eq!(refused.spec.id.as_deref(), Some("ami-real"));
+    let message = condition_message(&to_json(&refused), "Ready").unwrap();
+    assert!(
+        message.contains("\"9\"") && message.contains("attempt 1"),
+        "{message}"
+    );
+    assert_eq!(events(&env, "guarded", "JobNotTrusted").await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_that_took_the_name_first_is_refused_and_the_next_attempt_builds() {
+    let env = e2e_env!("a_job_that_took_the_name_first_is_refused_and_the_next_attempt_builds");
+    // The image exists before the manager runs, so the forger gets to its Job name first.
+    let image = create(&env, &image("preempted", &build_spec("v1.31.2"))).await;
+    let name = job_name("preempted", &image.uid().unwrap(), 1);
+    let jobs: Api<Job> = env.api();
+    let forged = jobs
+        .create(
+            &PostParams::default(),
+            &forged_job(&image, &name, &[(IMAGE_ID_ANNOTATION, "ami-forged")]),
+        )
+        .await
+        .unwrap();
+    builds::job_succeeded(&env.client, &env.namespace, &name)
+        .await
+        .unwrap();
+
+    let _manager = env.start_manager().await.unwrap();
+    let refused = wait_image(&env, "preempted", "refused", |j| {
+        is(j, "False", "JobNotTrusted", "Failed")
+    })
+    .await;
+    assert_eq!(refused.spec.id, None);
+    let status = refused.status.clone().unwrap();
+    assert_eq!((status.attempts, status.job_ref), (Some(1), None));
+    let message = condition_message(&to_json(&refused), "Ready").unwrap();
+    assert!(
+        message.contains(&name) && message.contains(&forged.uid().unwrap()),
+        "{message}"
+    );
+    let warnings = events(&env, "preempted", "JobNotTrusted").await;
+    assert_eq!(warnings.len(), 1);
+    assert_eq!(warnings[0].type_.as_deref(), Some("Warning"));
+    let api: Api<MachineImage> = env.api();
+    e2e::assert_no_writes(&api, "preempted", Duration::from_secs(3))
+        .await
+        .unwrap();
+
+    // After a while attempt 2 tries its own name, in a Job the manager makes and records.
+    let second = wait_job(&env, &image, 2).await;
+    let building = wait_image(&env, "preempted", "attempt 2", |j| {
+        is(j, "False", "Building", "Building") && j["status"]["jobRef"]["uid"].is_string()
+    })
+    .await;
+    assert_eq!(building.status.unwrap().job_ref.unwrap().uid, second.uid());
+    builds::build_succeeded_with_termination_message(
+        &env.client,
+        &env.namespace,
+        &second.name_any(),
+        "ami-second",
+    )
+    .await
+    .unwrap();
+    wait_image(&env, "preempted", "built by attempt 2", |j| {
+        is(j, "True", "Built", "Created") && j["spec"]["id"] == "ami-second"
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_manager_runs_as_its_service_account_which_may_not_delete_jobs() {
+    let env = e2e_env!("the_manager_runs_as_its_service_account_which_may_not_delete_jobs");
+    let manager = env.cluster.manager_client().await.unwrap();
+    let reviews: Api<SelfSubjectReview> = Api::all(manager.clone());
+    let me = reviews
+        .create(&PostParams::default(), &SelfSubjectReview::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        me.status.unwrap().user_info.unwrap().username.as_deref(),
+        Some(
+            "system:serviceaccount:kubernetes-upgrader-system:kubernetes-upgrader-controller-manager"
+        )
+    );
+    let ns = &env.namespace;
+    let can = |verb: &'static str, group: &'static str, resource: &'static str| {
+        let manager = manager.clone();
+        async move { can_i(&manager, verb, group, resource, ns).await.unwrap() }
+    };
+    // `kubectl auth can-i delete jobs` as the manager: no (asked through kubectl too when it is
+    // installed; it sends the same SelfSubjectAccessReview).
+    assert!(!can("delete", "batch", "jobs").await);
+    if let Ok(output) = std::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(env.manager_kubeconfig())
+        .args(["auth", "can-i", "delete", "jobs", "-n", ns])
+        .output()
+    {
+        assert_eq!(
+            String::from_utf8_lossy(&output.stdout).trim(),
+            "no",
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    assert!(!can("update", "batch", "jobs").await);
+    assert!(!can("get", "", "pods").await);
+    assert!(can("create", "batch", "jobs").await);
+    assert!(can("list", "", "pods").await);
+    assert!(can("patch", "coordination.k8s.io", "leases").await);
+    assert!(!can("update", "coordination.k8s.io", "leases").await);
 }

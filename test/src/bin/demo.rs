@@ -81,7 +81,7 @@ async fn main() -> Result<()> {
         FIRST.join(", ")
     ));
 
-    let mut manager = Manager::spawn(ManagerOptions::new(&cluster.kubeconfig, &ns))?;
+    let mut manager = Manager::spawn(ManagerOptions::new(&cluster.manager_kubeconfig, &ns))?;
     manager.wait_ready(Duration::from_secs(60)).await?;
     say("manager ready");
 

@@ -39,7 +39,7 @@ async fn main() -> Result<()> {
     let client = cluster.client().await?;
     let ns = namespace::create(&client, "e2e-image-bench").await?;
     let mut manager = Manager::spawn(
-        ManagerOptions::new(&cluster.kubeconfig, &ns).labelled("image-bench-manager"),
+        ManagerOptions::new(&cluster.manager_kubeconfig, &ns).labelled("image-bench-manager"),
     )?;
     manager.wait_ready(Duration::from_secs(120)).await?;
     let images: Api<MachineImage> = Api::namespaced(client.clone(), &ns);

@@ -63,7 +63,7 @@ async fn main() -> Result<()> {
         .await?;
     let created_in = started.elapsed();
 
-    let options = ManagerOptions::new(&cluster.kubeconfig, &ns).labelled("load-manager");
+    let options = ManagerOptions::new(&cluster.manager_kubeconfig, &ns).labelled("load-manager");
     let mut manager = Manager::spawn(options)?;
     manager.wait_ready(Duration::from_secs(120)).await?;
     let manager_started = Instant::now();

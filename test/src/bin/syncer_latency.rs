@@ -136,7 +136,7 @@ async fn main() -> Result<()> {
         },
     );
 
-    let options = ManagerOptions::new(&cluster.kubeconfig, &ns).labelled("syncer-latency");
+    let options = ManagerOptions::new(&cluster.manager_kubeconfig, &ns).labelled("syncer-latency");
     let mut manager = Manager::spawn(options)?;
     manager.wait_ready(Duration::from_secs(60)).await?;
     wait_seen(&images, "v1.27.0", Duration::from_secs(60))

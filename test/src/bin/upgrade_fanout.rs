@@ -76,7 +76,7 @@ async fn main() -> Result<()> {
         .await?;
     let created_in = created.elapsed();
 
-    let options = ManagerOptions::new(&shared.kubeconfig, &ns).labelled("fanout-manager");
+    let options = ManagerOptions::new(&shared.manager_kubeconfig, &ns).labelled("fanout-manager");
     let mut manager = Manager::spawn(options)?;
     manager.wait_ready(Duration::from_secs(120)).await?;
     let started = Instant::now();

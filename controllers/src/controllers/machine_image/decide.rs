@@ -5,9 +5,8 @@ use std::time::Duration;
 
 use api::conditions::{self, Desired};
 use api::v1alpha1::{
-    ATTEMPT_ANNOTATION, CONDITION_READY, IMAGE_ID_ANNOTATION, JOB_TEMPLATE_HASH_ANNOTATION,
-    MachineImage, MachineImagePhase, MachineImageStatus, OS_IMAGE_STAMP_ANNOTATION,
-    REBUILD_ANNOTATION,
+    ATTEMPT_ANNOTATION, CONDITION_READY, IMAGE_ID_ANNOTATION, MachineImage, MachineImagePhase,
+    MachineImageStatus, OS_IMAGE_STAMP_ANNOTATION, REBUILD_ANNOTATION,
 };
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
@@ -23,6 +22,11 @@ pub const MAX_IMAGE_ID: usize = 1024;
 /// How often a running build is looked at even without a Job event (v0.6: 1 min).
 pub const BUILDING_RECHECK: Duration = Duration::from_secs(60);
 
+/// How long an attempt whose Job name another Job took waits before the next attempt tries its
+/// own name: a manager killed between creating a Job and recording its UID recovers this way,
+/// and whoever takes names ahead keeps an image busy at this pace at most.
+pub const TAKEN_NAME_RETRY: Duration = Duration::from_secs(10);
+
 /// Reason: the image exists.
 pub const REASON_BUILT: &str = "Built";
 /// Reason: a build Job runs.
@@ -33,6 +37,9 @@ pub const REASON_JOB_FAILED: &str = "JobFailed";
 pub const REASON_MISSING_IMAGE_ID: &str = "MissingImageID";
 /// Reason: the build handed off an ID that cannot be one.
 pub const REASON_INVALID_IMAGE_ID: &str = "InvalidImageID";
+/// Reason: a Job this controller did not create, or whose attempt annotation was changed, stands
+/// where its build Job should be; its result is not taken.
+pub const REASON_JOB_NOT_TRUSTED: &str = "JobNotTrusted";
 /// v0.6's Normal event when a build Job is created.
 pub const EVENT_CREATING_JOB: &str = "CreatingJob";
 
@@ -202,6 +209,37 @@ pub fn failed_container(pods: &[Pod]) -> Option<String> {
     })
 }
 
+/// Whether `pod` is one of `job`'s own pods: its controller owner reference carries the Job's
+/// UID. Labels such as `job-name` are written by whoever creates the pod, so they prove nothing.
+pub fn controlled_by(pod: &Pod, job: &Job) -> bool {
+    let Some(uid) = job.metadata.uid.as_deref() else {
+        return false;
+    };
+    pod.owner_references()
+        .iter()
+        .any(|r| r.controller == Some(true) && r.kind == "Job" && r.uid == uid)
+}
+
+/// The UID of the build Job this controller created for `image`, as it recorded it in
+/// `status.jobRef` from the create answer.
+pub fn recorded_uid(image: &MachineImage) -> Option<&str> {
+    image
+        .status
+        .as_ref()?
+        .job_ref
+        .as_ref()?
+        .uid
+        .as_deref()
+        .filter(|uid| !uid.is_empty())
+}
+
+/// Whether `job` is the build Job this controller created for `image`: the one whose UID it
+/// recorded. Labels, owner references and annotations are written by whoever creates a Job
+/// (a build pod's service account may be able to), so they prove nothing.
+pub fn is_recorded(image: &MachineImage, job: &Job) -> bool {
+    recorded_uid(image).is_some_and(|uid| job.metadata.uid.as_deref() == Some(uid))
+}
+
 /// Whether deciding about `job` needs its pods: a failure (for the exit code) or a success that
 /// does not carry the ID annotation (for the termination message).
 pub fn needs_pods(job: &Job) -> bool {
@@ -220,30 +258,17 @@ pub fn attempt_of(job: &Job) -> i32 {
         .unwrap_or(0)
 }
 
-/// The latest of an image's Jobs: the highest attempt, then the newest.
-pub fn latest_job(jobs: &[Job]) -> Option<&Job> {
-    jobs.iter().max_by(|a, b| {
-        attempt_of(a)
-            .cmp(&attempt_of(b))
-            .then_with(|| {
-                a.creation_timestamp()
-                    .map(|t| t.0)
-                    .cmp(&b.creation_timestamp().map(|t| t.0))
-            })
-            .then_with(|| a.name_any().cmp(&b.name_any()))
-    })
-}
-
 /// What the controller saw.
 #[derive(Clone, Copy, Debug)]
 pub struct Observed<'a> {
     /// The image.
     pub image: &'a MachineImage,
-    /// Its latest build Job.
+    /// The build Job `status.jobRef` records by UID ([`is_recorded`]); no other Job counts.
     pub latest: Option<&'a Job>,
     /// `status.jobRef` names a Job that no longer exists.
     pub job_gone: bool,
-    /// The latest Job's pods, when [`needs_pods`] asked for them.
+    /// The pods labelled with the latest Job's name, when [`needs_pods`] asked for them; only
+    /// those it controls ([`controlled_by`]) are read.
     pub pods: &'a [Pod],
     /// What the image's namespace allows build pods.
     pub build_pods: &'a BuildPodPolicy,
@@ -276,28 +301,13 @@ pub struct Decision {
 }
 
 /// What the latest attempt recorded: its number, the rebuild value it answered and its
-/// template hash. The Job is the truth when it exists (the status may not have been written
-/// after it was created); otherwise the status.
-fn recorded(
-    latest: Option<&Job>,
-    status: &MachineImageStatus,
-) -> (i32, Option<String>, Option<String>) {
-    let from_status = (
+/// template hash, from the status only: a Job's annotations can be changed by others.
+fn recorded(status: &MachineImageStatus) -> (i32, Option<String>, Option<String>) {
+    (
         status.attempts.unwrap_or(0),
         status.rebuild.clone(),
         status.job_template_hash.clone(),
-    );
-    match latest {
-        Some(job) if attempt_of(job) >= from_status.0 && attempt_of(job) > 0 => {
-            let annotations = job.annotations();
-            (
-                attempt_of(job),
-                annotations.get(REBUILD_ANNOTATION).cloned(),
-                annotations.get(JOB_TEMPLATE_HASH_ANNOTATION).cloned(),
-            )
-        }
-        _ => from_status,
-    }
+    )
 }
 
 fn job_ref(job: &Job) -> ObjectReference {
@@ -329,7 +339,7 @@ pub fn decide(observed: &Observed<'_>) -> Decision {
     let image = observed.image;
     let current = image.status.clone().unwrap_or_default();
     let id = image.spec.id.clone().filter(|id| !id.is_empty());
-    let (attempts, answered_rebuild, recorded_hash) = recorded(observed.latest, &current);
+    let (attempts, answered_rebuild, recorded_hash) = recorded(&current);
     let rebuild = image.annotations().get(REBUILD_ANNOTATION).cloned();
     let hash = template_hash(&image.spec.job_template);
     let ttl = image.spec.job_template.ttl_seconds_after_finished.is_some();
@@ -340,8 +350,19 @@ pub fn decide(observed: &Observed<'_>) -> Decision {
     // A Job removed by its TTL is not a request to retry (the rebuild annotation is).
     let gone_after_failure =
         observed.latest.is_none() && ttl && current.phase == Some(MachineImagePhase::Failed);
-    let no_job = observed.latest.is_none() && id.is_none() && !gone_after_failure;
-    let start = rebuild_requested || template_changed || no_job;
+    // An attempt whose Job name another Job held (so no Job is recorded) waits before the next
+    // attempt tries its own name, so that whoever takes names ahead cannot keep it busy.
+    let refused = observed.latest.is_none()
+        && current.job_ref.is_none()
+        && ready_reason(&current) == Some(REASON_JOB_NOT_TRUSTED);
+    let retry_in = remaining(
+        current.build_start_time.as_ref(),
+        observed.now,
+        TAKEN_NAME_RETRY,
+    );
+    let retry_taken = refused && retry_in.is_zero();
+    let no_job = observed.latest.is_none() && id.is_none() && !gone_after_failure && !refused;
+    let start = rebuild_requested || template_changed || no_job || retry_taken;
 
     let mut status = MachineImageStatus {
         observed_generation: image.metadata.generation,
@@ -370,6 +391,8 @@ pub fn decide(observed: &Observed<'_>) -> Decision {
                     )
                 } else if template_changed {
                     "the job template changed".to_owned()
+                } else if retry_taken {
+                    "the previous attempt's Job name was taken by a Job this controller did not create".to_owned()
                 } else {
                     "the image has no ID".to_owned()
                 };
@@ -403,7 +426,26 @@ pub fn decide(observed: &Observed<'_>) -> Decision {
             Err(NoJob::NotAllowed(refusal)) => not_allowed(&refusal, id.is_some()),
         }
     } else if let Some(job) = observed.latest {
-        decide_job(image, job, observed.pods, id.as_deref(), &mut write_id)
+        decide_job(
+            image,
+            job,
+            attempts,
+            observed.pods,
+            id.as_deref(),
+            &mut write_id,
+        )
+    } else if refused {
+        Outcome {
+            phase: Some(MachineImagePhase::Failed),
+            ready: id.is_some(),
+            reason: REASON_JOB_NOT_TRUSTED,
+            message: previous_message(&current)
+                .unwrap_or_else(|| "the build Job was not created by this controller".to_owned()),
+            job_ref: None,
+            completion: current.build_completion_time.clone(),
+            requeue: Some(retry_in),
+            warning: true,
+        }
     } else if let Some(id) = &id {
         Outcome {
             phase: Some(MachineImagePhase::Created),
@@ -417,40 +459,80 @@ pub fn decide(observed: &Observed<'_>) -> Decision {
         }
     } else {
         // A failed build whose Job its TTL removed: it stays failed until a rebuild is asked.
-        let previous = current
-            .conditions
-            .iter()
-            .flatten()
-            .find(|c| c.type_ == CONDITION_READY);
         Outcome {
             phase: Some(MachineImagePhase::Failed),
             ready: false,
             reason: REASON_JOB_FAILED,
-            message: previous.map_or_else(
-                || "the build failed and its Job is gone".to_owned(),
-                |c| c.message.clone(),
-            ),
+            message: previous_message(&current)
+                .unwrap_or_else(|| "the build failed and its Job is gone".to_owned()),
             job_ref: None,
             completion: current.build_completion_time.clone(),
             requeue: None,
             warning: false,
         }
     };
-
-    status.ready = outcome.ready;
-    status.phase = outcome.phase;
-    status.job_ref.clone_from(&outcome.job_ref);
     if !start {
         status.build_completion_time.clone_from(&outcome.completion);
     }
-    let previous = current
+    conclude(
+        image,
+        &current,
+        status,
+        outcome,
+        notes,
+        create,
+        write_id,
+        observed.now,
+    )
+}
+
+/// What is left of `wait` since `since` (nothing when `since` is unknown or in the future).
+fn remaining(since: Option<&Time>, now: &Time, wait: Duration) -> Duration {
+    let Some(since) = since else {
+        return Duration::ZERO;
+    };
+    Duration::try_from(now.0.duration_since(since.0))
+        .map_or(Duration::ZERO, |elapsed| wait.saturating_sub(elapsed))
+}
+
+/// The reason of the current `Ready` condition.
+fn ready_reason(status: &MachineImageStatus) -> Option<&str> {
+    status
         .conditions
         .iter()
         .flatten()
-        .find(|c| c.type_ == CONDITION_READY);
+        .find(|c| c.type_ == CONDITION_READY)
+        .map(|c| c.reason.as_str())
+}
+
+/// The message of the current `Ready` condition.
+fn previous_message(status: &MachineImageStatus) -> Option<String> {
+    status
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == CONDITION_READY)
+        .map(|c| c.message.clone())
+}
+
+/// The decision from its outcome: the status's remaining fields, the `Ready` condition and the
+/// events of a transition.
+#[allow(clippy::too_many_arguments)] // the parts of one decision, assembled once
+fn conclude(
+    image: &MachineImage,
+    current: &MachineImageStatus,
+    mut status: MachineImageStatus,
+    outcome: Outcome,
+    mut notes: Vec<Note>,
+    create: Option<Job>,
+    write_id: Option<IdWrite>,
+    now: &Time,
+) -> Decision {
+    status.ready = outcome.ready;
+    status.phase = outcome.phase;
     let same_build = current.job_ref.as_ref().and_then(|r| r.name.as_ref())
         == outcome.job_ref.as_ref().and_then(|r| r.name.as_ref());
-    let transition = !same_build || previous.is_none_or(|c| c.reason != outcome.reason);
+    let transition = !same_build || ready_reason(current) != Some(outcome.reason);
     if transition && outcome.phase != Some(MachineImagePhase::Building) {
         if outcome.warning {
             notes.push(Note::warning(outcome.reason, outcome.message.clone()));
@@ -467,14 +549,78 @@ pub fn decide(observed: &Observed<'_>) -> Decision {
             crate::text::bounded(&outcome.message),
         )],
         image.metadata.generation,
-        observed.now,
+        now,
     ));
+    status.job_ref = outcome.job_ref;
     Decision {
         create,
         write_id,
         status,
         notes,
         requeue: outcome.requeue,
+    }
+}
+
+/// What became of the Job a decision asked to create.
+#[derive(Clone, Copy, Debug)]
+pub enum Creation<'a> {
+    /// The create answer: the Job this controller made.
+    Created(&'a Job),
+    /// The name was taken (409), and the Job under it is not one this controller recorded.
+    NameTaken(&'a Job),
+}
+
+/// The decision once its Job's creation is known: the created Job's UID is recorded in
+/// `status.jobRef`, the one proof that a Job is this controller's own. A Job that already held
+/// the name is refused: nothing is taken from it, the attempt is spent (its rebuild value and
+/// template hash count as answered), and after [`TAKEN_NAME_RETRY`] the next attempt tries its
+/// own name.
+pub fn settle(observed: &Observed<'_>, decision: Decision, creation: Creation<'_>) -> Decision {
+    match creation {
+        Creation::Created(job) => Decision {
+            status: MachineImageStatus {
+                job_ref: Some(job_ref(job)),
+                ..decision.status
+            },
+            ..decision
+        },
+        Creation::NameTaken(job) => {
+            let image = observed.image;
+            let current = image.status.clone().unwrap_or_default();
+            let id = image.spec.id.as_deref().filter(|id| !id.is_empty());
+            let attempt = decision.status.attempts.unwrap_or(0);
+            // The attempt's start time stays: the next one waits from it.
+            let status = MachineImageStatus {
+                build_completion_time: current.build_completion_time.clone(),
+                ..decision.status
+            };
+            let outcome = Outcome {
+                phase: Some(MachineImagePhase::Failed),
+                ready: id.is_some(),
+                reason: REASON_JOB_NOT_TRUSTED,
+                message: format!(
+                    "the Job {} of build attempt {attempt} already exists and this controller did not create it (its UID {} is not the one recorded); its result is not taken; attempt {} tries its own name in {}s",
+                    job.name_any(),
+                    job.metadata.uid.as_deref().unwrap_or("(none)"),
+                    attempt.saturating_add(1),
+                    TAKEN_NAME_RETRY.as_secs(),
+                ),
+                job_ref: None,
+                completion: current.build_completion_time.clone(),
+                requeue: Some(TAKEN_NAME_RETRY),
+                warning: true,
+            };
+            conclude(
+                image,
+                &current,
+                status,
+                outcome,
+                Vec::new(),
+                None,
+                None,
+                observed.now,
+            )
+        }
     }
 }
 
@@ -525,11 +671,17 @@ fn not_allowed(refusal: &Refusal, ready: bool) -> Outcome {
 fn decide_job(
     image: &MachineImage,
     job: &Job,
+    attempt: i32,
     pods: &[Pod],
     id: Option<&str>,
     write_id: &mut Option<IdWrite>,
 ) -> Outcome {
     let job_name = job.name_any();
+    let pods: Vec<Pod> = pods
+        .iter()
+        .filter(|p| controlled_by(p, job))
+        .cloned()
+        .collect();
     let status = job.status.clone().unwrap_or_default();
     let finished_at = status.completion_time.clone().or_else(|| {
         status
@@ -549,18 +701,30 @@ fn decide_job(
         requeue: Some(BUILDING_RECHECK),
         warning: false,
     };
+    // The attempt is the controller's own record; a Job that claims another was changed by
+    // someone else, and nothing it says is taken.
+    if attempt_of(job) != attempt {
+        return Outcome {
+            phase: Some(MachineImagePhase::Failed),
+            reason: REASON_JOB_NOT_TRUSTED,
+            message: format!(
+                "Job {job_name} carries the annotation {ATTEMPT_ANNOTATION}={:?}, but this controller created it as attempt {attempt}; its result is not taken",
+                job.annotations()
+                    .get(ATTEMPT_ANNOTATION)
+                    .map_or("", String::as_str),
+            ),
+            requeue: None,
+            warning: true,
+            ..base
+        };
+    }
     match job_outcome(job) {
         JobOutcome::Running => base,
         JobOutcome::Succeeded => {
             let container = id_container(job, image);
-            match handed_off_id(job, pods, container.as_deref()) {
+            match handed_off_id(job, &pods, container.as_deref()) {
                 Ok(built) => {
-                    let attempt = attempt_of(job);
-                    let build_stamp = job
-                        .annotations()
-                        .get(OS_IMAGE_STAMP_ANNOTATION)
-                        .cloned()
-                        .unwrap_or_else(|| stamp(&image.name_any(), attempt));
+                    let build_stamp = stamp(&image.name_any(), attempt);
                     let handed_off = image.annotations().get(OS_IMAGE_STAMP_ANNOTATION)
                         == Some(&build_stamp)
                         && id.is_some();
@@ -614,7 +778,7 @@ fn decide_job(
                 text.push_str(": ");
                 text.push_str(&message);
             }
-            if let Some(container) = failed_container(pods) {
+            if let Some(container) = failed_container(&pods) {
                 text.push_str("; ");
                 text.push_str(&container);
             }

@@ -1,6 +1,6 @@
-//! The MachineImage controller: observe (the image's Jobs from a label-filtered cache, a Job that
-//! `status.jobRef` names but the cache lacks, and the pods of a finished Job) → decide (pure,
-//! [`decide()`]) → apply (create the attempt's Job, write `spec.id`, write status, events).
+//! The MachineImage controller: observe (the Job `status.jobRef` records, from a label-filtered
+//! cache or read directly, and the pods of a finished Job) → decide (pure, [`decide()`]) → apply
+//! (create the attempt's Job and [`settle`] on the answer, write `spec.id`, write status, events).
 //!
 //! A static image (`spec.id` set, no Job) is ready at once. Otherwise each attempt renders a Job
 //! from `spec.jobTemplate` ([`render_job`]) under a name derived from the image's uid and the
@@ -10,6 +10,11 @@
 //! rebuild annotation, a changed job template while the image is not built, or a deleted Job.
 //! A Job is created only when the image's namespace allows its pod ([`pod_security`]); a change
 //! of the namespace looks again at the images it refused.
+//!
+//! Only the Job this controller created is trusted: its UID comes from the create answer and is
+//! recorded in `status.jobRef`. Labels, owner references and annotations can be written by
+//! whoever creates or patches a Job, so another Job that carries them is never read, and on a
+//! 409 the Job under the name is read back and refused unless its UID is the recorded one.
 
 mod decide;
 pub mod pod_security;
@@ -31,8 +36,9 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, ResourceExt};
 
 pub use decide::{
-    Decision, IdError, IdWrite, JobOutcome, Observed, decide, handed_off_id, id_container,
-    job_outcome, latest_job, needs_pods, validate_image_id,
+    Creation, Decision, IdError, IdWrite, JobOutcome, Observed, controlled_by, decide,
+    handed_off_id, id_container, is_recorded, job_outcome, needs_pods, recorded_uid, settle,
+    validate_image_id,
 };
 pub use pod_security::{BuildPodPolicy, REASON_BUILD_POD_NOT_ALLOWED};
 pub use render::{RenderError, job_labels, job_name, render_job, stamp, template_hash};
@@ -278,7 +284,7 @@ pub async fn reconcile(obj: Arc<Guarded>, ctx: Arc<Context>) -> Result<Action, E
     };
     let now = now();
     let uid = image.uid().unwrap_or_default();
-    let result = reconcile_image(image, &ctx, &now).await;
+    let result = Box::pin(reconcile_image(image, &ctx, &now)).await;
     let mut failures = ctx.failures();
     if result.is_ok() {
         failures.remove(&uid);
@@ -287,28 +293,6 @@ pub async fn reconcile(obj: Arc<Guarded>, ctx: Arc<Context>) -> Result<Action, E
         *entry = entry.saturating_add(1);
     }
     result
-}
-
-/// The image's build Jobs in the cache: labelled with its name, in its namespace, and owned by
-/// it when they have an owner.
-fn cached_jobs(store: &Store<Job>, image: &MachineImage) -> Vec<Job> {
-    let name = image.name_any();
-    let namespace = image.namespace();
-    let uid = image.uid();
-    store
-        .state()
-        .iter()
-        .filter(|job| {
-            job.namespace() == namespace
-                && job.labels().get(MACHINE_IMAGE_NAME_LABEL) == Some(&name)
-                && (job.owner_references().is_empty()
-                    || job
-                        .owner_references()
-                        .iter()
-                        .any(|r| Some(&r.uid) == uid.as_ref()))
-        })
-        .map(|job| (**job).clone())
-        .collect()
 }
 
 /// The reconcile body with the time injected.
@@ -321,33 +305,38 @@ pub async fn reconcile_image(
     let name = image.name_any();
     let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), &namespace);
 
-    // Observe: the latest Job from the cache; a Job the status names but the cache lacks is
-    // read directly, so a stale cache is never taken for a deleted Job.
-    let mut jobs = cached_jobs(&ctx.jobs, image);
+    // Observe: the Job the status records, from the cache, or read directly when the cache
+    // lacks it (or holds another Job under its name), so a stale cache is never taken for a
+    // deleted Job.
+    let mut latest = None;
+    let mut job_gone = false;
     let referenced = image
         .status
         .as_ref()
         .and_then(|s| s.job_ref.as_ref())
         .and_then(|r| r.name.clone());
-    let mut job_gone = false;
-    if let Some(job) = referenced.filter(|r| !jobs.iter().any(|j| j.name_any() == *r)) {
-        match bounded(jobs_api.get_opt(&job)).await {
-            Ok(Some(found)) => jobs.push(found),
-            Ok(None) => {
-                job_gone = true;
-                jobs.clear();
+    if let Some(job) = referenced {
+        let cached = ctx
+            .jobs
+            .get(&ObjectRef::new(&job).within(&namespace))
+            .map(|j| (*j).clone())
+            .filter(|j| is_recorded(image, j));
+        let found = match cached {
+            Some(found) => Some(found),
+            None => bounded(jobs_api.get_opt(&job))
+                .await
+                .map_err(|source| Error::GetLatestJobsError { job, source })?,
+        };
+        match found {
+            // Being deleted (held by a finalizer, such as the orphan one) counts as deleted.
+            Some(found)
+                if is_recorded(image, &found) && found.metadata.deletion_timestamp.is_none() =>
+            {
+                latest = Some(found);
             }
-            Err(source) => return Err(Error::GetLatestJobsError { job, source }),
+            // Gone, being deleted, or another Job under its name: ours is gone.
+            _ => job_gone = true,
         }
-    }
-    let mut latest = latest_job(&jobs).cloned();
-    // A Job being deleted (held by a finalizer, such as the orphan one) counts as deleted.
-    if latest
-        .as_ref()
-        .is_some_and(|j| j.metadata.deletion_timestamp.is_some())
-    {
-        latest = None;
-        job_gone = true;
     }
     let pods = match &latest {
         Some(job) if needs_pods(job) => {
@@ -367,34 +356,54 @@ pub async fn reconcile_image(
     let build_pods = build_pod_policy(ctx, &namespace).await?;
 
     // Decide.
-    let decision = decide(&Observed {
+    let observed = Observed {
         image,
         latest: latest.as_ref(),
         job_gone,
         pods: &pods,
         build_pods: &build_pods,
         now,
-    });
+    };
+    let mut decision = decide(&observed);
 
     // Apply: the Job, then the ID, then the status; events last.
-    if let Some(job) = &decision.create {
+    let images: Api<MachineImage> = Api::namespaced(ctx.client.clone(), &namespace);
+    if let Some(job) = decision.create.clone() {
         let params = PostParams {
             dry_run: false,
             field_manager: Some(FIELD_MANAGER.to_owned()),
         };
-        match bounded(jobs_api.create(&params, job)).await {
-            Ok(_) => {}
-            // Created before a crash or by a reconcile that raced a stale cache: the same Job.
-            Err(WriteError::Api(kube::Error::Api(status))) if status.code == 409 => {}
+        let job_name = job.name_any();
+        match bounded(jobs_api.create(&params, &job)).await {
+            Ok(created) => decision = settle(&observed, decision, Creation::Created(&created)),
+            Err(WriteError::Api(kube::Error::Api(status))) if status.code == 409 => {
+                let creating = |source| Error::CreatingJobError {
+                    job: job_name.clone(),
+                    source,
+                };
+                let Some(existing) = bounded(jobs_api.get_opt(&job_name))
+                    .await
+                    .map_err(creating)?
+                else {
+                    // Deleted since: the next reconcile creates it.
+                    return Ok(Action::requeue(RETRY_BASE));
+                };
+                // Ours if the image's current status records it: this reconcile ran on a
+                // stale copy, and the next one sees the Job.
+                let fresh = bounded(images.get_opt(&name)).await.map_err(creating)?;
+                if fresh.is_some_and(|f| is_recorded(&f, &existing)) {
+                    return Ok(Action::requeue(RETRY_BASE));
+                }
+                decision = settle(&observed, decision, Creation::NameTaken(&existing));
+            }
             Err(source) => {
                 return Err(Error::CreatingJobError {
-                    job: job.name_any(),
+                    job: job_name,
                     source,
                 });
             }
         }
     }
-    let images: Api<MachineImage> = Api::namespaced(ctx.client.clone(), &namespace);
     if let Some(write) = &decision.write_id {
         let body = serde_json::json!({
             "apiVersion": "kubernetesupgraded.dimitrikoshkin.com/v1alpha1",

@@ -4,7 +4,8 @@
 use super::*;
 use crate::runtime::fixtures::{STEP, Verifier, mock_client, within};
 use api::v1alpha1::{
-    IMAGE_ID_ANNOTATION, MachineImagePhase, MachineImageStatus, REBUILD_ANNOTATION,
+    ATTEMPT_ANNOTATION, IMAGE_ID_ANNOTATION, MachineImagePhase, MachineImageStatus,
+    REBUILD_ANNOTATION,
 };
 use http::Method;
 use kube::runtime::{reflector, watcher};
@@ -59,7 +60,8 @@ fn failed() -> Value {
     ]})
 }
 
-fn pod(container_states: &[(&str, i32, &str, &str)]) -> Pod {
+/// A pod of `job` (controlled by it) whose containers terminated as given.
+fn pod(job: &Job, container_states: &[(&str, i32, &str, &str)]) -> Pod {
     let statuses: Vec<Value> = container_states
         .iter()
         .map(|(name, code, reason, message)| {
@@ -68,7 +70,10 @@ fn pod(container_states: &[(&str, i32, &str, &str)]) -> Pod {
         })
         .collect();
     serde_json::from_value(json!({
-        "metadata": {"name": "p", "namespace": "team", "creationTimestamp": "2026-01-01T00:00:01Z"},
+        "metadata": {"name": "p", "namespace": "team", "creationTimestamp": "2026-01-01T00:00:01Z",
+                     "labels": {JOB_NAME_LABEL: job.name_any()},
+                     "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": job.name_any(),
+                                          "uid": job.metadata.uid.clone().unwrap_or_default(), "controller": true}]},
         "status": {"phase": "Succeeded", "containerStatuses": statuses}
     }))
     .unwrap()
@@ -109,11 +114,21 @@ fn ready(status: &MachineImageStatus) -> (String, String) {
     (c.status.clone(), c.reason.clone())
 }
 
-/// A status as a previous reconcile wrote it after starting `attempt`.
-fn building_status(image: &MachineImage, attempt: i32) -> Value {
-    let job = job_of(image, attempt, &json!({}));
-    let decision = decide_on(image, Some(&job), false, &[]);
-    serde_json::to_value(decision.status).unwrap()
+/// A status as a previous reconcile wrote it after creating attempt 1's Job, whose create
+/// answer carried the UID `job-uid-1` (as [`job_of`] gives it).
+fn building_status(image: &MachineImage) -> Value {
+    let observed = Observed {
+        image,
+        latest: None,
+        job_gone: false,
+        pods: &[],
+        now: &now(),
+    };
+    let decision = decide(&observed);
+    assert_eq!(decision.status.attempts, Some(1));
+    let created = job_of(image, 1, &json!({}));
+    let settled = settle(&observed, decision, Creation::Created(&created));
+    serde_json::to_value(settled.status).unwrap()
 }
 
 #[test]
@@ -210,10 +225,13 @@ fn image_ids_are_validated() {
 fn the_annotation_wins_over_the_termination_message() {
     let image = image(None);
     let mut job = job_of(&image, 1, &complete());
-    let pods = [pod(&[
-        ("build", 0, "Completed", "wrong"),
-        ("publish", 0, "Completed", "oci://r/x@sha256:ab"),
-    ])];
+    let pods = [pod(
+        &job,
+        &[
+            ("build", 0, "Completed", "wrong"),
+            ("publish", 0, "Completed", "oci://r/x@sha256:ab"),
+        ],
+    )];
     assert_eq!(
         handed_off_id(&job, &pods, Some("publish")),
         Ok("oci://r/x@sha256:ab".into())
@@ -231,14 +249,17 @@ fn the_annotation_wins_over_the_termination_message() {
 
 #[test]
 fn a_succeeded_build_writes_the_id_and_its_stamp_once() {
-    let image = image(Some(building_status(&image(None), 1)));
+    let image = image(Some(building_status(&image(None))));
     let job = job_of(&image, 1, &complete());
     assert!(needs_pods(&job));
     // The default container is the last one.
-    let pods = [pod(&[
-        ("build", 0, "Completed", "x"),
-        ("publish", 0, "Completed", " kindest/node:v1.31.2\n"),
-    ])];
+    let pods = [pod(
+        &job,
+        &[
+            ("build", 0, "Completed", "x"),
+            ("publish", 0, "Completed", " kindest/node:v1.31.2\n"),
+        ],
+    )];
     let d = decide_on(&image, Some(&job), false, &pods);
     assert_eq!(
         d.write_id,
@@ -279,25 +300,32 @@ fn a_succeeded_build_writes_the_id_and_its_stamp_once() {
 fn the_named_container_carries_the_id() {
     let mut spec = build_spec();
     spec["jobTemplate"]["imageIDContainer"] = json!("build");
-    let image = image_with(&spec, &json!({}), None);
+    let mut image = image_with(&spec, &json!({}), None);
+    image.status = Some(serde_json::from_value(building_status(&image)).unwrap());
     let job = job_of(&image, 1, &complete());
-    let pods = [pod(&[
-        ("build", 0, "Completed", "ami-7"),
-        ("publish", 0, "Completed", ""),
-    ])];
+    let pods = [pod(
+        &job,
+        &[
+            ("build", 0, "Completed", "ami-7"),
+            ("publish", 0, "Completed", ""),
+        ],
+    )];
     let d = decide_on(&image, Some(&job), false, &pods);
     assert_eq!(d.write_id.unwrap().id, "ami-7");
 }
 
 #[test]
 fn a_build_without_an_id_or_with_a_bad_one_fails_once() {
-    let image = image(Some(building_status(&image(None), 1)));
+    let image = image(Some(building_status(&image(None))));
     let job = job_of(&image, 1, &complete());
     for (message, reason) in [("", "MissingImageID"), ("bad\u{1b}[31m", "InvalidImageID")] {
-        let pods = [pod(&[
-            ("build", 0, "Completed", ""),
-            ("publish", 0, "Completed", message),
-        ])];
+        let pods = [pod(
+            &job,
+            &[
+                ("build", 0, "Completed", ""),
+                ("publish", 0, "Completed", message),
+            ],
+        )];
         let d = decide_on(&image, Some(&job), false, &pods);
         assert_eq!(d.write_id, None);
         assert!(!d.status.ready);
@@ -316,12 +344,15 @@ fn a_build_without_an_id_or_with_a_bad_one_fails_once() {
 
 #[test]
 fn a_failed_job_carries_its_reason_and_the_exit_code() {
-    let image = image(Some(building_status(&image(None), 1)));
+    let image = image(Some(building_status(&image(None))));
     let job = job_of(&image, 1, &failed());
-    let pods = [pod(&[
-        ("build", 2, "Error", "packer failed"),
-        ("publish", 0, "Completed", ""),
-    ])];
+    let pods = [pod(
+        &job,
+        &[
+            ("build", 2, "Error", "packer failed"),
+            ("publish", 0, "Completed", ""),
+        ],
+    )];
     let d = decide_on(&image, Some(&job), false, &pods);
     assert_eq!(d.status.phase, Some(MachineImagePhase::Failed));
     let condition = d.status.conditions.as_ref().unwrap()[0].clone();
@@ -362,7 +393,7 @@ fn new_attempts_start_only_when_asked() {
     let first = job_of(&base, 1, &failed());
     let failed_status = {
         let mut img = base.clone();
-        img.status = Some(serde_json::from_value(building_status(&base, 1)).unwrap());
+        img.status = Some(serde_json::from_value(building_status(&base)).unwrap());
         serde_json::to_value(decide_on(&img, Some(&first), false, &[]).status).unwrap()
     };
     // A failed build stays failed.
@@ -386,12 +417,6 @@ fn new_attempts_start_only_when_asked() {
     after.status = Some(d.status.clone());
     assert!(
         decide_on(&after, Some(&second), false, &[])
-            .create
-            .is_none()
-    );
-    // Even before the status is written, the Job records the value it answers.
-    assert!(
-        decide_on(&asked, Some(&second), false, &[])
             .create
             .is_none()
     );
@@ -448,16 +473,238 @@ fn an_invalid_version_creates_no_job() {
     assert!(again.notes.is_empty() && again.status == d.status);
 }
 
+// The Job-trust rules.
+
+/// `job` with `key` set to `value`.
+fn annotated(mut job: Job, key: &str, value: &str) -> Job {
+    job.metadata
+        .annotations
+        .get_or_insert_default()
+        .insert(key.into(), value.into());
+    job
+}
+
 #[test]
-fn the_latest_job_is_the_highest_attempt() {
+fn only_the_job_whose_uid_the_status_records_is_trusted() {
+    let fresh = image(None);
+    let job = job_of(&fresh, 1, &json!({}));
+    // Nothing recorded yet: even a Job with the image's labels and owner reference is not ours.
+    assert_eq!(job.labels()[MACHINE_IMAGE_NAME_LABEL], "img");
+    assert_eq!(job.owner_references()[0].uid, "uid-1");
+    assert!(!is_recorded(&fresh, &job));
+    let building = image(Some(building_status(&fresh)));
+    assert_eq!(recorded_uid(&building), Some("job-uid-1"));
+    assert!(is_recorded(&building, &job));
+    let mut other = job.clone();
+    other.metadata.uid = Some("job-uid-forged".into());
+    assert!(!is_recorded(&building, &other));
+    // A jobRef without a UID (written before UIDs were recorded) trusts nothing.
+    let mut unrecorded = building.clone();
+    unrecorded
+        .status
+        .as_mut()
+        .unwrap()
+        .job_ref
+        .as_mut()
+        .unwrap()
+        .uid = None;
+    assert!(!is_recorded(&unrecorded, &job));
+}
+
+#[test]
+fn the_created_uid_is_recorded_and_a_taken_name_is_refused_until_a_rebuild() {
     let image = image(None);
-    let jobs = [
-        job_of(&image, 2, &json!({})),
-        job_of(&image, 10, &json!({})),
-        job_of(&image, 3, &json!({})),
+    let observed = Observed {
+        image: &image,
+        latest: None,
+        job_gone: false,
+        pods: &[],
+        now: &now(),
+    };
+    let d = decide(&observed);
+    assert!(d.create.is_some());
+    let created = job_of(&image, 1, &json!({}));
+    let ours = settle(&observed, d.clone(), Creation::Created(&created));
+    assert_eq!(
+        ours.status.job_ref.as_ref().unwrap().uid.as_deref(),
+        Some("job-uid-1")
+    );
+    assert_eq!(ours.notes, d.notes, "CreatingJob, as decided");
+
+    let mut forged = created.clone();
+    forged.metadata.uid = Some("forged".into());
+    let refused = settle(&observed, d, Creation::NameTaken(&forged));
+    assert!(refused.create.is_none() && refused.write_id.is_none());
+    assert_eq!(
+        refused.status.attempts,
+        Some(1),
+        "the attempt's name is spent"
+    );
+    assert_eq!(refused.status.job_ref, None);
+    assert_eq!(refused.status.phase, Some(MachineImagePhase::Failed));
+    assert_eq!(refused.status.build_start_time, Some(now()));
+    assert_eq!(
+        ready(&refused.status),
+        ("False".into(), "JobNotTrusted".into())
+    );
+    assert_eq!(refused.notes.len(), 1);
+    assert!(refused.notes[0].warning && refused.notes[0].reason == "JobNotTrusted");
+    assert_eq!(refused.requeue, Some(decide::TAKEN_NAME_RETRY));
+
+    // It stays refused, quietly, until the wait is over: no second Warning meanwhile.
+    let mut after = image.clone();
+    after.status = Some(refused.status.clone());
+    let at = |seconds: i64| Time(now().0 + k8s_openapi::jiff::SignedDuration::from_secs(seconds));
+    let decide_at = |image: &MachineImage, now: &Time| {
+        decide(&Observed {
+            image,
+            latest: None,
+            job_gone: false,
+            pods: &[],
+            now,
+        })
+    };
+    let again = decide_at(&after, &at(4));
+    assert!(again.create.is_none() && again.notes.is_empty());
+    assert_eq!(again.requeue, Some(Duration::from_secs(6)));
+    assert_eq!(again.status.conditions, refused.status.conditions);
+    // Then attempt 2 tries its own name.
+    let next = decide_at(&after, &at(10));
+    assert_eq!(
+        next.create.map(|j| j.name_any()),
+        Some(job_name("img", "uid-1", 2))
+    );
+    assert!(
+        next.notes[0].message.contains("was taken"),
+        "{:?}",
+        next.notes
+    );
+    // A rebuild does not wait.
+    after
+        .metadata
+        .annotations
+        .get_or_insert_default()
+        .insert(REBUILD_ANNOTATION.into(), "again".into());
+    let rebuilt = decide_at(&after, &at(1));
+    assert_eq!(
+        rebuilt.create.map(|j| j.name_any()),
+        Some(job_name("img", "uid-1", 2))
+    );
+}
+
+#[test]
+fn a_refused_rebuild_of_a_built_image_keeps_it_ready_with_its_id() {
+    let mut spec = build_spec();
+    spec["id"] = json!("ami-1");
+    let image = image_with(&spec, &json!({REBUILD_ANNOTATION: "r1"}), None);
+    let observed = Observed {
+        image: &image,
+        latest: None,
+        job_gone: false,
+        pods: &[],
+        now: &now(),
+    };
+    let d = decide(&observed);
+    let taken = job_of(&image, 1, &complete());
+    let refused = settle(&observed, d, Creation::NameTaken(&taken));
+    assert!(refused.status.ready && refused.write_id.is_none());
+    assert_eq!(
+        ready(&refused.status),
+        ("True".into(), "JobNotTrusted".into())
+    );
+    let mut after = image.clone();
+    after.status = Some(refused.status.clone());
+    let again = decide_on(&after, None, false, &[]);
+    assert_eq!(again.status, refused.status, "not silently Built again");
+    assert!(again.create.is_none() && again.notes.is_empty());
+}
+
+#[test]
+fn a_changed_attempt_annotation_is_refused() {
+    let image = image(Some(building_status(&image(None))));
+    let job = annotated(job_of(&image, 1, &complete()), IMAGE_ID_ANNOTATION, "ami-1");
+    assert!(decide_on(&image, Some(&job), false, &[]).write_id.is_some());
+    let tampered = annotated(job, ATTEMPT_ANNOTATION, "99");
+    let d = decide_on(&image, Some(&tampered), false, &[]);
+    assert_eq!(d.write_id, None);
+    assert!(d.create.is_none());
+    assert_eq!(d.status.attempts, Some(1), "the status keeps the count");
+    assert_eq!(ready(&d.status), ("False".into(), "JobNotTrusted".into()));
+    assert!(d.notes[0].warning && d.notes[0].message.contains("\"99\""));
+    let mut after = image.clone();
+    after.status = Some(d.status.clone());
+    let again = decide_on(&after, Some(&tampered), false, &[]);
+    assert!(again.notes.is_empty() && again.status == d.status && again.write_id.is_none());
+    // Deleting it still retries, under attempt 2.
+    let retried = decide_on(&after, None, true, &[]);
+    assert_eq!(
+        retried.create.map(|j| j.name_any()),
+        Some(job_name("img", "uid-1", 2))
+    );
+}
+
+#[test]
+fn a_built_image_keeps_its_id_whatever_its_job_says_later() {
+    let image = image(Some(building_status(&image(None))));
+    let job = annotated(job_of(&image, 1, &complete()), IMAGE_ID_ANNOTATION, "ami-1");
+    let d = decide_on(&image, Some(&job), false, &[]);
+    let mut built = image.clone();
+    built.spec.id = Some("ami-1".into());
+    built
+        .metadata
+        .annotations
+        .get_or_insert_default()
+        .insert(OS_IMAGE_STAMP_ANNOTATION.into(), "img-1".into());
+    built.status = Some(d.status);
+    // The build's own Job, re-annotated afterwards: the ID handed off once stays.
+    let changed = annotated(job, IMAGE_ID_ANNOTATION, "ami-evil");
+    let d = decide_on(&built, Some(&changed), false, &[]);
+    assert_eq!(d.write_id, None);
+    assert!(d.status.ready);
+}
+
+#[test]
+fn the_stamp_is_the_controllers_not_the_jobs() {
+    let image = image(Some(building_status(&image(None))));
+    let job = annotated(
+        annotated(job_of(&image, 1, &complete()), IMAGE_ID_ANNOTATION, "ami-1"),
+        OS_IMAGE_STAMP_ANNOTATION,
+        "other-7",
+    );
+    let d = decide_on(&image, Some(&job), false, &[]);
+    assert_eq!(d.write_id.unwrap().stamp, "img-1");
+}
+
+#[test]
+fn only_pods_the_job_controls_hand_off_an_id_or_a_failure() {
+    let image = image(Some(building_status(&image(None))));
+    let job = job_of(&image, 1, &complete());
+    let states = [
+        ("build", 0, "Completed", ""),
+        ("publish", 0, "Completed", "ami-pod"),
     ];
-    assert_eq!(latest_job(&jobs).map(decide::attempt_of), Some(10));
-    assert!(latest_job(&[]).is_none());
+    let owned = pod(&job, &states);
+    assert!(controlled_by(&owned, &job));
+    // The job-name label and an owner reference to another Job, or a non-controller one.
+    let mut stranger = owned.clone();
+    stranger.metadata.owner_references.as_mut().unwrap()[0].uid = "other".into();
+    let mut not_controller = owned.clone();
+    not_controller.metadata.owner_references.as_mut().unwrap()[0].controller = None;
+    for pod in [&stranger, &not_controller] {
+        assert!(!controlled_by(pod, &job));
+        let d = decide_on(&image, Some(&job), false, std::slice::from_ref(pod));
+        assert_eq!(d.write_id, None);
+        assert_eq!(ready(&d.status), ("False".into(), "MissingImageID".into()));
+    }
+    let d = decide_on(&image, Some(&job), false, &[stranger, owned]);
+    assert_eq!(d.write_id.unwrap().id, "ami-pod");
+    // A failure's exit code, too.
+    let failed_job = job_of(&image, 1, &failed());
+    let mut exit = pod(&failed_job, &[("build", 9, "Error", "")]);
+    exit.metadata.owner_references.as_mut().unwrap()[0].uid = "other".into();
+    let d = decide_on(&image, Some(&failed_job), false, &[exit]);
+    let message = d.status.conditions.unwrap()[0].message.clone();
+    assert!(!message.contains("code 9"), "{message}");
 }
 
 // Choreography.
@@ -535,11 +782,14 @@ async fn first_build_creates_the_job_then_status_then_an_event() {
         );
         assert_eq!(call.body["metadata"]["name"], job_name("img", "uid-1", 1));
         assert_eq!(call.body["metadata"]["ownerReferences"][0]["uid"], "uid-1");
-        let created = call.body.clone();
+        let mut created = call.body.clone();
+        created["metadata"]["uid"] = json!("job-uid-1");
         call.reply(201, &created);
         let call = server
             .expect_status_apply::<MachineImage>("team", "img", FIELD_MANAGER)
             .await;
+        // The UID of the create answer is recorded: the proof that the Job is ours.
+        assert_eq!(call.body["status"]["jobRef"]["uid"], "job-uid-1");
         assert_eq!(call.body["status"]["phase"], "Building");
         assert_eq!(call.body["status"]["attempts"], 1);
         assert_eq!(call.body["status"]["ready"], false);
@@ -553,29 +803,99 @@ async fn first_build_creates_the_job_then_status_then_an_event() {
 }
 
 #[tokio::test]
-async fn a_job_that_already_exists_is_taken_as_created() {
+async fn a_job_that_already_exists_is_ours_only_if_the_current_status_records_it() {
+    // This reconcile runs on a stale copy: the image's current status already records the Job.
     let image = image(None);
     let (ctx, verifier) = Context::test(&[]);
-    let answer = image.clone();
-    let scenario = verifier.run(|mut server| async move {
+    let mut fresh = image.clone();
+    fresh.status = Some(serde_json::from_value(building_status(&image)).unwrap());
+    let ours = job_of(&image, 1, &json!({}));
+    let name = ours.name_any();
+    let scenario = verifier.run(move |mut server| async move {
         let call = server.next().await;
         assert_eq!(call.method, Method::POST);
         call.fail(409, "AlreadyExists");
+        let call = server.next().await;
+        assert_eq!(call.method, Method::GET);
+        assert_eq!(
+            call.uri,
+            format!("/apis/batch/v1/namespaces/team/jobs/{name}")
+        );
+        call.ok(&serde_json::to_value(&ours).unwrap());
+        let call = server.next().await;
+        assert_eq!(call.method, Method::GET);
+        assert_eq!(
+            call.uri,
+            "/apis/kubernetesupgraded.dimitrikoshkin.com/v1alpha1/namespaces/team/machineimages/img"
+        );
+        call.ok(&serde_json::to_value(&fresh).unwrap());
+        server
+    });
+    // Nothing written from the stale copy, no event; a look again soon.
+    let action = run(&image, &ctx).await.unwrap();
+    assert_eq!(action, Action::requeue(RETRY_BASE));
+    scenario.finish().await;
+}
+
+#[tokio::test]
+async fn a_job_that_took_the_name_first_is_refused_with_a_condition() {
+    let image = image(None);
+    let (ctx, verifier) = Context::test(&[]);
+    // Made by someone else before the manager: the image's labels, an owner reference with
+    // its UID, a completed build with an image ID. Its UID is recorded nowhere.
+    let mut forged = job_of(&image, 1, &complete());
+    forged.metadata.uid = Some("forged-uid".into());
+    forged
+        .metadata
+        .annotations
+        .get_or_insert_default()
+        .insert(IMAGE_ID_ANNOTATION.into(), "ami-forged".into());
+    let name = forged.name_any();
+    let answer = image.clone();
+    let scenario = verifier.run(move |mut server| async move {
+        let call = server.next().await;
+        assert_eq!(call.method, Method::POST);
+        call.fail(409, "AlreadyExists");
+        let call = server.next().await;
+        assert_eq!(
+            call.uri,
+            format!("/apis/batch/v1/namespaces/team/jobs/{name}")
+        );
+        call.ok(&serde_json::to_value(&forged).unwrap());
+        let call = server.next().await;
+        assert_eq!(call.method, Method::GET);
+        call.ok(&serde_json::to_value(&answer).unwrap());
+        // No spec.id write: the status says why, once, with a Warning.
         let call = server
             .expect_status_apply::<MachineImage>("team", "img", FIELD_MANAGER)
             .await;
+        let status = &call.body["status"];
+        assert_eq!(status["phase"], "Failed");
+        assert_eq!(status["attempts"], 1);
+        assert_eq!(status["ready"], false);
+        assert!(status.get("jobRef").is_none(), "{status}");
+        assert_eq!(status["conditions"][0]["reason"], "JobNotTrusted");
+        let message = status["conditions"][0]["message"].as_str().unwrap();
+        assert!(
+            message.contains(&name) && message.contains("forged-uid"),
+            "{message}"
+        );
         answer_status(call, &answer);
-        server.expect_event("team", COMPONENT, "CreatingJob").await;
+        let event = server
+            .expect_event("team", COMPONENT, "JobNotTrusted")
+            .await;
+        assert_eq!(event["type"], "Warning");
         server
     });
-    run(&image, &ctx).await.unwrap();
+    let action = run(&image, &ctx).await.unwrap();
+    assert_eq!(action, Action::requeue(decide::TAKEN_NAME_RETRY));
     scenario.finish().await;
 }
 
 #[tokio::test]
 async fn steady_state_makes_no_calls() {
     let built = {
-        let image = image(Some(building_status(&image(None), 1)));
+        let image = image(Some(building_status(&image(None))));
         let job = job_of(&image, 1, &complete());
         let mut after = image.clone();
         after.spec.id = Some("ami-1".into());
@@ -611,9 +931,10 @@ async fn steady_state_makes_no_calls() {
 
 #[tokio::test]
 async fn a_completed_job_hands_off_through_the_termination_message() {
-    let image = image(Some(building_status(&image(None), 1)));
+    let image = image(Some(building_status(&image(None))));
     let job = job_of(&image, 1, &complete());
     let job_name_1 = job.name_any();
+    let owner = job.clone();
     let (ctx, verifier) = Context::test(&[job]);
     let answer = image.clone();
     let scenario = verifier.run(move |mut server| async move {
@@ -623,7 +944,7 @@ async fn a_completed_job_hands_off_through_the_termination_message() {
             call.uri,
             format!("/api/v1/namespaces/team/pods?&labelSelector=batch.kubernetes.io%2Fjob-name%3D{job_name_1}")
         );
-        let pod = serde_json::to_value(pod(&[("build", 0, "Completed", ""), ("publish", 0, "Completed", "ami-42")])).unwrap();
+        let pod = serde_json::to_value(pod(&owner, &[("build", 0, "Completed", ""), ("publish", 0, "Completed", "ami-42")])).unwrap();
         call.ok(&json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": [pod]}));
         let call = server.next().await;
         assert_eq!(call.method, Method::PATCH);
@@ -653,7 +974,7 @@ async fn a_completed_job_hands_off_through_the_termination_message() {
 
 #[tokio::test]
 async fn a_failed_id_write_writes_no_status() {
-    let image = image(Some(building_status(&image(None), 1)));
+    let image = image(Some(building_status(&image(None))));
     let mut job = job_of(&image, 1, &complete());
     job.metadata
         .annotations
@@ -673,9 +994,11 @@ async fn a_failed_id_write_writes_no_status() {
 
 #[tokio::test]
 async fn a_job_missing_from_the_cache_is_read_before_anything_is_created() {
-    // The status names attempt 1's Job; the cache has not seen it yet.
-    let image = image(Some(building_status(&image(None), 1)));
-    let job = job_of(&image, 1, &json!({"active": 1}));
+    // The status names attempt 1's Job, seen running before; the cache has not seen it yet.
+    let created = image(Some(building_status(&image(None))));
+    let job = job_of(&created, 1, &json!({"active": 1}));
+    let mut image = created.clone();
+    image.status = Some(decide_on(&created, Some(&job), false, &[]).status);
     let (ctx, verifier) = Context::test(&[]);
     let name = job.name_any();
     let scenario = verifier.run(move |mut server| async move {
@@ -696,7 +1019,7 @@ async fn a_job_missing_from_the_cache_is_read_before_anything_is_created() {
 
 #[tokio::test]
 async fn a_job_being_deleted_is_retried_with_the_next_attempt() {
-    let image = image(Some(building_status(&image(None), 1)));
+    let image = image(Some(building_status(&image(None))));
     let mut job = job_of(&image, 1, &json!({"active": 1}));
     job.metadata.deletion_timestamp = Some(now());
     job.metadata.finalizers = Some(vec!["orphan".into()]);
