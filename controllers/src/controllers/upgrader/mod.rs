@@ -10,6 +10,7 @@ pub mod decide;
 pub mod finish;
 pub mod gates;
 pub mod in_place;
+pub mod reason;
 pub mod window;
 
 use std::collections::BTreeMap;

@@ -22,7 +22,8 @@ use semver::Version;
 use super::observe::{ELEMENTAL_API_VERSION, ELEMENTAL_HOST};
 use super::spare::NoSpareHost;
 use super::{Action, HostView, Role, Settings, Target, at_target, in_flight, is_blocked, step};
-use crate::controllers::upgrader::gates::{Hold, Plan, Reason};
+use crate::controllers::upgrader::gates::{Hold, Plan};
+use crate::controllers::upgrader::reason::Reason;
 use crate::runtime::Note;
 
 /// How often hosts in flight are looked at.

@@ -28,8 +28,7 @@ use api::v1alpha1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 
-/// The `OSVersionReady` reason of an ElementalHost whose OS update failed.
-pub const OS_VERSION_RECONCILIATION_FAILED: &str = "OSVersionReconciliationFailed";
+pub use super::reason::OS_VERSION_RECONCILIATION_FAILED;
 /// How long a host may report `done` without its Node reporting since, before the image its Node
 /// last reported is taken as the booted one: the kubelet refreshes an unchanged Node status at
 /// least this often (`nodeStatusReportFrequency`).
@@ -38,7 +37,7 @@ pub const VERIFY_GRACE: Duration = Duration::from_secs(300);
 /// every 10 s by default, so a failure still reported after this is a new failure.
 pub const RETRY_INTERVAL: Duration = Duration::from_secs(60);
 
-pub use super::gates::Reason;
+pub use super::reason::Reason;
 pub use flow::CONTROL_PLANE_POOL;
 
 /// `spec.inPlace` with its defaults applied.
