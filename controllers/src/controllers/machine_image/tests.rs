@@ -122,6 +122,7 @@ fn building_status(image: &MachineImage) -> Value {
         latest: None,
         job_gone: false,
         pods: &[],
+        build_pods: &BuildPodPolicy::default(),
         now: &now(),
     };
     let decision = decide(&observed);
@@ -519,6 +520,7 @@ fn the_created_uid_is_recorded_and_a_taken_name_is_refused_until_a_rebuild() {
         latest: None,
         job_gone: false,
         pods: &[],
+        build_pods: &BuildPodPolicy::default(),
         now: &now(),
     };
     let d = decide(&observed);
@@ -561,6 +563,7 @@ fn the_created_uid_is_recorded_and_a_taken_name_is_refused_until_a_rebuild() {
             latest: None,
             job_gone: false,
             pods: &[],
+            build_pods: &BuildPodPolicy::default(),
             now,
         })
     };
@@ -602,6 +605,7 @@ fn a_refused_rebuild_of_a_built_image_keeps_it_ready_with_its_id() {
         latest: None,
         job_gone: false,
         pods: &[],
+        build_pods: &BuildPodPolicy::default(),
         now: &now(),
     };
     let d = decide(&observed);
@@ -1101,7 +1105,7 @@ fn a_build_pod_the_namespace_refuses_never_becomes_a_job() {
 #[test]
 fn a_refused_rebuild_keeps_the_built_image_ready() {
     let built = {
-        let image = image(Some(building_status(&image(None), 1)));
+        let image = image(Some(building_status(&image(None))));
         let job = job_of(&image, 1, &complete());
         let mut after = image.clone();
         after.spec.id = Some("ami-1".into());
