@@ -391,6 +391,10 @@ async fn a_refused_cluster_write_is_one_warning_per_failed_reconcile() {
     let policies: kube::Api<
         k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicy,
     > = kube::Api::all(env.client.clone());
-    let _ = bindings.delete(&name, &Default::default()).await;
-    let _ = policies.delete(&name, &Default::default()).await;
+    let _ = bindings
+        .delete(&name, &kube::api::DeleteParams::default())
+        .await;
+    let _ = policies
+        .delete(&name, &kube::api::DeleteParams::default())
+        .await;
 }
