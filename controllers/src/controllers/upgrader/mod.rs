@@ -115,7 +115,12 @@ pub struct Context {
     images: Store<GuardedImage>,
     access: Mutex<Option<(Instant, cluster::Access)>>,
     workloads: in_place::workload::Workloads,
+    /// The Clusters as the dedicated watch last delivered them, once it runs.
+    clusters: ClusterStore,
 }
+
+/// Where the Cluster watch leaves its store once Cluster API is discovered.
+type ClusterStore = Arc<std::sync::OnceLock<Store<DynamicObject>>>;
 
 /// Failures of the reconcile itself; gates are status, not errors.
 #[derive(Debug, thiserror::Error)]
@@ -193,7 +198,23 @@ impl Context {
             images,
             access: Mutex::new(None),
             workloads: in_place::workload::Workloads::default(),
+            clusters: ClusterStore::default(),
         }
+    }
+
+    /// The Cluster from the watch's store, if the watch has delivered it.
+    fn cached_cluster(&self, namespace: &str, name: &str) -> Option<serde_json::Value> {
+        let store = self.clusters.get()?;
+        let resource = self
+            .access
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()?
+            .1
+            .resource
+            .clone();
+        let object = store.get(&ObjectRef::new_with(name, resource).within(namespace))?;
+        serde_json::to_value(object.as_ref()).ok()
     }
 
     /// Cluster API as this server serves it, rediscovered after [`DISCOVERY_TTL`].
@@ -257,6 +278,7 @@ fn start<K: UpgraderKind>(shared: &Shared) -> Running {
         shared.client.clone(),
         shared.namespace.clone(),
         cache.store.clone(),
+        ctx.clusters.clone(),
         &shutdown,
     );
     let run = async move {
@@ -306,11 +328,13 @@ fn upgraders<K: UpgraderKind>(
 }
 
 /// The upgraders of each changed Cluster, from a dedicated dynamic watch of Clusters opened
-/// once Cluster API is discovered (looked for again every minute while it is absent).
+/// once Cluster API is discovered (looked for again every minute while it is absent). The watch
+/// keeps its store in `slot`, which reconciles read before they read the Cluster itself.
 fn cluster_events<K: UpgraderKind>(
     client: Client,
     namespace: Option<String>,
     store: Store<DeserializeGuard<K>>,
+    slot: ClusterStore,
     shutdown: &crate::shutdown::Shutdown,
 ) -> impl futures::Stream<Item = ObjectRef<DeserializeGuard<K>>> + Send + 'static {
     let (mut tx, rx) = futures::channel::mpsc::channel(256);
@@ -331,8 +355,11 @@ fn cluster_events<K: UpgraderKind>(
             Some(ns) => Api::namespaced_with(client.clone(), ns, &access.resource),
             None => Api::all_with(client.clone(), &access.resource),
         };
+        let writer = kube::runtime::reflector::store::Writer::new(access.resource.clone());
+        let _ = slot.set(writer.as_reader());
         let objects = watcher(api, watcher::Config::default())
             .default_backoff()
+            .reflect(writer)
             .applied_objects()
             .take_until(stopped.wait());
         futures::pin_mut!(objects);
@@ -384,13 +411,23 @@ pub async fn reconcile_upgrader<K: UpgraderKind>(
     ctx: &Context,
     now: Timestamp,
 ) -> Result<Action, Error> {
-    Box::pin(reconcile_body(upgrader, ctx, now)).await
+    Box::pin(reconcile_body(upgrader, ctx, now, Read::Cached)).await
+}
+
+/// Where a reconcile reads the Cluster from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Read {
+    /// The watch's store when it holds the Cluster, else the API server.
+    Cached,
+    /// The API server.
+    Fresh,
 }
 
 async fn reconcile_body<K: UpgraderKind>(
     upgrader: &K,
     ctx: &Context,
     now: Timestamp,
+    read: Read,
 ) -> Result<Action, Error> {
     let namespace = upgrader.namespace().unwrap_or_default();
     let spec = upgrader.view();
@@ -434,10 +471,10 @@ async fn reconcile_body<K: UpgraderKind>(
     );
     let busy = records.iter().any(|r| in_place::in_flight(r.phase));
     // A paused upgrader still carries the hosts it started to the end.
-    let (cluster_state, raw, access) = if spec.paused && !busy {
-        (ClusterState::NotFound, None, None)
+    let (cluster_state, raw, access, cached) = if spec.paused && !busy {
+        (ClusterState::NotFound, None, None, false)
     } else {
-        observe_cluster(ctx, &namespace, spec.cluster_name).await?
+        observe_cluster(ctx, &namespace, spec.cluster_name, read).await?
     };
 
     // Plan and decide.
@@ -541,6 +578,20 @@ async fn reconcile_body<K: UpgraderKind>(
         }));
     if let Some(wait) = joined.requeue {
         decision.requeue = Some(decision.requeue.map_or(wait, |w| w.min(wait)));
+    }
+
+    // A write is decided on the Cluster as the API server holds it now: a cached Cluster that is
+    // no longer current means deciding again from a fresh read.
+    if cached
+        && (decision.write.is_some() || !joined.actions.is_empty())
+        && let Some(access) = access.as_ref()
+    {
+        let fresh = cluster::get(&ctx.client, access, &namespace, spec.cluster_name)
+            .await
+            .map_err(|e| Error::ReadCluster(spec.cluster_name.to_owned(), e))?;
+        if fresh.as_ref().map(resource_version) != raw.as_ref().map(resource_version) {
+            return Box::pin(reconcile_body(upgrader, ctx, now, Read::Fresh)).await;
+        }
     }
 
     // Apply: the step first, then the status that records it, as the next reconcile will see it.
@@ -815,11 +866,18 @@ fn plan_state(ctx: &Context, namespace: &str, name: &str) -> Option<Plan> {
         .and_then(|p| p.0.as_ref().ok().cloned())
 }
 
+/// The Cluster's state, the object it came from, how Cluster API is served, and whether the
+/// object came from the watch's store.
 type ObservedCluster = (
     ClusterState,
     Option<serde_json::Value>,
     Option<cluster::Access>,
+    bool,
 );
+
+fn resource_version(cluster: &serde_json::Value) -> Option<&str> {
+    cluster.pointer("/metadata/resourceVersion")?.as_str()
+}
 
 /// Reads the Cluster and, when its status carries no version lists, its control plane and
 /// MachineDeployments; fills in whether its current step has finished.
@@ -827,20 +885,30 @@ async fn observe_cluster(
     ctx: &Context,
     namespace: &str,
     name: &str,
+    from: Read,
 ) -> Result<ObservedCluster, Error> {
     let Some(access) = ctx.access().await? else {
-        return Ok((ClusterState::ApiMissing, None, None));
+        return Ok((ClusterState::ApiMissing, None, None, false));
     };
     if !api::names::is_dns_subdomain(name) {
         // Admission refuses such a name; one stored before that rule names no Cluster.
-        return Ok((ClusterState::NotFound, None, Some(access)));
+        return Ok((ClusterState::NotFound, None, Some(access), false));
     }
     let read = |e| Error::ReadCluster(name.to_owned(), e);
-    let Some(raw) = cluster::get(&ctx.client, &access, namespace, name)
-        .await
-        .map_err(read)?
-    else {
-        return Ok((ClusterState::NotFound, None, Some(access)));
+    let cached = match from {
+        Read::Cached => ctx.cached_cluster(namespace, name),
+        Read::Fresh => None,
+    };
+    let from_cache = cached.is_some();
+    let raw = match cached {
+        Some(raw) => raw,
+        None => match cluster::get(&ctx.client, &access, namespace, name)
+            .await
+            .map_err(read)?
+        {
+            Some(raw) => raw,
+            None => return Ok((ClusterState::NotFound, None, Some(access), false)),
+        },
     };
     let mut view = cluster::view(&raw);
     if let Some(version) = view
@@ -868,7 +936,12 @@ async fn observe_cluster(
             finish::finished(&rollout, &version)
         };
     }
-    Ok((ClusterState::Found(view), Some(raw), Some(access)))
+    Ok((
+        ClusterState::Found(view),
+        Some(raw),
+        Some(access),
+        from_cache,
+    ))
 }
 
 #[cfg(test)]
