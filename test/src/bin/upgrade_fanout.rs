@@ -218,6 +218,13 @@ async fn main() -> Result<()> {
             && resource.ends_with(GROUP))
             / count as f64,
     );
+    let _ = writeln!(
+        out,
+        "  GET of clusters per Cluster step: {:.2}",
+        sum(&step, |verb, resource| verb == "GET"
+            && resource == format!("clusters.{}", capi::GROUP))
+            / count as f64,
+    );
     report_window(
         &mut out,
         &format!("steady state, {}s window, per minute", steady.as_secs()),

@@ -7,7 +7,13 @@ use api::v1alpha1::{CONDITION_READY, MAX_HISTORY, NextStep, StepRecord, Upgrader
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use semver::Version;
 
-use super::gates::{Hold, Plan, Reason, Step};
+use api::v1alpha1::{InPlace, UpgraderSpecView};
+use jiff::Timestamp;
+
+use super::finish::{self, ClusterApi, Rollout};
+use super::gates::{self, ClusterState, Hold, Plan, Reason, Step};
+use super::observe::Observation;
+use super::{cluster, in_place};
 use crate::runtime::Note;
 
 /// Condition types the upgrader reports besides `Ready`.
@@ -269,4 +275,147 @@ fn warning_reason(reason: Reason) -> &'static str {
         Reason::InvalidVersion => "ErrorParsingLatestFoundVersion",
         other => other.as_str(),
     }
+}
+
+/// The upgrader one reconcile decides for: its spec, its status and its generation.
+#[derive(Clone, Copy, Debug)]
+pub struct Subject<'a> {
+    /// The spec.
+    pub spec: UpgraderSpecView<'a>,
+    /// The current status.
+    pub status: &'a UpgraderStatus,
+    /// `metadata.generation`.
+    pub generation: Option<i64>,
+}
+
+/// The whole decision of one reconcile, from what was observed: the planner's answer joined with
+/// the in-place flow, the status (conditions, nextStep, history, hosts, inPlace, retryHosts),
+/// the events and the requeue, and the host writes to make after the status is persisted.
+pub fn reconcile_decision(
+    subject: Subject<'_>,
+    observed: &Observation,
+    now: Timestamp,
+) -> (Decision, Vec<in_place::Action>) {
+    let planned = gates::plan(&gates::Inputs {
+        spec: subject.spec,
+        cluster: &observed.cluster,
+        plan: &observed.plan,
+        images: &observed.images,
+        now,
+    });
+    let fallback =
+        in_place::Settings::from_spec(&InPlace::default()).unwrap_or(in_place::Settings {
+            max_unavailable: 1,
+            drain_timeout: Duration::from_secs(600),
+            retries: 1,
+        });
+    let joined = match &observed.hosts {
+        // Blocked, the records kept as they are, until the workload cluster can be read.
+        Some(Err(unreachable)) => in_place::flow::unreachable(
+            &observed.records,
+            unreachable.is_invalid_kubeconfig(),
+            crate::runtime::cause_chain(unreachable),
+        ),
+        hosts => {
+            let (world, spare) = match hosts {
+                Some(Ok((world, spare, _))) => (world.as_ref(), spare.clone()),
+                _ => (None, None),
+            };
+            in_place::flow::decide(in_place::flow::Inputs {
+                planned,
+                wanted: observed.wanted.clone(),
+                records: &observed.records,
+                world: world.map(|(views, _)| views.as_slice()),
+                spare,
+                fallback,
+                now,
+            })
+        }
+    };
+    let rollout = match &observed.cluster {
+        ClusterState::Found(view) => view.topology.as_ref().and_then(|t| {
+            api::version::parse_lenient(&t.version).map(|v| (v, view.finished.is_ok()))
+        }),
+        _ => None,
+    };
+    let now_time = Time(now);
+    let mut decision = decide(
+        &joined.plan,
+        &Observed {
+            generation: subject.generation,
+            status: subject.status,
+            cluster: subject.spec.cluster_name,
+            rollout,
+            now: &now_time,
+        },
+    );
+    decision.status.hosts = (!joined.records.is_empty()).then(|| joined.records.clone());
+    if let (Some(progress), ClusterState::Found(view)) = (&joined.progress, &observed.cluster)
+        && let Some(topology) = &view.topology
+    {
+        let history = in_place::flow::history(
+            decision.status.history.as_deref().unwrap_or_default(),
+            &joined.plan,
+            &topology.version,
+            &progress.image,
+            now,
+        );
+        decision.status.history = (!history.is_empty()).then_some(history);
+        decision.status.in_place = Some(progress.clone());
+    }
+    decision
+        .status
+        .retry_hosts
+        .clone_from(&observed.retry_hosts);
+    decision
+        .notes
+        .extend(joined.notes.iter().cloned().map(|mut note| {
+            if let Some(host) = note.related.as_mut() {
+                host.namespace = Some(observed.namespace.clone());
+            }
+            note
+        }));
+    if let Some(wait) = joined.requeue {
+        decision.requeue = Some(decision.requeue.map_or(wait, |w| w.min(wait)));
+    }
+    (decision, joined.actions)
+}
+
+/// The decision on the Cluster as the write of `step` returned it: what the reconcile that write
+/// triggers will compute, for [`settle_after_write`].
+pub fn after_write(
+    subject: Subject<'_>,
+    observed: &Observation,
+    written: &serde_json::Value,
+    api: ClusterApi,
+    step: &Step,
+    now: Timestamp,
+) -> Decision {
+    let mut view = cluster::view(written);
+    view.finished = finish::finished(
+        &Rollout {
+            api,
+            cluster: written,
+            control_plane: None,
+            machine_deployments: None,
+        },
+        &step.version,
+    );
+    let after = gates::plan(&gates::Inputs {
+        spec: subject.spec,
+        cluster: &ClusterState::Found(view),
+        plan: &observed.plan,
+        images: &observed.images,
+        now,
+    });
+    decide(
+        &after,
+        &Observed {
+            generation: subject.generation,
+            status: subject.status,
+            cluster: subject.spec.cluster_name,
+            rollout: Some((step.version.clone(), false)),
+            now: &Time(now),
+        },
+    )
 }

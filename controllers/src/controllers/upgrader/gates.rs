@@ -201,11 +201,21 @@ fn gates(inputs: &Inputs<'_>) -> Result<Step, Held> {
         variable,
     };
     nothing_to_write(&current, &target, &step, cluster)?;
-    paused_cluster(cluster).map_err(|h| held(h.with_step(&step)))?;
-    previous_finished(cluster).map_err(|h| held(h.with_step(&step)))?;
-    in_window(spec, inputs.now).map_err(|h| held(h.with_step(&step)))?;
-    dry_run(spec).map_err(|h| held(h.with_step(&step)))?;
+    may_start(spec, cluster, inputs.now).map_err(|h| held(h.with_step(&step)))?;
     Ok(step)
+}
+
+/// The gates that hold the start of any new work, a topology step or a host updated in place:
+/// the Cluster paused (S6), the previous step unfinished (S4), the window closed (S7), dry run.
+pub fn may_start(
+    spec: &UpgraderSpecView<'_>,
+    cluster: &ClusterView,
+    now: Timestamp,
+) -> Result<(), Hold> {
+    paused_cluster(cluster)?;
+    previous_finished(cluster)?;
+    in_window(spec, now)?;
+    dry_run(spec)
 }
 
 /// S6: a paused upgrader does nothing.

@@ -5,25 +5,24 @@
 //! apply (at most one write to the Cluster, [`cluster::write_step`], then one status write when
 //! something changed, then events on transitions).
 
+pub mod apply;
 pub mod cluster;
 pub mod decide;
 pub mod finish;
 pub mod gates;
 pub mod in_place;
+pub mod observe;
 pub mod reason;
 pub mod window;
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use api::v1alpha1::{
-    ClusterClassClusterUpgrader, InClusterUpgradeAutomation, InPlace, MachineImage,
-    OS_IMAGE_STAMP_ANNOTATION, Plan, RETRY_HOSTS_ANNOTATION, UpgraderSpecView, UpgraderStatus,
+    ClusterClassClusterUpgrader, InClusterUpgradeAutomation, InPlace, MachineImage, Plan,
+    RETRY_HOSTS_ANNOTATION, UpgraderSpecView, UpgraderStatus,
 };
 use futures::{FutureExt, StreamExt};
-use k8s_openapi::api::core::v1::ObjectReference;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::DynamicObject;
 use kube::core::DeserializeGuard;
@@ -33,15 +32,14 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 
 pub use decide::{Decision, Observed, decide};
+use observe::Read;
 
 use crate::runtime::caches::{Cacheable, generation_or_annotation_changed};
-use crate::runtime::status::{WriteError, apply_status};
+use crate::runtime::status::WriteError;
 use crate::runtime::{
     ControllerMetrics, Events, ReconcileError, Registration, Reporter, Running, Shared, all_ready,
     drive, synced,
 };
-use finish::Rollout;
-use gates::{ClusterState, PlanState};
 
 /// Field manager of the Cluster writes and the status writes.
 pub const FIELD_MANAGER: &str = "kubernetes-upgrader-upgrader";
@@ -414,534 +412,29 @@ pub async fn reconcile_upgrader<K: UpgraderKind>(
     Box::pin(reconcile_body(upgrader, ctx, now, Read::Cached)).await
 }
 
-/// Where a reconcile reads the Cluster from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Read {
-    /// The watch's store when it holds the Cluster, else the API server.
-    Cached,
-    /// The API server.
-    Fresh,
-}
-
 async fn reconcile_body<K: UpgraderKind>(
     upgrader: &K,
     ctx: &Context,
     now: Timestamp,
     read: Read,
 ) -> Result<Action, Error> {
-    let namespace = upgrader.namespace().unwrap_or_default();
-    let spec = upgrader.view();
+    let observed = observe::observe(upgrader, ctx, now, read).await?;
     let default_status = UpgraderStatus::default();
-    let current = upgrader.upgrader_status().unwrap_or(&default_status);
-
-    // Observe.
-    let plan = plan_state(ctx, &namespace, spec.plan_ref.name.as_str());
-    let selector = match &plan {
-        Some(p) => p.spec.machine_image_selector.clone(),
-        None => None,
+    let subject = decide::Subject {
+        spec: upgrader.view(),
+        status: upgrader.upgrader_status().unwrap_or(&default_status),
+        generation: upgrader.meta().generation,
     };
-    let images_state = ctx.images.state();
-    let images = crate::controllers::plan::select::usable(
-        images_state.iter().filter_map(|i| i.0.as_ref().ok()),
-        &namespace,
-        selector.as_ref(),
-    );
-    let plan_state = match &plan {
-        None => PlanState::NotFound,
-        Some(p) => {
-            let details = p
-                .status
-                .as_ref()
-                .and_then(|s| s.machine_image_details.as_ref());
-            PlanState::Found {
-                version: details.and_then(|d| d.version.clone()),
-                id: details.map(|d| d.id.clone()),
-            }
-        }
-    };
-    let reference = upgrader.object_ref(&());
-    let (records, retry_hosts) = in_place::flow::retried(
-        current.hosts.as_deref().unwrap_or_default(),
-        upgrader
-            .annotations()
-            .get(RETRY_HOSTS_ANNOTATION)
-            .map(String::as_str),
-        current.retry_hosts.as_deref(),
-        now,
-    );
-    let busy = records.iter().any(|r| in_place::in_flight(r.phase));
-    // A paused upgrader still carries the hosts it started to the end.
-    let (cluster_state, raw, access, cached) = if spec.paused && !busy {
-        (ClusterState::NotFound, None, None, false)
-    } else {
-        observe_cluster(ctx, &namespace, spec.cluster_name, read).await?
-    };
-
-    // Plan and decide.
-    let planned = gates::plan(&gates::Inputs {
-        spec,
-        cluster: &cluster_state,
-        plan: &plan_state,
-        images: &images,
-        now,
-    });
-    let wanted = wanted_in_place(
-        upgrader,
-        &cluster_state,
-        &plan_state,
-        &images,
-        &images_state,
-        now,
-    );
-    let needs_hosts = in_place::flow::needs_hosts(&planned, wanted.is_some(), &records);
-    let read_workload = wanted.is_some() || busy;
-    let observed_hosts = match access.as_ref() {
-        Some(access) if needs_hosts => Some(
-            Box::pin(observe_hosts(
-                ctx,
-                access,
-                &namespace,
-                spec.cluster_name,
-                read_workload,
-            ))
-            .await?,
-        ),
-        _ => None,
-    };
-    let (world, spare, workload, unreachable) = match observed_hosts {
-        Some(Ok((world, spare, workload))) => (world, spare, workload, None),
-        Some(Err(unreachable)) => (None, None, None, Some(unreachable)),
-        None => (None, None, None, None),
-    };
-    let fallback =
-        in_place::Settings::from_spec(&InPlace::default()).unwrap_or(in_place::Settings {
-            max_unavailable: 1,
-            drain_timeout: Duration::from_secs(600),
-            retries: 1,
-        });
-    let joined = match unreachable {
-        // Blocked, the records kept as they are, until the kubeconfig Secret works.
-        Some(unreachable) => in_place::flow::unreachable(
-            &records,
-            unreachable.is_invalid_kubeconfig(),
-            crate::runtime::cause_chain(&unreachable),
-        ),
-        None => in_place::flow::decide(in_place::flow::Inputs {
-            planned,
-            wanted,
-            records: &records,
-            world: world.as_ref().map(|(views, _)| views.as_slice()),
-            spare,
-            fallback,
-            now,
-        }),
-    };
-    let rollout = match &cluster_state {
-        ClusterState::Found(view) => view.topology.as_ref().and_then(|t| {
-            api::version::parse_lenient(&t.version).map(|v| (v, view.finished.is_ok()))
-        }),
-        _ => None,
-    };
-    let now_time = Time(now);
-    let mut decision = decide(
-        &joined.plan,
-        &Observed {
-            generation: upgrader.meta().generation,
-            status: current,
-            cluster: spec.cluster_name,
-            rollout,
-            now: &now_time,
-        },
-    );
-    decision.status.hosts = (!joined.records.is_empty()).then(|| joined.records.clone());
-    if let (Some(progress), ClusterState::Found(view)) = (&joined.progress, &cluster_state)
-        && let Some(topology) = &view.topology
-    {
-        let history = in_place::flow::history(
-            decision.status.history.as_deref().unwrap_or_default(),
-            &joined.plan,
-            &topology.version,
-            &progress.image,
-            now,
-        );
-        decision.status.history = (!history.is_empty()).then_some(history);
-        decision.status.in_place = Some(progress.clone());
-    }
-    decision.status.retry_hosts = retry_hosts;
-    decision
-        .notes
-        .extend(joined.notes.iter().cloned().map(|mut note| {
-            if let Some(host) = note.related.as_mut() {
-                host.namespace = Some(namespace.clone());
-            }
-            note
-        }));
-    if let Some(wait) = joined.requeue {
-        decision.requeue = Some(decision.requeue.map_or(wait, |w| w.min(wait)));
-    }
-
+    let (decision, actions) = decide::reconcile_decision(subject, &observed, now);
     // A write is decided on the Cluster as the API server holds it now: a cached Cluster that is
     // no longer current means deciding again from a fresh read.
-    if cached
-        && (decision.write.is_some() || !joined.actions.is_empty())
-        && let Some(access) = access.as_ref()
+    if observed.cached
+        && (decision.write.is_some() || !actions.is_empty())
+        && !observe::still_current(ctx, &observed, upgrader.view().cluster_name).await?
     {
-        let fresh = cluster::get(&ctx.client, access, &namespace, spec.cluster_name)
-            .await
-            .map_err(|e| Error::ReadCluster(spec.cluster_name.to_owned(), e))?;
-        if fresh.as_ref().map(resource_version) != raw.as_ref().map(resource_version) {
-            return Box::pin(reconcile_body(upgrader, ctx, now, Read::Fresh)).await;
-        }
+        return Box::pin(reconcile_body(upgrader, ctx, now, Read::Fresh)).await;
     }
-
-    // Apply: the step first, then the status that records it, as the next reconcile will see it.
-    if let (Some(step), Some(access)) = (decision.write.clone(), access.as_ref())
-        && let Some(written) = write_step(
-            ctx,
-            &reference,
-            spec.cluster_name,
-            raw.as_ref(),
-            access,
-            &step,
-        )
-        .await?
-    {
-        let mut view = cluster::view(&written);
-        view.finished = finish::finished(
-            &Rollout {
-                api: access.api,
-                cluster: &written,
-                control_plane: None,
-                machine_deployments: None,
-            },
-            &step.version,
-        );
-        let after = gates::plan(&gates::Inputs {
-            spec: upgrader.view(),
-            cluster: &ClusterState::Found(view),
-            plan: &plan_state,
-            images: &images,
-            now,
-        });
-        let post = decide(
-            &after,
-            &Observed {
-                generation: upgrader.meta().generation,
-                status: current,
-                cluster: spec.cluster_name,
-                rollout: Some((step.version.clone(), false)),
-                now: &now_time,
-            },
-        );
-        decide::settle_after_write(&mut decision, &post);
-    }
-    if decision.status != *current {
-        let api: Api<K> = Api::namespaced(ctx.client.clone(), &namespace);
-        apply_status(&api, &upgrader.name_any(), FIELD_MANAGER, &decision.status)
-            .await
-            .map_err(Error::WriteStatus)?;
-    }
-    // The host writes come after the records that name them are persisted.
-    if let (Some((_, management)), Some(workload)) = (&world, &workload) {
-        let recovery = upgrader
-            .in_place()
-            .and_then(|p| p.upgrade_recovery)
-            .unwrap_or(false);
-        for action in &joined.actions {
-            Box::pin(perform(
-                ctx, workload, management, &namespace, action, recovery,
-            ))
-            .await
-            .map_err(|source| Error::WriteHost(format!("{action:?}"), source))?;
-        }
-    }
-    for note in &decision.notes {
-        ctx.events.publish_to(&reference, note).await;
-    }
-    let requeue = if joined.actions.is_empty() {
-        decision.requeue
-    } else {
-        // Look again soon: the writes just made are observed next.
-        Some(Duration::from_secs(1))
-    };
-    Ok(requeue.map_or_else(Action::await_change, Action::requeue))
-}
-
-/// Writes `step` to the Cluster; returns the Cluster as written.
-async fn write_step(
-    ctx: &Context,
-    upgrader: &ObjectReference,
-    name: &str,
-    raw: Option<&serde_json::Value>,
-    access: &cluster::Access,
-    step: &gates::Step,
-) -> Result<Option<serde_json::Value>, Error> {
-    let Some(raw) = raw else {
-        return Ok(None);
-    };
-    let namespace = upgrader.namespace.clone().unwrap_or_default();
-    cluster::write_step(
-        &ctx.client,
-        access,
-        &namespace,
-        name,
-        raw,
-        step,
-        FIELD_MANAGER,
-    )
-    .await
-    .map(Some)
-    .map_err(|source| {
-        Error::WriteCluster(
-            format!("writing {} to Cluster {name}", step.version_string()),
-            source,
-        )
-    })
-}
-
-/// The in-place update the Plan asks for: `spec.inPlace` is set and the Plan's ready image has
-/// the Cluster's Kubernetes version.
-fn wanted_in_place<K: UpgraderKind>(
-    upgrader: &K,
-    cluster: &ClusterState,
-    plan: &PlanState,
-    images: &[gates::Image],
-    stored: &[Arc<GuardedImage>],
-    now: Timestamp,
-) -> Option<in_place::flow::Wanted> {
-    let namespace = upgrader.namespace();
-    let stamps = stored
-        .iter()
-        .filter_map(|i| i.0.as_ref().ok())
-        .filter(|i| i.namespace() == namespace);
-    let settings = in_place::Settings::from_spec(upgrader.in_place()?).ok()?;
-    let ClusterState::Found(view) = cluster else {
-        return None;
-    };
-    let topology = view.topology.as_ref()?;
-    let version = gates::cluster_version(topology).ok()?;
-    let (target, id) = gates::plan_target(plan, images).ok()?;
-    if !target.cmp_precedence(&version).is_eq() {
-        return None;
-    }
-    let spec = upgrader.view();
-    let held = gates::paused_upgrader(&spec)
-        .and_then(|()| gates::paused_cluster(view))
-        .and_then(|()| gates::previous_finished(view))
-        .and_then(|()| gates::in_window(&spec, now))
-        .and_then(|()| gates::dry_run(&spec))
-        .err();
-    // `plan_target` found a ready image with this ID; the stamp is on one of them.
-    let stamp = stamps
-        .filter(|i| i.spec.id.as_deref() == Some(id.as_str()))
-        .find_map(|i| i.annotations().get(OS_IMAGE_STAMP_ANNOTATION).cloned());
-    Some(in_place::flow::Wanted {
-        settings,
-        image: id,
-        stamp,
-        version,
-        held,
-    })
-}
-
-/// The hosts as observed: their views with the management reads behind them, the spare-host
-/// gate's answer, and the workload client (read only when `workload` is asked for).
-type ObservedHosts = (
-    Option<(Vec<in_place::HostView>, in_place::observe::Management)>,
-    Option<Result<(), in_place::spare::NoSpareHost>>,
-    Option<Client>,
-);
-
-async fn observe_hosts(
-    ctx: &Context,
-    access: &cluster::Access,
-    namespace: &str,
-    cluster_name: &str,
-    workload: bool,
-) -> Result<Result<ObservedHosts, in_place::workload::Unreachable>, Error> {
-    let read = |e| Error::ReadHosts(cluster_name.to_owned(), e);
-    let machine = kube::core::ApiResource::from_gvk(&kube::core::GroupVersionKind::gvk(
-        cluster::GROUP,
-        &access.resource.version,
-        "Machine",
-    ));
-    let management = in_place::observe::management(&ctx.client, &machine, namespace, cluster_name)
-        .await
-        .map_err(read)?;
-    if !management.is_elemental() {
-        return Ok(Ok((Some((Vec::new(), management)), None, None)));
-    }
-    let pools = management.pools();
-    let pool_refs: Vec<in_place::spare::Pool<'_>> = pools
-        .iter()
-        .map(|(name, selector)| in_place::spare::Pool { name, selector })
-        .collect();
-    let labels: Vec<&BTreeMap<String, String>> =
-        management.hosts.values().map(|h| &h.labels).collect();
-    let spare = Some(in_place::spare::check(&pool_refs, &labels));
-    if !workload {
-        let views = management.views(&BTreeMap::new(), &BTreeMap::new());
-        return Ok(Ok((Some((views, management)), spare, None)));
-    }
-    let client = match ctx
-        .workloads
-        .client(&ctx.client, namespace, cluster_name)
-        .await
-    {
-        Ok(client) => client,
-        Err(unreachable) => return Ok(Err(unreachable)),
-    };
-    let names: Vec<String> = management
-        .machines
-        .iter()
-        .filter_map(|m| m.node.clone())
-        .collect();
-    let reads = async {
-        let nodes = in_place::observe::nodes(&client, &names).await?;
-        let mut drained = BTreeMap::new();
-        for name in names
-            .iter()
-            .filter(|n| nodes.get(*n).is_some_and(|n| n.cordoned))
-        {
-            let left = in_place::observe::evictable_pods(&client, name).await?;
-            drained.insert(name.clone(), left.is_empty());
-        }
-        Ok((nodes, drained))
-    };
-    // One slow workload cluster must not hold a worker: its reads share one deadline.
-    let (nodes, drained) =
-        match tokio::time::timeout(in_place::workload::READ_DEADLINE, reads).await {
-            Ok(read_all) => read_all.map_err(read)?,
-            Err(_) => {
-                return Ok(Err(in_place::workload::Unreachable::Slow(
-                    in_place::workload::READ_DEADLINE,
-                )));
-            }
-        };
-    let views = management.views(&nodes, &drained);
-    Ok(Ok((Some((views, management)), spare, Some(client))))
-}
-
-/// Performs one in-place write.
-async fn perform(
-    ctx: &Context,
-    workload: &Client,
-    management: &in_place::observe::Management,
-    namespace: &str,
-    action: &in_place::Action,
-    upgrade_recovery: bool,
-) -> Result<(), WriteError> {
-    use in_place::workload as write;
-    match action {
-        in_place::Action::Cordon { node } => {
-            write::set_unschedulable(workload, node, true, FIELD_MANAGER).await
-        }
-        in_place::Action::Uncordon { node } => {
-            write::set_unschedulable(workload, node, false, FIELD_MANAGER).await
-        }
-        in_place::Action::Evict { node } => write::evict(workload, node).await.map(|_| ()),
-        in_place::Action::LabelPending { host } => {
-            write::label_pending(&ctx.client, namespace, host, FIELD_MANAGER).await
-        }
-        in_place::Action::ApplyImage { machine, image } => {
-            let Some(infrastructure) = management.infrastructure_of(machine) else {
-                return Ok(());
-            };
-            write::apply_image(
-                &ctx.client,
-                namespace,
-                infrastructure,
-                image,
-                upgrade_recovery,
-                FIELD_MANAGER,
-            )
-            .await
-        }
-    }
-}
-
-fn plan_state(ctx: &Context, namespace: &str, name: &str) -> Option<Plan> {
-    ctx.plans
-        .get(&ObjectRef::new(name).within(namespace))
-        .and_then(|p| p.0.as_ref().ok().cloned())
-}
-
-/// The Cluster's state, the object it came from, how Cluster API is served, and whether the
-/// object came from the watch's store.
-type ObservedCluster = (
-    ClusterState,
-    Option<serde_json::Value>,
-    Option<cluster::Access>,
-    bool,
-);
-
-fn resource_version(cluster: &serde_json::Value) -> Option<&str> {
-    cluster.pointer("/metadata/resourceVersion")?.as_str()
-}
-
-/// Reads the Cluster and, when its status carries no version lists, its control plane and
-/// MachineDeployments; fills in whether its current step has finished.
-async fn observe_cluster(
-    ctx: &Context,
-    namespace: &str,
-    name: &str,
-    from: Read,
-) -> Result<ObservedCluster, Error> {
-    let Some(access) = ctx.access().await? else {
-        return Ok((ClusterState::ApiMissing, None, None, false));
-    };
-    if !api::names::is_dns_subdomain(name) {
-        // Admission refuses such a name; one stored before that rule names no Cluster.
-        return Ok((ClusterState::NotFound, None, Some(access), false));
-    }
-    let read = |e| Error::ReadCluster(name.to_owned(), e);
-    let cached = match from {
-        Read::Cached => ctx.cached_cluster(namespace, name),
-        Read::Fresh => None,
-    };
-    let from_cache = cached.is_some();
-    let raw = match cached {
-        Some(raw) => raw,
-        None => match cluster::get(&ctx.client, &access, namespace, name)
-            .await
-            .map_err(read)?
-        {
-            Some(raw) => raw,
-            None => return Ok((ClusterState::NotFound, None, Some(access), false)),
-        },
-    };
-    let mut view = cluster::view(&raw);
-    if let Some(version) = view
-        .topology
-        .as_ref()
-        .and_then(|t| api::version::parse_lenient(&t.version))
-    {
-        let mut rollout = Rollout {
-            api: access.api,
-            cluster: &raw,
-            control_plane: None,
-            machine_deployments: None,
-        };
-        view.finished = if finish::objects_needed(&rollout, &version) {
-            let control_plane = cluster::control_plane(&ctx.client, access.api, namespace, &raw)
-                .await
-                .map_err(read)?;
-            let deployments = cluster::machine_deployments(&ctx.client, &access, namespace, name)
-                .await
-                .map_err(read)?;
-            rollout.control_plane = control_plane.as_ref();
-            rollout.machine_deployments = Some(&deployments);
-            finish::finished(&rollout, &version)
-        } else {
-            finish::finished(&rollout, &version)
-        };
-    }
-    Ok((
-        ClusterState::Found(view),
-        Some(raw),
-        Some(access),
-        from_cache,
-    ))
+    apply::apply(ctx, upgrader, &observed, decision, &actions, now).await
 }
 
 #[cfg(test)]

@@ -1,6 +1,8 @@
 //! Gate tables, planner properties and choreography of the upgrader.
 
-use super::gates::{ClusterView, Image, Inputs, Reason, Topology, Variable};
+use super::gates::{
+    ClusterState, ClusterView, Image, Inputs, PlanState, Reason, Topology, Variable,
+};
 use super::*;
 use crate::runtime::fixtures::{STEP, Verifier, mock_client, within};
 use api::v1alpha1::{ImageMap, MaintenanceWindow, ObjectRef as Ref};

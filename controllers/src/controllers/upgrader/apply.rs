@@ -1,0 +1,154 @@
+//! Apply: the Decision carried out, in order. The step first (and the status as the written
+//! Cluster will be seen), then the status when it changed, then the host writes the persisted
+//! records name, then the events.
+
+use std::time::Duration;
+
+use api::v1alpha1::UpgraderStatus;
+use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::jiff::Timestamp;
+use kube::runtime::controller::Action;
+use kube::{Api, Client, ResourceExt};
+
+use super::decide::{self, Decision};
+use super::observe::Observation;
+use super::{Context, Error, FIELD_MANAGER, UpgraderKind, cluster, gates, in_place};
+use crate::runtime::status::{WriteError, apply_status};
+
+/// Carries out `decision` and `actions` for `upgrader`.
+pub async fn apply<K: UpgraderKind>(
+    ctx: &Context,
+    upgrader: &K,
+    observed: &Observation,
+    mut decision: Decision,
+    actions: &[in_place::Action],
+    now: Timestamp,
+) -> Result<Action, Error> {
+    let spec = upgrader.view();
+    let reference = upgrader.object_ref(&());
+    let default_status = UpgraderStatus::default();
+    let current = upgrader.upgrader_status().unwrap_or(&default_status);
+    let subject = decide::Subject {
+        spec,
+        status: current,
+        generation: upgrader.meta().generation,
+    };
+    if let (Some(step), Some(access)) = (decision.write.clone(), observed.access.as_ref())
+        && let Some(written) = write_step(
+            ctx,
+            &reference,
+            spec.cluster_name,
+            observed.raw.as_ref(),
+            access,
+            &step,
+        )
+        .await?
+    {
+        let post = decide::after_write(subject, observed, &written, access.api, &step, now);
+        decide::settle_after_write(&mut decision, &post);
+    }
+    if decision.status != *current {
+        let api: Api<K> = Api::namespaced(ctx.client.clone(), &observed.namespace);
+        apply_status(&api, &upgrader.name_any(), FIELD_MANAGER, &decision.status)
+            .await
+            .map_err(Error::WriteStatus)?;
+    }
+    if let Some(Ok((Some((_, management)), _, Some(workload)))) = &observed.hosts {
+        let recovery = upgrader
+            .in_place()
+            .and_then(|p| p.upgrade_recovery)
+            .unwrap_or(false);
+        for action in actions {
+            Box::pin(perform(
+                ctx,
+                workload,
+                management,
+                &observed.namespace,
+                action,
+                recovery,
+            ))
+            .await
+            .map_err(|source| Error::WriteHost(format!("{action:?}"), source))?;
+        }
+    }
+    for note in &decision.notes {
+        ctx.events.publish_to(&reference, note).await;
+    }
+    let requeue = if actions.is_empty() {
+        decision.requeue
+    } else {
+        // Look again soon: the writes just made are observed next.
+        Some(Duration::from_secs(1))
+    };
+    Ok(requeue.map_or_else(Action::await_change, Action::requeue))
+}
+
+/// Writes `step` to the Cluster; returns the Cluster as written.
+async fn write_step(
+    ctx: &Context,
+    upgrader: &ObjectReference,
+    name: &str,
+    raw: Option<&serde_json::Value>,
+    access: &cluster::Access,
+    step: &gates::Step,
+) -> Result<Option<serde_json::Value>, Error> {
+    let Some(raw) = raw else {
+        return Ok(None);
+    };
+    let namespace = upgrader.namespace.clone().unwrap_or_default();
+    cluster::write_step(
+        &ctx.client,
+        access,
+        &namespace,
+        name,
+        raw,
+        step,
+        FIELD_MANAGER,
+    )
+    .await
+    .map(Some)
+    .map_err(|source| {
+        Error::WriteCluster(
+            format!("writing {} to Cluster {name}", step.version_string()),
+            source,
+        )
+    })
+}
+
+/// Performs one in-place write.
+async fn perform(
+    ctx: &Context,
+    workload: &Client,
+    management: &in_place::observe::Management,
+    namespace: &str,
+    action: &in_place::Action,
+    upgrade_recovery: bool,
+) -> Result<(), WriteError> {
+    use in_place::workload as write;
+    match action {
+        in_place::Action::Cordon { node } => {
+            write::set_unschedulable(workload, node, true, FIELD_MANAGER).await
+        }
+        in_place::Action::Uncordon { node } => {
+            write::set_unschedulable(workload, node, false, FIELD_MANAGER).await
+        }
+        in_place::Action::Evict { node } => write::evict(workload, node).await.map(|_| ()),
+        in_place::Action::LabelPending { host } => {
+            write::label_pending(&ctx.client, namespace, host, FIELD_MANAGER).await
+        }
+        in_place::Action::ApplyImage { machine, image } => {
+            let Some(infrastructure) = management.infrastructure_of(machine) else {
+                return Ok(());
+            };
+            write::apply_image(
+                &ctx.client,
+                namespace,
+                infrastructure,
+                image,
+                upgrade_recovery,
+                FIELD_MANAGER,
+            )
+            .await
+        }
+    }
+}

@@ -1,0 +1,358 @@
+//! Observe: everything one reconcile decides on, read once. The Plan and MachineImages come from
+//! the shared caches, the Cluster from the Cluster watch's store (or the API server), and, when
+//! the decision needs them, the Cluster's hosts: Machines, ElementalMachines and ElementalHosts in
+//! the management cluster, Nodes and pods in the workload cluster.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use api::v1alpha1::{
+    HostRecord, OS_IMAGE_STAMP_ANNOTATION, Plan, RETRY_HOSTS_ANNOTATION, UpgraderStatus,
+};
+use k8s_openapi::jiff::Timestamp;
+use kube::runtime::reflector::ObjectRef;
+use kube::{Client, ResourceExt};
+
+use super::finish::{self, Rollout};
+use super::gates::{self, ClusterState, PlanState};
+use super::{Context, Error, GuardedImage, UpgraderKind, cluster, in_place};
+
+/// Where a reconcile reads the Cluster from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Read {
+    /// The watch's store when it holds the Cluster, else the API server.
+    Cached,
+    /// The API server.
+    Fresh,
+}
+
+/// Everything one reconcile decides on.
+pub struct Observation {
+    /// The upgrader's namespace.
+    pub namespace: String,
+    /// The Plan's choice.
+    pub plan: PlanState,
+    /// The usable images of the namespace, by the Plan's selector.
+    pub images: Vec<gates::Image>,
+    /// The host records, blocked ones started over on a new `retry-hosts` value.
+    pub records: Vec<HostRecord>,
+    /// The `retry-hosts` value the records answer.
+    pub retry_hosts: Option<String>,
+    /// The Cluster.
+    pub cluster: ClusterState,
+    /// The Cluster object it was read from.
+    pub raw: Option<serde_json::Value>,
+    /// How Cluster API is served.
+    pub access: Option<cluster::Access>,
+    /// Whether the Cluster came from the watch's store.
+    pub cached: bool,
+    /// The in-place update the Plan asks for, if any.
+    pub wanted: Option<in_place::flow::Wanted>,
+    /// The hosts, when the decision needs them, or why the workload cluster cannot be read.
+    pub hosts: Option<Result<ObservedHosts, in_place::workload::Unreachable>>,
+}
+
+/// Reads everything the reconcile of `upgrader` decides on.
+pub async fn observe<K: UpgraderKind>(
+    upgrader: &K,
+    ctx: &Context,
+    now: Timestamp,
+    read: Read,
+) -> Result<Observation, Error> {
+    let namespace = upgrader.namespace().unwrap_or_default();
+    let spec = upgrader.view();
+    let default_status = UpgraderStatus::default();
+    let current = upgrader.upgrader_status().unwrap_or(&default_status);
+    let plan = plan_state(ctx, &namespace, spec.plan_ref.name.as_str());
+    let selector = plan
+        .as_ref()
+        .and_then(|p| p.spec.machine_image_selector.clone());
+    let images_state = ctx.images.state();
+    let images = crate::controllers::plan::select::usable(
+        images_state.iter().filter_map(|i| i.0.as_ref().ok()),
+        &namespace,
+        selector.as_ref(),
+    );
+    let plan = match &plan {
+        None => PlanState::NotFound,
+        Some(p) => {
+            let details = p
+                .status
+                .as_ref()
+                .and_then(|s| s.machine_image_details.as_ref());
+            PlanState::Found {
+                version: details.and_then(|d| d.version.clone()),
+                id: details.map(|d| d.id.clone()),
+            }
+        }
+    };
+    let (records, retry_hosts) = in_place::flow::retried(
+        current.hosts.as_deref().unwrap_or_default(),
+        upgrader
+            .annotations()
+            .get(RETRY_HOSTS_ANNOTATION)
+            .map(String::as_str),
+        current.retry_hosts.as_deref(),
+        now,
+    );
+    let busy = records.iter().any(|r| in_place::in_flight(r.phase));
+    // A paused upgrader still carries the hosts it started to the end.
+    let (cluster, raw, access, cached) = if spec.paused && !busy {
+        (ClusterState::NotFound, None, None, false)
+    } else {
+        observe_cluster(ctx, &namespace, spec.cluster_name, read).await?
+    };
+    let planned = gates::plan(&gates::Inputs {
+        spec,
+        cluster: &cluster,
+        plan: &plan,
+        images: &images,
+        now,
+    });
+    let wanted = wanted_in_place(upgrader, &cluster, &plan, &images, &images_state, now);
+    let hosts = match access.as_ref() {
+        Some(access) if in_place::flow::needs_hosts(&planned, wanted.is_some(), &records) => Some(
+            Box::pin(observe_hosts(
+                ctx,
+                access,
+                &namespace,
+                spec.cluster_name,
+                wanted.is_some() || busy,
+            ))
+            .await?,
+        ),
+        _ => None,
+    };
+    Ok(Observation {
+        namespace,
+        plan,
+        images,
+        records,
+        retry_hosts,
+        cluster,
+        raw,
+        access,
+        cached,
+        wanted,
+        hosts,
+    })
+}
+
+/// Whether the Cluster the observation was decided on is still the one the API server holds.
+pub async fn still_current(
+    ctx: &Context,
+    observed: &Observation,
+    name: &str,
+) -> Result<bool, Error> {
+    let Some(access) = observed.access.as_ref() else {
+        return Ok(true);
+    };
+    let fresh = cluster::get(&ctx.client, access, &observed.namespace, name)
+        .await
+        .map_err(|e| Error::ReadCluster(name.to_owned(), e))?;
+    Ok(fresh.as_ref().map(resource_version) == observed.raw.as_ref().map(resource_version))
+}
+
+/// The in-place update the Plan asks for: `spec.inPlace` is set and the Plan's ready image has
+/// the Cluster's Kubernetes version.
+fn wanted_in_place<K: UpgraderKind>(
+    upgrader: &K,
+    cluster: &ClusterState,
+    plan: &PlanState,
+    images: &[gates::Image],
+    stored: &[Arc<GuardedImage>],
+    now: Timestamp,
+) -> Option<in_place::flow::Wanted> {
+    let namespace = upgrader.namespace();
+    let stamps = stored
+        .iter()
+        .filter_map(|i| i.0.as_ref().ok())
+        .filter(|i| i.namespace() == namespace);
+    let settings = in_place::Settings::from_spec(upgrader.in_place()?).ok()?;
+    let ClusterState::Found(view) = cluster else {
+        return None;
+    };
+    let topology = view.topology.as_ref()?;
+    let version = gates::cluster_version(topology).ok()?;
+    let (target, id) = gates::plan_target(plan, images).ok()?;
+    if !target.cmp_precedence(&version).is_eq() {
+        return None;
+    }
+    let spec = upgrader.view();
+    let held = gates::paused_upgrader(&spec)
+        .and_then(|()| gates::may_start(&spec, view, now))
+        .err();
+    // `plan_target` found a ready image with this ID; the stamp is on one of them.
+    let stamp = stamps
+        .filter(|i| i.spec.id.as_deref() == Some(id.as_str()))
+        .find_map(|i| i.annotations().get(OS_IMAGE_STAMP_ANNOTATION).cloned());
+    Some(in_place::flow::Wanted {
+        settings,
+        image: id,
+        stamp,
+        version,
+        held,
+    })
+}
+
+/// The hosts as observed: their views with the management reads behind them, the spare-host
+/// gate's answer, and the workload client (read only when `workload` is asked for).
+pub type ObservedHosts = (
+    Option<(Vec<in_place::HostView>, in_place::observe::Management)>,
+    Option<Result<(), in_place::spare::NoSpareHost>>,
+    Option<Client>,
+);
+
+async fn observe_hosts(
+    ctx: &Context,
+    access: &cluster::Access,
+    namespace: &str,
+    cluster_name: &str,
+    workload: bool,
+) -> Result<Result<ObservedHosts, in_place::workload::Unreachable>, Error> {
+    let read = |e| Error::ReadHosts(cluster_name.to_owned(), e);
+    let machine = kube::core::ApiResource::from_gvk(&kube::core::GroupVersionKind::gvk(
+        cluster::GROUP,
+        &access.resource.version,
+        "Machine",
+    ));
+    let management = in_place::observe::management(&ctx.client, &machine, namespace, cluster_name)
+        .await
+        .map_err(read)?;
+    if !management.is_elemental() {
+        return Ok(Ok((Some((Vec::new(), management)), None, None)));
+    }
+    let pools = management.pools();
+    let pool_refs: Vec<in_place::spare::Pool<'_>> = pools
+        .iter()
+        .map(|(name, selector)| in_place::spare::Pool { name, selector })
+        .collect();
+    let labels: Vec<&BTreeMap<String, String>> =
+        management.hosts.values().map(|h| &h.labels).collect();
+    let spare = Some(in_place::spare::check(&pool_refs, &labels));
+    if !workload {
+        let views = management.views(&BTreeMap::new(), &BTreeMap::new());
+        return Ok(Ok((Some((views, management)), spare, None)));
+    }
+    let client = match ctx
+        .workloads
+        .client(&ctx.client, namespace, cluster_name)
+        .await
+    {
+        Ok(client) => client,
+        Err(unreachable) => return Ok(Err(unreachable)),
+    };
+    let names: Vec<String> = management
+        .machines
+        .iter()
+        .filter_map(|m| m.node.clone())
+        .collect();
+    let reads = async {
+        let nodes = in_place::observe::nodes(&client, &names).await?;
+        let mut drained = BTreeMap::new();
+        for name in names
+            .iter()
+            .filter(|n| nodes.get(*n).is_some_and(|n| n.cordoned))
+        {
+            let left = in_place::observe::evictable_pods(&client, name).await?;
+            drained.insert(name.clone(), left.is_empty());
+        }
+        Ok((nodes, drained))
+    };
+    // One slow workload cluster must not hold a worker: its reads share one deadline.
+    let (nodes, drained) =
+        match tokio::time::timeout(in_place::workload::READ_DEADLINE, reads).await {
+            Ok(read_all) => read_all.map_err(read)?,
+            Err(_) => {
+                return Ok(Err(in_place::workload::Unreachable::Slow(
+                    in_place::workload::READ_DEADLINE,
+                )));
+            }
+        };
+    let views = management.views(&nodes, &drained);
+    Ok(Ok((Some((views, management)), spare, Some(client))))
+}
+
+fn plan_state(ctx: &Context, namespace: &str, name: &str) -> Option<Plan> {
+    ctx.plans
+        .get(&ObjectRef::new(name).within(namespace))
+        .and_then(|p| p.0.as_ref().ok().cloned())
+}
+
+/// The Cluster's state, the object it came from, how Cluster API is served, and whether the
+/// object came from the watch's store.
+type ObservedCluster = (
+    ClusterState,
+    Option<serde_json::Value>,
+    Option<cluster::Access>,
+    bool,
+);
+
+fn resource_version(cluster: &serde_json::Value) -> Option<&str> {
+    cluster.pointer("/metadata/resourceVersion")?.as_str()
+}
+
+/// Reads the Cluster and, when its status carries no version lists, its control plane and
+/// MachineDeployments; fills in whether its current step has finished.
+async fn observe_cluster(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+    from: Read,
+) -> Result<ObservedCluster, Error> {
+    let Some(access) = ctx.access().await? else {
+        return Ok((ClusterState::ApiMissing, None, None, false));
+    };
+    if !api::names::is_dns_subdomain(name) {
+        // Admission refuses such a name; one stored before that rule names no Cluster.
+        return Ok((ClusterState::NotFound, None, Some(access), false));
+    }
+    let read = |e| Error::ReadCluster(name.to_owned(), e);
+    let cached = match from {
+        Read::Cached => ctx.cached_cluster(namespace, name),
+        Read::Fresh => None,
+    };
+    let from_cache = cached.is_some();
+    let raw = match cached {
+        Some(raw) => raw,
+        None => match cluster::get(&ctx.client, &access, namespace, name)
+            .await
+            .map_err(read)?
+        {
+            Some(raw) => raw,
+            None => return Ok((ClusterState::NotFound, None, Some(access), false)),
+        },
+    };
+    let mut view = cluster::view(&raw);
+    if let Some(version) = view
+        .topology
+        .as_ref()
+        .and_then(|t| api::version::parse_lenient(&t.version))
+    {
+        let mut rollout = Rollout {
+            api: access.api,
+            cluster: &raw,
+            control_plane: None,
+            machine_deployments: None,
+        };
+        view.finished = if finish::objects_needed(&rollout, &version) {
+            let control_plane = cluster::control_plane(&ctx.client, access.api, namespace, &raw)
+                .await
+                .map_err(read)?;
+            let deployments = cluster::machine_deployments(&ctx.client, &access, namespace, name)
+                .await
+                .map_err(read)?;
+            rollout.control_plane = control_plane.as_ref();
+            rollout.machine_deployments = Some(&deployments);
+            finish::finished(&rollout, &version)
+        } else {
+            finish::finished(&rollout, &version)
+        };
+    }
+    Ok((
+        ClusterState::Found(view),
+        Some(raw),
+        Some(access),
+        from_cache,
+    ))
+}
