@@ -389,6 +389,18 @@ async fn chain_converges_after_restart_chaos() {
         // After the last kill: the newest release reaches the Cluster.
         let newest = newest();
         wait_cluster_at(&env, &newest, Duration::from_secs(120)).await;
+        // A kill between creating a Job and recording its UID leaves that Job untrusted: the
+        // image builds again under the next attempt's name 10 s later, with the stand-ins still
+        // running, so every image is ready within a few retries.
+        eventually("every image ready", Duration::from_secs(90), || async {
+            let images = images_of(&env, "capd").await;
+            Ok(images
+                .values()
+                .flatten()
+                .all(|image| image["status"]["ready"] == json!(true))
+                .then_some(()))
+        })
+        .await?;
         anyhow::Ok(())
     };
     chaos::run(&mut manager, &config, perturb, assert_final)
