@@ -10,6 +10,7 @@ use api::v1alpha1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::keys::KeyError;
+pub use super::validate::RETRY_BASE;
 use super::validate::SpecError;
 use crate::debian::versions::highest_debian_versions;
 use crate::debian::{Listing, SyncError, SyncOutcome};
@@ -36,9 +37,6 @@ pub const EVENT_RECOVERED: &str = "Recovered";
 pub const MAX_VERSIONS: usize = 4096;
 /// Longest string in `status.debianVersions` (the schema's `maxLength`).
 pub const MAX_VERSION_TEXT: usize = 256;
-
-/// First retry delay after a failure.
-pub const RETRY_BASE: Duration = Duration::from_secs(5);
 
 /// Why a sync did not happen or did not succeed. Each has its own condition reason.
 #[derive(Debug, thiserror::Error)]

@@ -6,8 +6,10 @@ use std::time::Duration;
 
 use api::v1alpha1::{DEFAULT_INTERVAL, DebianRepositorySource};
 
-use super::decide::RETRY_BASE;
 use crate::debian::RepositorySpec;
+
+/// First retry delay after a failure; the shortest period a spec may ask for.
+pub const RETRY_BASE: Duration = Duration::from_secs(5);
 
 /// A spec this controller cannot act on.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
