@@ -17,9 +17,12 @@ mod render;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::borrow::Cow;
 use std::time::Duration;
 
-use api::v1alpha1::{MACHINE_IMAGE_NAME_LABEL, MachineImage, OS_IMAGE_STAMP_ANNOTATION};
+use api::v1alpha1::{
+    MACHINE_IMAGE_NAME_LABEL, MachineImage, OS_IMAGE_STAMP_ANNOTATION, REBUILD_ANNOTATION,
+};
 use futures::FutureExt;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
@@ -38,6 +41,7 @@ pub use pod_security::{BuildPodPolicy, REASON_BUILD_POD_NOT_ALLOWED};
 pub use render::{RenderError, job_labels, job_name, render_job, stamp, template_hash};
 
 use crate::runtime::backoff::backoff;
+use crate::runtime::projection::lacks_job_template;
 use crate::runtime::status::{WriteError, apply_status, bounded};
 use crate::runtime::{
     ControllerMetrics, Events, ReconcileError, Registration, Reporter, Running, Shared, all_ready,
@@ -125,6 +129,9 @@ pub enum Error {
         #[source]
         source: WriteError,
     },
+    /// Reading the whole image (its job template) failed.
+    #[error("reading the image's job template")]
+    GetImageError(#[source] WriteError),
     /// Reading the image's Job or its pods failed.
     #[error("reading the build Job {job} or its pods")]
     GetLatestJobsError {
@@ -155,6 +162,7 @@ impl ReconcileError for Error {
     const CATEGORIES: &'static [&'static str] = &[
         "InvalidObject",
         "GetNamespaceError",
+        "GetImageError",
         "GetLatestJobsError",
         "CreatingJobError",
         "WriteImageId",
@@ -165,6 +173,7 @@ impl ReconcileError for Error {
         match self {
             Self::InvalidObject(_) => "InvalidObject",
             Self::GetNamespaceError { .. } => "GetNamespaceError",
+            Self::GetImageError(_) => "GetImageError",
             Self::GetLatestJobsError { .. } => "GetLatestJobsError",
             Self::CreatingJobError { .. } => "CreatingJobError",
             Self::WriteImageId(_) => "WriteImageId",
@@ -278,7 +287,12 @@ pub async fn reconcile(obj: Arc<Guarded>, ctx: Arc<Context>) -> Result<Action, E
     };
     let now = now();
     let uid = image.uid().unwrap_or_default();
-    let result = reconcile_image(image, &ctx, &now).await;
+    let result = match with_job_template(image, &ctx).await {
+        Ok(Some(image)) => reconcile_image(&image, &ctx, &now).await,
+        // Deleted since the cache saw it: its deletion ends the work.
+        Ok(None) => Ok(Action::await_change()),
+        Err(err) => Err(err),
+    };
     let mut failures = ctx.failures();
     if result.is_ok() {
         failures.remove(&uid);
@@ -287,6 +301,29 @@ pub async fn reconcile(obj: Arc<Guarded>, ctx: Arc<Context>) -> Result<Action, E
         *entry = entry.saturating_add(1);
     }
     result
+}
+
+/// The whole image, read when the cached one lacks `spec.jobTemplate` and this reconcile may
+/// use it: the image has no ID, a rebuild is asked, or it has a Job (whose ID container the
+/// template names). A static image with none of these is decided without it. `None`: the image
+/// is gone.
+async fn with_job_template<'a>(
+    image: &'a MachineImage,
+    ctx: &Context,
+) -> Result<Option<Cow<'a, MachineImage>>, Error> {
+    let needed = image.spec.id.as_deref().is_none_or(str::is_empty)
+        || image.annotations().contains_key(REBUILD_ANNOTATION)
+        || image.status.as_ref().is_some_and(|s| s.job_ref.is_some())
+        || !cached_jobs(&ctx.jobs, image).is_empty();
+    if !needed || !lacks_job_template(image) {
+        return Ok(Some(Cow::Borrowed(image)));
+    }
+    let api: Api<MachineImage> =
+        Api::namespaced(ctx.client.clone(), &image.namespace().unwrap_or_default());
+    let found = bounded(api.get_opt(&image.name_any()))
+        .await
+        .map_err(Error::GetImageError)?;
+    Ok(found.map(Cow::Owned))
 }
 
 /// The image's build Jobs in the cache: labelled with its name, in its namespace, and owned by
@@ -429,5 +466,7 @@ fn test_metrics() -> ControllerMetrics {
     Arc::new(crate::runtime::Metrics::default()).controller(CONTROLLER, Error::CATEGORIES)
 }
 
+#[cfg(test)]
+mod cache_tests;
 #[cfg(test)]
 mod tests;
