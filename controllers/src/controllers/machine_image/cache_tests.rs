@@ -15,8 +15,8 @@ fn context() -> (Arc<Context>, crate::runtime::fixtures::Verifier) {
     writer.apply_watcher_event(&watcher::Event::InitDone);
     let (namespaces, mut writer) = reflector::store::<Namespace>();
     let team: Namespace = serde_json::from_value(json!({"metadata": {"name": "team"}})).unwrap();
-    writer.apply_watcher_event(&watcher::Event::Apply(team));
     writer.apply_watcher_event(&watcher::Event::InitDone);
+    writer.apply_watcher_event(&watcher::Event::Apply(team));
     let ctx = Context::new(client, test_metrics(), Some("test".into()), jobs, namespaces);
     (Arc::new(ctx), verifier)
 }
