@@ -4,7 +4,7 @@ KUBECTL ?= kubectl
 IMG ?= ghcr.io/kubernetes-upgrader/kubernetes-upgrader:latest
 BIN := $(CARGO) run --release --locked --bin kubernetes-upgrader --
 
-.PHONY: all build test ci lint fmt manifests e2e bench bench-load bench-syncer bench-image bench-upgrade demo run install docker-build
+.PHONY: all build test ci lint fmt manifests e2e bench bench-load bench-syncer bench-image bench-upgrade bench-scale demo run install docker-build
 
 all: build
 
@@ -74,6 +74,15 @@ demo:
 bench-upgrade:
 	$(CARGO) build --locked --bin kubernetes-upgrader
 	$(CARGO) run --locked -p e2e --bin upgrade_fanout
+
+## The fleet at scale, on the real API server with the release manager binary: 10,000 static
+## MachineImages in 10 namespaces, 10 Plans, 100 DebianRepositorySources, 1,000 Clusters each with
+## its upgrader. Idle, peak and steady RSS, start to converged, Plan reconcile p50/p99, writes at
+## steady state, and the step of every Cluster after a new image. SCALE_IMAGES, SCALE_NAMESPACES,
+## SCALE_SOURCES, SCALE_CLUSTERS, SCALE_IDLE_SECS, SCALE_SETTLE_SECS, SCALE_STEADY_SECS.
+bench-scale:
+	$(CARGO) build --locked --release --bin kubernetes-upgrader
+	$(CARGO) run --locked --release -p e2e --bin scale
 
 ## Install the CRDs and admission policies into the current cluster, then run every controller
 ## against the current kubeconfig.
