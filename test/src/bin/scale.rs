@@ -191,7 +191,10 @@ async fn main() -> Result<()> {
         .try_collect::<Vec<()>>()
         .await?;
     let created_in = creating.elapsed();
-    progress(&format!("fleet created in {:.0} s", created_in.as_secs_f64()));
+    progress(&format!(
+        "fleet created in {:.0} s",
+        created_in.as_secs_f64()
+    ));
 
     // 3. A fresh manager over the fleet.
     let mut manager = Manager::spawn(options)?;
@@ -201,10 +204,7 @@ async fn main() -> Result<()> {
     wait_converged(&client, &namespaces, &top, knobs.clusters, &manager).await?;
     let converged_in = started.elapsed();
     let at_convergence = memory(&manager)?;
-    progress(&format!(
-        "converged in {:.1} s",
-        converged_in.as_secs_f64()
-    ));
+    progress(&format!("converged in {:.1} s", converged_in.as_secs_f64()));
     tokio::time::sleep(knobs.settle).await;
     let before_steady = apiserver_requests(&client).await?;
     tokio::time::sleep(knobs.steady).await;

@@ -17,7 +17,13 @@ fn context() -> (Arc<Context>, crate::runtime::fixtures::Verifier) {
     let team: Namespace = serde_json::from_value(json!({"metadata": {"name": "team"}})).unwrap();
     writer.apply_watcher_event(&watcher::Event::InitDone);
     writer.apply_watcher_event(&watcher::Event::Apply(team));
-    let ctx = Context::new(client, test_metrics(), Some("test".into()), jobs, namespaces);
+    let ctx = Context::new(
+        client,
+        test_metrics(),
+        Some("test".into()),
+        jobs,
+        namespaces,
+    );
     (Arc::new(ctx), verifier)
 }
 

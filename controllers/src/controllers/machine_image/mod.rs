@@ -15,9 +15,9 @@ mod decide;
 pub mod pod_security;
 mod render;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::borrow::Cow;
 use std::time::Duration;
 
 use api::v1alpha1::{

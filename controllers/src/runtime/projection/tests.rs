@@ -86,8 +86,7 @@ fn an_image_keeps_what_the_plan_upgraders_syncer_and_template_read() {
         assert!(!lacks_job_template(full));
     }
     // The Plan's and upgraders' choice, and the template's list of its images, are unchanged.
-    let selector: api::v1alpha1::LabelSelector =
-        parse(json!({"matchLabels": {"os": "ubuntu"}}));
+    let selector: api::v1alpha1::LabelSelector = parse(json!({"matchLabels": {"os": "ubuntu"}}));
     assert_eq!(
         usable(&cut, "team", Some(&selector)),
         usable(&full, "team", Some(&selector))
@@ -98,7 +97,10 @@ fn an_image_keeps_what_the_plan_upgraders_syncer_and_template_read() {
         "metadata": {"name": "tpl", "namespace": "team"},
         "spec": {"template": {"spec": {"jobTemplate": {"spec": {"containers": [{"name": "b", "image": "b"}]}}}}},
     }));
-    assert_eq!(cloned_images(&template, &cut), cloned_images(&template, &full));
+    assert_eq!(
+        cloned_images(&template, &cut),
+        cloned_images(&template, &full)
+    );
     assert_eq!(cloned_images(&template, &cut).len(), 3);
 }
 
@@ -242,10 +244,9 @@ fn an_object_that_does_not_parse_keeps_its_identity() {
 
 #[test]
 fn a_watch_event_is_projected_before_it_is_stored() {
-    let event = kube::runtime::watcher::Event::Apply(DeserializeGuard(Ok(image(
-        "a", "v1.31.1", true,
-    ))))
-    .modify(DeserializeGuard::<MachineImage>::project);
+    let event =
+        kube::runtime::watcher::Event::Apply(DeserializeGuard(Ok(image("a", "v1.31.1", true))))
+            .modify(DeserializeGuard::<MachineImage>::project);
     let kube::runtime::watcher::Event::Apply(DeserializeGuard(Ok(stored))) = event else {
         panic!("not an applied image");
     };
