@@ -33,8 +33,14 @@ fn cached(image: &MachineImage) -> Arc<Guarded> {
     Arc::new(guarded)
 }
 
-async fn run(image: Arc<Guarded>, ctx: &Arc<Context>) -> Result<Action, Error> {
-    within("the reconcile", STEP * 3, reconcile(image, Arc::clone(ctx))).await
+fn run(
+    image: Arc<Guarded>,
+    ctx: &Arc<Context>,
+) -> futures::future::BoxFuture<'static, Result<Action, Error>> {
+    let ctx = Arc::clone(ctx);
+    Box::pin(
+        async move { within("the reconcile", STEP * 3, Box::pin(reconcile(image, ctx))).await },
+    )
 }
 
 #[tokio::test]

@@ -10,8 +10,8 @@ const GROUP: &str = "kubernetesupgraded.dimitrikoshkin.com/v1alpha1";
 
 /// `metadata` as the API server returns it for an object `kubectl apply` made: its own labels
 /// and annotations, plus managed fields and the last applied configuration.
-fn metadata(name: &str, labels: Value, annotations: Value) -> Value {
-    let mut annotations = annotations;
+fn metadata(name: &str, labels: &Value, annotations: &Value) -> Value {
+    let mut annotations = annotations.clone();
     annotations[LAST_APPLIED_ANNOTATION] = json!("{\"big\": \"copy of the whole object\"}");
     json!({
         "name": name, "namespace": "team", "uid": format!("uid-{name}"),
@@ -53,8 +53,8 @@ fn assert_metadata_kept(full: &ObjectMeta, projected: &ObjectMeta) {
 fn image(name: &str, version: &str, ready: bool) -> MachineImage {
     parse(json!({
         "apiVersion": GROUP, "kind": "MachineImage",
-        "metadata": metadata(name, json!({"os": "ubuntu"}),
-            json!({api::v1alpha1::CLONED_FROM_ANNOTATION: "tpl"})),
+        "metadata": metadata(name, &json!({"os": "ubuntu"}),
+            &json!({api::v1alpha1::CLONED_FROM_ANNOTATION: "tpl"})),
         "spec": {"version": version, "id": format!("ami-{name}"), "jobTemplate": {
             "imageIDContainer": "build", "ttlSecondsAfterFinished": 60,
             "spec": {"restartPolicy": "Never", "containers": [
@@ -121,7 +121,7 @@ fn a_projected_image_is_much_smaller() {
 fn a_plan_keeps_its_spec_and_status() {
     let full: Plan = parse(json!({
         "apiVersion": GROUP, "kind": "Plan",
-        "metadata": metadata("p", json!({}), json!({})),
+        "metadata": metadata("p", &json!({}), &json!({})),
         "spec": {"versionRange": "v1.31.x", "machineImageSelector": {"matchLabels": {"os": "ubuntu"}}},
         "status": {"phase": "FoundMachineImage", "machineImageDetails": {"id": "ami-1", "version": "v1.31.1"}},
     }));
@@ -135,8 +135,8 @@ fn a_plan_keeps_its_spec_and_status() {
 fn an_upgrader_keeps_its_spec_status_and_retry_annotation() {
     let full: ClusterClassClusterUpgrader = parse(json!({
         "apiVersion": GROUP, "kind": "ClusterClassClusterUpgrader",
-        "metadata": metadata("u", json!({}),
-            json!({api::v1alpha1::RETRY_HOSTS_ANNOTATION: "1"})),
+        "metadata": metadata("u", &json!({}),
+            &json!({api::v1alpha1::RETRY_HOSTS_ANNOTATION: "1"})),
         "spec": {"clusterName": "c", "planRef": {"name": "p"}},
         "status": {"observedGeneration": 3},
     }));
@@ -150,7 +150,7 @@ fn an_upgrader_keeps_its_spec_status_and_retry_annotation() {
     );
     let full: InClusterUpgradeAutomation = parse(json!({
         "apiVersion": GROUP, "kind": "InClusterUpgradeAutomation",
-        "metadata": metadata("u", json!({}), json!({})),
+        "metadata": metadata("u", &json!({}), &json!({})),
         "spec": {"clusterName": "c", "planRef": {"name": "p"}},
     }));
     let cut = projected(&full);
@@ -162,7 +162,7 @@ fn an_upgrader_keeps_its_spec_status_and_retry_annotation() {
 fn syncers_templates_and_sources_keep_spec_and_status() {
     let syncer: MachineImageSyncer = parse(json!({
         "apiVersion": GROUP, "kind": "MachineImageSyncer",
-        "metadata": metadata("s", json!({}), json!({})),
+        "metadata": metadata("s", &json!({}), &json!({})),
         "spec": {"versionRange": "v1.31.x", "sourceRef": {"name": "src"},
             "machineImageTemplateRef": {"name": "tpl"}},
     }));
@@ -173,7 +173,7 @@ fn syncers_templates_and_sources_keep_spec_and_status() {
 
     let template: MachineImageTemplate = parse(json!({
         "apiVersion": GROUP, "kind": "MachineImageTemplate",
-        "metadata": metadata("tpl", json!({}), json!({})),
+        "metadata": metadata("tpl", &json!({}), &json!({})),
         "spec": {"template": {"spec": {"jobTemplate": {"spec": {"containers": [{"name": "b", "image": "b"}]}}}}},
     }));
     let cut = projected(&template);
@@ -182,7 +182,7 @@ fn syncers_templates_and_sources_keep_spec_and_status() {
 
     let source: DebianRepositorySource = parse(json!({
         "apiVersion": GROUP, "kind": "DebianRepositorySource",
-        "metadata": metadata("src", json!({}), json!({})),
+        "metadata": metadata("src", &json!({}), &json!({})),
         "spec": {"url": "http://127.0.0.1:1/repo"},
         "status": {"versions": ["1.31.1-1.1"]},
     }));
@@ -196,8 +196,8 @@ fn syncers_templates_and_sources_keep_spec_and_status() {
 fn a_build_job_keeps_labels_owners_annotations_template_and_status() {
     let full: Job = parse(json!({
         "apiVersion": "batch/v1", "kind": "Job",
-        "metadata": metadata("j", json!({api::v1alpha1::MACHINE_IMAGE_NAME_LABEL: "a"}),
-            json!({"kubernetesupgraded.dimitrikoshkin.com/image-id": "ami-1"})),
+        "metadata": metadata("j", &json!({api::v1alpha1::MACHINE_IMAGE_NAME_LABEL: "a"}),
+            &json!({"kubernetesupgraded.dimitrikoshkin.com/image-id": "ami-1"})),
         "spec": {"template": {"spec": {"restartPolicy": "Never",
             "containers": [{"name": "build", "image": "b"}]}}},
         "status": {"succeeded": 1},
@@ -215,8 +215,8 @@ fn a_namespace_keeps_what_build_pods_may_do() {
     };
     let mut meta = metadata(
         "team",
-        json!({BUILD_POD_SECURITY_LABEL: "privileged"}),
-        json!({BUILD_SERVICE_ACCOUNTS_ANNOTATION: "builder"}),
+        &json!({BUILD_POD_SECURITY_LABEL: "privileged"}),
+        &json!({BUILD_SERVICE_ACCOUNTS_ANNOTATION: "builder"}),
     );
     meta.as_object_mut().unwrap().remove("namespace");
     let full: Namespace = parse(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": meta}));
@@ -230,7 +230,7 @@ fn a_namespace_keeps_what_build_pods_may_do() {
 fn an_object_that_does_not_parse_keeps_its_identity() {
     let guarded: DeserializeGuard<MachineImage> = parse(json!({
         "apiVersion": GROUP, "kind": "MachineImage",
-        "metadata": metadata("bad", json!({}), json!({})),
+        "metadata": metadata("bad", &json!({}), &json!({})),
         "spec": {"version": 7},
     }));
     assert!(guarded.0.is_err());
