@@ -40,9 +40,11 @@ e2e:
 	$(CARGO) build --locked --bin kubernetes-upgrader
 	$(CARGO) test --locked -p e2e --no-fail-fast -- --test-threads=2
 
-## Debian index ingestion against zcat/xzcat, and 500 sources against a fake API server.
+## Debian index ingestion against zcat/xzcat, memory per cached object and the Plan's decision at
+## 10,000 images, and 500 sources against a fake API server.
 bench:
 	$(CARGO) bench --locked -p kubernetes-upgrader --bench debian_index
+	$(CARGO) bench --locked -p kubernetes-upgrader --bench cache_footprint
 	$(CARGO) bench --locked -p e2e --bench manager_load
 
 bench-load:
