@@ -8,7 +8,7 @@ UPGRADER ?= $(CARGO) run --locked -q --bin kubernetes-upgrader --
 ## The Kubernetes minor the end-to-end suites are tested against.
 ENVTEST_K8S_VERSION ?= 1.32
 
-.PHONY: all build test ci lint fmt manifests e2e bench bench-load bench-syncer bench-image bench-upgrade demo run install docker-build control-plane
+.PHONY: all build test ci lint fmt manifests e2e bench bench-load bench-syncer bench-image bench-upgrade bench-scale demo run install docker-build control-plane
 
 all: build
 
@@ -57,9 +57,11 @@ e2e: control-plane
 	$(CARGO) build --locked --bin kubernetes-upgrader
 	$(CARGO) test --locked -p e2e --no-fail-fast -- --test-threads=2
 
-## Debian index ingestion against zcat/xzcat, and 500 sources against a fake API server.
+## Debian index ingestion against zcat/xzcat, memory per cached object and the Plan's decision at
+## 10,000 images, and 500 sources against a fake API server.
 bench:
 	$(CARGO) bench --locked -p kubernetes-upgrader --bench debian_index
+	$(CARGO) bench --locked -p kubernetes-upgrader --bench cache_footprint
 	$(CARGO) bench --locked -p e2e --bench manager_load
 
 bench-load:
@@ -91,6 +93,15 @@ demo: $(if $(USE_CURRENT_CONTEXT),,control-plane)
 bench-upgrade:
 	$(CARGO) build --locked --bin kubernetes-upgrader
 	$(CARGO) run --locked -p e2e --bin upgrade_fanout
+
+## The fleet at scale, on the real API server with the release manager binary: 10,000 static
+## MachineImages in 10 namespaces, 10 Plans, 100 DebianRepositorySources, 1,000 Clusters each with
+## its upgrader. Idle, peak and steady RSS, start to converged, Plan reconcile p50/p99, writes at
+## steady state, and the step of every Cluster after a new image. SCALE_IMAGES, SCALE_NAMESPACES,
+## SCALE_SOURCES, SCALE_CLUSTERS, SCALE_IDLE_SECS, SCALE_SETTLE_SECS, SCALE_STEADY_SECS.
+bench-scale:
+	$(CARGO) build --locked --release --bin kubernetes-upgrader
+	$(CARGO) run --locked --release -p e2e --bin scale
 
 ## Install the CRDs and admission policies into the current cluster, then run every controller
 ## against the current kubeconfig.

@@ -468,7 +468,7 @@ pub fn has_metric(samples: &[Sample], name: &str) -> bool {
     samples.iter().any(|s| s.name == name)
 }
 
-pub use kubernetes_upgrader_testkit::peak_rss_kib;
+pub use kubernetes_upgrader_testkit::{peak_rss_kib, rss_kib};
 
 #[cfg(test)]
 #[allow(clippy::float_cmp)]

@@ -2,6 +2,8 @@
 //! manager: the Syncer, Plan and upgraders map events through the same store instead of each
 //! opening its own watch.
 //!
+//! Each store holds the [`Projected`] objects: what the controllers read, no more.
+//!
 //! Controllers ask for a [`Cache`] while they start, and subscribe to its events; the manager then
 //! calls [`Caches::start`], which opens each watch once and drives it until shutdown.
 
@@ -11,27 +13,35 @@ use std::fmt::Debug;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use futures::future::BoxFuture;
-use futures::{FutureExt, Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::runtime::reflector::{self, ReflectHandle, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
+use super::projection::Projected;
 use super::{ControllerError, Running, synced};
 use crate::shutdown::Shutdown;
 
 /// Events buffered per subscriber before the watch waits for slow readers.
 const BUFFER: usize = 1024;
 
-/// What a shared cache may hold: a kind with a static type.
+/// What a shared cache may hold: a kind with a static type, and its [`Projected`] form.
 pub trait Watchable:
-    Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static
+    Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Projected + Send + Sync + 'static
 {
 }
 
 impl<K> Watchable for K where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + Debug
+        + Projected
+        + Send
+        + Sync
+        + 'static
 {
 }
 
@@ -190,8 +200,10 @@ impl Caches {
                     return Err(ControllerError::WatchEnded { kind });
                 };
                 let stopped = shutdown.clone();
+                // Projected before the store and the subscribers see it.
                 let events = watcher(api, config)
                     .default_backoff()
+                    .map_ok(|event| event.modify(K::project))
                     .reflect_shared(writer)
                     .take_until(stopped.wait());
                 futures::pin_mut!(events);

@@ -12,6 +12,7 @@ pub mod events;
 #[cfg(test)]
 pub mod fixtures;
 pub mod metrics;
+pub mod projection;
 pub mod status;
 
 use std::sync::Arc;

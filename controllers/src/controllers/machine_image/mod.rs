@@ -20,11 +20,14 @@ mod decide;
 pub mod pod_security;
 mod render;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use api::v1alpha1::{MACHINE_IMAGE_NAME_LABEL, MachineImage, OS_IMAGE_STAMP_ANNOTATION};
+use api::v1alpha1::{
+    MACHINE_IMAGE_NAME_LABEL, MachineImage, OS_IMAGE_STAMP_ANNOTATION, REBUILD_ANNOTATION,
+};
 use futures::FutureExt;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
@@ -44,6 +47,7 @@ pub use pod_security::{BuildPodPolicy, REASON_BUILD_POD_NOT_ALLOWED};
 pub use render::{RenderError, job_labels, job_name, render_job, stamp, template_hash};
 
 use crate::runtime::backoff::backoff;
+use crate::runtime::projection::lacks_job_template;
 use crate::runtime::status::{WriteError, apply_status, bounded};
 use crate::runtime::{
     ControllerMetrics, Events, ReconcileError, Registration, Reporter, Running, Shared, all_ready,
@@ -131,6 +135,9 @@ pub enum Error {
         #[source]
         source: WriteError,
     },
+    /// Reading the whole image (its job template) failed.
+    #[error("reading the image's job template")]
+    GetImageError(#[source] WriteError),
     /// Reading the image's Job or its pods failed.
     #[error("reading the build Job {job} or its pods")]
     GetLatestJobsError {
@@ -161,6 +168,7 @@ impl ReconcileError for Error {
     const CATEGORIES: &'static [&'static str] = &[
         "InvalidObject",
         "GetNamespaceError",
+        "GetImageError",
         "GetLatestJobsError",
         "CreatingJobError",
         "WriteImageId",
@@ -171,6 +179,7 @@ impl ReconcileError for Error {
         match self {
             Self::InvalidObject(_) => "InvalidObject",
             Self::GetNamespaceError { .. } => "GetNamespaceError",
+            Self::GetImageError(_) => "GetImageError",
             Self::GetLatestJobsError { .. } => "GetLatestJobsError",
             Self::CreatingJobError { .. } => "CreatingJobError",
             Self::WriteImageId(_) => "WriteImageId",
@@ -284,7 +293,12 @@ pub async fn reconcile(obj: Arc<Guarded>, ctx: Arc<Context>) -> Result<Action, E
     };
     let now = now();
     let uid = image.uid().unwrap_or_default();
-    let result = Box::pin(reconcile_image(image, &ctx, &now)).await;
+    let result = match with_job_template(image, &ctx).await {
+        Ok(Some(image)) => Box::pin(reconcile_image(&image, &ctx, &now)).await,
+        // Deleted since the cache saw it: its deletion ends the work.
+        Ok(None) => Ok(Action::await_change()),
+        Err(err) => Err(err),
+    };
     let mut failures = ctx.failures();
     if result.is_ok() {
         failures.remove(&uid);
@@ -293,6 +307,28 @@ pub async fn reconcile(obj: Arc<Guarded>, ctx: Arc<Context>) -> Result<Action, E
         *entry = entry.saturating_add(1);
     }
     result
+}
+
+/// The whole image, read when the cached one lacks `spec.jobTemplate` and this reconcile may
+/// use it: the image has no ID, a rebuild is asked, or its status records a Job (whose ID
+/// container the template names). A static image with none of these is decided without it. `None`: the image
+/// is gone.
+async fn with_job_template<'a>(
+    image: &'a MachineImage,
+    ctx: &Context,
+) -> Result<Option<Cow<'a, MachineImage>>, Error> {
+    let needed = image.spec.id.as_deref().is_none_or(str::is_empty)
+        || image.annotations().contains_key(REBUILD_ANNOTATION)
+        || image.status.as_ref().is_some_and(|s| s.job_ref.is_some());
+    if !needed || !lacks_job_template(image) {
+        return Ok(Some(Cow::Borrowed(image)));
+    }
+    let api: Api<MachineImage> =
+        Api::namespaced(ctx.client.clone(), &image.namespace().unwrap_or_default());
+    let found = bounded(api.get_opt(&image.name_any()))
+        .await
+        .map_err(Error::GetImageError)?;
+    Ok(found.map(Cow::Owned))
 }
 
 /// The reconcile body with the time injected.
@@ -438,5 +474,7 @@ fn test_metrics() -> ControllerMetrics {
     Arc::new(crate::runtime::Metrics::default()).controller(CONTROLLER, Error::CATEGORIES)
 }
 
+#[cfg(test)]
+mod cache_tests;
 #[cfg(test)]
 mod tests;

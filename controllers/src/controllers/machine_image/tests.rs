@@ -11,7 +11,7 @@ use http::Method;
 use kube::runtime::{reflector, watcher};
 use serde_json::{Value, json};
 
-fn image_with(spec: &Value, annotations: &Value, status: Option<Value>) -> MachineImage {
+pub(super) fn image_with(spec: &Value, annotations: &Value, status: Option<Value>) -> MachineImage {
     let mut image: MachineImage = serde_json::from_value(json!({
         "apiVersion": "kubernetesupgraded.dimitrikoshkin.com/v1alpha1",
         "kind": "MachineImage",
@@ -23,7 +23,7 @@ fn image_with(spec: &Value, annotations: &Value, status: Option<Value>) -> Machi
     image
 }
 
-fn build_spec() -> Value {
+pub(super) fn build_spec() -> Value {
     json!({
         "version": "v1.31.2",
         "jobTemplate": {"spec": {"restartPolicy": "Never", "containers": [
@@ -33,7 +33,7 @@ fn build_spec() -> Value {
     })
 }
 
-fn image(status: Option<Value>) -> MachineImage {
+pub(super) fn image(status: Option<Value>) -> MachineImage {
     image_with(&build_spec(), &json!({}), status)
 }
 
@@ -79,7 +79,7 @@ fn pod(job: &Job, container_states: &[(&str, i32, &str, &str)]) -> Pod {
     .unwrap()
 }
 
-fn now() -> Time {
+pub(super) fn now() -> Time {
     Time(k8s_openapi::jiff::Timestamp::from_second(1_700_000_000).unwrap())
 }
 

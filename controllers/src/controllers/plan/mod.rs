@@ -7,6 +7,7 @@ pub mod select;
 
 use std::sync::Arc;
 
+use api::constraint::VersionRange;
 use api::v1alpha1::{MachineImage, Plan, PlanStatus};
 use futures::FutureExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -143,12 +144,18 @@ pub async fn reconcile(obj: Arc<Guarded>, ctx: Arc<Context>) -> Result<Action, E
 /// The reconcile body with the clock injected.
 pub async fn reconcile_plan(plan: &Plan, ctx: &Context, now: &Time) -> Result<Action, Error> {
     let namespace = plan.namespace().unwrap_or_default();
+    // One pass over the shared store, keeping only the images the decision can pick.
     let state = ctx.images.state();
-    let images = select::usable(
-        state.iter().filter_map(|i| i.0.as_ref().ok()),
-        &namespace,
-        plan.spec.machine_image_selector.as_ref(),
-    );
+    let images = match VersionRange::parse(&plan.spec.version_range) {
+        Ok(range) => select::choices(
+            state.iter().filter_map(|i| i.0.as_ref().ok()),
+            &namespace,
+            plan.spec.machine_image_selector.as_ref(),
+            &range,
+        ),
+        // decide reports the invalid range.
+        Err(_) => Vec::new(),
+    };
     let default_status = PlanStatus::default();
     let current = plan.status.as_ref().unwrap_or(&default_status);
     let decision = select::decide(

@@ -262,3 +262,108 @@ fn on_equal_versions_the_newest_build_wins_then_the_newest_static_image() {
     let chosen = decide_for(&p, &[first, rebuilt, higher]);
     assert_eq!(chosen.status.machine_image_details.unwrap().id, "higher");
 }
+
+/// Images with ties on version (told apart by build time, then name), several minors, build
+/// metadata, other namespaces, images that are not ready or have no ID, and other labels.
+fn fleet() -> Vec<MachineImage> {
+    let mut out = Vec::new();
+    for (n, (version, made, labels)) in [
+        ("v1.26.6", Some("2026-01-01T00:00:00Z"), json!({"v": "1"})),
+        ("v1.27.2", Some("2026-01-02T00:00:00Z"), json!({"v": "1"})),
+        ("v1.27.2", Some("2026-01-03T00:00:00Z"), json!({"v": "1"})),
+        ("v1.27.2", None, json!({"v": "1"})),
+        ("v1.27.3+b", Some("2026-01-01T00:00:00Z"), json!({"v": "1"})),
+        ("v1.27.3+a", Some("2026-01-01T00:00:00Z"), json!({"v": "1"})),
+        ("v1.27.9", Some("2026-01-05T00:00:00Z"), json!({"v": "0"})),
+        (
+            "v1.28.0-rc.1",
+            Some("2026-01-06T00:00:00Z"),
+            json!({"v": "1"}),
+        ),
+        ("v1.28.1", None, json!({"v": "1"})),
+        ("v1.29.0", Some("2026-01-07T00:00:00Z"), json!({"v": "1"})),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut i = image(
+            &format!("img-{n:02}"),
+            version,
+            &format!("id-{n}"),
+            true,
+            &labels,
+        );
+        i.status.as_mut().unwrap().build_completion_time = made.map(|t| Time(t.parse().unwrap()));
+        out.push(i);
+    }
+    let mut elsewhere = image("other", "v1.30.0", "id-o", true, &json!({"v": "1"}));
+    elsewhere.metadata.namespace = Some("other".into());
+    out.push(elsewhere);
+    out.push(image(
+        "unready",
+        "v1.29.5",
+        "id-u",
+        false,
+        &json!({"v": "1"}),
+    ));
+    out.push(image("no-id", "v1.29.6", "", true, &json!({"v": "1"})));
+    out
+}
+
+#[test]
+fn the_one_pass_choice_decides_as_every_usable_image_does() {
+    let images = fleet();
+    let selectors = [None, Some(json!({"matchLabels": {"v": "1"}}))];
+    let ranges = [
+        ">=1.26.0",
+        "v1.27.x",
+        "~1.27.2",
+        "<1.27.3",
+        ">=1.28.0-0",
+        "v1.31.x",
+        "1.26.6 || 1.29.0",
+    ];
+    for selector in &selectors {
+        for range in ranges {
+            let p = plan(range, selector.clone());
+            let selector = p.spec.machine_image_selector.as_ref();
+            let all = select::usable(&images, "team", selector);
+            let parsed = VersionRange::parse(range).unwrap();
+            let few = select::choices(&images, "team", selector, &parsed);
+            assert!(few.len() <= all.len());
+            let minors: std::collections::BTreeSet<(u64, u64)> = few
+                .iter()
+                .map(|i| (i.version.major, i.version.minor))
+                .collect();
+            assert_eq!(minors.len(), few.len(), "one image per minor for {range}");
+            let status = PlanStatus::default();
+            let by_all = select::decide(&p.spec, Some(2), "team", &all, &status, &now());
+            let by_few = select::decide(&p.spec, Some(2), "team", &few, &status, &now());
+            assert_eq!(by_few, by_all, "{range} with {selector:?}");
+        }
+    }
+    // The ties: the newest build of v1.27.2 wins, and of the two v1.27.3 builds the first name.
+    let p = plan("v1.27.x", Some(json!({"matchLabels": {"v": "1"}})));
+    let parsed = VersionRange::parse("<1.27.3").unwrap();
+    let few = select::choices(
+        &images,
+        "team",
+        p.spec.machine_image_selector.as_ref(),
+        &parsed,
+    );
+    assert_eq!(
+        few.iter().map(|i| i.name.as_str()).collect::<Vec<_>>(),
+        ["img-02", "img-00"]
+    );
+    let parsed = VersionRange::parse("v1.27.x").unwrap();
+    let few = select::choices(
+        &images,
+        "team",
+        p.spec.machine_image_selector.as_ref(),
+        &parsed,
+    );
+    assert_eq!(
+        few.iter().map(|i| i.name.as_str()).collect::<Vec<_>>(),
+        ["img-04"]
+    );
+}

@@ -15,7 +15,8 @@ use super::observe::Observation;
 use super::{Context, Error, FIELD_MANAGER, UpgraderKind, cluster, gates, in_place};
 use crate::runtime::status::{WriteError, apply_status};
 
-/// Carries out `decision` and `actions` for `upgrader`.
+/// Carries out `decision` and `actions` for `upgrader`, a ClusterClassClusterUpgrader or an
+/// InClusterUpgradeAutomation (its status by server-side apply).
 pub async fn apply<K: UpgraderKind>(
     ctx: &Context,
     upgrader: &K,

@@ -11,6 +11,7 @@ pub mod decide;
 pub mod finish;
 pub mod gates;
 pub mod in_place;
+pub mod index;
 pub mod observe;
 pub mod reason;
 pub mod window;
@@ -260,35 +261,41 @@ fn start<K: UpgraderKind>(shared: &Shared) -> Running {
         synced(plans.store.clone()),
         synced(images.store.clone()),
     ]);
-    let (Some(events), Some(plan_events), Some(image_events)) =
-        (cache.subscribe(), plans.subscribe(), images.subscribe())
-    else {
+    let (Some(events), Some(plan_events), Some(image_events), Some(indexed)) = (
+        cache.subscribe(),
+        plans.subscribe(),
+        images.subscribe(),
+        cache.subscribe(),
+    ) else {
         return Running::stream_ended(ready);
     };
     let shutdown = shared.shutdown.clone();
+    let index = index::Index::new(cache.store.clone());
+    keep_index(index.clone(), indexed, cache.deleted(), &shutdown);
     let trigger =
         generation_or_annotation_changed(events, cache.store.clone(), RETRY_HOSTS_ANNOTATION);
-    let by_plan = cache.store.clone();
-    let by_deleted_plan = cache.store.clone();
+    let by_plan = index.clone();
+    let by_deleted_plan = index.clone();
     let deleted_plans = plans.deleted();
-    let by_image = cache.store.clone();
+    let by_image = index.clone();
     let clusters = cluster_events::<K>(
         shared.client.clone(),
         shared.namespace.clone(),
-        cache.store.clone(),
+        index,
         ctx.clusters.clone(),
         &shutdown,
     );
     let run = async move {
         let results = Controller::for_shared_stream(trigger, cache.store)
             .watches_shared_stream(plan_events, move |plan: Arc<GuardedPlan>| {
-                following::<K>(&by_plan, &plan)
+                by_plan.following(&plan.namespace().unwrap_or_default(), &plan.name_any())
             })
             .watches_shared_stream(deleted_plans, move |plan: Arc<GuardedPlan>| {
-                following::<K>(&by_deleted_plan, &plan)
+                by_deleted_plan.following(&plan.namespace().unwrap_or_default(), &plan.name_any())
             })
+            // Any image of the namespace may change any of its upgraders' steps.
             .watches_shared_stream(image_events, move |image: Arc<GuardedImage>| {
-                upgraders::<K>(&by_image, image.namespace().as_deref(), |_| true)
+                by_image.in_namespace(&image.namespace().unwrap_or_default())
             })
             .reconcile_on(clusters)
             .with_config(ControllerConfig::default().concurrency(16))
@@ -300,29 +307,23 @@ fn start<K: UpgraderKind>(shared: &Shared) -> Running {
     Running { ready, run }
 }
 
-/// The upgraders that follow `plan`.
-fn following<K: UpgraderKind>(
-    store: &Store<DeserializeGuard<K>>,
-    plan: &GuardedPlan,
-) -> Vec<ObjectRef<DeserializeGuard<K>>> {
-    upgraders::<K>(store, plan.namespace().as_deref(), |u| {
-        u.view().plan_ref.name == plan.name_any()
-    })
-}
-
-/// The upgraders of `namespace` that `filter` selects.
-fn upgraders<K: UpgraderKind>(
-    store: &Store<DeserializeGuard<K>>,
-    namespace: Option<&str>,
-    filter: impl Fn(&K) -> bool,
-) -> Vec<ObjectRef<DeserializeGuard<K>>> {
-    store
-        .state()
-        .iter()
-        .filter(|u| u.namespace().as_deref() == namespace)
-        .filter(|u| u.0.as_ref().is_ok_and(&filter))
-        .map(|u| ObjectRef::from_obj(u.as_ref()))
-        .collect()
+/// Keeps `index` up to date with the upgraders the cache applies and deletes, until shutdown.
+fn keep_index<K: UpgraderKind>(
+    index: index::Index<K>,
+    applied: impl futures::Stream<Item = Arc<DeserializeGuard<K>>> + Send + 'static,
+    deleted: impl futures::Stream<Item = Arc<DeserializeGuard<K>>> + Send + 'static,
+    shutdown: &crate::shutdown::Shutdown,
+) {
+    let changes = futures::stream::select(applied.map(|u| (true, u)), deleted.map(|u| (false, u)))
+        .take_until(shutdown.clone().wait());
+    tokio::spawn(changes.for_each(move |(live, upgrader)| {
+        if live {
+            index.apply(&upgrader);
+        } else {
+            index.delete(&upgrader);
+        }
+        futures::future::ready(())
+    }));
 }
 
 /// The upgraders of each changed Cluster, from a dedicated dynamic watch of Clusters opened
@@ -331,7 +332,7 @@ fn upgraders<K: UpgraderKind>(
 fn cluster_events<K: UpgraderKind>(
     client: Client,
     namespace: Option<String>,
-    store: Store<DeserializeGuard<K>>,
+    index: index::Index<K>,
     slot: ClusterStore,
     shutdown: &crate::shutdown::Shutdown,
 ) -> impl futures::Stream<Item = ObjectRef<DeserializeGuard<K>>> + Send + 'static {
@@ -364,9 +365,7 @@ fn cluster_events<K: UpgraderKind>(
         while let Some(event) = objects.next().await {
             let Ok(cluster) = event else { continue };
             let name = cluster.name_any();
-            for upgrader in upgraders::<K>(&store, cluster.namespace().as_deref(), |u| {
-                u.view().cluster_name == name
-            }) {
+            for upgrader in index.upgrading(&cluster.namespace().unwrap_or_default(), &name) {
                 if futures::SinkExt::send(&mut tx, upgrader).await.is_err() {
                     return;
                 }

@@ -1,0 +1,255 @@
+use super::*;
+use crate::controllers::machine_image::BuildPodPolicy;
+use crate::controllers::machine_image_template::cloned_images;
+use crate::controllers::plan::select::usable;
+use kube::ResourceExt;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+const GROUP: &str = "kubernetesupgraded.dimitrikoshkin.com/v1alpha1";
+
+/// `metadata` as the API server returns it for an object `kubectl apply` made: its own labels
+/// and annotations, plus managed fields and the last applied configuration.
+fn metadata(name: &str, labels: &Value, annotations: &Value) -> Value {
+    let mut annotations = annotations.clone();
+    annotations[LAST_APPLIED_ANNOTATION] = json!("{\"big\": \"copy of the whole object\"}");
+    json!({
+        "name": name, "namespace": "team", "uid": format!("uid-{name}"),
+        "resourceVersion": "42", "generation": 3,
+        "creationTimestamp": "2026-01-02T03:04:05Z",
+        "labels": labels,
+        "annotations": annotations,
+        "ownerReferences": [{"apiVersion": "v1", "kind": "Owner", "name": "o", "uid": "uid-o", "controller": true}],
+        "managedFields": [{"manager": "kubectl", "operation": "Apply", "apiVersion": "v1",
+            "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {}}}],
+    })
+}
+
+fn parse<K: DeserializeOwned>(value: Value) -> K {
+    serde_json::from_value(value).unwrap()
+}
+
+fn projected<K: Projected + Clone>(object: &K) -> K {
+    let mut copy = object.clone();
+    copy.project();
+    copy
+}
+
+/// Every kind: managed fields and the last applied configuration go; the rest of the metadata
+/// (labels, other annotations, owners, generation, uid, creation time) stays.
+fn assert_metadata_kept(full: &ObjectMeta, projected: &ObjectMeta) {
+    assert_eq!(projected.managed_fields, None);
+    let mut expected = full.clone();
+    expected.managed_fields = None;
+    if let Some(annotations) = expected.annotations.as_mut() {
+        assert!(annotations.remove(LAST_APPLIED_ANNOTATION).is_some());
+        if annotations.is_empty() {
+            expected.annotations = None;
+        }
+    }
+    assert_eq!(*projected, expected);
+}
+
+fn image(name: &str, version: &str, ready: bool) -> MachineImage {
+    parse(json!({
+        "apiVersion": GROUP, "kind": "MachineImage",
+        "metadata": metadata(name, &json!({"os": "ubuntu"}),
+            &json!({api::v1alpha1::CLONED_FROM_ANNOTATION: "tpl"})),
+        "spec": {"version": version, "id": format!("ami-{name}"), "jobTemplate": {
+            "imageIDContainer": "build", "ttlSecondsAfterFinished": 60,
+            "spec": {"restartPolicy": "Never", "containers": [
+                {"name": "build", "image": "registry.example/builder:v1",
+                 "env": [{"name": "A", "value": "x".repeat(2000)}]}]}}},
+        "status": {"ready": ready, "phase": "Created", "observedGeneration": 3,
+            "buildCompletionTime": "2026-01-02T04:00:00Z",
+            "conditions": [{"type": "Ready", "status": if ready {"True"} else {"False"},
+                "reason": "Built", "message": "the image ID is x", "observedGeneration": 3,
+                "lastTransitionTime": "2026-01-02T04:00:00Z"}]},
+    }))
+}
+
+#[test]
+fn an_image_keeps_what_the_plan_upgraders_syncer_and_template_read() {
+    let full = vec![
+        image("a", "v1.31.1", true),
+        image("b", "v1.31.2", true),
+        image("c", "v1.31.3", false),
+    ];
+    let cut: Vec<MachineImage> = full.iter().map(projected).collect();
+    for (full, cut) in full.iter().zip(&cut) {
+        assert_metadata_kept(&full.metadata, &cut.metadata);
+        assert_eq!(cut.spec.version, full.spec.version);
+        assert_eq!(cut.spec.id, full.spec.id);
+        assert_eq!(cut.status, full.status);
+        assert_eq!(cut.spec.job_template, JobTemplate::default());
+        assert!(lacks_job_template(cut));
+        assert!(!lacks_job_template(full));
+    }
+    // The Plan's and upgraders' choice, and the template's list of its images, are unchanged.
+    let selector: api::v1alpha1::LabelSelector = parse(json!({"matchLabels": {"os": "ubuntu"}}));
+    assert_eq!(
+        usable(&cut, "team", Some(&selector)),
+        usable(&full, "team", Some(&selector))
+    );
+    assert_eq!(usable(&cut, "team", None).len(), 2);
+    let template: MachineImageTemplate = parse(json!({
+        "apiVersion": GROUP, "kind": "MachineImageTemplate",
+        "metadata": {"name": "tpl", "namespace": "team"},
+        "spec": {"template": {"spec": {"jobTemplate": {"spec": {"containers": [{"name": "b", "image": "b"}]}}}}},
+    }));
+    assert_eq!(
+        cloned_images(&template, &cut),
+        cloned_images(&template, &full)
+    );
+    assert_eq!(cloned_images(&template, &cut).len(), 3);
+}
+
+#[test]
+fn a_projected_image_is_much_smaller() {
+    let full = image("a", "v1.31.1", true);
+    let cut = projected(&full);
+    let size = |i: &MachineImage| serde_json::to_vec(i).unwrap().len();
+    assert!(
+        size(&cut) * 3 < size(&full),
+        "{} of {} bytes",
+        size(&cut),
+        size(&full)
+    );
+}
+
+#[test]
+fn a_plan_keeps_its_spec_and_status() {
+    let full: Plan = parse(json!({
+        "apiVersion": GROUP, "kind": "Plan",
+        "metadata": metadata("p", &json!({}), &json!({})),
+        "spec": {"versionRange": "v1.31.x", "machineImageSelector": {"matchLabels": {"os": "ubuntu"}}},
+        "status": {"phase": "FoundMachineImage", "machineImageDetails": {"id": "ami-1", "version": "v1.31.1"}},
+    }));
+    let cut = projected(&full);
+    assert_metadata_kept(&full.metadata, &cut.metadata);
+    assert_eq!(cut.spec, full.spec);
+    assert_eq!(cut.status, full.status);
+}
+
+#[test]
+fn an_upgrader_keeps_its_spec_status_and_retry_annotation() {
+    let full: ClusterClassClusterUpgrader = parse(json!({
+        "apiVersion": GROUP, "kind": "ClusterClassClusterUpgrader",
+        "metadata": metadata("u", &json!({}),
+            &json!({api::v1alpha1::RETRY_HOSTS_ANNOTATION: "1"})),
+        "spec": {"clusterName": "c", "planRef": {"name": "p"}},
+        "status": {"observedGeneration": 3},
+    }));
+    let cut = projected(&full);
+    assert_metadata_kept(&full.metadata, &cut.metadata);
+    assert_eq!(cut.spec, full.spec);
+    assert_eq!(cut.status, full.status);
+    assert_eq!(
+        cut.annotations().get(api::v1alpha1::RETRY_HOSTS_ANNOTATION),
+        Some(&"1".to_owned())
+    );
+    let full: InClusterUpgradeAutomation = parse(json!({
+        "apiVersion": GROUP, "kind": "InClusterUpgradeAutomation",
+        "metadata": metadata("u", &json!({}), &json!({})),
+        "spec": {"clusterName": "c", "planRef": {"name": "p"}},
+    }));
+    let cut = projected(&full);
+    assert_metadata_kept(&full.metadata, &cut.metadata);
+    assert_eq!(cut.spec, full.spec);
+}
+
+#[test]
+fn syncers_templates_and_sources_keep_spec_and_status() {
+    let syncer: MachineImageSyncer = parse(json!({
+        "apiVersion": GROUP, "kind": "MachineImageSyncer",
+        "metadata": metadata("s", &json!({}), &json!({})),
+        "spec": {"versionRange": "v1.31.x", "sourceRef": {"name": "src"},
+            "machineImageTemplateRef": {"name": "tpl"}},
+    }));
+    let cut = projected(&syncer);
+    assert_metadata_kept(&syncer.metadata, &cut.metadata);
+    assert_eq!(cut.spec, syncer.spec);
+    assert_eq!(cut.status, syncer.status);
+
+    let template: MachineImageTemplate = parse(json!({
+        "apiVersion": GROUP, "kind": "MachineImageTemplate",
+        "metadata": metadata("tpl", &json!({}), &json!({})),
+        "spec": {"template": {"spec": {"jobTemplate": {"spec": {"containers": [{"name": "b", "image": "b"}]}}}}},
+    }));
+    let cut = projected(&template);
+    assert_metadata_kept(&template.metadata, &cut.metadata);
+    assert_eq!(cut.spec, template.spec);
+
+    let source: DebianRepositorySource = parse(json!({
+        "apiVersion": GROUP, "kind": "DebianRepositorySource",
+        "metadata": metadata("src", &json!({}), &json!({})),
+        "spec": {"url": "http://127.0.0.1:1/repo"},
+        "status": {"versions": ["1.31.1-1.1"]},
+    }));
+    let cut = projected(&source);
+    assert_metadata_kept(&source.metadata, &cut.metadata);
+    assert_eq!(cut.spec, source.spec);
+    assert_eq!(cut.status, source.status);
+}
+
+#[test]
+fn a_build_job_keeps_labels_owners_annotations_template_and_status() {
+    let full: Job = parse(json!({
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": metadata("j", &json!({api::v1alpha1::MACHINE_IMAGE_NAME_LABEL: "a"}),
+            &json!({"kubernetesupgraded.dimitrikoshkin.com/image-id": "ami-1"})),
+        "spec": {"template": {"spec": {"restartPolicy": "Never",
+            "containers": [{"name": "build", "image": "b"}]}}},
+        "status": {"succeeded": 1},
+    }));
+    let cut = projected(&full);
+    assert_metadata_kept(&full.metadata, &cut.metadata);
+    assert_eq!(cut.spec, full.spec);
+    assert_eq!(cut.status, full.status);
+}
+
+#[test]
+fn a_namespace_keeps_what_build_pods_may_do() {
+    use crate::controllers::machine_image::pod_security::{
+        BUILD_POD_SECURITY_LABEL, BUILD_SERVICE_ACCOUNTS_ANNOTATION,
+    };
+    let mut meta = metadata(
+        "team",
+        &json!({BUILD_POD_SECURITY_LABEL: "privileged"}),
+        &json!({BUILD_SERVICE_ACCOUNTS_ANNOTATION: "builder"}),
+    );
+    meta.as_object_mut().unwrap().remove("namespace");
+    let full: Namespace = parse(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": meta}));
+    let cut = projected(&full);
+    assert_metadata_kept(&full.metadata, &cut.metadata);
+    assert_eq!(BuildPodPolicy::of(&cut), BuildPodPolicy::of(&full));
+    assert_ne!(BuildPodPolicy::of(&cut), BuildPodPolicy::default());
+}
+
+#[test]
+fn an_object_that_does_not_parse_keeps_its_identity() {
+    let guarded: DeserializeGuard<MachineImage> = parse(json!({
+        "apiVersion": GROUP, "kind": "MachineImage",
+        "metadata": metadata("bad", &json!({}), &json!({})),
+        "spec": {"version": 7},
+    }));
+    assert!(guarded.0.is_err());
+    let cut = projected(&guarded);
+    let (Err(before), Err(after)) = (&guarded.0, &cut.0) else {
+        panic!("the object parsed");
+    };
+    assert_metadata_kept(&before.metadata, &after.metadata);
+    assert_eq!(after.error, before.error);
+}
+
+#[test]
+fn a_watch_event_is_projected_before_it_is_stored() {
+    let event =
+        kube::runtime::watcher::Event::Apply(DeserializeGuard(Ok(image("a", "v1.31.1", true))))
+            .modify(DeserializeGuard::<MachineImage>::project);
+    let kube::runtime::watcher::Event::Apply(DeserializeGuard(Ok(stored))) = event else {
+        panic!("not an applied image");
+    };
+    assert!(stored.metadata.managed_fields.is_none());
+    assert!(lacks_job_template(&stored));
+}
