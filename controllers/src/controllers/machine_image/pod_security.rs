@@ -328,50 +328,39 @@ struct ContainerView<'a> {
     handlers: [(&'static str, Option<&'a LifecycleHandler>); 2],
 }
 
+/// The view of a container or an ephemeral container: two types with the same fields.
+macro_rules! container_view {
+    ($c:expr) => {{
+        let c = $c;
+        let lifecycle = c.lifecycle.as_ref();
+        ContainerView {
+            name: &c.name,
+            security: c.security_context.as_ref(),
+            host_ports: c
+                .ports
+                .iter()
+                .flatten()
+                .filter_map(|p| p.host_port)
+                .collect(),
+            probes: [
+                ("livenessProbe", c.liveness_probe.as_ref()),
+                ("readinessProbe", c.readiness_probe.as_ref()),
+                ("startupProbe", c.startup_probe.as_ref()),
+            ],
+            handlers: [
+                ("postStart", lifecycle.and_then(|l| l.post_start.as_ref())),
+                ("preStop", lifecycle.and_then(|l| l.pre_stop.as_ref())),
+            ],
+        }
+    }};
+}
+
 fn view(c: &Container) -> ContainerView<'_> {
-    let lifecycle = c.lifecycle.as_ref();
-    ContainerView {
-        name: &c.name,
-        security: c.security_context.as_ref(),
-        host_ports: c
-            .ports
-            .iter()
-            .flatten()
-            .filter_map(|p| p.host_port)
-            .collect(),
-        probes: [
-            ("livenessProbe", c.liveness_probe.as_ref()),
-            ("readinessProbe", c.readiness_probe.as_ref()),
-            ("startupProbe", c.startup_probe.as_ref()),
-        ],
-        handlers: [
-            ("postStart", lifecycle.and_then(|l| l.post_start.as_ref())),
-            ("preStop", lifecycle.and_then(|l| l.pre_stop.as_ref())),
-        ],
-    }
+    container_view!(c)
 }
 
 fn ephemeral_view(c: &EphemeralContainer) -> ContainerView<'_> {
-    let lifecycle = c.lifecycle.as_ref();
-    ContainerView {
-        name: &c.name,
-        security: c.security_context.as_ref(),
-        host_ports: c
-            .ports
-            .iter()
-            .flatten()
-            .filter_map(|p| p.host_port)
-            .collect(),
-        probes: [
-            ("livenessProbe", c.liveness_probe.as_ref()),
-            ("readinessProbe", c.readiness_probe.as_ref()),
-            ("startupProbe", c.startup_probe.as_ref()),
-        ],
-        handlers: [
-            ("postStart", lifecycle.and_then(|l| l.post_start.as_ref())),
-            ("preStop", lifecycle.and_then(|l| l.pre_stop.as_ref())),
-        ],
-    }
+    container_view!(c)
 }
 
 fn container(found: &mut Found<'_>, at: &str, c: &ContainerView<'_>) {
