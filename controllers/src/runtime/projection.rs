@@ -12,6 +12,8 @@
 //! | Job (labelled with an image name) | nothing | MachineImage: labels, owners, annotations, the pod template's containers, status |
 //! | Namespace | nothing | MachineImage: the build-pod labels and annotations |
 
+use std::sync::{Arc, LazyLock};
+
 use api::v1alpha1::{
     ClusterClassClusterUpgrader, DebianRepositorySource, InClusterUpgradeAutomation, JobTemplate,
     MachineImage, MachineImageSyncer, MachineImageTemplate, Plan,
@@ -50,10 +52,13 @@ impl<K: Projected> Projected for DeserializeGuard<K> {
     }
 }
 
+/// The one empty template every cached image shares.
+static NO_JOB_TEMPLATE: LazyLock<Arc<JobTemplate>> = LazyLock::new(Arc::default);
+
 impl Projected for MachineImage {
     fn project(&mut self) {
         strip_metadata(&mut self.metadata);
-        self.spec.job_template = JobTemplate::default();
+        self.spec.job_template = Arc::clone(&NO_JOB_TEMPLATE);
     }
 }
 

@@ -334,10 +334,7 @@ async fn main() -> Result<()> {
         mib(end.now),
         mib(end.peak)
     );
-    let _ = writeln!(
-        out,
-        "manager /proc status at the end: {end_status}"
-    );
+    let _ = writeln!(out, "manager /proc status at the end: {end_status}");
     println!("{out}");
     Ok(())
 }
