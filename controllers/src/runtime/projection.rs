@@ -19,7 +19,7 @@ use api::v1alpha1::{
     MachineImage, MachineImageSyncer, MachineImageTemplate, Plan,
 };
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::core::DeserializeGuard;
 
@@ -88,6 +88,10 @@ metadata_only!(
     DebianRepositorySource,
     Job,
     Namespace,
+    // Kinds a controller may own as children (`children::owned_cache`).
+    ConfigMap,
+    Secret,
+    Pod,
 );
 
 #[cfg(test)]
