@@ -94,14 +94,15 @@ bench-upgrade:
 	$(CARGO) build --locked --bin kubernetes-upgrader
 	$(CARGO) run --locked -p e2e --bin upgrade_fanout
 
-## The fleet at scale, on the real API server with the release manager binary: 10,000 static
+## The fleet at scale, on the real API server with the release manager binary (the harness itself
+## is a debug build): 10,000 static
 ## MachineImages in 10 namespaces, 10 Plans, 100 DebianRepositorySources, 1,000 Clusters each with
 ## its upgrader. Idle, peak and steady RSS, start to converged, Plan reconcile p50/p99, writes at
 ## steady state, and the step of every Cluster after a new image. SCALE_IMAGES, SCALE_NAMESPACES,
 ## SCALE_SOURCES, SCALE_CLUSTERS, SCALE_IDLE_SECS, SCALE_SETTLE_SECS, SCALE_STEADY_SECS.
 bench-scale:
 	$(CARGO) build --locked --release --bin kubernetes-upgrader
-	$(CARGO) run --locked --release -p e2e --bin scale
+	KUBERNETES_UPGRADER_BIN=$(CURDIR)/target/release/kubernetes-upgrader $(CARGO) run --locked -p e2e --bin scale
 
 ## Install the CRDs and admission policies into the current cluster, then run every controller
 ## against the current kubeconfig.

@@ -1,5 +1,7 @@
 //! MachineImage: one Kubernetes version built into a machine image by a Job.
 
+use std::sync::Arc;
+
 use k8s_openapi::api::core::v1::{ObjectReference, PodSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
@@ -47,8 +49,34 @@ pub struct MachineImageSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
 
+    // Behind an `Arc`: the manager's cache holds every image with one shared empty template
+    // instead of its own.
     /// The build Job's pod template.
-    pub job_template: JobTemplate,
+    #[serde(with = "shared")]
+    #[schemars(with = "JobTemplate")]
+    pub job_template: Arc<JobTemplate>,
+}
+
+/// (De)serializes an `Arc<JobTemplate>` as the template itself.
+mod shared {
+    use std::sync::Arc;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::JobTemplate;
+
+    pub fn serialize<S: Serializer>(
+        template: &Arc<JobTemplate>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        template.as_ref().serialize(serializer)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Arc<JobTemplate>, D::Error> {
+        JobTemplate::deserialize(deserializer).map(Arc::new)
+    }
 }
 
 /// The admission rule on `spec.version`: what [`crate::version::parse_strict`] accepts.

@@ -19,7 +19,7 @@ pub use upgrader::*;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
     CustomResourceDefinition, JSONSchemaProps, JSONSchemaPropsOrArray, JSONSchemaPropsOrBool,
 };
-use kube::CustomResourceExt;
+use kube::{CustomResourceExt, Resource};
 
 /// Every CRD of this version, in a stable order.
 ///
@@ -57,6 +57,20 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         }
     }
     crds
+}
+
+/// The plural of every kind of [`crds`], in the same order, without generating their schemas
+/// (the manager checks discovery for them at start).
+pub fn plurals() -> Vec<String> {
+    vec![
+        DebianRepositorySource::plural(&()).into_owned(),
+        MachineImageTemplate::plural(&()).into_owned(),
+        MachineImageSyncer::plural(&()).into_owned(),
+        MachineImage::plural(&()).into_owned(),
+        Plan::plural(&()).into_owned(),
+        ClusterClassClusterUpgrader::plural(&()).into_owned(),
+        InClusterUpgradeAutomation::plural(&()).into_owned(),
+    ]
 }
 
 fn strip_pod_spec_descriptions(schema: &mut JSONSchemaProps) {
@@ -149,3 +163,15 @@ fn strip_descriptions(schema: &mut JSONSchemaProps) {
 
 #[cfg(test)]
 mod cel_tests;
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn plurals_are_those_of_the_crds() {
+        let from_crds: Vec<String> = super::crds()
+            .into_iter()
+            .map(|crd| crd.spec.names.plural)
+            .collect();
+        assert_eq!(super::plurals(), from_crds);
+    }
+}

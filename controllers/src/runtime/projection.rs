@@ -11,14 +11,16 @@
 //! | Plan, upgraders, syncers, templates, sources | nothing | their own controllers read spec and status; the upgraders read a Plan's selector and status |
 //! | Job (labelled with an image name) | nothing | MachineImage: labels, owners, annotations, the pod template's containers, status |
 //! | Namespace | nothing | MachineImage: the build-pod labels and annotations |
-//! | ConfigMap (owned children) | nothing | a controller that owns them, through `children::owned_cache` |
+//! | ConfigMap, Secret, Pod (owned children) | nothing | a controller that owns them, through `children::owned_cache` |
+
+use std::sync::{Arc, LazyLock};
 
 use api::v1alpha1::{
     ClusterClassClusterUpgrader, DebianRepositorySource, InClusterUpgradeAutomation, JobTemplate,
     MachineImage, MachineImageSyncer, MachineImageTemplate, Plan,
 };
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::core::DeserializeGuard;
 
@@ -51,10 +53,13 @@ impl<K: Projected> Projected for DeserializeGuard<K> {
     }
 }
 
+/// The one empty template every cached image shares.
+static NO_JOB_TEMPLATE: LazyLock<Arc<JobTemplate>> = LazyLock::new(Arc::default);
+
 impl Projected for MachineImage {
     fn project(&mut self) {
         strip_metadata(&mut self.metadata);
-        self.spec.job_template = JobTemplate::default();
+        self.spec.job_template = Arc::clone(&NO_JOB_TEMPLATE);
     }
 }
 
@@ -84,7 +89,10 @@ metadata_only!(
     DebianRepositorySource,
     Job,
     Namespace,
+    // Kinds a controller may own as children (`children::owned_cache`).
     ConfigMap,
+    Secret,
+    Pod,
 );
 
 #[cfg(test)]

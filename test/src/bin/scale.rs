@@ -18,8 +18,8 @@
 //! 4. one newer image in every namespace: the time until every Cluster carries its step, and
 //!    the writes the step cost.
 //!
-//! `cargo run --release -p e2e --bin scale` (or `make bench-scale`), with `KUBEBUILDER_ASSETS`
-//! or `E2E_KUBECONFIG`.
+//! `make bench-scale` (the release manager through `KUBERNETES_UPGRADER_BIN`), with
+//! `KUBEBUILDER_ASSETS` or `E2E_KUBECONFIG`.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -130,6 +130,7 @@ async fn main() -> Result<()> {
     idle_manager.wait_ready(Duration::from_secs(120)).await?;
     tokio::time::sleep(knobs.idle).await;
     let idle = memory(&idle_manager)?;
+    let idle_status = proc_status(idle_manager.pid());
     let _ = idle_manager.terminate(Duration::from_secs(10)).await?;
     progress(&format!(
         "idle: peak {:.1} MiB, now {:.1} MiB",
@@ -245,6 +246,7 @@ async fn main() -> Result<()> {
     let after_step = apiserver_requests(&client).await?;
     let end = memory(&manager)?;
     let load_at_end = load_average();
+    let end_status = proc_status(manager.pid());
     let _ = manager.terminate(Duration::from_secs(10)).await?;
 
     let mut samples: Vec<Duration> = steps.into_values().collect();
@@ -272,6 +274,7 @@ async fn main() -> Result<()> {
         mib(idle.peak),
         mib(idle.now)
     );
+    let _ = writeln!(out, "idle manager /proc status: {idle_status}");
     let _ = writeln!(
         out,
         "fleet created (no manager) in {:.0} s",
@@ -331,8 +334,28 @@ async fn main() -> Result<()> {
         mib(end.now),
         mib(end.peak)
     );
+    let _ = writeln!(out, "manager /proc status at the end: {end_status}");
     println!("{out}");
     Ok(())
+}
+
+/// The resident set split (anonymous, file-backed) and the thread count of `pid`.
+fn proc_status(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status")).map_or_else(
+        |_| "unknown".to_owned(),
+        |status| {
+            status
+                .lines()
+                .filter(|l| {
+                    ["RssAnon:", "RssFile:", "Threads:"]
+                        .iter()
+                        .any(|f| l.starts_with(f))
+                })
+                .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+                .collect::<Vec<_>>()
+                .join(", ")
+        },
+    )
 }
 
 fn progress(what: &str) {
@@ -482,7 +505,7 @@ async fn wait_converged(
                 manager.log_tail()
             );
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 

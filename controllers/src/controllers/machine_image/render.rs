@@ -475,7 +475,7 @@ mod tests {
             template_hash(&a.spec.job_template),
             template_hash(&b.spec.job_template)
         );
-        b.spec.job_template.backoff_limit = Some(3);
+        std::sync::Arc::make_mut(&mut b.spec.job_template).backoff_limit = Some(3);
         assert_ne!(
             template_hash(&a.spec.job_template),
             template_hash(&b.spec.job_template)

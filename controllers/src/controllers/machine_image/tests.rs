@@ -424,7 +424,7 @@ fn new_attempts_start_only_when_asked() {
 
     // A changed template while not built starts a new attempt; once built, it does not.
     let mut changed = image(Some(failed_status.clone()));
-    changed.spec.job_template.backoff_limit = Some(1);
+    Arc::make_mut(&mut changed.spec.job_template).backoff_limit = Some(1);
     let d = decide_on(&changed, Some(&first), false, &[]);
     assert_eq!(d.status.attempts, Some(2));
     assert!(
@@ -446,7 +446,7 @@ fn new_attempts_start_only_when_asked() {
         Some(job_name("img", "uid-1", 2))
     );
     let mut ttl = img.clone();
-    ttl.spec.job_template.ttl_seconds_after_finished = Some(60);
+    Arc::make_mut(&mut ttl.spec.job_template).ttl_seconds_after_finished = Some(60);
     ttl.status.as_mut().unwrap().job_template_hash = Some(template_hash(&ttl.spec.job_template));
     let d = decide_on(&ttl, None, true, &[]);
     assert!(d.create.is_none());
@@ -1113,7 +1113,9 @@ fn a_refused_rebuild_keeps_the_built_image_ready() {
         (after, job)
     };
     let (mut image, job) = built;
-    image.spec.job_template.spec.host_network = Some(true);
+    Arc::make_mut(&mut image.spec.job_template)
+        .spec
+        .host_network = Some(true);
     image
         .metadata
         .annotations

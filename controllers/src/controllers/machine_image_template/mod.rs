@@ -180,7 +180,7 @@ pub fn sample_image(template: &MachineImageTemplate) -> MachineImage {
         spec: MachineImageSpec {
             version: SAMPLE_VERSION.to_owned(),
             id: None,
-            job_template: template.spec.template.spec.job_template.clone(),
+            job_template: Arc::new(template.spec.template.spec.job_template.clone()),
         },
         status: None,
     }

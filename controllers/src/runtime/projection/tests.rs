@@ -81,7 +81,7 @@ fn an_image_keeps_what_the_plan_upgraders_syncer_and_template_read() {
         assert_eq!(cut.spec.version, full.spec.version);
         assert_eq!(cut.spec.id, full.spec.id);
         assert_eq!(cut.status, full.status);
-        assert_eq!(cut.spec.job_template, JobTemplate::default());
+        assert_eq!(*cut.spec.job_template, JobTemplate::default());
         assert!(lacks_job_template(cut));
         assert!(!lacks_job_template(full));
     }

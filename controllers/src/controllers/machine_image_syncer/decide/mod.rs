@@ -652,7 +652,7 @@ pub fn build_image(
         spec: MachineImageSpec {
             version: version.to_owned(),
             id: None,
-            job_template: template.spec.template.spec.job_template.clone(),
+            job_template: std::sync::Arc::new(template.spec.template.spec.job_template.clone()),
         },
         status: None,
     })

@@ -382,7 +382,10 @@ fn the_image_carries_our_labels_over_the_templates_and_the_job_template() {
         Some(image_name("sync", "uid-1", "v1.27.3").as_str())
     );
     assert_eq!(image.metadata.namespace.as_deref(), Some("team"));
-    assert_eq!(image.spec.job_template, tpl.spec.template.spec.job_template);
+    assert_eq!(
+        *image.spec.job_template,
+        tpl.spec.template.spec.job_template
+    );
     assert_eq!(image.spec.id, None);
     // Without debianVersions, no annotation.
     let plain = Case {
