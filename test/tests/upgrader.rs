@@ -311,6 +311,24 @@ async fn a_refused_cluster_write_is_one_warning_per_failed_reconcile() {
     })
     .await
     .unwrap();
+    // The manager runs and the Plan has chosen before the upgrader exists, so its only failure is
+    // the refused write.
+    let manager = env.start_manager().await.unwrap();
+    let plans: kube::Api<api::v1alpha1::Plan> = env.api();
+    e2e::eventually(
+        "the Plan chose v1.30.1",
+        Duration::from_secs(30),
+        || async {
+            let plan = plans.get("p").await?;
+            let version = plan
+                .status
+                .and_then(|s| s.machine_image_details)
+                .and_then(|d| d.version);
+            Ok((version.as_deref() == Some("v1.30.1")).then_some(()))
+        },
+    )
+    .await
+    .unwrap();
     upgrader(
         &env,
         CCCU,
@@ -321,7 +339,6 @@ async fn a_refused_cluster_write_is_one_warning_per_failed_reconcile() {
     )
     .await
     .unwrap();
-    let manager = env.start_manager().await.unwrap();
 
     e2e::eventually(
         "a Warning for the refused write",
@@ -335,14 +352,7 @@ async fn a_refused_cluster_write_is_one_warning_per_failed_reconcile() {
     .unwrap();
     // A retry follows (10 s backoff): still one reason, once per failed reconcile.
     tokio::time::sleep(Duration::from_secs(12)).await;
-    // Before the Plan reports its choice, a startup Warning of its own may come: not this failure.
-    let about_the_write = |warnings: Vec<k8s_openapi::api::events::v1::Event>| {
-        warnings
-            .into_iter()
-            .filter(|e| e.reason.as_deref() != Some("MachineImageDetailsVersionNotSet"))
-            .collect::<Vec<_>>()
-    };
-    let warnings = about_the_write(env.warnings("u").await.unwrap());
+    let warnings = env.warnings("u").await.unwrap();
     let reasons: Vec<(Option<String>, Option<String>)> = warnings
         .iter()
         .map(|e| (e.reason.clone(), e.note.clone()))
@@ -371,7 +381,10 @@ async fn a_refused_cluster_write_is_one_warning_per_failed_reconcile() {
         )
     };
     let before = failures().await;
-    let published: i32 = about_the_write(env.warnings("u").await.unwrap())
+    let published: i32 = env
+        .warnings("u")
+        .await
+        .unwrap()
         .iter()
         .map(|e| e.series.as_ref().map_or(1, |s| s.count))
         .sum();
