@@ -116,8 +116,24 @@ pub struct ControllerManager {
 }
 
 impl ControlPlane {
-    /// Starts etcd and kube-apiserver on free loopback ports and waits until both are ready.
+    /// Starts etcd and kube-apiserver on free loopback ports and waits until both are ready. A
+    /// port taken between choosing it and binding it (another test's process got it first) is
+    /// tried again on new ports, twice at most.
     pub async fn start(assets: Assets) -> Result<Self> {
+        let mut attempt = 1;
+        loop {
+            match Self::start_once(assets.clone()).await {
+                Err(err)
+                    if attempt < 3 && format!("{err:#}").contains("address already in use") =>
+                {
+                    attempt += 1;
+                }
+                started => return started,
+            }
+        }
+    }
+
+    async fn start_once(assets: Assets) -> Result<Self> {
         let dir = procs::scratch_subdir("control-plane-")?;
         let etcd_port = procs::free_port()?;
         let peer_port = procs::free_port()?;
