@@ -2,8 +2,14 @@
 
 use std::collections::BTreeMap;
 
+use std::time::Instant;
+
 use anyhow::{Context, Result};
-use kube::Client;
+use futures::StreamExt;
+use kube::api::DynamicObject;
+use kube::runtime::watcher;
+use kube::{Api, Client};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::manager;
 
@@ -66,4 +72,66 @@ pub fn diff(before: &Counts, after: &Counts) -> Counts {
         .iter()
         .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0.0)))
         .collect()
+}
+
+/// `apiserver_request_total` summed by (verb, resource), for our group, Cluster API's, events and
+/// leases: what the upgrade benches count.
+pub async fn pipeline_requests(client: &Client) -> Result<Counts> {
+    request_counts(client, |group, resource| {
+        group == "kubernetesupgraded.dimitrikoshkin.com"
+            || group == crate::capi::GROUP
+            || resource == "events"
+            || resource == "leases"
+    })
+    .await
+}
+
+/// The machine's load average over 1, 5 and 15 minutes, as `/proc/loadavg` gives it.
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg").map_or_else(
+        |_| "unknown".to_owned(),
+        |s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
+    )
+}
+
+/// Watches `api` and sends the key `key` gives an object, with the instant it was seen, each time
+/// `key` gives one (the caller keeps the first per key). The second value resolves once the
+/// watch's initial list is done.
+pub fn first_seen(
+    api: Api<DynamicObject>,
+    key: impl Fn(&DynamicObject) -> Option<String> + Send + 'static,
+) -> (
+    mpsc::UnboundedReceiver<(String, Instant)>,
+    impl Future<Output = Result<()>>,
+) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (init_tx, init_rx) = oneshot::channel();
+    tokio::spawn(async move {
+        let mut init_tx = Some(init_tx);
+        let events = watcher(api, watcher::Config::default());
+        futures::pin_mut!(events);
+        while let Some(event) = events.next().await {
+            let object = match event {
+                Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => o,
+                Ok(watcher::Event::InitDone) => {
+                    if let Some(init) = init_tx.take() {
+                        let _ = init.send(());
+                    }
+                    continue;
+                }
+                _ => continue,
+            };
+            if let Some(seen) = key(&object)
+                && tx.send((seen, Instant::now())).is_err()
+            {
+                return;
+            }
+        }
+    });
+    let initialised = async move {
+        init_rx
+            .await
+            .context("the watch ended before its initial list")
+    };
+    (rx, initialised)
 }

@@ -36,7 +36,6 @@ use futures::{StreamExt, TryStreamExt};
 use kube::api::{
     ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams,
 };
-use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 use kubernetes_upgrader::controllers::machine_image::{self, BuildPodPolicy, Observed};
 use serde_json::json;
@@ -115,7 +114,7 @@ async fn main() -> Result<()> {
         return Ok(());
     }
     let knobs = Knobs::from_env()?;
-    let load_at_start = load_average();
+    let load_at_start = bench::load_average();
     let shared = cluster::shared().await?.context("no cluster")?;
     let client = shared.client().await?;
     let options = {
@@ -207,16 +206,16 @@ async fn main() -> Result<()> {
     let at_convergence = memory(&manager)?;
     progress(&format!("converged in {:.1} s", converged_in.as_secs_f64()));
     tokio::time::sleep(knobs.settle).await;
-    let before_steady = apiserver_requests(&client).await?;
+    let before_steady = bench::pipeline_requests(&client).await?;
     tokio::time::sleep(knobs.steady).await;
-    let after_steady = apiserver_requests(&client).await?;
+    let after_steady = bench::pipeline_requests(&client).await?;
     let steady = memory(&manager)?;
     let plan_histogram = reconcile_histogram(&manager, "plan").await?;
 
     // 4. A newer image in every namespace; each Cluster steps to it.
     let (mut stepped, watching) = stepped_to(&client, next.clone());
     watching.await?;
-    let before_step = apiserver_requests(&client).await?;
+    let before_step = bench::pipeline_requests(&client).await?;
     let event = Instant::now();
     futures::stream::iter(namespaces.clone())
         .map(|ns| {
@@ -243,9 +242,9 @@ async fn main() -> Result<()> {
     let step_in = event.elapsed();
     // The step's own status writes land just after the Cluster writes.
     tokio::time::sleep(knobs.settle).await;
-    let after_step = apiserver_requests(&client).await?;
+    let after_step = bench::pipeline_requests(&client).await?;
     let end = memory(&manager)?;
-    let load_at_end = load_average();
+    let load_at_end = bench::load_average();
     let end_status = proc_status(manager.pid());
     let _ = manager.terminate(Duration::from_secs(10)).await?;
 
@@ -360,13 +359,6 @@ fn proc_status(pid: u32) -> String {
 
 fn progress(what: &str) {
     let _ = writeln!(std::io::stderr(), "scale: {what}");
-}
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg").map_or_else(
-        |_| "unknown".to_owned(),
-        |s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
-    )
 }
 
 /// `count` sources on `repo`, spread over the namespaces, checked hourly.
@@ -538,41 +530,15 @@ fn stepped_to(
         "clusters",
     );
     let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let (init_tx, init_rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(async move {
-        let mut init_tx = Some(init_tx);
-        let events = watcher(api, watcher::Config::default());
-        futures::pin_mut!(events);
-        while let Some(event) = events.next().await {
-            let object = match event {
-                Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => o,
-                Ok(watcher::Event::InitDone) => {
-                    if let Some(init) = init_tx.take() {
-                        let _ = init.send(());
-                    }
-                    continue;
-                }
-                _ => continue,
-            };
-            if object.data["spec"]["topology"]["version"] == version.as_str() {
-                let key = format!(
-                    "{}/{}",
-                    object.namespace().unwrap_or_default(),
-                    object.name_any()
-                );
-                if tx.send((key, Instant::now())).is_err() {
-                    return;
-                }
-            }
-        }
-    });
-    let initialised = async move {
-        init_rx
-            .await
-            .context("the watch ended before its initial list")
-    };
-    (rx, initialised)
+    bench::first_seen(api, move |object| {
+        (object.data["spec"]["topology"]["version"] == version.as_str()).then(|| {
+            format!(
+                "{}/{}",
+                object.namespace().unwrap_or_default(),
+                object.name_any()
+            )
+        })
+    })
 }
 
 /// A controller's reconcile duration histogram, from the manager's metrics.
@@ -626,14 +592,6 @@ async fn reconcile_histogram(manager: &Manager, controller: &str) -> Result<Hist
         sum: manager::metric_sum(&samples, &format!("{name}_sum"), &labels),
         buckets,
     })
-}
-
-/// Our group's, Cluster API's, events' and leases' requests, by (verb, resource).
-async fn apiserver_requests(client: &Client) -> Result<Counts> {
-    bench::request_counts(client, |group, resource| {
-        group == GROUP || group == capi::GROUP || resource == "events" || resource == "leases"
-    })
-    .await
 }
 
 /// Every non-zero write of `window`, scaled by `scale`, then the totals.

@@ -23,10 +23,8 @@ use e2e::stats::percentile;
 use e2e::{SKIP_HINT, capi, cluster, condition_reason, namespace, to_json};
 use futures::{StreamExt, TryStreamExt};
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams, PostParams};
-use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
-use tokio::sync::{mpsc, oneshot};
 
 const GROUP: &str = "kubernetesupgraded.dimitrikoshkin.com";
 const KIND: &str = "ClusterClassClusterUpgrader";
@@ -48,7 +46,7 @@ async fn main() -> Result<()> {
     let baseline = Duration::from_secs(env_or("FANOUT_BASELINE_SECS", 30)?);
     let settle = Duration::from_secs(env_or("FANOUT_SETTLE_SECS", 10)?);
     let steady = Duration::from_secs(env_or("FANOUT_STEADY_SECS", 60)?);
-    let load_at_start = load_average();
+    let load_at_start = bench::load_average();
 
     let shared = cluster::shared().await?.context("no cluster")?;
     let client = shared.client().await?;
@@ -85,20 +83,20 @@ async fn main() -> Result<()> {
 
     // Baseline: the fleet up to date, nothing happening.
     tokio::time::sleep(settle).await;
-    let before_baseline = apiserver_requests(&client).await?;
+    let before_baseline = bench::pipeline_requests(&client).await?;
     tokio::time::sleep(baseline).await;
-    let before_event = apiserver_requests(&client).await?;
+    let before_event = bench::pipeline_requests(&client).await?;
     let reconciles_before = upgrader_reconciles(&manager).await?;
 
     // The event: a new static image in range. Watches opened first, so each step is timed
     // from the moment the bench sees it.
-    let (mut stepped, clusters_watching) = first_seen(clusters.clone(), |c| {
-        c.data["spec"]["topology"]["version"] == TO
+    let (mut stepped, clusters_watching) = bench::first_seen(clusters.clone(), |c| {
+        (c.data["spec"]["topology"]["version"] == TO).then(|| c.name_any())
     });
     let plan_resource = ApiResource::erase::<Plan>(&());
-    let (mut chosen, plan_watching) = first_seen(
+    let (mut chosen, plan_watching) = bench::first_seen(
         Api::namespaced_with(client.clone(), &ns, &plan_resource),
-        |p| p.data["status"]["machineImageDetails"]["version"] == TO,
+        |p| (p.data["status"]["machineImageDetails"]["version"] == TO).then(|| p.name_any()),
     );
     clusters_watching.await?;
     plan_watching.await?;
@@ -125,7 +123,7 @@ async fn main() -> Result<()> {
     };
     // The step's own writes (status of the upgraders, the Plan, the image) land just after.
     tokio::time::sleep(settle).await;
-    let after_step = apiserver_requests(&client).await?;
+    let after_step = bench::pipeline_requests(&client).await?;
     let reconciles_after = upgrader_reconciles(&manager).await?;
 
     // Cluster API reports every rollout finished; the fleet settles up to date again.
@@ -146,11 +144,11 @@ async fn main() -> Result<()> {
     wait_all_up_to_date(&upgraders, count, &manager).await?;
     let finished_in = finishing.elapsed();
     tokio::time::sleep(settle).await;
-    let before_steady = apiserver_requests(&client).await?;
+    let before_steady = bench::pipeline_requests(&client).await?;
     tokio::time::sleep(steady).await;
-    let after_steady = apiserver_requests(&client).await?;
+    let after_steady = bench::pipeline_requests(&client).await?;
     let rss_kib = manager::peak_rss_kib(manager.pid())?;
-    let load_at_end = load_average();
+    let load_at_end = bench::load_average();
     let _ = manager.terminate(Duration::from_secs(10)).await?;
 
     let mut samples: Vec<Duration> = steps.into_values().collect();
@@ -315,52 +313,6 @@ async fn wait_all_up_to_date(
     }
 }
 
-/// Watches `api` and sends each object's name the first time `matches` holds for it, with the
-/// instant it was seen. The second value resolves once the watch's initial list is done.
-fn first_seen(
-    api: Api<DynamicObject>,
-    matches: fn(&DynamicObject) -> bool,
-) -> (
-    mpsc::UnboundedReceiver<(String, Instant)>,
-    impl Future<Output = Result<()>>,
-) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let (init_tx, init_rx) = oneshot::channel();
-    tokio::spawn(async move {
-        let mut init_tx = Some(init_tx);
-        let events = watcher(api, watcher::Config::default());
-        futures::pin_mut!(events);
-        while let Some(event) = events.next().await {
-            let object = match event {
-                Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => o,
-                Ok(watcher::Event::InitDone) => {
-                    if let Some(init) = init_tx.take() {
-                        let _ = init.send(());
-                    }
-                    continue;
-                }
-                _ => continue,
-            };
-            if matches(&object) && tx.send((object.name_any(), Instant::now())).is_err() {
-                return;
-            }
-        }
-    });
-    let initialised = async move {
-        init_rx
-            .await
-            .context("the watch ended before its initial list")
-    };
-    (rx, initialised)
-}
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg").map_or_else(
-        |_| "unknown".to_owned(),
-        |s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
-    )
-}
-
 fn sum(counts: &Counts, filter: impl Fn(&str, &str) -> bool) -> f64 {
     counts
         .iter()
@@ -399,15 +351,6 @@ fn report_window(out: &mut String, title: &str, window: &Counts, scale: f64) {
         ours * scale,
         leases * scale
     );
-}
-
-/// `apiserver_request_total` summed by (verb, resource), for our group, Cluster API's, events
-/// and leases.
-async fn apiserver_requests(client: &Client) -> Result<Counts> {
-    bench::request_counts(client, |group, resource| {
-        group == GROUP || group == capi::GROUP || resource == "events" || resource == "leases"
-    })
-    .await
 }
 
 /// The upgrader controller's reconciles so far: (runs, seconds spent), from the manager's metrics.
