@@ -225,7 +225,10 @@ async fn observe_hosts(
     let pools = management.pools();
     let pool_refs: Vec<in_place::spare::Pool<'_>> = pools
         .iter()
-        .map(|(name, selector)| in_place::spare::Pool { name, selector })
+        .map(|(name, selector)| in_place::spare::Pool {
+            name,
+            selector: selector.as_ref(),
+        })
         .collect();
     let labels: Vec<&BTreeMap<String, String>> =
         management.hosts.values().map(|h| &h.labels).collect();
