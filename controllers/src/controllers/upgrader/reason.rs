@@ -66,6 +66,8 @@ pub enum Reason {
     InPlaceNotPossible,
     /// The Plan's image carries no build stamp to verify a booted host by.
     MissingImageStamp,
+    /// The Plan's image names a tag, not a `@sha256:` digest, so hosts could boot another build.
+    ImageNotPinned,
     /// The workload cluster cannot be reached through its kubeconfig Secret.
     WorkloadClusterUnavailable,
     /// The kubeconfig Secret asks for something the allow-list refuses.
@@ -105,6 +107,7 @@ impl Reason {
             Self::NoSpareHost => "NoSpareHost",
             Self::InPlaceNotPossible => "InPlaceNotPossible",
             Self::MissingImageStamp => "MissingImageStamp",
+            Self::ImageNotPinned => "ImageNotPinned",
             Self::WorkloadClusterUnavailable => "WorkloadClusterUnavailable",
             Self::InvalidWorkloadKubeconfig => "InvalidWorkloadKubeconfig",
         }

@@ -6,8 +6,10 @@ use proptest::prelude::*;
 use super::spare::{self, INSTALLED, MACHINE_NAME, NEEDS_RESET, NoSpareHost, Pool};
 use super::*;
 
-pub(crate) const OLD: &str = "oci://r/os@sha256:old";
-pub(crate) const NEW: &str = "oci://r/os@sha256:new";
+pub(crate) const OLD: &str =
+    "oci://r/os@sha256:a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0";
+pub(crate) const NEW: &str =
+    "oci://r/os@sha256:b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1";
 pub(crate) const TARGET: Target<'static> = Target {
     image: NEW,
     stamp: "os-2",
@@ -553,7 +555,7 @@ fn an_in_flight_host_keeps_its_image_when_the_target_moves() {
     v.drained = true;
     v.label = Some(UpdateLabel::Pending);
     let newer = Target {
-        image: "oci://r/os@sha256:newer",
+        image: "oci://r/os@sha256:c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2",
         stamp: "os-3",
     };
     let out = step(
