@@ -6,6 +6,7 @@
 //! something changed, then events on transitions).
 
 pub mod apply;
+pub mod claim;
 pub mod cluster;
 pub mod decide;
 pub mod finish;
@@ -67,6 +68,10 @@ pub const IN_CLUSTER_REGISTRATION: Registration = Registration {
 pub trait UpgraderKind: Cacheable + Resource<DynamicType = ()> {
     /// Name in logs and metrics.
     const CONTROLLER: &'static str;
+    /// The kind, as messages name it.
+    const KIND: &'static str;
+    /// Which kind acts first when two upgraders of one age claim a Cluster (lower first).
+    const CLAIM_RANK: u8;
     /// The shared spec.
     fn view(&self) -> UpgraderSpecView<'_>;
     /// The status, if any.
@@ -77,6 +82,8 @@ pub trait UpgraderKind: Cacheable + Resource<DynamicType = ()> {
 
 impl UpgraderKind for ClusterClassClusterUpgrader {
     const CONTROLLER: &'static str = "clusterclassclusterupgrader";
+    const KIND: &'static str = "ClusterClassClusterUpgrader";
+    const CLAIM_RANK: u8 = 0;
     fn view(&self) -> UpgraderSpecView<'_> {
         self.spec.common()
     }
@@ -90,6 +97,8 @@ impl UpgraderKind for ClusterClassClusterUpgrader {
 
 impl UpgraderKind for InClusterUpgradeAutomation {
     const CONTROLLER: &'static str = "inclusterupgradeautomation";
+    const KIND: &'static str = "InClusterUpgradeAutomation";
+    const CLAIM_RANK: u8 = 1;
     fn view(&self) -> UpgraderSpecView<'_> {
         self.spec.common()
     }
@@ -116,6 +125,8 @@ pub struct Context {
     workloads: in_place::workload::Workloads,
     /// The Clusters as the dedicated watch last delivered them, once it runs.
     clusters: ClusterStore,
+    /// Both kinds' upgraders, to find the one that acts on a Cluster; unset, every upgrader acts.
+    claims: Option<claim::Claims>,
 }
 
 /// Where the Cluster watch leaves its store once Cluster API is discovered.
@@ -198,7 +209,15 @@ impl Context {
             access: Mutex::new(None),
             workloads: in_place::workload::Workloads::default(),
             clusters: ClusterStore::default(),
+            claims: None,
         }
+    }
+
+    /// The context with the claims of both upgrader kinds checked.
+    #[must_use]
+    pub fn with_claims(mut self, claims: claim::Claims) -> Self {
+        self.claims = Some(claims);
+        self
     }
 
     /// The Cluster from the watch's store, if the watch has delivered it.
@@ -249,24 +268,48 @@ fn start<K: UpgraderKind>(shared: &Shared) -> Running {
     let plans = shared.caches.cache::<GuardedPlan>();
     let images = shared.caches.cache::<GuardedImage>();
     let reporter = Reporter::new::<Error>(shared, K::CONTROLLER, COMPONENT);
-    let ctx = Arc::new(Context::new(
-        shared.client.clone(),
-        reporter.metrics.clone(),
-        shared.instance.clone(),
-        plans.store.clone(),
-        images.store.clone(),
-    ));
+    let class = shared
+        .caches
+        .cache::<DeserializeGuard<ClusterClassClusterUpgrader>>();
+    let in_cluster = shared
+        .caches
+        .cache::<DeserializeGuard<InClusterUpgradeAutomation>>();
+    let ctx = Arc::new(
+        Context::new(
+            shared.client.clone(),
+            reporter.metrics.clone(),
+            shared.instance.clone(),
+            plans.store.clone(),
+            images.store.clone(),
+        )
+        .with_claims(claim::Claims::new(
+            class.store.clone(),
+            in_cluster.store.clone(),
+        )),
+    );
     let ready = all_ready(vec![
         synced(cache.store.clone()),
         synced(plans.store.clone()),
         synced(images.store.clone()),
+        synced(class.store.clone()),
+        synced(in_cluster.store.clone()),
     ]);
-    let (Some(events), Some(plan_events), Some(image_events), Some(indexed)) = (
+    let (
+        Some(events),
+        Some(plan_events),
+        Some(image_events),
+        Some(indexed),
+        Some(class_events),
+        Some(in_cluster_events),
+    ) = (
         cache.subscribe(),
         plans.subscribe(),
         images.subscribe(),
         cache.subscribe(),
-    ) else {
+        class.subscribe(),
+        in_cluster.subscribe(),
+    )
+    else {
         return Running::stream_ended(ready);
     };
     let shutdown = shared.shutdown.clone();
@@ -278,6 +321,7 @@ fn start<K: UpgraderKind>(shared: &Shared) -> Running {
     let by_deleted_plan = index.clone();
     let deleted_plans = plans.deleted();
     let by_image = index.clone();
+    let by_claim = index.clone();
     let clusters = cluster_events::<K>(
         shared.client.clone(),
         shared.namespace.clone(),
@@ -297,6 +341,10 @@ fn start<K: UpgraderKind>(shared: &Shared) -> Running {
             .watches_shared_stream(image_events, move |image: Arc<GuardedImage>| {
                 by_image.in_namespace(&image.namespace().unwrap_or_default())
             })
+            .watches_shared_stream(class_events, claim::siblings::<K, _>(by_claim.clone()))
+            .watches_shared_stream(class.deleted(), claim::siblings::<K, _>(by_claim.clone()))
+            .watches_shared_stream(in_cluster_events, claim::siblings::<K, _>(by_claim.clone()))
+            .watches_shared_stream(in_cluster.deleted(), claim::siblings::<K, _>(by_claim))
             .reconcile_on(clusters)
             .with_config(ControllerConfig::default().concurrency(16))
             .graceful_shutdown_on(shutdown.clone().wait())

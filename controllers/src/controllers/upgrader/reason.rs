@@ -16,6 +16,8 @@ pub enum Reason {
     ClusterNotFound,
     /// The Cluster has no `spec.topology`.
     ClusterNotClassBased,
+    /// Another upgrader acts on the Cluster.
+    ClusterClaimed,
     /// The Plan does not exist.
     PlanNotFound,
     /// The Plan has no image, or its image is not a ready MachineImage.
@@ -82,6 +84,7 @@ impl Reason {
             Self::ClusterApiNotInstalled => "ClusterAPINotInstalled",
             Self::ClusterNotFound => "ClusterNotFound",
             Self::ClusterNotClassBased => "ClusterNotClassBased",
+            Self::ClusterClaimed => "ClusterClaimed",
             Self::PlanNotFound => "PlanNotFound",
             Self::PlanNotReady => "PlanNotReady",
             Self::InvalidVersion => "InvalidVersion",

@@ -395,7 +395,8 @@ pub fn unreachable(records: &[HostRecord], invalid_kubeconfig: bool, why: String
 }
 
 /// Reports `hold` and keeps the records as they are.
-fn held(records: &[HostRecord], hold: Hold) -> Outcome {
+/// Every record kept as it is, no host acted on, and `hold` reported.
+pub fn held(records: &[HostRecord], hold: Hold) -> Outcome {
     Outcome {
         plan: Plan::Hold {
             hold,
