@@ -156,6 +156,15 @@ impl Caches {
         })
     }
 
+    /// The cache of every `K`, if a controller asked for it; never opens a watch of its own.
+    pub fn existing<K: Cacheable>(&self) -> Option<Cache<K>> {
+        let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        entries
+            .get(&(TypeId::of::<K>(), String::new()))
+            .and_then(|e| e.cache.downcast_ref::<Cache<K>>())
+            .cloned()
+    }
+
     /// The cache of Namespaces: every one, or only the manager's own when it is confined.
     pub fn namespaces(&self) -> Cache<Namespace> {
         self.entry(String::new(), |caches: &Caches| {

@@ -13,6 +13,7 @@ pub mod events;
 pub mod fixtures;
 pub mod metrics;
 pub mod projection;
+pub mod state_metrics;
 pub mod status;
 
 use std::sync::Arc;
