@@ -1,4 +1,4 @@
-//! Elemental in-place OS updates on two real API servers (issue 12).
+//! Elemental in-place OS updates on two real API servers.
 //!
 //! - The **management** cluster is the harness's API server: our CRDs, the minimal Cluster CRD,
 //!   and the minimal Cluster API `Machine` and Elemental `ElementalMachine` / `ElementalHost`

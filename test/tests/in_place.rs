@@ -1,4 +1,4 @@
-//! Elemental in-place OS updates (issue 12) on two real API servers: the management cluster
+//! Elemental in-place OS updates on two real API servers: the management cluster
 //! (our CRDs, minimal Cluster API and Elemental CRDs, the manager) and a workload cluster (Nodes,
 //! Pods, PodDisruptionBudgets), with the kubelet and Elemental agent stand-ins of
 //! `e2e::elemental`. The Plan's newest image has the Cluster's Kubernetes version and a new OS

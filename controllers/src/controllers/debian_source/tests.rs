@@ -191,7 +191,7 @@ async fn unchanged_repository_makes_no_api_calls() {
     scenario.finish().await;
 }
 
-/// Issue 9, finding 1: a failed status write must not leave validators behind that turn the next
+/// A failed status write must not leave validators behind that turn the next
 /// poll into a 304 keeping the stale (here: empty) status.
 #[tokio::test]
 async fn after_a_failed_status_write_the_next_sync_is_unconditional_and_writes() {
@@ -490,7 +490,7 @@ async fn every_series_of_the_controller_shows_at_zero_once_it_has_started() {
     drop(running);
 }
 
-// ---- Issue 9, controller side: what survives a restart, and what reaches status ----
+// What survives a restart, and what reaches status, when a mirror is hostile or broken.
 
 mod hostile {
     use super::*;
@@ -595,7 +595,7 @@ mod hostile {
         serde_json::from_value(status.clone()).unwrap()
     }
 
-    /// Finding 3 across restarts: a controller with no memory still refuses an older signed
+    /// Across restarts, a controller with no memory still refuses an older signed
     /// Release, from the `releaseDate` it finds in status.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_fresh_controller_refuses_a_replayed_release_from_the_status_it_finds() {
@@ -652,7 +652,7 @@ mod hostile {
         );
     }
 
-    /// Finding 2 across restarts: past the `releaseValidUntil` in status, neither a forged 304
+    /// Across restarts, past the `releaseValidUntil` in status, neither a forged 304
     /// (to a request that, after a restart, carries no validators) nor the same expired Release
     /// keeps the source Ready.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -755,7 +755,7 @@ mod hostile {
         );
     }
 
-    /// Finding 5 and 9: whatever a listing holds, status and events get bounded, printable,
+    /// Whatever a listing holds, status and events get bounded, printable,
     /// redacted text, and no more versions than the schema allows (the highest kept, and said).
     #[tokio::test]
     async fn hostile_listings_reach_status_bounded_redacted_and_capped() {
@@ -831,7 +831,7 @@ mod hostile {
         }
     }
 
-    /// Finding 9: with `user:password@` in `spec.url`, nothing the controller logs, writes or
+    /// With `user:password@` in `spec.url`, nothing the controller logs, writes or
     /// announces carries the password, while the requests still send it.
     #[tokio::test]
     async fn credentials_in_the_url_reach_neither_logs_status_nor_events() {
