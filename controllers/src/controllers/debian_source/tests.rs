@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::debian::Listing;
+use crate::runtime::builders::{Build, Fixture, condition, now, ready};
 use crate::runtime::fixtures::{STEP, Verifier, mock_client, within};
 use crate::runtime::status::API_TIMEOUT;
 use http::Method;
@@ -92,33 +93,16 @@ fn source_with(
     spec: &Value,
     status: Option<DebianRepositorySourceStatus>,
 ) -> DebianRepositorySource {
-    let mut source: DebianRepositorySource = serde_json::from_value(json!({
-        "apiVersion": "kubernetesupgraded.dimitrikoshkin.com/v1alpha1",
-        "kind": "DebianRepositorySource",
-        "metadata": {"name": "src", "namespace": "team", "uid": "u-1", "generation": 1},
-        "spec": spec,
-    }))
-    .unwrap();
+    let mut source = DebianRepositorySource::test("src")
+        .with_uid("u-1")
+        .with_generation(1)
+        .with_spec(spec);
     source.status = status;
     source
 }
 
 fn source(status: Option<DebianRepositorySourceStatus>) -> DebianRepositorySource {
     source_with(&json!({"url": "http://127.0.0.1:1/Packages"}), status)
-}
-
-fn now() -> Time {
-    Time(Timestamp::from_second(1_700_000_000).unwrap())
-}
-
-fn ready_reason(status: &Value) -> String {
-    status["conditions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["type"] == "Ready")
-        .map(|c| c["reason"].as_str().unwrap().to_owned())
-        .unwrap()
 }
 
 /// Answers a status apply as the API server does: the object with the applied status.
@@ -364,7 +348,7 @@ async fn a_missing_signed_by_config_map_has_its_own_reason() {
         assert_eq!(call.uri, "/api/v1/namespaces/team/configmaps/keys");
         call.fail(404, "NotFound");
         let call = status_apply(&mut server).await;
-        assert_eq!(ready_reason(&call.body["status"]), "SignedByNotFound");
+        assert_eq!(ready(&call.body["status"]).1, "SignedByNotFound");
         let message = call.body["status"]["conditions"][0]["message"].clone();
         assert_eq!(
             message,
@@ -394,7 +378,7 @@ async fn an_unreadable_interval_is_a_spec_error_that_waits_for_a_change() {
     let (ctx, verifier, probe) = Context::test_with(Ok(SyncOutcome::Fetched(listing())));
     let scenario = verifier.run(|mut server| async move {
         let call = status_apply(&mut server).await;
-        assert_eq!(ready_reason(&call.body["status"]), "InvalidInterval");
+        assert_eq!(ready(&call.body["status"]).1, "InvalidInterval");
         answer_status(call, None);
         server.expect_event("team", COMPONENT, "NoSignedBy").await;
         server
@@ -531,17 +515,6 @@ mod hostile {
             &json!({"url": url, "signedBy": {"inline": key.armored_public_key().unwrap()}}),
             status,
         )
-    }
-
-    fn condition(status: &Value, type_: &str) -> (String, String, String) {
-        let c = status["conditions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["type"] == type_)
-            .unwrap();
-        let text = |k: &str| c[k].as_str().unwrap().to_owned();
-        (text("status"), text("reason"), text("message"))
     }
 
     /// Reconciles `obj` once on `ctx`, expecting one status apply (whose status is returned)
