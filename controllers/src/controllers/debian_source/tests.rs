@@ -674,7 +674,7 @@ mod hostile {
     /// change of URL, the new repository starts afresh instead of being held to them.
     #[test]
     fn release_times_from_status_apply_only_to_their_repository() {
-        let date = Time(Timestamp::from_second(1_700_000_000).unwrap());
+        let date = now();
         let status = DebianRepositorySourceStatus {
             index_url: Some("http://redacted@mirror/deb/Packages.gz".into()),
             index_sha256: Some("ab".into()),
