@@ -10,17 +10,13 @@ use kube::api::{DynamicObject, ListParams, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 
-use kubernetes_upgrader::controllers::upgrader::in_place::OS_VERSION_RECONCILIATION_FAILED;
-use kubernetes_upgrader::controllers::upgrader::in_place::observe::{
-    IN_PLACE_UPDATE_LABEL as IN_PLACE_UPDATE, OS_VERSION_READY, evictable,
-};
-
 use super::crds::{elemental_hosts, elemental_machines, image_uri, update_label};
 use super::fleet::Fleet;
 use super::image::{OsImage, os_release};
 use super::kubelets::heartbeat;
 use super::tasks::{Tasks, lock};
 use super::workload::{cordoned, now_json, pods_on};
+use super::{IN_PLACE_UPDATE, OS_VERSION_READY, OS_VERSION_RECONCILIATION_FAILED, evictable};
 
 /// How the agent stand-in updates one host.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

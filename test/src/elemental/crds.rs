@@ -8,12 +8,10 @@ use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch,
 use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
 
-use kubernetes_upgrader::controllers::upgrader::in_place::observe::IN_PLACE_UPDATE_LABEL as IN_PLACE_UPDATE;
-
 use crate::install;
 use crate::manifests::FIELD_MANAGER;
 
-use super::{INFRA_GROUP, V1BETA1};
+use super::{IN_PLACE_UPDATE, INFRA_GROUP, V1BETA1};
 
 /// A minimal namespaced v1beta1 CRD with the status subresource whose spec and status preserve
 /// unknown fields; `spec_properties` declares fields of the spec.

@@ -8,16 +8,14 @@ use kube::api::{DynamicObject, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::{Value, json};
 
-use kubernetes_upgrader::controllers::upgrader::in_place::observe::{
-    CLUSTER_NAME_LABEL, CONTROL_PLANE_LABEL, DEPLOYMENT_NAME_LABEL, ELEMENTAL_HOST,
-    ELEMENTAL_MACHINE, OS_VERSION_READY,
-};
-use kubernetes_upgrader::controllers::upgrader::in_place::spare::{INSTALLED, MACHINE_NAME};
-
 use super::crds::{elemental_hosts, elemental_machines, install_crds, machines};
 use super::image::OsImage;
 use super::workload::{Workload, labels, now_json};
-use super::{CONTROL_PLANE_POOL, INFRA_GROUP, KUBERNETES_VERSION, POOL_LABEL, V1BETA1};
+use super::{
+    CLUSTER_NAME_LABEL, CONTROL_PLANE_LABEL, CONTROL_PLANE_POOL, DEPLOYMENT_NAME_LABEL,
+    ELEMENTAL_HOST, ELEMENTAL_MACHINE, INFRA_GROUP, INSTALLED, KUBERNETES_VERSION, MACHINE_NAME,
+    OS_VERSION_READY, POOL_LABEL, V1BETA1,
+};
 
 /// One host of the fleet: its Machine `m-<id>`, ElementalMachine `em-<id>`, ElementalHost
 /// `host-<id>` and workload Node `node-<id>` (distinct names, so a mix-up shows).

@@ -8,8 +8,9 @@
 //!   Nodes, Pods bound to them and PodDisruptionBudgets.
 //!
 //! Nothing runs on the workload cluster and no Elemental agent runs anywhere, so stand-ins do
-//! their part: [`WorkloadKubelets`] (finishes graceful pod deletions, refreshes Node heartbeats, and
-//! computes PodDisruptionBudget status as kube-controller-manager's disruption controller would),
+//! their part: [`WorkloadKubelets`] (finishes graceful pod deletions, refreshes Node heartbeats,
+//! and computes PodDisruptionBudget status as kube-controller-manager's disruption controller
+//! would),
 //! [`Agent`] (the Elemental agent and host controller: updates a host labelled `pending` whose
 //! ElementalMachine names a new image, then labels it `done`), and [`Monitor`] (watches both
 //! clusters and records which hosts are out of service at every change).

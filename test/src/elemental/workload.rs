@@ -12,12 +12,10 @@ use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::{Value, json};
 
-use kubernetes_upgrader::controllers::upgrader::in_place::observe::MIRROR_ANNOTATION;
-
 use crate::control_plane::BareApiserver;
 use crate::{TestEnv, cluster, namespace};
 
-use super::{APP_LABEL, KUBERNETES_VERSION, WORKLOAD_NAMESPACE};
+use super::{APP_LABEL, KUBERNETES_VERSION, MIRROR_ANNOTATION, WORKLOAD_NAMESPACE};
 
 /// The workload cluster: a second kube-apiserver, stopped when dropped.
 pub struct Workload {

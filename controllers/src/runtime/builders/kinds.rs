@@ -11,7 +11,10 @@ use super::{Build, Fixture};
 
 /// The build Job template of every test image and template: one container, `build`.
 fn job_template() -> Value {
-    json!({"spec": {"restartPolicy": "Never", "containers": [{"name": "build", "image": "builder"}]}})
+    json!({"spec": {
+        "restartPolicy": "Never",
+        "containers": [{"name": "build", "image": "builder"}],
+    }})
 }
 
 impl Fixture for MachineImage {
