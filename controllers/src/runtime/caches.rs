@@ -335,18 +335,15 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runtime::builders::{Build, Fixture, SourceBuild};
     use api::v1alpha1::DebianRepositorySource;
-    use serde_json::json;
 
     fn source(uid: &str, generation: i64, note: &str) -> Arc<DebianRepositorySource> {
         Arc::new(
-            serde_json::from_value(json!({
-                "apiVersion": "kubernetesupgraded.dimitrikoshkin.com/v1alpha1",
-                "kind": "DebianRepositorySource",
-                "metadata": {"name": uid, "namespace": "team", "uid": uid, "generation": generation},
-                "spec": {"url": format!("http://127.0.0.1:1/{note}")},
-            }))
-            .unwrap(),
+            DebianRepositorySource::test(uid)
+                .with_uid(uid)
+                .with_generation(generation)
+                .with_url(&format!("http://127.0.0.1:1/{note}")),
         )
     }
 

@@ -6,6 +6,8 @@
 //! See `controllers/README.md` for the checklist a new controller follows.
 
 pub mod backoff;
+#[cfg(test)]
+pub mod builders;
 pub mod caches;
 pub mod children;
 pub mod events;
