@@ -48,11 +48,31 @@ where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
     S: Serialize,
 {
-    let body = serde_json::json!({
+    apply_status_at(api, name, field_manager, status, None).await
+}
+
+/// [`apply_status`], refused with a conflict (409) unless the object is still at
+/// `resource_version`, when given: a status decided from an older read cannot overwrite a
+/// newer one.
+pub async fn apply_status_at<K, S>(
+    api: &Api<K>,
+    name: &str,
+    field_manager: &str,
+    status: &S,
+    resource_version: Option<&str>,
+) -> Result<K, WriteError>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
+    S: Serialize,
+{
+    let mut body = serde_json::json!({
         "apiVersion": K::api_version(&()),
         "kind": K::kind(&()),
         "status": status,
     });
+    if let Some(version) = resource_version {
+        body["metadata"] = serde_json::json!({ "resourceVersion": version });
+    }
     bounded(api.patch_status(
         name,
         &PatchParams::apply(field_manager).force(),

@@ -21,7 +21,9 @@ use semver::Version;
 
 use super::observe::{ELEMENTAL_API_VERSION, ELEMENTAL_HOST};
 use super::spare::NoSpareHost;
-use super::{Action, HostView, Role, Settings, Target, at_target, in_flight, is_blocked, step};
+use super::{
+    Action, HostView, Role, Settings, Target, at_target, in_flight, is_blocked, retarget, step,
+};
 use crate::controllers::upgrader::gates::{Hold, Plan};
 use crate::controllers::upgrader::reason::Reason;
 use crate::runtime::Note;
@@ -164,8 +166,9 @@ pub fn decide(inputs: Inputs<'_>) -> Outcome {
         image: &wanted.image,
         stamp,
     };
+    let records = retarget(inputs.records, world, Some(target), inputs.now);
     let out = step(
-        inputs.records,
+        &records,
         world,
         target,
         wanted.settings,
@@ -252,9 +255,9 @@ pub fn decide(inputs: Inputs<'_>) -> Outcome {
     }
 }
 
-/// No in-place update wanted: hosts already started are finished (no new one starts), and no
-/// topology step is written while one is in flight; a topology step on an Elemental Cluster
-/// needs its spare hosts.
+/// No in-place update wanted: hosts already labelled `pending` are finished, the others are
+/// released (no new one starts), and no topology step is written while one is in flight; a
+/// topology step on an Elemental Cluster needs its spare hosts.
 fn carry_on(
     planned: Plan,
     records: &[HostRecord],
@@ -270,7 +273,8 @@ fn carry_on(
             image: "",
             stamp: "",
         };
-        let out = step(records, world, any, settings, true, now);
+        let released = retarget(records, world, None, now);
+        let out = step(&released, world, any, settings, true, now);
         let notes = transitions(records, &out.records);
         (out.records, out.actions, notes, out.blocked)
     } else {
@@ -430,10 +434,11 @@ pub fn transitions(before: &[HostRecord], after: &[HostRecord]) -> Vec<Note> {
         .iter()
         .filter(|r| !is_blocked(r.phase))
         .filter(|r| {
-            before
-                .iter()
-                .find(|b| b.host == r.host)
-                .is_none_or(|b| b.phase != r.phase)
+            before.iter().find(|b| b.host == r.host).is_none_or(|b| {
+                // A release is told once, when it is decided.
+                b.phase != r.phase
+                    && !(b.phase == HostPhase::Releasing && r.phase == HostPhase::Released)
+            })
         })
         .map(|r| {
             Note::normal(
@@ -469,9 +474,11 @@ fn event_reason(phase: HostPhase) -> &'static str {
         HostPhase::Done => "InPlaceHostDone",
         HostPhase::Verified => "InPlaceHostVerified",
         HostPhase::Uncordoned => "InPlaceHostUncordoned",
-        HostPhase::DrainTimeout | HostPhase::BootedImageMismatch | HostPhase::RetriesExhausted => {
-            super::blocked_reason(phase).as_str()
-        }
+        HostPhase::Releasing | HostPhase::Released => "InPlaceHostReleased",
+        HostPhase::DrainTimeout
+        | HostPhase::BootedImageMismatch
+        | HostPhase::RetriesExhausted
+        | HostPhase::DrainRefused => super::blocked_reason(phase).as_str(),
     }
 }
 
@@ -490,6 +497,13 @@ fn describe(phase: HostPhase) -> &'static str {
         HostPhase::DrainTimeout => "the drain timed out",
         HostPhase::BootedImageMismatch => "the booted image is not the target",
         HostPhase::RetriesExhausted => "the OS update failed too often",
+        HostPhase::DrainRefused => "a pod on the Node may not be evicted",
+        HostPhase::Releasing => {
+            "released before pending: the update is no longer wanted for it; uncordoning its Node if the upgrader cordoned it"
+        }
+        HostPhase::Released => {
+            "released before pending: the update is no longer wanted for it; its Node is left as the upgrader found it"
+        }
     }
 }
 
@@ -758,6 +772,7 @@ mod tests {
         let (records, _) = retried(&[blocked], Some("1"), None, at(0));
         let mut view = updated(host("w", Role::Worker("a".into())));
         view.cordoned = true;
+        view.cordoned_by_us = true;
         view.drained = true;
         view.label = Some(UpdateLabel::Done);
         let mut records = records;

@@ -33,6 +33,8 @@ pub(crate) fn view(host: &str, role: Role) -> HostView {
         role,
         cordoned: false,
         drained: false,
+        refused: None,
+        cordoned_by_us: false,
         label: None,
         os_reason: None,
         os_ready_since: None,
@@ -84,6 +86,7 @@ fn settings_default_and_parse() {
         drain_timeout: Some("1h30m".to_owned()),
         retries: Some(0),
         upgrade_recovery: None,
+        drain: None,
     };
     assert_eq!(
         Settings::from_spec(&spec),
@@ -151,11 +154,111 @@ fn each_transition_waits_for_its_observation() {
         ),
         (
             HostPhase::Drained,
-            |v| v.drained = true,
+            |v| {
+                v.cordoned = true;
+                v.drained = true;
+            },
             1,
             HostPhase::Drained,
             vec![Action::LabelPending { host: "h".into() }],
         ),
+        // Re-checked before `pending`: uncordoned by hand, cordoned again…
+        (
+            HostPhase::Drained,
+            |v| {
+                v.drained = true;
+                v.label = Some(UpdateLabel::Pending);
+            },
+            1,
+            HostPhase::Selected,
+            vec![Action::Cordon { node: n() }],
+        ),
+        // … pods taken since, drained again.
+        (
+            HostPhase::Drained,
+            |v| {
+                v.cordoned = true;
+                v.label = Some(UpdateLabel::Pending);
+            },
+            1,
+            HostPhase::Cordoned,
+            vec![Action::Evict { node: n() }],
+        ),
+        (
+            HostPhase::Cordoned,
+            |_| {},
+            1,
+            HostPhase::Selected,
+            vec![Action::Cordon { node: n() }],
+        ),
+        // A refused pod holds the drain: nothing is evicted, looked at again every pass.
+        (
+            HostPhase::Selected,
+            |v| {
+                v.cordoned = true;
+                v.refused = Some("pod ns/p".into());
+            },
+            1,
+            HostPhase::Cordoned,
+            vec![],
+        ),
+        (
+            HostPhase::Cordoned,
+            |v| {
+                v.cordoned = true;
+                v.refused = Some("pod ns/p".into());
+            },
+            900,
+            HostPhase::DrainRefused,
+            vec![],
+        ),
+        (
+            HostPhase::DrainRefused,
+            |v| {
+                v.cordoned = true;
+                v.refused = Some("pod ns/p".into());
+            },
+            900,
+            HostPhase::DrainRefused,
+            vec![],
+        ),
+        (
+            HostPhase::DrainRefused,
+            |v| v.cordoned = true,
+            900,
+            HostPhase::Cordoned,
+            vec![Action::Evict { node: n() }],
+        ),
+        (
+            HostPhase::DrainRefused,
+            |v| {
+                v.cordoned = true;
+                v.drained = true;
+            },
+            900,
+            HostPhase::Cordoned,
+            vec![],
+        ),
+        (
+            HostPhase::Releasing,
+            |v| {
+                v.cordoned = true;
+                v.cordoned_by_us = true;
+            },
+            1,
+            HostPhase::Releasing,
+            vec![Action::Uncordon { node: n() }],
+        ),
+        // Released: a Node cordoned by someone else is left cordoned.
+        (
+            HostPhase::Releasing,
+            |v| v.cordoned = true,
+            1,
+            HostPhase::Released,
+            vec![],
+        ),
+        (HostPhase::Releasing, |_| {}, 1, HostPhase::Released, vec![]),
+        (HostPhase::Released, |_| {}, 1, HostPhase::Released, vec![]),
         // Drained and already at the target (a retried host): verified, never labelled.
         (
             HostPhase::Cordoned,
@@ -171,7 +274,11 @@ fn each_transition_waits_for_its_observation() {
         ),
         (
             HostPhase::Drained,
-            |v| v.label = Some(UpdateLabel::Pending),
+            |v| {
+                v.cordoned = true;
+                v.drained = true;
+                v.label = Some(UpdateLabel::Pending);
+            },
             1,
             HostPhase::Pending,
             vec![Action::ApplyImage {
@@ -271,10 +378,36 @@ fn each_transition_waits_for_its_observation() {
         ),
         (
             HostPhase::Done,
-            |v| v.os_image = Some("Elemental os-2".into()),
+            |v| {
+                v.os_image = Some("Elemental os-2".into());
+                v.cordoned = true;
+                v.cordoned_by_us = true;
+            },
             1,
             HostPhase::Verified,
             vec![Action::Uncordon { node: n() }],
+        ),
+        // Without our mark, the Node is not ours to uncordon.
+        (
+            HostPhase::Done,
+            |v| {
+                v.os_image = Some("Elemental os-2".into());
+                v.cordoned = true;
+            },
+            1,
+            HostPhase::Verified,
+            vec![],
+        ),
+        (
+            HostPhase::Verified,
+            |v| {
+                v.cordoned = true;
+                v.image_uri = Some(NEW.into());
+                v.os_image = Some("Elemental os-2".into());
+            },
+            1,
+            HostPhase::Uncordoned,
+            vec![],
         ),
         // `done` before the kubelet reported the reboot: not judged yet.
         (HostPhase::Done, |_| {}, 1, HostPhase::Done, vec![]),
@@ -294,7 +427,10 @@ fn each_transition_waits_for_its_observation() {
         ),
         (
             HostPhase::Verified,
-            |v| v.cordoned = true,
+            |v| {
+                v.cordoned = true;
+                v.cordoned_by_us = true;
+            },
             1,
             HostPhase::Verified,
             vec![Action::Uncordon { node: n() }],
@@ -327,7 +463,16 @@ fn each_transition_waits_for_its_observation() {
     for (phase, tweak, now, expected, actions) in rows {
         let mut world = worker("h", "a");
         tweak(&mut world);
-        let out = one(record("h", phase), world.clone(), now);
+        // A release stands for an update no longer wanted: no host is selected meanwhile.
+        let releasing = matches!(phase, HostPhase::Releasing | HostPhase::Released);
+        let out = step(
+            &[record("h", phase)],
+            std::slice::from_ref(&world),
+            TARGET,
+            settings(1, 1),
+            releasing,
+            at(now),
+        );
         assert_eq!(out.records.len(), 1, "{phase:?}");
         assert_eq!(out.records[0].phase, expected, "{phase:?} with {world:?}");
         assert_eq!(out.actions, actions, "{phase:?} with {world:?}");
@@ -418,12 +563,16 @@ fn blocked_ends_report_their_reason_and_stop_new_hosts() {
             HostPhase::RetriesExhausted,
             Reason::OsVersionReconciliationFailed,
         ),
+        (HostPhase::DrainRefused, Reason::DrainRefused),
     ] {
         let mut blocked = record("a1", phase);
         blocked.message = Some("why".into());
+        let mut held = worker("a1", "a");
+        held.cordoned = true;
+        held.refused = Some("why".into());
         let out = step(
             &[blocked],
-            &[worker("a1", "a"), worker("a2", "a"), worker("b1", "b")],
+            &[held, worker("a2", "a"), worker("b1", "b")],
             TARGET,
             settings(5, 1),
             false,
@@ -594,6 +743,149 @@ fn finished_hosts_are_not_touched_again_and_vanished_hosts_are_dropped() {
     assert!(out.finished(&[v], TARGET));
 }
 
+const NEWER: Target<'static> = Target {
+    image: "oci://r/os@sha256:newer",
+    stamp: "os-3",
+};
+
+#[test]
+fn hosts_before_their_image_is_written_are_released_or_retargeted() {
+    let now = at(5);
+    let phases = [
+        HostPhase::Selected,
+        HostPhase::Cordoned,
+        HostPhase::Drained,
+        HostPhase::DrainRefused,
+        HostPhase::DrainTimeout,
+    ];
+    let world = [worker("h", "a")];
+    for phase in phases {
+        // No longer wanted: released.
+        let out = retarget(&[record("h", phase)], &world, None, now);
+        assert_eq!(out[0].phase, HostPhase::Releasing, "{phase:?}");
+        assert_eq!(out[0].last_transition_time, Some(Time(now)));
+        // Another image of the same version: the host takes it.
+        let out = retarget(&[record("h", phase)], &world, Some(NEWER), now);
+        assert_eq!(out[0].phase, phase);
+        assert_eq!(
+            (out[0].image.as_str(), out[0].stamp.as_str()),
+            (NEWER.image, NEWER.stamp)
+        );
+        // The target it already runs (the Plan fell back to its image): released.
+        let old = Target {
+            image: OLD,
+            stamp: "os-1",
+        };
+        let out = retarget(&[record("h", phase)], &world, Some(old), now);
+        assert_eq!(out[0].phase, HostPhase::Releasing, "{phase:?}");
+        // The same target: unchanged.
+        assert_eq!(
+            retarget(&[record("h", phase)], &world, Some(TARGET), now),
+            vec![record("h", phase)]
+        );
+    }
+    // Labelled `pending` with the image written, or further: carried to the end.
+    let mut written = worker("h", "a");
+    written.image_uri = Some(NEW.into());
+    for phase in [
+        HostPhase::Pending,
+        HostPhase::Retrying,
+        HostPhase::Done,
+        HostPhase::Verified,
+        HostPhase::BootedImageMismatch,
+        HostPhase::RetriesExhausted,
+        HostPhase::Uncordoned,
+    ] {
+        let kept = vec![record("h", phase)];
+        assert_eq!(
+            retarget(&kept, std::slice::from_ref(&written), None, now),
+            kept
+        );
+        assert_eq!(
+            retarget(&kept, std::slice::from_ref(&written), Some(NEWER), now),
+            kept
+        );
+    }
+    // `pending` but the image not written yet: no image that is no longer the choice.
+    let out = retarget(&[record("h", HostPhase::Pending)], &world, Some(NEWER), now);
+    assert_eq!(out[0].image, NEWER.image);
+}
+
+#[test]
+fn a_released_host_is_uncordoned_only_when_ours_and_then_done() {
+    let mut ours = worker("h", "a");
+    ours.cordoned = true;
+    ours.cordoned_by_us = true;
+    let released = retarget(&[record("h", HostPhase::Drained)], &[], None, at(1));
+    let out = step(
+        &released,
+        std::slice::from_ref(&ours),
+        TARGET,
+        settings(1, 1),
+        true,
+        at(1),
+    );
+    assert_eq!(out.actions, vec![Action::Uncordon { node: "n-h".into() }]);
+    assert!(in_flight(out.records[0].phase));
+    ours.cordoned = false;
+    let out = step(&out.records, &[ours], TARGET, settings(1, 1), true, at(2));
+    assert_eq!(out.records[0].phase, HostPhase::Released);
+    assert!(out.actions.is_empty() && !in_flight(out.records[0].phase));
+    assert_eq!(out.records[0].finished, Some(Time(at(2))));
+}
+
+#[test]
+fn a_host_whose_node_is_gone_is_dropped_and_hosts_without_nodes_starve_nobody() {
+    let mut gone = worker("h", "a");
+    gone.node = None;
+    let out = step(
+        &[record("h", HostPhase::Pending)],
+        &[gone.clone()],
+        TARGET,
+        settings(1, 1),
+        false,
+        at(1),
+    );
+    assert!(out.records.is_empty() && out.actions.is_empty(), "{out:?}");
+    // A control-plane host and a pool's first host without a Node: the others go on.
+    let mut cp = view("cp", Role::ControlPlane);
+    cp.node = None;
+    let world = [cp, gone, worker("h2", "a"), worker("b1", "b")];
+    let out = step(&[], &world, TARGET, settings(1, 1), false, at(1));
+    assert_eq!(
+        out.actions,
+        vec![Action::Cordon {
+            node: "n-h2".into()
+        }]
+    );
+}
+
+#[test]
+fn our_own_cordon_seen_by_a_stale_read_is_still_ours() {
+    // Our cordon's mark on the Node: selected as ours, and uncordoned at the end.
+    let mut view = worker("h", "a");
+    view.cordoned = true;
+    view.cordoned_by_us = true;
+    let selected = step(
+        &[],
+        std::slice::from_ref(&view),
+        TARGET,
+        settings(1, 1),
+        false,
+        at(0),
+    );
+    assert_eq!(selected.records[0].cordoned_before, None);
+    assert!(
+        selected.actions.is_empty(),
+        "cordoned again: {:?}",
+        selected.actions
+    );
+    let mut verified = selected.records[0].clone();
+    verified.phase = HostPhase::Verified;
+    let out = one(verified, view, 1);
+    assert_eq!(out.actions, vec![Action::Uncordon { node: "n-h".into() }]);
+}
+
 fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs
         .iter()
@@ -739,7 +1031,11 @@ fn perform(world: &mut [SimHost], records: &[HostRecord], action: &Action) {
     };
     let record = |host: &str| records.iter().find(|r| r.host == host).cloned();
     match action {
-        Action::Cordon { node } => world[by_node(world, node)].view.cordoned = true,
+        Action::Cordon { node } => {
+            let v = &mut world[by_node(world, node)].view;
+            v.cordoned = true;
+            v.cordoned_by_us = true;
+        }
         Action::Evict { node } => {
             let h = &mut world[by_node(world, node)];
             assert!(
@@ -777,7 +1073,9 @@ fn perform(world: &mut [SimHost], records: &[HostRecord], action: &Action) {
                 h.view.os_image.as_deref().unwrap_or(""),
                 &r.stamp
             ));
+            assert!(h.view.cordoned_by_us, "uncordoned a Node without our mark");
             h.view.cordoned = false;
+            h.view.cordoned_by_us = false;
             // Pods come back once the Node is schedulable.
             h.view.drained = false;
         }
