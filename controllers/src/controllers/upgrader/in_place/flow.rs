@@ -687,6 +687,74 @@ mod tests {
     }
 
     #[test]
+    fn a_drained_host_no_longer_wanted_is_released_and_the_step_goes_on() {
+        let mut view = host("w", Role::Worker("a".into()));
+        view.cordoned = true;
+        view.cordoned_by_us = true;
+        view.drained = true;
+        let records = [record("w", HostPhase::Drained)];
+        let world = [view.clone()];
+        let out = decide(inputs(
+            Plan::Write(step_to("1.32.0")),
+            None,
+            &records,
+            &world,
+        ));
+        assert_eq!(reason(&out.plan), Some(Reason::PreviousStepUnfinished));
+        assert_eq!(out.records[0].phase, HostPhase::Releasing);
+        assert_eq!(out.actions, vec![Action::Uncordon { node: "n-w".into() }]);
+        assert_eq!(out.notes.len(), 1);
+        assert_eq!(out.notes[0].reason, "InPlaceHostReleased");
+        // Uncordoned: released, quietly, and the step is written.
+        view.cordoned = false;
+        let world = [view];
+        let after = decide(inputs(
+            Plan::Write(step_to("1.32.0")),
+            None,
+            &out.records,
+            &world,
+        ));
+        assert_eq!(after.records[0].phase, HostPhase::Released);
+        assert!(after.notes.is_empty(), "{:?}", after.notes);
+        assert!(matches!(after.plan, Plan::Write(_)), "{:?}", after.plan);
+    }
+
+    #[test]
+    fn a_held_host_takes_the_new_target_and_one_already_running_it_is_released() {
+        let mut view = host("w", Role::Worker("a".into()));
+        view.cordoned = true;
+        view.cordoned_by_us = true;
+        let records = [record("w", HostPhase::Cordoned)];
+        let world = [view.clone()];
+        let mut newer = wanted(None);
+        newer.image = "oci://r/os@sha256:newer".into();
+        newer.stamp = Some("os-3".into());
+        let out = decide(inputs(
+            Plan::Write(step_to("1.31.1")),
+            Some(newer),
+            &records,
+            &world,
+        ));
+        assert_eq!(out.records[0].image, "oci://r/os@sha256:newer");
+        assert_eq!(out.records[0].stamp, "os-3");
+        assert_eq!(out.records[0].phase, HostPhase::Cordoned);
+        // The Plan fell back to the image the host runs: released.
+        let mut old = wanted(None);
+        old.image = "oci://r/os@sha256:old".into();
+        old.stamp = Some("os-1".into());
+        view.os_image = Some("Elemental os-1".into());
+        let world = [view];
+        let out = decide(inputs(
+            Plan::Write(step_to("1.31.1")),
+            Some(old),
+            &records,
+            &world,
+        ));
+        assert_eq!(out.records[0].phase, HostPhase::Releasing);
+        assert_eq!(out.actions, vec![Action::Uncordon { node: "n-w".into() }]);
+    }
+
+    #[test]
     fn a_step_on_elemental_needs_a_spare_host_per_pool() {
         let mut missing = inputs(Plan::Write(step_to("1.32.0")), None, &[], &[]);
         missing.spare = Some(Err(NoSpareHost {

@@ -382,9 +382,9 @@ fn bounded(mut records: Vec<HostRecord>) -> Vec<HostRecord> {
     records
 }
 
-/// The hosts to start now: nothing while a control-plane host is in flight or not at target
-/// (one control-plane host at a time); then the first pool, by name, that has hosts in flight
-/// or to update, up to its budget.
+/// The hosts to start now: while hosts are in flight, only more of their pool (up to its
+/// budget; none for the control plane, one host at a time); else the first control-plane host
+/// not at target, or the first pool, by name, with hosts to update.
 fn select<'w>(
     records: &BTreeMap<String, HostRecord>,
     world: &'w [HostView],
@@ -409,25 +409,25 @@ fn select<'w>(
             .filter(|r| in_flight(r.phase) && r.pool.as_deref() == pool)
             .count()
     };
-    if busy(None) > 0 {
-        return Vec::new();
-    }
-    let control_plane: Vec<&HostView> = todo
-        .iter()
-        .copied()
-        .filter(|v| v.role == Role::ControlPlane)
-        .collect();
-    if !control_plane.is_empty() {
-        return control_plane.into_iter().take(1).collect();
-    }
-    let pools: BTreeSet<&str> = records
+    // The part of the Cluster with hosts in flight goes on alone: the control plane one host
+    // at a time, a pool up to its budget (a host joining an earlier pool, or the control plane
+    // needing a new target, waits for it).
+    let busy_part = records
         .values()
-        .filter(|r| in_flight(r.phase))
-        .filter_map(|r| r.pool.as_deref())
-        .chain(todo.iter().filter_map(|v| v.role.pool()))
-        .collect();
-    let Some(pool) = pools.into_iter().next() else {
-        return Vec::new();
+        .find(|r| in_flight(r.phase))
+        .map(|r| r.pool.as_deref());
+    let pool = match busy_part {
+        Some(None) => return Vec::new(),
+        Some(Some(pool)) => pool,
+        None => {
+            if let Some(first) = todo.iter().find(|v| v.role == Role::ControlPlane) {
+                return vec![*first];
+            }
+            let Some(pool) = todo.iter().find_map(|v| v.role.pool()) else {
+                return Vec::new();
+            };
+            pool
+        }
     };
     let room = settings.max_unavailable.saturating_sub(busy(Some(pool)));
     todo.into_iter()

@@ -1195,3 +1195,181 @@ fn names_read_from_machines_are_refused_before_they_reach_a_request_path() {
     assert_eq!(host("h0").as_deref(), Some("h0"));
     assert_eq!(host("h0/status"), None);
 }
+
+/// What happens to the world between two passes of the changing-world property.
+#[derive(Clone, Debug)]
+enum Change {
+    /// The Plan's choice moves: to `NEW`, `NEWER`, or away (the update no longer wanted).
+    Target(Option<bool>),
+    /// An operator uncordons the host's Node (`kubectl uncordon` leaves our mark); pods come
+    /// back.
+    Uncordon(usize),
+    /// An operator cordons the host's Node.
+    Cordon(usize),
+    /// A pod that may not be evicted is created on the host's Node.
+    RefusedPod(usize),
+    /// That pod is deleted.
+    PodGone(usize),
+    /// The host's Machine is deleted.
+    Vanish(usize),
+    /// A new host joins the pool.
+    Join(usize),
+}
+
+fn change() -> impl Strategy<Value = Change> {
+    prop_oneof![
+        prop::option::of(any::<bool>()).prop_map(Change::Target),
+        (0..8usize).prop_map(Change::Uncordon),
+        (0..8usize).prop_map(Change::Cordon),
+        (0..8usize).prop_map(Change::RefusedPod),
+        (0..8usize).prop_map(Change::PodGone),
+        (0..8usize).prop_map(Change::Vanish),
+        (1..3usize).prop_map(Change::Join),
+    ]
+}
+
+/// The stamp a target's image boots into.
+fn stamp_of(image: &str) -> &'static str {
+    match image {
+        NEW => TARGET.stamp,
+        _ if image == NEWER.image => NEWER.stamp,
+        _ => "os-1",
+    }
+}
+
+/// The agent and kubelet of the changing world: a host labelled `pending` whose
+/// ElementalMachine names an image it does not run reboots into it and reports `done`.
+fn changing_agent(view: &mut HostView, now: Timestamp) {
+    let Some(image) = view.image_uri.clone() else {
+        return;
+    };
+    let booted = view
+        .os_image
+        .as_deref()
+        .is_some_and(|os| carries_stamp(os, stamp_of(&image)));
+    if view.label == Some(UpdateLabel::Pending) && !booted {
+        view.os_image = Some(format!("Elemental {}", stamp_of(&image)));
+        view.label = Some(UpdateLabel::Done);
+        view.os_ready_since = Some(now);
+        view.node_reported = Some(now);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// The world changes under the state machine: the target moves between images and away,
+    /// operators uncordon and cordon Nodes, pods that may not be evicted come and go, hosts
+    /// vanish and join, and a pass's writes are sometimes lost. At every write: at most one
+    /// control-plane host and `maxUnavailable` hosts of one pool in flight; nothing evicted from
+    /// a Node with a refused pod; `pending` only on a cordoned, drained Node; no image written
+    /// that is not the current target; no Node uncordoned without our mark. Once the world is
+    /// still, every host finishes at the target or is released, and no Node is left cordoned
+    /// by us.
+    #[test]
+    fn the_flow_is_safe_in_a_changing_world(
+        world in sim_hosts(),
+        max_unavailable in 1..3usize,
+        changes in prop::collection::vec((0..200usize, change()), 0..30),
+        kills in prop::collection::vec(prop::bool::weighted(0.2), 500),
+        last in prop::option::of(any::<bool>()),
+    ) {
+        let settings = Settings { max_unavailable, drain_timeout: Duration::from_secs(100_000), retries: 1 };
+        let mut views: Vec<HostView> = world.into_iter().map(|h| h.view).collect();
+        let mut operator_cordoned: BTreeSet<String> = BTreeSet::new();
+        let mut target = Some(TARGET);
+        let mut records: Vec<HostRecord> = Vec::new();
+        let mut joined = 0;
+        for pass in 0..500usize {
+            // The world stands still for the last 300 passes, at the final target.
+            if pass == 200 {
+                target = last.map(|newer| if newer { NEWER } else { TARGET });
+                for v in &mut views {
+                    v.refused = None;
+                }
+            }
+            for (_, change) in changes.iter().filter(|(at_pass, _)| *at_pass == pass) {
+                let n = views.len().max(1);
+                match change {
+                    Change::Target(to) => target = to.map(|newer| if newer { NEWER } else { TARGET }),
+                    Change::Uncordon(i) => if let Some(v) = views.get_mut(i % n) {
+                        v.cordoned = false;
+                        v.drained = false;
+                    },
+                    Change::Cordon(i) => if let Some(v) = views.get_mut(i % n) && !v.cordoned {
+                        v.cordoned = true;
+                        operator_cordoned.insert(v.host.clone());
+                    },
+                    Change::RefusedPod(i) => if let Some(v) = views.get_mut(i % n) {
+                        v.refused = Some(format!("pod ns/bare-{}", v.host));
+                        v.drained = false;
+                    },
+                    Change::PodGone(i) => if let Some(v) = views.get_mut(i % n) {
+                        v.refused = None;
+                    },
+                    Change::Vanish(i) => if views.len() > 1 {
+                        views.remove(i % n);
+                    },
+                    Change::Join(pool) => {
+                        joined += 1;
+                        views.push(worker(&format!("j{joined}"), &format!("p{pool}")));
+                    }
+                }
+            }
+            let now = at(i64::try_from(pass).unwrap_or(0) * 10);
+            let released = retarget(&records, &views, target, now);
+            let idle = Target { image: "", stamp: "" };
+            let out = step(&released, &views, target.unwrap_or(idle), settings, target.is_none(), now);
+            check_budget(&out.records, max_unavailable);
+            if !kills[pass] {
+                for action in &out.actions {
+                    let node_of = |views: &mut Vec<HostView>, node: &str| views.iter().position(|v| v.node.as_deref() == Some(node));
+                    match action {
+                        Action::Cordon { node } => if let Some(i) = node_of(&mut views, node) {
+                            views[i].cordoned = true;
+                            views[i].cordoned_by_us = true;
+                        },
+                        Action::Evict { node } => if let Some(i) = node_of(&mut views, node) {
+                            let v = &mut views[i];
+                            prop_assert!(v.cordoned, "evicting from an uncordoned Node {node}");
+                            prop_assert!(v.refused.is_none(), "evicting beside a refused pod on {node}");
+                            v.drained = true;
+                        },
+                        Action::LabelPending { host } => if let Some(v) = views.iter_mut().find(|v| &v.host == host) {
+                            prop_assert!(v.cordoned && v.drained && v.refused.is_none(), "pending on a Node not cordoned and drained: {v:?}");
+                            v.label = Some(UpdateLabel::Pending);
+                        },
+                        Action::ApplyImage { machine, image } => if let Some(v) = views.iter_mut().find(|v| &v.machine == machine) {
+                            prop_assert_eq!(Some(image.as_str()), target.map(|t| t.image), "an image that is not the current target");
+                            prop_assert_eq!(v.label, Some(UpdateLabel::Pending));
+                            v.image_uri = Some(image.clone());
+                        },
+                        Action::Uncordon { node } => if let Some(i) = node_of(&mut views, node) {
+                            let v = &mut views[i];
+                            prop_assert!(v.cordoned_by_us, "uncordoned {node} without our mark");
+                            prop_assert!(!operator_cordoned.contains(&v.host) || v.cordoned_by_us);
+                            v.cordoned = false;
+                            v.cordoned_by_us = false;
+                            v.drained = false;
+                        },
+                    }
+                }
+            }
+            records = out.records;
+            for v in &mut views {
+                changing_agent(v, now);
+            }
+        }
+        // Still: every record has ended, every host runs the final target (or none was
+        // wanted), and no Node is left cordoned by us.
+        for r in &records {
+            prop_assert!(!in_flight(r.phase), "{} still in flight: {records:?}", r.host);
+        }
+        for v in &views {
+            if let Some(t) = target {
+                prop_assert!(at_target(v, t), "{v:?} not at {t:?}: {records:?}");
+            }
+            prop_assert!(!(v.cordoned && v.cordoned_by_us), "{} left cordoned by us: {records:?}", v.host);
+        }
+    }
+}
