@@ -1516,6 +1516,18 @@ async fn a_failing_eviction_does_not_stop_another_hosts_uncordon() {
     assert!(!cordoned(&node) && cordoned_by(&node).is_none(), "{node:?}");
     assert!(cordoned(&bed.workload.node(&w0.node()).await.unwrap()));
     assert!(pods.get_opt("stuck").await.unwrap().is_some());
+    // The uncordon is a no-op on a Node that does not carry the caller's mark.
+    kubernetes_upgrader::controllers::upgrader::in_place::workload::uncordon(
+        &client,
+        &w0.node(),
+        "InClusterUpgradeAutomation/other",
+        "e2e-probe",
+    )
+    .await
+    .unwrap();
+    let node = bed.workload.node(&w0.node()).await.unwrap();
+    assert!(cordoned(&node), "{node:?}");
+    assert_eq!(cordoned_by(&node), Some(format!("{CCCU}/{UPGRADER}")));
     // The failure is reported, once per failing reconcile, as the host write it was.
     let warnings = bed.env.warnings(UPGRADER).await.unwrap();
     assert!(

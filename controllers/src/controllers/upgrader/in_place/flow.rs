@@ -707,6 +707,7 @@ mod tests {
         assert_eq!(out.notes[0].reason, "InPlaceHostReleased");
         // Uncordoned: released, quietly, and the step is written.
         view.cordoned = false;
+        view.cordoned_by_us = false;
         let world = [view];
         let after = decide(inputs(
             Plan::Write(step_to("1.32.0")),
@@ -859,6 +860,7 @@ mod tests {
                 match action {
                     Action::Uncordon { .. } => {
                         view.cordoned = false;
+                        view.cordoned_by_us = false;
                         uncordoned = true;
                     }
                     // The agent finds its snapshot and reports done again at once.

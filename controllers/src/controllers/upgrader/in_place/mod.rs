@@ -412,13 +412,15 @@ fn select<'w>(
     // The part of the Cluster with hosts in flight goes on alone: the control plane one host
     // at a time, a pool up to its budget (a host joining an earlier pool, or the control plane
     // needing a new target, waits for it).
-    let busy_part = records
+    if busy(None) > 0 {
+        return Vec::new();
+    }
+    let busy_pool = records
         .values()
-        .find(|r| in_flight(r.phase))
-        .map(|r| r.pool.as_deref());
-    let pool = match busy_part {
-        Some(None) => return Vec::new(),
-        Some(Some(pool)) => pool,
+        .filter(|r| in_flight(r.phase))
+        .find_map(|r| r.pool.as_deref());
+    let pool = match busy_pool {
+        Some(pool) => pool,
         None => {
             if let Some(first) = todo.iter().find(|v| v.role == Role::ControlPlane) {
                 return vec![*first];
@@ -608,16 +610,15 @@ fn transition(
             _ => Vec::new(),
         },
         // Only a Node this upgrader cordoned (its mark is on it) is uncordoned: one cordoned
-        // by someone else stays cordoned.
-        HostPhase::Verified if !view.cordoned || !view.cordoned_by_us => {
+        // by someone else stays cordoned. Our mark left on a Node an operator uncordoned is
+        // removed too, so a later cordon of theirs is never taken for ours.
+        HostPhase::Verified if !view.cordoned_by_us => {
             next.phase = HostPhase::Uncordoned;
             next.finished = Some(Time(now));
             Vec::new()
         }
         HostPhase::Verified => vec![Action::Uncordon { node: node() }],
-        HostPhase::Releasing if view.cordoned && view.cordoned_by_us => {
-            vec![Action::Uncordon { node: node() }]
-        }
+        HostPhase::Releasing if view.cordoned_by_us => vec![Action::Uncordon { node: node() }],
         HostPhase::Releasing => {
             next.phase = HostPhase::Released;
             next.finished = Some(Time(now));
@@ -636,7 +637,7 @@ fn transition(
 
 /// The uncordon of a verified host's Node, when this upgrader's mark is on it.
 fn uncordon_ours(view: &HostView, node: String) -> Vec<Action> {
-    if view.cordoned && view.cordoned_by_us {
+    if view.cordoned_by_us {
         vec![Action::Uncordon { node }]
     } else {
         Vec::new()

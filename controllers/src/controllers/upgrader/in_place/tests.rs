@@ -435,6 +435,14 @@ fn each_transition_waits_for_its_observation() {
             HostPhase::Verified,
             vec![Action::Uncordon { node: n() }],
         ),
+        // Uncordoned by hand, our mark left on it: the mark is removed too.
+        (
+            HostPhase::Verified,
+            |v| v.cordoned_by_us = true,
+            1,
+            HostPhase::Verified,
+            vec![Action::Uncordon { node: n() }],
+        ),
         (
             HostPhase::Verified,
             |v| {
@@ -828,6 +836,7 @@ fn a_released_host_is_uncordoned_only_when_ours_and_then_done() {
     assert_eq!(out.actions, vec![Action::Uncordon { node: "n-h".into() }]);
     assert!(in_flight(out.records[0].phase));
     ours.cordoned = false;
+    ours.cordoned_by_us = false;
     let out = step(&out.records, &[ours], TARGET, settings(1, 1), true, at(2));
     assert_eq!(out.records[0].phase, HostPhase::Released);
     assert!(out.actions.is_empty() && !in_flight(out.records[0].phase));
@@ -1276,6 +1285,7 @@ proptest! {
     ) {
         let settings = Settings { max_unavailable, drain_timeout: Duration::from_secs(100_000), retries: 1 };
         let mut views: Vec<HostView> = world.into_iter().map(|h| h.view).collect();
+        // Nodes an operator cordoned while they carried no mark of ours.
         let mut operator_cordoned: BTreeSet<String> = BTreeSet::new();
         let mut target = Some(TARGET);
         let mut records: Vec<HostRecord> = Vec::new();
@@ -1295,10 +1305,13 @@ proptest! {
                     Change::Uncordon(i) => if let Some(v) = views.get_mut(i % n) {
                         v.cordoned = false;
                         v.drained = false;
+                        operator_cordoned.remove(&v.host);
                     },
                     Change::Cordon(i) => if let Some(v) = views.get_mut(i % n) && !v.cordoned {
                         v.cordoned = true;
-                        operator_cordoned.insert(v.host.clone());
+                        if !v.cordoned_by_us {
+                            operator_cordoned.insert(v.host.clone());
+                        }
                     },
                     Change::RefusedPod(i) => if let Some(v) = views.get_mut(i % n) {
                         v.refused = Some(format!("pod ns/bare-{}", v.host));
@@ -1347,7 +1360,7 @@ proptest! {
                         Action::Uncordon { node } => if let Some(i) = node_of(&mut views, node) {
                             let v = &mut views[i];
                             prop_assert!(v.cordoned_by_us, "uncordoned {node} without our mark");
-                            prop_assert!(!operator_cordoned.contains(&v.host) || v.cordoned_by_us);
+                            prop_assert!(!operator_cordoned.contains(&v.host), "uncordoned {node}, which an operator cordoned");
                             v.cordoned = false;
                             v.cordoned_by_us = false;
                             v.drained = false;
@@ -1369,7 +1382,8 @@ proptest! {
             if let Some(t) = target {
                 prop_assert!(at_target(v, t), "{v:?} not at {t:?}: {records:?}");
             }
-            prop_assert!(!(v.cordoned && v.cordoned_by_us), "{} left cordoned by us: {records:?}", v.host);
+            prop_assert!(!v.cordoned_by_us, "{} left with our mark: {records:?}", v.host);
+            prop_assert_eq!(v.cordoned, operator_cordoned.contains(&v.host), "{:?}", v);
         }
     }
 }

@@ -328,6 +328,26 @@ mod tests {
             .map(|_| ())
     }
 
+    #[test]
+    fn the_cordon_carries_our_mark_and_the_uncordon_tests_it() {
+        assert_eq!(
+            cordon_patch("ClusterClassClusterUpgrader/u"),
+            json!({
+                "metadata": {"annotations": {CORDONED_BY_ANNOTATION: "ClusterClassClusterUpgrader/u"}},
+                "spec": {"unschedulable": true},
+            })
+        );
+        let path = "/metadata/annotations/kubernetesupgraded.dimitrikoshkin.com~1cordoned-by";
+        assert_eq!(
+            serde_json::to_value(uncordon_patch("ClusterClassClusterUpgrader/u")).unwrap(),
+            json!([
+                {"op": "test", "path": path, "value": "ClusterClassClusterUpgrader/u"},
+                {"op": "remove", "path": path},
+                {"op": "add", "path": "/spec/unschedulable", "value": false},
+            ])
+        );
+    }
+
     #[tokio::test]
     async fn a_response_past_the_bound_is_an_error_not_a_buffer() {
         let small = serve_body(1024).await;
