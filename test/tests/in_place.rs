@@ -1325,7 +1325,11 @@ async fn the_target_image_deleted_while_a_budget_holds_the_drain_releases_the_ho
         "{u:#}"
     );
     let events: Api<k8s_openapi::api::events::v1::Event> = bed.env.api();
-    let events = events.list(&Default::default()).await.unwrap().items;
+    let events = events
+        .list(&kube::api::ListParams::default())
+        .await
+        .unwrap()
+        .items;
     assert!(
         events
             .iter()

@@ -419,17 +419,16 @@ fn select<'w>(
         .values()
         .filter(|r| in_flight(r.phase))
         .find_map(|r| r.pool.as_deref());
-    let pool = match busy_pool {
-        Some(pool) => pool,
-        None => {
-            if let Some(first) = todo.iter().find(|v| v.role == Role::ControlPlane) {
-                return vec![*first];
-            }
-            let Some(pool) = todo.iter().find_map(|v| v.role.pool()) else {
-                return Vec::new();
-            };
-            pool
+    let pool = if let Some(pool) = busy_pool {
+        pool
+    } else {
+        if let Some(first) = todo.iter().find(|v| v.role == Role::ControlPlane) {
+            return vec![*first];
         }
+        let Some(pool) = todo.iter().find_map(|v| v.role.pool()) else {
+            return Vec::new();
+        };
+        pool
     };
     let room = settings.max_unavailable.saturating_sub(busy(Some(pool)));
     todo.into_iter()

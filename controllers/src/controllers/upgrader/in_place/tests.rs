@@ -1290,7 +1290,7 @@ proptest! {
         let mut target = Some(TARGET);
         let mut records: Vec<HostRecord> = Vec::new();
         let mut joined = 0;
-        for pass in 0..500usize {
+        for (pass, lost) in kills.iter().copied().enumerate() {
             // The world stands still for the last 300 passes, at the final target.
             if pass == 200 {
                 target = last.map(|newer| if newer { NEWER } else { TARGET });
@@ -1334,7 +1334,7 @@ proptest! {
             let idle = Target { image: "", stamp: "" };
             let out = step(&released, &views, target.unwrap_or(idle), settings, target.is_none(), now);
             check_budget(&out.records, max_unavailable);
-            if !kills[pass] {
+            if !lost {
                 for action in &out.actions {
                     let node_of = |views: &mut Vec<HostView>, node: &str| views.iter().position(|v| v.node.as_deref() == Some(node));
                     match action {
