@@ -13,7 +13,7 @@ use kube::{Api, Client, ResourceExt};
 use super::decide::{self, Decision};
 use super::observe::Observation;
 use super::{Context, Error, FIELD_MANAGER, UpgraderKind, cluster, gates, in_place};
-use crate::runtime::status::{WriteError, apply_status};
+use crate::runtime::status::{WriteError, apply_status_at};
 
 /// Carries out `decision` and `actions` for `upgrader`, a ClusterClassClusterUpgrader or an
 /// InClusterUpgradeAutomation (its status by server-side apply).
@@ -50,30 +50,70 @@ pub async fn apply<K: UpgraderKind>(
     }
     if decision.status != *current {
         let api: Api<K> = Api::namespaced(ctx.client.clone(), &observed.namespace);
-        apply_status(&api, &upgrader.name_any(), FIELD_MANAGER, &decision.status)
-            .await
-            .map_err(Error::WriteStatus)?;
+        // Host records decided from an older read must not overwrite newer ones: the write
+        // carries the resourceVersion it was decided from (unless a step was just written,
+        // whose record must not be lost).
+        let carries_hosts = decision.status.hosts.is_some() || current.hosts.is_some();
+        let version = upgrader.meta().resource_version.as_deref();
+        let at = version.filter(|_| carries_hosts && decision.write.is_none());
+        match apply_status_at(
+            &api,
+            &upgrader.name_any(),
+            FIELD_MANAGER,
+            &decision.status,
+            at,
+        )
+        .await
+        {
+            Ok(_) => {}
+            Err(WriteError::Api(kube::Error::Api(e))) if e.code == 409 => {
+                tracing::debug!("status decided from a stale read; observing again");
+                return Ok(Action::requeue(Duration::from_secs(1)));
+            }
+            Err(e) => return Err(Error::WriteStatus(e)),
+        }
     }
+    let mut failed = None;
     if let Some(Ok((Some((_, management)), _, Some(workload)))) = &observed.hosts {
-        let recovery = upgrader
-            .in_place()
-            .and_then(|p| p.upgrade_recovery)
-            .unwrap_or(false);
+        let settings = Perform {
+            owner: super::observe::cordon_owner(upgrader),
+            upgrade_recovery: upgrader
+                .in_place()
+                .and_then(|p| p.upgrade_recovery)
+                .unwrap_or(false),
+            drain: in_place::drain::Options::from_spec(
+                upgrader.in_place().and_then(|p| p.drain.as_ref()),
+            ),
+        };
+        // Each host's write on its own: one failing does not stop the others.
         for action in actions {
-            Box::pin(perform(
+            let done = Box::pin(perform(
                 ctx,
                 workload,
                 management,
                 &observed.namespace,
                 action,
-                recovery,
+                &settings,
             ))
-            .await
-            .map_err(|source| Error::WriteHost(format!("{action:?}"), source))?;
+            .await;
+            match done {
+                Ok(()) => {}
+                // The Node, host or Machine is gone: the next pass drops its record.
+                Err(WriteError::Api(kube::Error::Api(e))) if e.code == 404 => {
+                    tracing::info!(?action, "the object is gone; its host is dropped next pass");
+                }
+                Err(source) => {
+                    tracing::warn!(?action, error = %crate::runtime::cause_chain(&source), "host write failed");
+                    failed.get_or_insert(Error::WriteHost(format!("{action:?}"), source));
+                }
+            }
         }
     }
     for note in &decision.notes {
         ctx.events.publish_to(&reference, note).await;
+    }
+    if let Some(error) = failed {
+        return Err(error);
     }
     let requeue = if actions.is_empty() {
         decision.requeue
@@ -116,6 +156,16 @@ async fn write_step(
     })
 }
 
+/// What the in-place writes take from the upgrader.
+struct Perform {
+    /// Its `cordoned-by` mark.
+    owner: String,
+    /// `spec.inPlace.upgradeRecovery`.
+    upgrade_recovery: bool,
+    /// `spec.inPlace.drain`.
+    drain: in_place::drain::Options,
+}
+
 /// Performs one in-place write.
 async fn perform(
     ctx: &Context,
@@ -123,17 +173,19 @@ async fn perform(
     management: &in_place::observe::Management,
     namespace: &str,
     action: &in_place::Action,
-    upgrade_recovery: bool,
+    settings: &Perform,
 ) -> Result<(), WriteError> {
     use in_place::workload as write;
     match action {
         in_place::Action::Cordon { node } => {
-            write::set_unschedulable(workload, node, true, FIELD_MANAGER).await
+            write::cordon(workload, node, &settings.owner, FIELD_MANAGER).await
         }
         in_place::Action::Uncordon { node } => {
-            write::set_unschedulable(workload, node, false, FIELD_MANAGER).await
+            write::uncordon(workload, node, &settings.owner, FIELD_MANAGER).await
         }
-        in_place::Action::Evict { node } => write::evict(workload, node).await.map(|_| ()),
+        in_place::Action::Evict { node } => write::evict(workload, node, settings.drain)
+            .await
+            .map(|_| ()),
         in_place::Action::LabelPending { host } => {
             write::label_pending(&ctx.client, namespace, host, FIELD_MANAGER).await
         }
@@ -146,7 +198,7 @@ async fn perform(
                 namespace,
                 infrastructure,
                 image,
-                upgrade_recovery,
+                settings.upgrade_recovery,
                 FIELD_MANAGER,
             )
             .await
