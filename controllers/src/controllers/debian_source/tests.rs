@@ -1,6 +1,12 @@
 //! Choreography tests: the API calls one reconcile makes, scripted with the runtime fixtures.
 
 use super::*;
+use super::observe::observe;
+use crate::debian::{Keyring, RepositorySpec, SyncError};
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use k8s_openapi::jiff::Timestamp;
+use std::sync::Arc;
 use crate::debian::Listing;
 use crate::runtime::fixtures::{STEP, Verifier, mock_client, within};
 use crate::runtime::status::API_TIMEOUT;
@@ -246,10 +252,8 @@ async fn validators_are_sent_once_the_status_holds_their_listing() {
     let mut lost = stored;
     lost.index_sha256 = None;
     let (client, verifier) = mock_client();
-    let ctx = Context {
-        client,
-        ..Arc::into_inner(ctx).unwrap()
-    };
+    let mut ctx = Arc::into_inner(ctx).unwrap();
+    ctx.core.client = client;
     let scenario = verifier.run(|mut server| async move {
         let call = status_apply(&mut server).await;
         answer_status(call, None);
@@ -315,7 +319,7 @@ async fn a_failed_status_write_backs_off_like_a_failed_sync() {
             .await
             .unwrap_err();
         assert!(
-            matches!(err, Error::WriteStatus(WriteError::Api(_))),
+            matches!(err, Error::WriteStatus(ApiError::Api(_))),
             "{err:?}"
         );
         delays.push(error_policy(Arc::clone(&obj), &err, Arc::clone(&ctx)));
@@ -348,7 +352,7 @@ async fn an_api_server_that_never_answers_fails_the_reconcile_in_bounded_time() 
     .await
     .unwrap_err();
     assert!(
-        matches!(err, Error::WriteStatus(WriteError::TimedOut(_))),
+        matches!(err, Error::WriteStatus(ApiError::TimedOut(_))),
         "{err:?}"
     );
     assert!(started.elapsed() >= API_TIMEOUT);

@@ -2,6 +2,8 @@
 //! runtime fixtures.
 
 use super::*;
+use api::v1alpha1::OS_IMAGE_STAMP_ANNOTATION;
+use k8s_openapi::api::core::v1::Pod;
 use crate::runtime::fixtures::{STEP, Verifier, mock_client, within};
 use api::v1alpha1::{
     ATTEMPT_ANNOTATION, IMAGE_ID_ANNOTATION, MachineImagePhase, MachineImageStatus,

@@ -13,7 +13,7 @@ use kube::{Api, Client, ResourceExt};
 use super::decide::{self, Decision};
 use super::observe::Observation;
 use super::{Context, Error, FIELD_MANAGER, UpgraderKind, cluster, gates, in_place};
-use crate::runtime::status::{WriteError, apply_status};
+use crate::runtime::status::{ApiError, apply_status};
 
 /// Carries out `decision` and `actions` for `upgrader`, a ClusterClassClusterUpgrader or an
 /// InClusterUpgradeAutomation (its status by server-side apply).
@@ -49,7 +49,7 @@ pub async fn apply<K: UpgraderKind>(
         decide::settle_after_write(&mut decision, &post);
     }
     if decision.status != *current {
-        let api: Api<K> = Api::namespaced(ctx.client.clone(), &observed.namespace);
+        let api: Api<K> = Api::namespaced(ctx.core.client.clone(), &observed.namespace);
         apply_status(&api, &upgrader.name_any(), FIELD_MANAGER, &decision.status)
             .await
             .map_err(Error::WriteStatus)?;
@@ -73,7 +73,7 @@ pub async fn apply<K: UpgraderKind>(
         }
     }
     for note in &decision.notes {
-        ctx.events.publish_to(&reference, note).await;
+        ctx.core.events.publish_to(&reference, note).await;
     }
     let requeue = if actions.is_empty() {
         decision.requeue
@@ -98,7 +98,7 @@ async fn write_step(
     };
     let namespace = upgrader.namespace.clone().unwrap_or_default();
     cluster::write_step(
-        &ctx.client,
+        &ctx.core.client,
         access,
         &namespace,
         name,
@@ -124,7 +124,7 @@ async fn perform(
     namespace: &str,
     action: &in_place::Action,
     upgrade_recovery: bool,
-) -> Result<(), WriteError> {
+) -> Result<(), ApiError> {
     use in_place::workload as write;
     match action {
         in_place::Action::Cordon { node } => {
@@ -135,14 +135,14 @@ async fn perform(
         }
         in_place::Action::Evict { node } => write::evict(workload, node).await.map(|_| ()),
         in_place::Action::LabelPending { host } => {
-            write::label_pending(&ctx.client, namespace, host, FIELD_MANAGER).await
+            write::label_pending(&ctx.core.client, namespace, host, FIELD_MANAGER).await
         }
         in_place::Action::ApplyImage { machine, image } => {
             let Some(infrastructure) = management.infrastructure_of(machine) else {
                 return Ok(());
             };
             write::apply_image(
-                &ctx.client,
+                &ctx.core.client,
                 namespace,
                 infrastructure,
                 image,
