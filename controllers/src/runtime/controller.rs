@@ -206,17 +206,14 @@ where
             return self;
         };
         self.readiness.push(synced(cache.store.clone()));
-        self.related.push(Box::new(move |controller| {
-            controller.watches_shared_stream(events, mapper)
-        }));
-        self
+        self.mapped(events, mapper)
     }
 
     /// Reconciles the objects `mapper` names for each deletion of `R` in `cache`, which
     /// [`Start::watches`] does not see.
     #[must_use]
     pub fn watches_deleted<R, I>(
-        mut self,
+        self,
         cache: &super::Cache<R>,
         mapper: impl Fn(Arc<R>) -> I + Sync + Send + 'static,
     ) -> Self
@@ -225,9 +222,22 @@ where
         I: IntoIterator<Item = ObjectRef<Guarded<K>>> + 'static,
         I::IntoIter: Send,
     {
-        let deleted = cache.deleted();
+        self.mapped(cache.deleted(), mapper)
+    }
+
+    /// Reconciles the objects `mapper` names for each object of `stream`.
+    fn mapped<R, I>(
+        mut self,
+        stream: impl Stream<Item = Arc<R>> + Send + 'static,
+        mapper: impl Fn(Arc<R>) -> I + Sync + Send + 'static,
+    ) -> Self
+    where
+        R: Watchable,
+        I: IntoIterator<Item = ObjectRef<Guarded<K>>> + 'static,
+        I::IntoIter: Send,
+    {
         self.related.push(Box::new(move |controller| {
-            controller.watches_shared_stream(deleted, mapper)
+            controller.watches_shared_stream(stream, mapper)
         }));
         self
     }

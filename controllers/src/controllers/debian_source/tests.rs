@@ -1,18 +1,18 @@
 //! Choreography tests: the API calls one reconcile makes, scripted with the runtime fixtures.
 
-use super::*;
 use super::observe::observe;
-use crate::debian::{Keyring, RepositorySpec, SyncError};
-use futures::FutureExt;
-use futures::future::BoxFuture;
-use k8s_openapi::jiff::Timestamp;
-use std::sync::Arc;
+use super::*;
 use crate::debian::Listing;
+use crate::debian::{Keyring, RepositorySpec, SyncError};
 use crate::runtime::fixtures::{STEP, Verifier, mock_client, within};
 use crate::runtime::status::API_TIMEOUT;
+use futures::FutureExt;
+use futures::future::BoxFuture;
 use http::Method;
+use k8s_openapi::jiff::Timestamp;
 use kube::runtime::{reflector, watcher};
 use serde_json::{Value, json};
+use std::sync::Arc;
 
 /// Answers every sync with one canned result, and records the validators it was given.
 struct Canned {

@@ -2,14 +2,14 @@
 //! runtime fixtures.
 
 use super::*;
-use api::v1alpha1::OS_IMAGE_STAMP_ANNOTATION;
-use k8s_openapi::api::core::v1::Pod;
 use crate::runtime::fixtures::{STEP, Verifier, mock_client, within};
+use api::v1alpha1::OS_IMAGE_STAMP_ANNOTATION;
 use api::v1alpha1::{
     ATTEMPT_ANNOTATION, IMAGE_ID_ANNOTATION, MachineImagePhase, MachineImageStatus,
     REBUILD_ANNOTATION,
 };
 use http::Method;
+use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::{reflector, watcher};
 use serde_json::{Value, json};
 

@@ -1,5 +1,5 @@
 //! The MachineImageSyncer controller:
-//! validate (pure, [`validate`]) → [`observe`] (the source's versions, the syncer's images and
+//! [`validate`] (pure) → [`observe`] (the source's versions, the syncer's images and
 //! the template, from the shared caches; other source kinds through the dynamic API) → decide
 //! (pure, [`decide()`]) → [`apply`] (one create per missing image, AlreadyExists meaning done;
 //! one status write when something changed; events). Failed reconciles are reported by
@@ -13,6 +13,7 @@ mod apply;
 mod decide;
 pub mod names;
 mod observe;
+mod validate;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,9 +26,10 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
 
 pub use decide::{
-    API_VERSION, CONDITION_PAUSED, Decision, EVENT_CREATED, Existing, Observed, SourceFailure,
-    SourceRef, SourceView, SpecError, Validated, build_image, decide, validate,
+    CONDITION_PAUSED, Decision, EVENT_CREATED, Existing, Observed, SourceFailure, SourceView,
+    build_image, decide,
 };
+pub use validate::{API_VERSION, SourceRef, SpecError, Validated, validate};
 
 use super::debian_source;
 use crate::runtime::controller::{Core, InvalidObject, Reconciler, Start, Trigger};

@@ -2,8 +2,8 @@
 
 use super::*;
 use crate::controllers::images;
-use api::constraint::VersionRange;
 use crate::runtime::fixtures::{STEP, Verifier, mock_client, within};
+use api::constraint::VersionRange;
 use api::v1alpha1::PlanPhase;
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::{reflector, watcher};
@@ -50,8 +50,7 @@ fn images() -> Vec<MachineImage> {
 }
 
 fn decide_for(p: &Plan, imgs: &[MachineImage]) -> decide::Decision {
-    let usable =
-        images::usable(imgs, "team", p.spec.machine_image_selector.as_ref());
+    let usable = images::usable(imgs, "team", p.spec.machine_image_selector.as_ref());
     decide::decide(
         &p.spec,
         Some(2),

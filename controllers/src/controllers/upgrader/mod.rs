@@ -168,8 +168,10 @@ impl Context {
 
     #[cfg(test)]
     fn with_access(self, access: cluster::Access) -> Self {
-        *self.access.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
-            Some((Instant::now(), access));
+        *self
+            .access
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((Instant::now(), access));
         self
     }
 }

@@ -2,6 +2,8 @@
 //! metadata and spec, each condition reason and the events on transitions.
 
 use super::*;
+use crate::controllers::machine_image_syncer::validate::*;
+use api::constraint::Selection;
 use k8s_openapi::jiff::Timestamp;
 use serde_json::json;
 
