@@ -1,7 +1,8 @@
 //! What controllers and the manager share, so that neither names the other: the [`Shared`]
 //! handles (client, metrics, caches, shutdown), a controller's [`Registration`] and [`Running`]
-//! futures, the one place that reports a failed reconcile ([`Reporter`]), status writes, events,
-//! backoff, owned children and the choreography fixtures.
+//! futures, the skeleton every controller runs on ([`controller`]), the one place that reports a
+//! failed reconcile ([`Reporter`]), status writes, events, backoff, owned children and the
+//! choreography fixtures.
 //!
 //! See `controllers/README.md` for the checklist a new controller follows.
 

@@ -255,7 +255,7 @@ pub async fn reconcile_image(
         now,
     };
     let decision = decide(&observed);
-    apply::apply(ctx, &observed, decision).await
+    Box::pin(apply::apply(ctx, &observed, decision)).await
 }
 
 /// The metrics registry a test context registers into.

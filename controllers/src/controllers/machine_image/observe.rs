@@ -66,14 +66,13 @@ pub(super) async fn recorded_job(image: &MachineImage, ctx: &Context) -> Result<
             .get(&ObjectRef::new(&job).within(&namespace))
             .map(|j| (*j).clone())
             .filter(|j| is_recorded(image, j));
-        let found = match cached {
-            Some(found) => Some(found),
-            None => {
-                let jobs_api: Api<Job> = Api::namespaced(ctx.core.client.clone(), &namespace);
-                bounded(jobs_api.get_opt(&job))
-                    .await
-                    .map_err(|source| Error::GetLatestJobsError { job, source })?
-            }
+        let found = if let Some(found) = cached {
+            Some(found)
+        } else {
+            let jobs_api: Api<Job> = Api::namespaced(ctx.core.client.clone(), &namespace);
+            bounded(jobs_api.get_opt(&job))
+                .await
+                .map_err(|source| Error::GetLatestJobsError { job, source })?
         };
         match found {
             // Being deleted (held by a finalizer, such as the orphan one) counts as deleted.

@@ -11,16 +11,16 @@ use std::sync::Arc;
 
 use api::v1alpha1::{MachineImage, Plan, PlanStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt;
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::{Client, ResourceExt};
 
 pub use decide::{Decision, decide};
 
 use crate::runtime::controller::{Core, InvalidObject, Reconciler, Start, Trigger};
 use crate::runtime::status::ApiError;
-use crate::runtime::{ControllerMetrics, ReconcileError, Registration, Reporter, Running, Shared};
+use crate::runtime::{ReconcileError, Registration, Reporter, Running, Shared};
 
 /// Name in logs and metrics.
 pub const CONTROLLER: &str = "plan";
@@ -44,22 +44,8 @@ pub type GuardedImage = DeserializeGuard<MachineImage>;
 /// Shared state of the controller.
 pub struct Context {
     core: Core,
+    /// The shared MachineImage store.
     images: Store<GuardedImage>,
-}
-
-impl Context {
-    /// A context over the shared MachineImage store.
-    pub fn new(
-        client: Client,
-        metrics: ControllerMetrics,
-        instance: Option<String>,
-        images: Store<GuardedImage>,
-    ) -> Self {
-        Self {
-            core: Core::new(client, metrics, instance, COMPONENT),
-            images,
-        }
-    }
 }
 
 /// Failures of the reconcile itself.
@@ -79,12 +65,15 @@ fn start(shared: &Shared) -> Running {
     let cache = shared.caches.cache::<Guarded>();
     let images = shared.caches.cache::<GuardedImage>();
     let reporter = Reporter::new::<Error>(shared, CONTROLLER, COMPONENT);
-    let ctx = Context::new(
-        shared.client.clone(),
-        reporter.metrics.clone(),
-        shared.instance.clone(),
-        images.store.clone(),
-    );
+    let ctx = Context {
+        core: Core::new(
+            shared.client.clone(),
+            reporter.metrics.clone(),
+            shared.instance.clone(),
+            COMPONENT,
+        ),
+        images: images.store.clone(),
+    };
     let start = Start::new(shared, &cache, Trigger::Generation, 8);
     let (plans, plans_of_deleted) = (start.store(), start.store());
     start

@@ -158,7 +158,10 @@ fn context(imgs: Vec<MachineImage>) -> (Arc<Context>, Verifier) {
     }
     let metrics =
         Arc::new(crate::runtime::Metrics::default()).controller(CONTROLLER, Error::CATEGORIES);
-    let ctx = Context::new(client, metrics, Some("test".into()), reader);
+    let ctx = Context {
+        core: Core::new(client, metrics, Some("test".into()), COMPONENT),
+        images: reader,
+    };
     (Arc::new(ctx), verifier)
 }
 
