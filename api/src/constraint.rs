@@ -284,13 +284,7 @@ impl Term {
                     cmp.is_eq()
                 }
             }
-            Op::Ne => {
-                if c.dirty() {
-                    !in_x_range(c, v)
-                } else {
-                    !cmp.is_eq()
-                }
-            }
+            Op::Ne => not_equal(c, &floor, v),
             Op::Gt => match (c.major, c.minor, c.patch) {
                 (_, _, Some(_)) => cmp.is_gt(),
                 (None, _, _) => false,
@@ -306,13 +300,42 @@ impl Term {
                 (Some(major), Some(minor), None) => (v.major, v.minor) <= (major, minor),
             },
             Op::Tilde => {
+                // `~0.0.0`, all three parts given, accepts every version from 0.0.0 up.
+                let from_zero = (c.major, c.minor, c.patch) == (Some(0), Some(0), Some(0));
                 cmp.is_ge()
-                    && c.major.is_none_or(|m| v.major == m)
-                    && c.minor.is_none_or(|m| v.minor == m)
+                    && (from_zero
+                        || (c.major.is_none_or(|m| v.major == m)
+                            && c.minor.is_none_or(|m| v.minor == m)))
             }
             Op::Caret => caret(c, &floor, v),
         }
     }
+}
+
+/// `!=` as Masterminds decides it. A partial constraint is compared part by part with its missing
+/// parts read as 0: a missing minor equals every minor, and a missing patch equals every patch,
+/// but then a prerelease on either side must also be equal. So `!=4.1-alpha` refuses 4.1.1-alpha
+/// and accepts 4.1.0, and `!=*` refuses only 0.0.0.
+fn not_equal(c: &Partial, floor: &Version, v: &Version) -> bool {
+    if c.dirty() {
+        if v.major != floor.major {
+            return true;
+        }
+        let major_given = c.major.is_some();
+        if major_given && c.minor.is_none() {
+            return false;
+        }
+        if v.minor != floor.minor {
+            return true;
+        }
+        if major_given {
+            return v.pre != floor.pre;
+        }
+        if v.patch != floor.patch {
+            return true;
+        }
+    }
+    !v.cmp_precedence(floor).is_eq()
 }
 
 fn in_x_range(c: &Partial, v: &Version) -> bool {
@@ -638,5 +661,162 @@ mod tests {
         );
         assert_eq!(got.map(|(_, i)| i), Some("b"));
         assert!(select_highest(&range, [(v("1.26.0"), ())]).is_none());
+    }
+
+    /// Masterminds/semver v3's own check cases (TestConstraintsCheck), every one. Candidates
+    /// written with fewer than three parts are completed with zeros, as Masterminds reads them.
+    const MASTERMINDS_CHECKS: &[(&str, &str, bool)] = &[
+        ("*", "1.2.3", true),
+        ("~0.0.0", "1.2.3", true),
+        ("0.x.x", "1.2.3", false),
+        ("0.0.x", "1.2.3", false),
+        ("0.0.0", "1.2.3", false),
+        ("*", "1.2.3", true),
+        ("^0.0.0", "1.2.3", false),
+        ("= 2.0", "1.2.3", false),
+        ("= 2.0", "2.0.0", true),
+        ("4.1", "4.1.0", true),
+        ("4.1.x", "4.1.3", true),
+        ("1.x", "1.4", true),
+        ("!=4.1", "4.1.0", false),
+        ("!=4.1-alpha", "4.1.0-alpha", false),
+        ("!=4.1-alpha", "4.1.1-alpha", false),
+        ("!=4.1-alpha", "4.1.0", true),
+        ("!=4.1", "5.1.0", true),
+        ("!=4.x", "5.1.0", true),
+        ("!=4.x", "4.1.0", false),
+        ("!=4.1.x", "4.2.0", true),
+        ("!=4.2.x", "4.2.3", false),
+        (">1.1", "4.1.0", true),
+        (">1.1", "1.1.0", false),
+        ("<1.1", "0.1.0", true),
+        ("<1.1", "1.1.0", false),
+        ("<1.1", "1.1.1", false),
+        ("<1.x", "1.1.1", false),
+        ("<1.x", "0.1.1", true),
+        ("<1.x", "2.0.0", false),
+        ("<1.1.x", "1.2.1", false),
+        ("<1.1.x", "1.1.500", false),
+        ("<1.1.x", "1.0.500", true),
+        ("<1.2.x", "1.1.1", true),
+        (">=1.1", "4.1.0", true),
+        (">=1.1", "4.1.0-beta", false),
+        (">=1.1", "1.1.0", true),
+        (">=1.1", "0.0.9", false),
+        ("<=1.1", "0.1.0", true),
+        ("<=1.1", "0.1.0-alpha", false),
+        ("<=1.1-a", "0.1.0-alpha", true),
+        ("<=1.1", "1.1.0", true),
+        ("<=1.x", "1.1.0", true),
+        ("<=2.x", "3.0.0", false),
+        ("<=1.1", "1.1.1", true),
+        ("<=1.1.x", "1.2.500", false),
+        ("<=4.5", "3.4.0", true),
+        ("<=4.5", "3.7.0", true),
+        ("<=4.5", "4.6.3", false),
+        (">1.1, <2", "1.1.1", false),
+        (">1.1, <2", "1.2.1", true),
+        (">1.1, <3", "4.3.2", false),
+        (">=1.1, <2, !=1.2.3", "1.2.3", false),
+        (">1.1 <2", "1.1.1", false),
+        (">1.1 <2", "1.2.1", true),
+        (">1.1    <3", "4.3.2", false),
+        (">=1.1    <2    !=1.2.3", "1.2.3", false),
+        (">=1.1, <2, !=1.2.3 || > 3", "4.1.2", true),
+        (">=1.1, <2, !=1.2.3 || > 3", "3.1.2", false),
+        (">=1.1, <2, !=1.2.3 || >= 3", "3.0.0", true),
+        (">=1.1, <2, !=1.2.3 || > 3", "3.0.0", false),
+        (">=1.1, <2, !=1.2.3 || > 3", "1.2.3", false),
+        (">=1.1 <2 !=1.2.3", "1.2.3", false),
+        (">=1.1 <2 !=1.2.3 || > 3", "4.1.2", true),
+        (">=1.1 <2 !=1.2.3 || > 3", "3.1.2", false),
+        (">=1.1 <2 !=1.2.3 || >= 3", "3.0.0", true),
+        (">=1.1 <2 !=1.2.3 || > 3", "3.0.0", false),
+        (">=1.1 <2 !=1.2.3 || > 3", "1.2.3", false),
+        ("> 1.1, <     2", "1.1.1", false),
+        (">   1.1, <2", "1.2.1", true),
+        (">1.1, <  3", "4.3.2", false),
+        (">= 1.1, <     2, !=1.2.3", "1.2.3", false),
+        ("> 1.1 < 2", "1.1.1", false),
+        (">1.1 < 2", "1.2.1", true),
+        ("> 1.1    <3", "4.3.2", false),
+        (">=1.1    < 2    != 1.2.3", "1.2.3", false),
+        (">= 1.1, <2, !=1.2.3 || > 3", "4.1.2", true),
+        (">= 1.1, <2, != 1.2.3 || > 3", "3.1.2", false),
+        (">= 1.1, <2, != 1.2.3 || >= 3", "3.0.0", true),
+        (">= 1.1, <2, !=1.2.3 || > 3", "3.0.0", false),
+        (">= 1.1, <2, !=1.2.3 || > 3", "1.2.3", false),
+        (">= 1.1 <2 != 1.2.3", "1.2.3", false),
+        (">= 1.1 <2 != 1.2.3 || > 3", "4.1.2", true),
+        (">= 1.1 <2 != 1.2.3 || > 3", "3.1.2", false),
+        (">= 1.1 <2 != 1.2.3 || >= 3", "3.0.0", true),
+        (">= 1.1 < 2 !=1.2.3 || > 3", "3.0.0", false),
+        (">=1.1 < 2 !=1.2.3 || > 3", "1.2.3", false),
+        ("1.1 - 2", "1.1.1", true),
+        ("1.5.0 - 4.5", "3.7.0", true),
+        ("1.1-3", "4.3.2", false),
+        ("^1.1", "1.1.1", true),
+        ("^1.1", "4.3.2", false),
+        ("^1.x", "1.1.1", true),
+        ("^2.x", "1.1.1", false),
+        ("^1.x", "2.1.1", false),
+        ("^1.x", "1.1.1-beta1", false),
+        ("^1.1.2-alpha", "1.2.1-beta1", true),
+        ("^1.2.x-alpha", "1.1.1-beta1", false),
+        ("^0.0.1", "0.0.1", true),
+        ("^0.0.1", "0.3.1", false),
+        ("~*", "2.1.1", true),
+        ("~1", "2.1.1", false),
+        ("~1", "1.3.5", true),
+        ("~1", "1.4", true),
+        ("~1.x", "2.1.1", false),
+        ("~1.x", "1.3.5", true),
+        ("~1.x", "1.4", true),
+        ("~1.1", "1.1.1", true),
+        ("~1.1", "1.1.1-alpha", false),
+        ("~1.1-alpha", "1.1.1-beta", true),
+        ("~1.1.1-beta", "1.1.1-alpha", false),
+        ("~1.1.1-beta", "1.1.1", true),
+        ("~1.2.3", "1.2.5", true),
+        ("~1.2.3", "1.2.2", false),
+        ("~1.2.3", "1.3.2", false),
+        ("~1.1", "1.2.3", false),
+        ("~1.3", "2.4.5", false),
+        ("1.0.0 - 2.0.0 <=2.0.0", "1.5.0", true),
+        ("1.0.0 - 2.0.0, <=2.0.0", "1.5.0", true),
+    ];
+
+    #[test]
+    fn masterminds_check_cases_all_agree() {
+        let mut disagree = Vec::new();
+        for &(range, version, want) in MASTERMINDS_CHECKS {
+            let (core, pre) = version
+                .split_once('-')
+                .map_or((version, None), |(c, p)| (c, Some(p)));
+            let mut parts: Vec<&str> = core.split('.').collect();
+            parts.resize(3, "0");
+            let full = match pre {
+                Some(pre) => format!("{}-{pre}", parts.join(".")),
+                None => parts.join("."),
+            };
+            let got = VersionRange::parse(range).unwrap().matches(&v(&full));
+            if got != want {
+                disagree.push(format!("{range} vs {version}: want {want}"));
+            }
+        }
+        assert!(disagree.is_empty(), "{disagree:#?}");
+    }
+
+    #[test]
+    fn tilde_zero_and_partial_not_equal_with_a_prerelease() {
+        check("~0.0.0", &["0.0.0", "1.2.3", "7.0.0"], &["1.2.3-rc.1"]);
+        check("~0.0", &["0.0.5"], &["0.1.0", "1.0.0"]);
+        check(
+            "!=4.1-alpha",
+            &["4.1.0", "4.1.3", "4.1.0-beta", "4.2.0-alpha"],
+            &["4.1.0-alpha", "4.1.7-alpha"],
+        );
+        check("!=4.1", &["4.2.0", "5.1.0"], &["4.1.0", "4.1.9"]);
+        check("!=*", &["1.2.3", "0.0.1"], &["0.0.0"]);
     }
 }

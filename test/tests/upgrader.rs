@@ -411,3 +411,67 @@ async fn a_refused_cluster_write_is_one_warning_per_failed_reconcile() {
         .delete(&name, &kube::api::DeleteParams::default())
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_upgraders_on_one_cluster_only_the_oldest_acts_and_the_next_takes_over() {
+    let env = e2e_env!("two_upgraders_on_one_cluster_only_the_oldest_acts_and_the_next_takes_over");
+    static_image(&env, "img-1-30-1", "v1.30.1", "i-130")
+        .await
+        .unwrap();
+    static_image(&env, "img-1-31-2", "v1.31.2", "i-131")
+        .await
+        .unwrap();
+    plan(&env, "p", ">=1.29.0").await.unwrap();
+    cluster(&env, "v1beta1", "c", "v1.29.4", json!({}))
+        .await
+        .unwrap();
+    let spec = json!({"topologyVariable": "image"});
+    upgrader(&env, ICUA, "first", "c", "p", spec.clone())
+        .await
+        .unwrap();
+    // creationTimestamp has one-second resolution: the second is strictly younger.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    upgrader(&env, CCCU, "second", "c", "p", spec)
+        .await
+        .unwrap();
+    let _manager = env.start_manager().await.unwrap();
+
+    // The older InClusterUpgradeAutomation acts; the younger ClusterClassClusterUpgrader holds.
+    wait_version(&env, "v1beta1", "c", "v1.30.1").await.unwrap();
+    let second = wait_reason(&env, CCCU, "second", "Blocked", "ClusterClaimed")
+        .await
+        .unwrap();
+    let message = second["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Blocked")
+        .unwrap()["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        message.contains("InClusterUpgradeAutomation/first"),
+        "{message}"
+    );
+    assert!(second["status"]["history"].is_null(), "{second}");
+    let first = wait_reason(&env, ICUA, "first", "Progressing", "PreviousStepUnfinished")
+        .await
+        .unwrap();
+    assert_eq!(first["status"]["latestSetVersion"], "v1.30.1");
+
+    // The step finishes while the acting one is gone: the next takes over and steps on.
+    upgraders(&env, ICUA)
+        .delete("first", &kube::api::DeleteParams::default())
+        .await
+        .unwrap();
+    finish(&env, "v1beta1", "c", "v1.30.1").await.unwrap();
+    let t = wait_version(&env, "v1beta1", "c", "v1.31.2").await.unwrap();
+    assert_eq!(variable(&t, "image"), Some(&json!("i-131")));
+    let second = upgrader_json(&env, CCCU, "second").await.unwrap();
+    assert_eq!(second["status"]["latestSetVersion"], "v1.31.2");
+    assert_eq!(
+        condition_reason(&second, "Blocked").as_deref(),
+        Some("NotBlocked")
+    );
+}

@@ -193,6 +193,7 @@ pub fn hold_conditions(hold: &Hold) -> Vec<Desired> {
 fn requeue(hold: &Hold, observed: &Observed<'_>) -> Option<Duration> {
     match hold.reason {
         Reason::ClusterNotFound
+        | Reason::ClusterClaimed
         | Reason::ClusterApiNotInstalled
         | Reason::WorkloadClusterUnavailable
         | Reason::InvalidWorkloadKubeconfig => Some(MISSING_POLL),
@@ -296,13 +297,32 @@ pub fn reconcile_decision(
     observed: &Observation,
     now: Timestamp,
 ) -> (Decision, Vec<in_place::Action>) {
-    let planned = gates::plan(&gates::Inputs {
-        spec: subject.spec,
-        cluster: &observed.cluster,
-        plan: &observed.plan,
-        images: &observed.images,
-        now,
-    });
+    let claim = observed
+        .claimed_by
+        .as_ref()
+        .filter(|_| !subject.spec.paused)
+        .map(|by| {
+            Hold::new(
+                Reason::ClusterClaimed,
+                format!(
+                    "{by} acts on Cluster {}: this upgrader writes nothing to the Cluster or its hosts while it does",
+                    subject.spec.cluster_name
+                ),
+            )
+        });
+    let planned = match &claim {
+        Some(hold) => Plan::Hold {
+            hold: hold.clone(),
+            confirmed: None,
+        },
+        None => gates::plan(&gates::Inputs {
+            spec: subject.spec,
+            cluster: &observed.cluster,
+            plan: &observed.plan,
+            images: &observed.images,
+            now,
+        }),
+    };
     let fallback =
         in_place::Settings::from_spec(&InPlace::default()).unwrap_or(in_place::Settings {
             max_unavailable: 1,
@@ -310,6 +330,7 @@ pub fn reconcile_decision(
             retries: 1,
         });
     let joined = match &observed.hosts {
+        _ if let Some(hold) = claim => in_place::flow::held(&observed.records, hold),
         // Blocked, the records kept as they are, until the workload cluster can be read.
         Some(Err(unreachable)) => in_place::flow::unreachable(
             &observed.records,

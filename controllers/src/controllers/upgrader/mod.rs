@@ -8,12 +8,14 @@
 //! upgraders and the Cluster watch. `mod.rs` is wiring.
 
 pub mod apply;
+pub mod claim;
 pub mod cluster;
 pub mod decide;
 pub mod finish;
 pub mod gates;
 pub mod in_place;
 pub mod index;
+mod kind;
 pub mod observe;
 pub mod reason;
 mod watch;
@@ -23,8 +25,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use api::v1alpha1::{
-    ClusterClassClusterUpgrader, InClusterUpgradeAutomation, InPlace, MachineImage, Plan,
-    RETRY_HOSTS_ANNOTATION, UpgraderSpecView, UpgraderStatus,
+    ClusterClassClusterUpgrader, InClusterUpgradeAutomation, MachineImage, Plan,
+    RETRY_HOSTS_ANNOTATION, UpgraderStatus,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -32,12 +34,12 @@ use kube::api::DynamicObject;
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::Store;
-use kube::{Client, Resource, ResourceExt};
+use kube::{Client, ResourceExt};
 
 pub use decide::{Decision, Observed, decide};
+pub use kind::UpgraderKind;
 use observe::Read;
 
-use crate::runtime::caches::Cacheable;
 use crate::runtime::controller::{Core, InvalidObject, Reconciler, Start, Trigger};
 use crate::runtime::status::ApiError;
 use crate::runtime::{ControllerMetrics, ReconcileError, Registration, Reporter, Running, Shared};
@@ -61,44 +63,6 @@ pub const IN_CLUSTER_REGISTRATION: Registration = Registration {
     start: start::<InClusterUpgradeAutomation>,
 };
 
-/// Either upgrader kind.
-pub trait UpgraderKind: Cacheable + Resource<DynamicType = ()> {
-    /// Name in logs and metrics.
-    const CONTROLLER: &'static str;
-    /// The shared spec.
-    fn view(&self) -> UpgraderSpecView<'_>;
-    /// The status, if any.
-    fn upgrader_status(&self) -> Option<&UpgraderStatus>;
-    /// `spec.inPlace`.
-    fn in_place(&self) -> Option<&InPlace>;
-}
-
-impl UpgraderKind for ClusterClassClusterUpgrader {
-    const CONTROLLER: &'static str = "clusterclassclusterupgrader";
-    fn view(&self) -> UpgraderSpecView<'_> {
-        self.spec.common()
-    }
-    fn upgrader_status(&self) -> Option<&UpgraderStatus> {
-        self.status.as_ref()
-    }
-    fn in_place(&self) -> Option<&InPlace> {
-        self.spec.in_place()
-    }
-}
-
-impl UpgraderKind for InClusterUpgradeAutomation {
-    const CONTROLLER: &'static str = "inclusterupgradeautomation";
-    fn view(&self) -> UpgraderSpecView<'_> {
-        self.spec.common()
-    }
-    fn upgrader_status(&self) -> Option<&UpgraderStatus> {
-        self.status.as_ref()
-    }
-    fn in_place(&self) -> Option<&InPlace> {
-        self.spec.in_place()
-    }
-}
-
 /// How the shared stores hold Plans and MachineImages.
 type GuardedPlan = DeserializeGuard<Plan>;
 type GuardedImage = DeserializeGuard<MachineImage>;
@@ -112,6 +76,8 @@ pub struct Context {
     workloads: in_place::workload::Workloads,
     /// The Clusters as the dedicated watch last delivered them, once it runs.
     clusters: ClusterStore,
+    /// Both kinds' upgraders, to find the one that acts on a Cluster; unset, every upgrader acts.
+    claims: Option<claim::Claims>,
 }
 
 /// Where the Cluster watch leaves its store once Cluster API is discovered.
@@ -163,7 +129,15 @@ impl Context {
             access: Mutex::new(None),
             workloads: in_place::workload::Workloads::default(),
             clusters: ClusterStore::default(),
+            claims: None,
         }
+    }
+
+    /// The context with the claims of both upgrader kinds checked.
+    #[must_use]
+    pub fn with_claims(mut self, claims: claim::Claims) -> Self {
+        self.claims = Some(claims);
+        self
     }
 
     #[cfg(test)]
@@ -181,13 +155,23 @@ fn start<K: UpgraderKind>(shared: &Shared) -> Running {
     let plans = shared.caches.cache::<GuardedPlan>();
     let images = shared.caches.cache::<GuardedImage>();
     let reporter = Reporter::new::<Error>(shared, K::CONTROLLER, COMPONENT);
+    let class = shared
+        .caches
+        .cache::<DeserializeGuard<ClusterClassClusterUpgrader>>();
+    let in_cluster = shared
+        .caches
+        .cache::<DeserializeGuard<InClusterUpgradeAutomation>>();
     let ctx = Context::new(
         shared.client.clone(),
         reporter.metrics.clone(),
         shared.instance.clone(),
         plans.store.clone(),
         images.store.clone(),
-    );
+    )
+    .with_claims(claim::Claims::new(
+        class.store.clone(),
+        in_cluster.store.clone(),
+    ));
     let trigger = Trigger::GenerationOrAnnotation(RETRY_HOSTS_ANNOTATION);
     let mut start = Start::new(shared, &cache, trigger, 16);
     let index = index::Index::new(start.store());
@@ -201,7 +185,7 @@ fn start<K: UpgraderKind>(shared: &Shared) -> Running {
         ctx.clusters.clone(),
         &shared.shutdown,
     );
-    let (by_plan, by_deleted_plan, by_image) = (index.clone(), index.clone(), index);
+    let (by_plan, by_deleted_plan, by_image) = (index.clone(), index.clone(), index.clone());
     start
         .watches(&plans, move |plan: Arc<GuardedPlan>| {
             by_plan.following(&plan.namespace().unwrap_or_default(), &plan.name_any())
@@ -213,6 +197,11 @@ fn start<K: UpgraderKind>(shared: &Shared) -> Running {
         .watches(&images, move |image: Arc<GuardedImage>| {
             by_image.in_namespace(&image.namespace().unwrap_or_default())
         })
+        // Another upgrader of the Cluster, of either kind, may take or leave the claim on it.
+        .watches(&class, claim::siblings::<K, _>(index.clone()))
+        .watches_deleted(&class, claim::siblings::<K, _>(index.clone()))
+        .watches(&in_cluster, claim::siblings::<K, _>(index.clone()))
+        .watches_deleted(&in_cluster, claim::siblings::<K, _>(index))
         .reconcile_on(clusters)
         .run(ctx, reporter)
 }

@@ -16,7 +16,7 @@ use kube::{Client, ResourceExt};
 
 use super::finish::{self, Rollout};
 use super::gates::{self, ClusterState, PlanState};
-use super::{Context, Error, GuardedImage, UpgraderKind, cluster, in_place};
+use super::{Context, Error, GuardedImage, UpgraderKind, claim, cluster, in_place};
 
 /// How long a discovery of Cluster API is reused.
 const DISCOVERY_TTL: Duration = Duration::from_secs(300);
@@ -54,6 +54,8 @@ pub struct Observation {
     pub wanted: Option<in_place::flow::Wanted>,
     /// The hosts, when the decision needs them, or why the workload cluster cannot be read.
     pub hosts: Option<Result<ObservedHosts, in_place::workload::Unreachable>>,
+    /// Another upgrader that acts on the Cluster, when this one does not.
+    pub claimed_by: Option<claim::Claimant>,
 }
 
 /// Reads everything the reconcile of `upgrader` decides on.
@@ -100,8 +102,10 @@ pub async fn observe<K: UpgraderKind>(
         now,
     );
     let busy = records.iter().any(|r| in_place::in_flight(r.phase));
-    // A paused upgrader still carries the hosts it started to the end.
-    let (cluster, raw, access, cached) = if spec.paused && !busy {
+    let claimed_by = ctx.claims.as_ref().and_then(|c| c.claimed_by(upgrader));
+    // A paused upgrader still carries the hosts it started to the end; one that does not act
+    // reads nothing of the Cluster.
+    let (cluster, raw, access, cached) = if (spec.paused && !busy) || claimed_by.is_some() {
         (ClusterState::NotFound, None, None, false)
     } else {
         observe_cluster(ctx, &namespace, spec.cluster_name, read).await?
@@ -139,6 +143,7 @@ pub async fn observe<K: UpgraderKind>(
         cached,
         wanted,
         hosts,
+        claimed_by,
     })
 }
 
@@ -230,7 +235,10 @@ async fn observe_hosts(
     let pools = management.pools();
     let pool_refs: Vec<in_place::spare::Pool<'_>> = pools
         .iter()
-        .map(|(name, selector)| in_place::spare::Pool { name, selector })
+        .map(|(name, selector)| in_place::spare::Pool {
+            name,
+            selector: selector.as_ref(),
+        })
         .collect();
     let labels: Vec<&BTreeMap<String, String>> =
         management.hosts.values().map(|h| &h.labels).collect();

@@ -16,6 +16,8 @@ pub enum Reason {
     ClusterNotFound,
     /// The Cluster has no `spec.topology`.
     ClusterNotClassBased,
+    /// Another upgrader acts on the Cluster.
+    ClusterClaimed,
     /// The Plan does not exist.
     PlanNotFound,
     /// The Plan has no image, or its image is not a ready MachineImage.
@@ -66,6 +68,8 @@ pub enum Reason {
     InPlaceNotPossible,
     /// The Plan's image carries no build stamp to verify a booted host by.
     MissingImageStamp,
+    /// The Plan's image names a tag, not a `@sha256:` digest, so hosts could boot another build.
+    ImageNotPinned,
     /// The workload cluster cannot be reached through its kubeconfig Secret.
     WorkloadClusterUnavailable,
     /// The kubeconfig Secret asks for something the allow-list refuses.
@@ -80,6 +84,7 @@ impl Reason {
             Self::ClusterApiNotInstalled => "ClusterAPINotInstalled",
             Self::ClusterNotFound => "ClusterNotFound",
             Self::ClusterNotClassBased => "ClusterNotClassBased",
+            Self::ClusterClaimed => "ClusterClaimed",
             Self::PlanNotFound => "PlanNotFound",
             Self::PlanNotReady => "PlanNotReady",
             Self::InvalidVersion => "InvalidVersion",
@@ -105,6 +110,7 @@ impl Reason {
             Self::NoSpareHost => "NoSpareHost",
             Self::InPlaceNotPossible => "InPlaceNotPossible",
             Self::MissingImageStamp => "MissingImageStamp",
+            Self::ImageNotPinned => "ImageNotPinned",
             Self::WorkloadClusterUnavailable => "WorkloadClusterUnavailable",
             Self::InvalidWorkloadKubeconfig => "InvalidWorkloadKubeconfig",
         }

@@ -148,6 +148,18 @@ pub fn decide(inputs: Inputs<'_>) -> Outcome {
             ),
         );
     }
+    if !pinned(&wanted.image) {
+        return held(
+            inputs.records,
+            Hold::new(
+                Reason::ImageNotPinned,
+                format!(
+                    "the Plan's image {} is not pinned by digest: an image written to ElementalMachines must end in @sha256:<64 hex digits>",
+                    wanted.image
+                ),
+            ),
+        );
+    }
     let Some(stamp) = wanted.stamp.as_deref().filter(|s| !s.is_empty()) else {
         return held(
             inputs.records,
@@ -255,6 +267,17 @@ pub fn decide(inputs: Inputs<'_>) -> Outcome {
 /// No in-place update wanted: hosts already started are finished (no new one starts), and no
 /// topology step is written while one is in flight; a topology step on an Elemental Cluster
 /// needs its spare hosts.
+/// Whether an image reference names one build: it ends in `@sha256:` and 64 lowercase hex digits.
+pub fn pinned(image: &str) -> bool {
+    image.rsplit_once("@sha256:").is_some_and(|(name, digest)| {
+        !name.is_empty()
+            && digest.len() == 64
+            && digest
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
 fn carry_on(
     planned: Plan,
     records: &[HostRecord],
@@ -372,7 +395,8 @@ pub fn unreachable(records: &[HostRecord], invalid_kubeconfig: bool, why: String
 }
 
 /// Reports `hold` and keeps the records as they are.
-fn held(records: &[HostRecord], hold: Hold) -> Outcome {
+/// Every record kept as it is, no host acted on, and `hold` reported.
+pub fn held(records: &[HostRecord], hold: Hold) -> Outcome {
     Outcome {
         plan: Plan::Hold {
             hold,
@@ -503,6 +527,43 @@ mod tests {
     use crate::controllers::upgrader::in_place::UpdateLabel;
 
     use crate::controllers::upgrader::in_place::tests::{NEW, at, record, settings, view as host};
+
+    #[test]
+    fn only_an_image_pinned_by_digest_is_written_in_place() {
+        let digest = "0123456789abcdef".repeat(4);
+        assert!(pinned(&format!("oci://r/os@sha256:{digest}")));
+        assert!(pinned(&format!("r/os@sha256:{digest}")));
+        for tag in [
+            "oci://r/os:v1.31.1".to_owned(),
+            format!("oci://r/os@sha256:{}", &digest[1..]),
+            format!("oci://r/os@sha256:{}", digest.to_uppercase()),
+            format!("oci://r/os@sha512:{digest}"),
+            format!("@sha256:{digest}"),
+            format!("oci://r/os@sha256:{digest}:latest"),
+        ] {
+            assert!(!pinned(&tag), "{tag}");
+        }
+        let mut tagged = wanted(None);
+        tagged.image = "oci://r/os:v1.31.1".into();
+        let world = [host("cp", Role::ControlPlane)];
+        let out = decide(inputs(
+            Plan::Write(step_to("1.31.1")),
+            Some(tagged),
+            &[],
+            &world,
+        ));
+        assert!(out.actions.is_empty());
+        assert!(out.records.is_empty());
+        assert_eq!(reason(&out.plan), Some(Reason::ImageNotPinned));
+        let Plan::Hold { hold, .. } = &out.plan else {
+            panic!("held")
+        };
+        assert!(
+            hold.message.contains("oci://r/os:v1.31.1"),
+            "{}",
+            hold.message
+        );
+    }
 
     fn updated(mut view: HostView) -> HostView {
         view.image_uri = Some(NEW.into());

@@ -99,7 +99,8 @@ pub struct ElementalMachine {
     pub host: Option<String>,
     /// `spec.osVersionManagement.osVersion.imageUri`.
     pub image_uri: Option<String>,
-    /// `spec.selector`, which picks hosts for it.
+    /// `spec.selector`, which picks hosts for it: empty when omitted (any host), `None` when it
+    /// cannot be read.
     pub selector: Option<LabelSelector>,
 }
 
@@ -115,9 +116,10 @@ pub fn elemental_machine(object: &Value) -> ElementalMachine {
             .pointer("/spec/osVersionManagement/osVersion/imageUri")
             .and_then(Value::as_str)
             .map(str::to_owned),
-        selector: object
-            .pointer("/spec/selector")
-            .and_then(|s| serde_json::from_value(s.clone()).ok()),
+        selector: match object.pointer("/spec/selector") {
+            None | Some(Value::Null) => Some(LabelSelector::default()),
+            Some(s) => serde_json::from_value(s.clone()).ok(),
+        },
     }
 }
 
@@ -279,19 +281,17 @@ impl Management {
     }
 
     /// Each pool with the selector of one of its ElementalMachines, for the spare-host gate.
-    pub fn pools(&self) -> Vec<(String, LabelSelector)> {
-        let mut pools: BTreeMap<String, LabelSelector> = BTreeMap::new();
+    pub fn pools(&self) -> Vec<(String, Option<LabelSelector>)> {
+        let mut pools: BTreeMap<String, Option<LabelSelector>> = BTreeMap::new();
         for m in &self.machines {
             let name = match &m.role {
                 Role::ControlPlane => super::CONTROL_PLANE_POOL.to_owned(),
                 Role::Worker(pool) => pool.clone(),
             };
-            if let Some(selector) = self
-                .elemental_machines
-                .get(&m.infrastructure)
-                .and_then(|e| e.selector.clone())
-            {
-                pools.entry(name).or_insert(selector);
+            if let Some(machine) = self.elemental_machines.get(&m.infrastructure) {
+                pools
+                    .entry(name)
+                    .or_insert_with(|| machine.selector.clone());
             }
         }
         pools.into_iter().collect()

@@ -18,8 +18,9 @@ pub const NEEDS_RESET: &str = "elementalhost.infrastructure.cluster.x-k8s.io/nee
 pub struct Pool<'a> {
     /// The pool's name (the MachineDeployment, or the control plane).
     pub name: &'a str,
-    /// `spec.selector` of the pool's ElementalMachineTemplate.
-    pub selector: &'a LabelSelector,
+    /// `spec.selector` of the pool's ElementalMachines (an omitted one is empty and matches any
+    /// host, as the provider reads it); `None` when it cannot be read, which matches no host.
+    pub selector: Option<&'a LabelSelector>,
 }
 
 /// A pool without a spare host.
@@ -46,7 +47,11 @@ pub fn check(pools: &[Pool<'_>], hosts: &[&BTreeMap<String, String>]) -> Result<
         .iter()
         .map(|pool| {
             (0..spares.len())
-                .filter(|&h| spares.get(h).is_some_and(|l| pool.selector.matches(l)))
+                .filter(|&h| {
+                    spares
+                        .get(h)
+                        .is_some_and(|l| pool.selector.is_some_and(|s| s.matches(l)))
+                })
                 .collect()
         })
         .collect();

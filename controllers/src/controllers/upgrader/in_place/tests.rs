@@ -6,8 +6,10 @@ use proptest::prelude::*;
 use super::spare::{self, INSTALLED, MACHINE_NAME, NEEDS_RESET, NoSpareHost, Pool};
 use super::*;
 
-pub(crate) const OLD: &str = "oci://r/os@sha256:old";
-pub(crate) const NEW: &str = "oci://r/os@sha256:new";
+pub(crate) const OLD: &str =
+    "oci://r/os@sha256:a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0";
+pub(crate) const NEW: &str =
+    "oci://r/os@sha256:b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1";
 pub(crate) const TARGET: Target<'static> = Target {
     image: NEW,
     stamp: "os-2",
@@ -553,7 +555,7 @@ fn an_in_flight_host_keeps_its_image_when_the_target_moves() {
     v.drained = true;
     v.label = Some(UpdateLabel::Pending);
     let newer = Target {
-        image: "oci://r/os@sha256:newer",
+        image: "oci://r/os@sha256:c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2",
         stamp: "os-3",
     };
     let out = step(
@@ -629,11 +631,11 @@ fn each_pool_needs_its_own_spare() {
     let pools = [
         Pool {
             name: "a",
-            selector: &a,
+            selector: Some(&a),
         },
         Pool {
             name: "b",
-            selector: &b,
+            selector: Some(&b),
         },
     ];
     assert_eq!(spare::check(&pools, &[&spare_a, &spare_b]), Ok(()));
@@ -645,11 +647,11 @@ fn each_pool_needs_its_own_spare() {
     let greedy = [
         Pool {
             name: "any",
-            selector: &any,
+            selector: Some(&any),
         },
         Pool {
             name: "a",
-            selector: &a,
+            selector: Some(&a),
         },
     ];
     assert_eq!(spare::check(&greedy, &[&spare_a, &spare_b]), Ok(()));
@@ -896,4 +898,32 @@ fn names_read_from_machines_are_refused_before_they_reach_a_request_path() {
     };
     assert_eq!(host("h0").as_deref(), Some("h0"));
     assert_eq!(host("h0/status"), None);
+}
+
+#[test]
+fn an_omitted_selector_picks_any_host_and_an_unreadable_one_none() {
+    let selector_of = |spec: serde_json::Value| {
+        observe::elemental_machine(&serde_json::json!({ "spec": spec })).selector
+    };
+    let omitted = selector_of(serde_json::json!({}));
+    assert_eq!(omitted, Some(LabelSelector::default()));
+    assert_eq!(selector_of(serde_json::json!({"selector": null})), omitted);
+    let unreadable = selector_of(serde_json::json!({"selector": {"matchLabels": "pool=a"}}));
+    assert_eq!(unreadable, None);
+    let spare = labels(&[(INSTALLED, "true"), ("pool", "a")]);
+    let any = [Pool {
+        name: "workers",
+        selector: omitted.as_ref(),
+    }];
+    assert_eq!(spare::check(&any, &[&spare]), Ok(()));
+    let unknown = [Pool {
+        name: "workers",
+        selector: None,
+    }];
+    assert_eq!(
+        spare::check(&unknown, &[&spare]),
+        Err(NoSpareHost {
+            pool: "workers".into()
+        })
+    );
 }
