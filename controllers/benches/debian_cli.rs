@@ -1,4 +1,4 @@
-//! Whole-process benchmark of `kubernetes-upgrader versions` (issue 7): a generated ~50 MB
+//! Whole-process benchmark of `kubernetes-upgrader versions`: a generated ~50 MB
 //! Packages index, listed as both `.gz` and `.xz` in a signed InRelease served from loopback,
 //! read with `--keyring`. Side by side on the same machine, `zcat` decompresses the `.gz` the
 //! CLI picks. Both run under `/usr/bin/time -f %M` for their peak RSS.

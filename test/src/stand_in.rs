@@ -1,4 +1,5 @@
-//! Stand-ins that run beside the manager: a kubelet that finishes every new build Job, and
+//! Stand-ins that run beside the manager: [`BuildJobFinisher`], which finishes every new build Job
+//! as the kubelet and the job controller would, and
 //! Cluster API reporting each rollout finished a little after the Cluster's version changed.
 //! The demo and the whole-chain suites share them.
 
@@ -26,11 +27,11 @@ pub enum HandOff {
 
 /// Finishes build Jobs the way the kubelet and the job controller would, each once.
 #[derive(Debug, Default)]
-pub struct Kubelet {
+pub struct BuildJobFinisher {
     finished: BTreeSet<String>,
 }
 
-/// One build the kubelet stand-in finished.
+/// One build the [`BuildJobFinisher`] finished.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Finished {
     /// The Job.
@@ -39,7 +40,7 @@ pub struct Finished {
     pub id: String,
 }
 
-impl Kubelet {
+impl BuildJobFinisher {
     /// Finishes every build Job in `namespace` not finished yet, handing off the image ID
     /// `id_for(hand_off, version)` the way `hand_off(job)` says. Jobs that already carry a condition
     /// (finished by someone else) are left alone.

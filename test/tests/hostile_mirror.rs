@@ -1,4 +1,4 @@
-//! A hostile mirror against DebianRepositorySources on the real API server (issue 9): forged
+//! A hostile mirror against DebianRepositorySources on the real API server: forged
 //! 304s past `Valid-Until`, a replayed older signed Release (also across a manager restart), a
 //! Release dated in the future and a signature flood. Four sources, one manager, run side by
 //! side so the suite takes about half a minute. Throughout, no source's published versions move
@@ -370,7 +370,7 @@ async fn a_hostile_mirror_cannot_roll_back_freeze_or_stall_a_source() {
         "/readyz took {slowest:?}, more than {READYZ_LIMIT:?}"
     );
 
-    // Finding 9: the password in `future`'s URL is sent, and shown nowhere.
+    // The password in `future`'s URL is sent, and shown nowhere.
     assert!(future.server.requests_with_authorization() > 0);
     let source = api.get("future").await.unwrap();
     let status = serde_json::to_string(&source.status).unwrap();

@@ -1,4 +1,4 @@
-//! Elemental in-place OS updates (issue 12) on two real API servers: the management cluster
+//! Elemental in-place OS updates on two real API servers: the management cluster
 //! (our CRDs, minimal Cluster API and Elemental CRDs, the manager) and a workload cluster (Nodes,
 //! Pods, PodDisruptionBudgets), with the kubelet and Elemental agent stand-ins of
 //! `e2e::elemental`. The Plan's newest image has the Cluster's Kubernetes version and a new OS
@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use api::v1alpha1::{MachineImage, OS_IMAGE_STAMP_ANNOTATION};
 use e2e::elemental::{
     Agent, AgentConfig, Behaviour, CONTROL_PLANE_POOL, Fleet, Host, IN_PLACE_UPDATE, INSTALLED,
-    Kubelet, MACHINE_NAME, Monitor, OsImage, POOL_LABEL, PodKind, Workload, check_budget, cordoned,
-    create_elemental_host, elemental_hosts, elemental_machines, image_uri,
+    MACHINE_NAME, Monitor, OsImage, POOL_LABEL, PodKind, Workload, WorkloadKubelets, check_budget,
+    cordoned, create_elemental_host, elemental_hosts, elemental_machines, image_uri,
     initial_os_version_management, labels, managed_fields_of, node_os_image, update_label,
 };
 use e2e::status::condition_message;
@@ -35,7 +35,7 @@ const UPGRADER: &str = "u";
 /// The stand-ins and fixtures of one scenario. Fields drop in order: the stand-ins stop before
 /// the workload cluster does.
 struct Bed {
-    kubelet: Kubelet,
+    kubelet: WorkloadKubelets,
     agent: Agent,
     monitor: Monitor,
     env: TestEnv,
@@ -58,7 +58,7 @@ async fn bed(
     let fleet = Fleet::create(&env.client, &env.namespace, CLUSTER, hosts, &workload, &old)
         .await
         .unwrap();
-    let kubelet = Kubelet::spawn(workload.client.clone(), Duration::from_secs(1));
+    let kubelet = WorkloadKubelets::spawn(workload.client.clone(), Duration::from_secs(1));
     let config = agent(AgentConfig::new(&fleet, &old, &[&new]));
     let agent = Agent::spawn(env.client.clone(), workload.client.clone(), config);
     let monitor = Monitor::spawn(&env.client, &workload.client, &fleet);

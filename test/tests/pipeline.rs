@@ -1,5 +1,5 @@
 //! The whole chain on a real API server: a served signed repository → DebianRepositorySource
-//! → MachineImageSyncer → MachineImage → build Job (finished by the kubelet stand-in, by both
+//! → MachineImageSyncer → MachineImage → build Job (finished by the build Job finisher, by both
 //! hand-off paths) → Plan → upgrader → Cluster (rollouts reported by the Cluster API stand-in);
 //! then the same chain under seeded restart chaos.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use e2e::chaos::{self, ChaosConfig};
 use e2e::repo::ServedRepo;
-use e2e::stand_in::{ClusterApi, HandOff, JOB_LABEL, Kubelet, Rollout};
+use e2e::stand_in::{BuildJobFinisher, ClusterApi, HandOff, JOB_LABEL, Rollout};
 use e2e::{Manager, TestEnv, capi, e2e_env, eventually, manifests, to_json};
 use k8s_openapi::api::batch::v1::Job;
 use kube::Api;
@@ -100,7 +100,7 @@ async fn plan_upgrader_and_cluster(env: &TestEnv) {
     .unwrap();
 }
 
-/// Runs the kubelet and Cluster API stand-ins until `stop`; returns every version the Cluster
+/// Runs the build Job finisher and the Cluster API stand-in until `stop`; returns every version the Cluster
 /// was set to, in order.
 fn spawn_stand_ins(
     env: &TestEnv,
@@ -108,15 +108,15 @@ fn spawn_stand_ins(
 ) -> tokio::task::JoinHandle<Vec<String>> {
     let (client, ns) = (env.client.clone(), env.namespace.clone());
     tokio::spawn(async move {
-        let mut kubelet = Kubelet::default();
+        let mut finisher = BuildJobFinisher::default();
         let mut cluster_api = ClusterApi::new(CLUSTER_API_VERSION, CLUSTER, CLUSTER_START, ROLLOUT);
         let mut steps = Vec::new();
         loop {
             // Read before the work, so the last round after a stop still sees the last change.
             let stopping = *stop.borrow();
-            let finished = Box::pin(kubelet.finish_new_jobs(&client, &ns, hand_off, id_for)).await;
+            let finished = Box::pin(finisher.finish_new_jobs(&client, &ns, hand_off, id_for)).await;
             if let Err(e) = finished {
-                eprintln!("kubelet stand-in: {e:#}");
+                eprintln!("build Job finisher: {e:#}");
             }
             match cluster_api.poll(&client, &ns).await {
                 Ok(Rollout::Started(version)) => steps.push(version),

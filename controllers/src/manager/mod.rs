@@ -20,6 +20,7 @@ use tokio::task::JoinSet;
 pub use http::Health;
 pub use leader::{DEFAULT_LEASE_NAME, LeaderElection};
 
+use crate::runtime::state_metrics::StateCollector;
 use crate::runtime::{ControllerError, Metrics, Registration, Shared};
 use crate::shutdown::Shutdown;
 
@@ -148,6 +149,9 @@ async fn run_controllers(
         tracing::info!(controller = registration.name, "starting controller");
         started.push((registration.name.to_owned(), (registration.start)(&shared)));
     }
+    shared
+        .metrics
+        .set_state(Some(Box::new(StateCollector::new(&shared.caches))));
     // Each kind the controllers asked for is watched once, for all of them.
     started.extend(shared.caches.start());
     for (name, running) in started {
@@ -169,6 +173,7 @@ async fn run_controllers(
     if let Err(err) = &outcome {
         tracing::error!(error = %crate::runtime::cause_chain(err), "stopping every controller");
     }
+    shared.metrics.set_state(None);
     controllers_trigger.fire();
     stop_controllers(tasks).await;
     if let Some(lease) = lease {

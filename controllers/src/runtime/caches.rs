@@ -156,6 +156,15 @@ impl Caches {
         })
     }
 
+    /// The cache of every `K`, if a controller asked for it; never opens a watch of its own.
+    pub fn existing<K: Cacheable>(&self) -> Option<Cache<K>> {
+        let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        entries
+            .get(&(TypeId::of::<K>(), String::new()))
+            .and_then(|e| e.cache.downcast_ref::<Cache<K>>())
+            .cloned()
+    }
+
     /// The cache of Namespaces: every one, or only the manager's own when it is confined.
     pub fn namespaces(&self) -> Cache<Namespace> {
         self.entry(String::new(), |caches: &Caches| {
@@ -326,18 +335,15 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runtime::builders::{Build, Fixture, SourceBuild};
     use api::v1alpha1::DebianRepositorySource;
-    use serde_json::json;
 
     fn source(uid: &str, generation: i64, note: &str) -> Arc<DebianRepositorySource> {
         Arc::new(
-            serde_json::from_value(json!({
-                "apiVersion": "kubernetesupgraded.dimitrikoshkin.com/v1alpha1",
-                "kind": "DebianRepositorySource",
-                "metadata": {"name": uid, "namespace": "team", "uid": uid, "generation": generation},
-                "spec": {"url": format!("http://127.0.0.1:1/{note}")},
-            }))
-            .unwrap(),
+            DebianRepositorySource::test(uid)
+                .with_uid(uid)
+                .with_generation(generation)
+                .with_url(&format!("http://127.0.0.1:1/{note}")),
         )
     }
 

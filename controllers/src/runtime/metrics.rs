@@ -43,9 +43,29 @@ fn duration_histogram() -> Histogram {
 
 type DurationFamily = Family<ControllerLabels, Histogram, fn() -> Histogram>;
 
+/// A collector that can be replaced while the registry holds it: the series read from the
+/// caches of the current leadership term.
+#[derive(Clone, Debug, Default)]
+struct Slot(Arc<Mutex<Option<Box<dyn Collector>>>>);
+
+impl Collector for Slot {
+    fn encode(&self, encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        match self
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+        {
+            Some(collector) => collector.encode(encoder),
+            None => Ok(()),
+        }
+    }
+}
+
 /// The manager's metrics.
 pub struct Metrics {
     registry: Mutex<Registry>,
+    state: Slot,
     runs: Family<ControllerLabels, Counter>,
     failures: Family<FailureLabels, Counter>,
     duration: DurationFamily,
@@ -61,8 +81,11 @@ impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::default();
         registry.register_collector(Box::new(ProcessCollector));
+        let state = Slot::default();
+        registry.register_collector(Box::new(state.clone()));
         let metrics = Self {
             registry: Mutex::new(registry),
+            state,
             runs: Family::default(),
             failures: Family::default(),
             duration: DurationFamily::new_with_constructor(duration_histogram),
@@ -98,6 +121,12 @@ impl Metrics {
     pub fn register_with_unit(&self, name: &str, help: &str, unit: Unit, metric: impl Metric) {
         self.lock()
             .register_with_unit(format!("{PREFIX}_{name}"), help, unit, metric);
+    }
+
+    /// Replaces the collector of state series (one per leadership term; `None` when the term
+    /// ends, so a follower exports none).
+    pub fn set_state(&self, collector: Option<Box<dyn Collector>>) {
+        *self.state.0.lock().unwrap_or_else(PoisonError::into_inner) = collector;
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Registry> {

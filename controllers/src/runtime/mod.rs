@@ -7,6 +7,8 @@
 //! See `controllers/README.md` for the checklist a new controller follows.
 
 pub mod backoff;
+#[cfg(test)]
+pub mod builders;
 pub mod caches;
 pub mod children;
 pub mod controller;
@@ -15,6 +17,7 @@ pub mod events;
 pub mod fixtures;
 pub mod metrics;
 pub mod projection;
+pub mod state_metrics;
 pub mod status;
 
 use std::sync::Arc;

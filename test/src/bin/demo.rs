@@ -17,7 +17,7 @@ use anyhow::{Context, Result, bail};
 use api::v1alpha1::DebianRepositorySource;
 use e2e::manager::{Manager, ManagerOptions};
 use e2e::repo::ServedRepo;
-use e2e::stand_in::{ClusterApi, HandOff, Kubelet, Rollout};
+use e2e::stand_in::{BuildJobFinisher, ClusterApi, HandOff, Rollout};
 use e2e::{SKIP_HINT, capi, cluster, manifests, namespace};
 use kube::api::PostParams;
 use kube::{Api, Client};
@@ -90,7 +90,7 @@ async fn main() -> Result<()> {
         "applied the CAPD sample and Cluster {CLUSTER} at {CLUSTER_START}"
     ));
 
-    let mut kubelet = Kubelet::default();
+    let mut finisher = BuildJobFinisher::default();
     let mut cluster_api = ClusterApi::new(CLUSTER_API_VERSION, CLUSTER, CLUSTER_START, ROLLOUT);
     let mut last_tree = String::new();
     let mut published_later = false;
@@ -107,7 +107,7 @@ async fn main() -> Result<()> {
         if let Some(status) = manager.try_exit()? {
             bail!("the manager exited with {status}:\n{}", manager.log_tail());
         }
-        let builds = kubelet.finish_new_jobs(
+        let builds = finisher.finish_new_jobs(
             &client,
             &ns,
             |_| HandOff::TerminationMessage,
@@ -115,7 +115,7 @@ async fn main() -> Result<()> {
         );
         for build in Box::pin(builds).await? {
             say(&format!(
-                "kubelet stand-in: build Job {} finished; termination message {}",
+                "build Job finisher: build Job {} finished; termination message {}",
                 build.job, build.id
             ));
         }

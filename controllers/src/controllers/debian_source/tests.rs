@@ -4,6 +4,7 @@ use super::observe::observe;
 use super::*;
 use crate::debian::Listing;
 use crate::debian::{Keyring, RepositorySpec, SyncError};
+use crate::runtime::builders::{Build, Fixture, condition, now, ready};
 use crate::runtime::fixtures::{STEP, Verifier, mock_client, within};
 use crate::runtime::status::API_TIMEOUT;
 use futures::FutureExt;
@@ -98,33 +99,16 @@ fn source_with(
     spec: &Value,
     status: Option<DebianRepositorySourceStatus>,
 ) -> DebianRepositorySource {
-    let mut source: DebianRepositorySource = serde_json::from_value(json!({
-        "apiVersion": "kubernetesupgraded.dimitrikoshkin.com/v1alpha1",
-        "kind": "DebianRepositorySource",
-        "metadata": {"name": "src", "namespace": "team", "uid": "u-1", "generation": 1},
-        "spec": spec,
-    }))
-    .unwrap();
+    let mut source = DebianRepositorySource::test("src")
+        .with_uid("u-1")
+        .with_generation(1)
+        .with_spec(spec);
     source.status = status;
     source
 }
 
 fn source(status: Option<DebianRepositorySourceStatus>) -> DebianRepositorySource {
     source_with(&json!({"url": "http://127.0.0.1:1/Packages"}), status)
-}
-
-fn now() -> Time {
-    Time(Timestamp::from_second(1_700_000_000).unwrap())
-}
-
-fn ready_reason(status: &Value) -> String {
-    status["conditions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["type"] == "Ready")
-        .map(|c| c["reason"].as_str().unwrap().to_owned())
-        .unwrap()
 }
 
 /// Answers a status apply as the API server does: the object with the applied status.
@@ -197,7 +181,7 @@ async fn unchanged_repository_makes_no_api_calls() {
     scenario.finish().await;
 }
 
-/// Issue 9, finding 1: a failed status write must not leave validators behind that turn the next
+/// A failed status write must not leave validators behind that turn the next
 /// poll into a 304 keeping the stale (here: empty) status.
 #[tokio::test]
 async fn after_a_failed_status_write_the_next_sync_is_unconditional_and_writes() {
@@ -368,7 +352,7 @@ async fn a_missing_signed_by_config_map_has_its_own_reason() {
         assert_eq!(call.uri, "/api/v1/namespaces/team/configmaps/keys");
         call.fail(404, "NotFound");
         let call = status_apply(&mut server).await;
-        assert_eq!(ready_reason(&call.body["status"]), "SignedByNotFound");
+        assert_eq!(ready(&call.body["status"]).1, "SignedByNotFound");
         let message = call.body["status"]["conditions"][0]["message"].clone();
         assert_eq!(
             message,
@@ -398,7 +382,7 @@ async fn an_unreadable_interval_is_a_spec_error_that_waits_for_a_change() {
     let (ctx, verifier, probe) = Context::test_with(Ok(SyncOutcome::Fetched(listing())));
     let scenario = verifier.run(|mut server| async move {
         let call = status_apply(&mut server).await;
-        assert_eq!(ready_reason(&call.body["status"]), "InvalidInterval");
+        assert_eq!(ready(&call.body["status"]).1, "InvalidInterval");
         answer_status(call, None);
         server.expect_event("team", COMPONENT, "NoSignedBy").await;
         server
@@ -494,7 +478,7 @@ async fn every_series_of_the_controller_shows_at_zero_once_it_has_started() {
     drop(running);
 }
 
-// ---- Issue 9, controller side: what survives a restart, and what reaches status ----
+// What survives a restart, and what reaches status, when a mirror is hostile or broken.
 
 mod hostile {
     use super::*;
@@ -535,17 +519,6 @@ mod hostile {
             &json!({"url": url, "signedBy": {"inline": key.armored_public_key().unwrap()}}),
             status,
         )
-    }
-
-    fn condition(status: &Value, type_: &str) -> (String, String, String) {
-        let c = status["conditions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["type"] == type_)
-            .unwrap();
-        let text = |k: &str| c[k].as_str().unwrap().to_owned();
-        (text("status"), text("reason"), text("message"))
     }
 
     /// Reconciles `obj` once on `ctx`, expecting one status apply (whose status is returned)
@@ -599,7 +572,7 @@ mod hostile {
         serde_json::from_value(status.clone()).unwrap()
     }
 
-    /// Finding 3 across restarts: a controller with no memory still refuses an older signed
+    /// Across restarts, a controller with no memory still refuses an older signed
     /// Release, from the `releaseDate` it finds in status.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_fresh_controller_refuses_a_replayed_release_from_the_status_it_finds() {
@@ -656,7 +629,7 @@ mod hostile {
         );
     }
 
-    /// Finding 2 across restarts: past the `releaseValidUntil` in status, neither a forged 304
+    /// Across restarts, past the `releaseValidUntil` in status, neither a forged 304
     /// (to a request that, after a restart, carries no validators) nor the same expired Release
     /// keeps the source Ready.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -705,7 +678,7 @@ mod hostile {
     /// change of URL, the new repository starts afresh instead of being held to them.
     #[test]
     fn release_times_from_status_apply_only_to_their_repository() {
-        let date = Time(Timestamp::from_second(1_700_000_000).unwrap());
+        let date = now();
         let status = DebianRepositorySourceStatus {
             index_url: Some("http://redacted@mirror/deb/Packages.gz".into()),
             index_sha256: Some("ab".into()),
@@ -759,7 +732,7 @@ mod hostile {
         );
     }
 
-    /// Finding 5 and 9: whatever a listing holds, status and events get bounded, printable,
+    /// Whatever a listing holds, status and events get bounded, printable,
     /// redacted text, and no more versions than the schema allows (the highest kept, and said).
     #[tokio::test]
     async fn hostile_listings_reach_status_bounded_redacted_and_capped() {
@@ -835,7 +808,7 @@ mod hostile {
         }
     }
 
-    /// Finding 9: with `user:password@` in `spec.url`, nothing the controller logs, writes or
+    /// With `user:password@` in `spec.url`, nothing the controller logs, writes or
     /// announces carries the password, while the requests still send it.
     #[tokio::test]
     async fn credentials_in_the_url_reach_neither_logs_status_nor_events() {

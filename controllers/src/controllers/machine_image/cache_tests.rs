@@ -1,8 +1,9 @@
 //! Reconciles of the image the shared cache holds, which lacks `spec.jobTemplate`: the whole
 //! image is read only when the reconcile may use its template.
 
-use super::tests::{build_spec, image, image_with, now};
+use super::tests::{build_spec, image, image_with};
 use super::*;
+use crate::runtime::builders::now;
 use crate::runtime::fixtures::{STEP, mock_client, within};
 use crate::runtime::projection::Projected;
 use http::Method;

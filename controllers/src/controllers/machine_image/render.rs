@@ -276,33 +276,33 @@ pub fn render_job(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runtime::builders::{Build, Fixture, ImageBuild};
     use serde_json::json;
 
     fn image(name: &str, version: &str, annotations: &serde_json::Value) -> MachineImage {
-        serde_json::from_value(json!({
-            "apiVersion": "kubernetesupgraded.dimitrikoshkin.com/v1alpha1",
-            "kind": "MachineImage",
-            "metadata": {"name": name, "namespace": "team", "uid": "uid-1", "generation": 1, "annotations": annotations},
-            "spec": {
-                "version": version,
-                "jobTemplate": {
-                    "backoffLimit": 2,
-                    "ttlSecondsAfterFinished": 60,
-                    "spec": {
-                        "initContainers": [{"name": "fetch", "image": "busybox", "env": [{"name": "KUBERNETES_VERSION", "value": "stale"}]}],
-                        "containers": [
-                            {"name": "build", "image": "builder", "env": [
-                                {"name": "KUBERNETES_VERSION", "value": "v0.0.1"},
-                                {"name": "KUBERNETES_VERSION", "value": "v0.0.2"},
-                                {"name": "KEEP", "value": "me"}
-                            ]},
-                            {"name": "publish", "image": "publisher"}
-                        ]
-                    }
+        let mut image = MachineImage::test(name)
+            .with_uid("uid-1")
+            .with_generation(1)
+            .with_version(version)
+            .with_job_template(&json!({
+                "backoffLimit": 2,
+                "ttlSecondsAfterFinished": 60,
+                "spec": {
+                    "initContainers": [{"name": "fetch", "image": "busybox", "env": [{"name": "KUBERNETES_VERSION", "value": "stale"}]}],
+                    "containers": [
+                        {"name": "build", "image": "builder", "env": [
+                            {"name": "KUBERNETES_VERSION", "value": "v0.0.1"},
+                            {"name": "KUBERNETES_VERSION", "value": "v0.0.2"},
+                            {"name": "KEEP", "value": "me"}
+                        ]},
+                        {"name": "publish", "image": "publisher"}
+                    ]
                 }
-            }
-        }))
-        .unwrap()
+            }));
+        for (key, value) in annotations.as_object().unwrap() {
+            image = image.with_annotation(key, value.as_str().unwrap());
+        }
+        image
     }
 
     fn env_of(container: &Container) -> Vec<(String, String)> {

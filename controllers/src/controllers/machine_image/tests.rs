@@ -2,11 +2,11 @@
 //! runtime fixtures.
 
 use super::*;
+use crate::runtime::builders::{Build, Fixture, at, now, ready};
 use crate::runtime::fixtures::{STEP, Verifier, mock_client, within};
 use api::v1alpha1::OS_IMAGE_STAMP_ANNOTATION;
 use api::v1alpha1::{
-    ATTEMPT_ANNOTATION, IMAGE_ID_ANNOTATION, MachineImagePhase, MachineImageStatus,
-    REBUILD_ANNOTATION,
+    ATTEMPT_ANNOTATION, IMAGE_ID_ANNOTATION, MachineImagePhase, REBUILD_ANNOTATION,
 };
 use http::Method;
 use k8s_openapi::api::core::v1::Pod;
@@ -14,15 +14,17 @@ use kube::runtime::{reflector, watcher};
 use serde_json::{Value, json};
 
 pub(super) fn image_with(spec: &Value, annotations: &Value, status: Option<Value>) -> MachineImage {
-    let mut image: MachineImage = serde_json::from_value(json!({
-        "apiVersion": "kubernetesupgraded.dimitrikoshkin.com/v1alpha1",
-        "kind": "MachineImage",
-        "metadata": {"name": "img", "namespace": "team", "uid": "uid-1", "generation": 1, "annotations": annotations},
-        "spec": spec,
-    }))
-    .unwrap();
-    image.status = status.map(|s| serde_json::from_value(s).unwrap());
-    image
+    let mut image = MachineImage::test("img")
+        .with_uid("uid-1")
+        .with_generation(1)
+        .with_spec(spec);
+    for (key, value) in annotations.as_object().unwrap() {
+        image = image.with_annotation(key, value.as_str().unwrap());
+    }
+    match status {
+        Some(status) => image.with_status(&status),
+        None => image,
+    }
 }
 
 pub(super) fn build_spec() -> Value {
@@ -81,10 +83,6 @@ fn pod(job: &Job, container_states: &[(&str, i32, &str, &str)]) -> Pod {
     .unwrap()
 }
 
-pub(super) fn now() -> Time {
-    Time(k8s_openapi::jiff::Timestamp::from_second(1_700_000_000).unwrap())
-}
-
 fn decide_on(image: &MachineImage, latest: Option<&Job>, gone: bool, pods: &[Pod]) -> Decision {
     decide_in(image, latest, gone, pods, &BuildPodPolicy::default())
 }
@@ -104,16 +102,6 @@ fn decide_in(
         build_pods,
         now: &now(),
     })
-}
-
-fn ready(status: &MachineImageStatus) -> (String, String) {
-    let c = status
-        .conditions
-        .iter()
-        .flatten()
-        .find(|c| c.type_ == "Ready")
-        .unwrap();
-    (c.status.clone(), c.reason.clone())
 }
 
 /// A status as a previous reconcile wrote it after creating attempt 1's Job, whose create
@@ -558,7 +546,6 @@ fn the_created_uid_is_recorded_and_a_taken_name_is_refused_until_a_rebuild() {
     // It stays refused, quietly, until the wait is over: no second Warning meanwhile.
     let mut after = image.clone();
     after.status = Some(refused.status.clone());
-    let at = |seconds: i64| Time(now().0 + k8s_openapi::jiff::SignedDuration::from_secs(seconds));
     let decide_at = |image: &MachineImage, now: &Time| {
         decide(&Observed {
             image,

@@ -2,11 +2,11 @@
 
 use super::*;
 use crate::runtime::controller::error_policy;
+use crate::runtime::builders::{Build, Fixture, SourceBuild, now, ready};
 use crate::runtime::fixtures::{Call, STEP, Verifier, mock_client, within};
 use api::v1alpha1::SYNCER_NAME_LABEL;
 use api::v1alpha1::{DEBIAN_VERSION_ANNOTATION, DebianRepositorySource};
 use http::Method;
-use k8s_openapi::jiff::Timestamp;
 use kube::Resource;
 use kube::runtime::{reflector, watcher};
 use serde_json::{Value, json};
@@ -14,55 +14,31 @@ use serde_json::{Value, json};
 const NS: &str = "team";
 
 fn syncer(status: Option<Value>) -> MachineImageSyncer {
-    let mut object = json!({
-        "apiVersion": API_VERSION,
-        "kind": "MachineImageSyncer",
-        "metadata": {"name": "sync", "namespace": NS, "uid": "uid-1", "generation": 1},
-        "spec": {
-            "versionRange": "v1.27.x",
-            "sourceRef": {"kind": "DebianRepositorySource", "name": "src"},
-            "machineImageTemplateRef": {"name": "tpl"},
-        },
-    });
-    if let Some(status) = status {
-        object["status"] = status;
+    let syncer = MachineImageSyncer::test("sync")
+        .with_uid("uid-1")
+        .with_generation(1);
+    match status {
+        Some(status) => syncer.with_status(&status),
+        None => syncer,
     }
-    serde_json::from_value(object).unwrap()
 }
 
 fn source() -> DebianRepositorySource {
-    serde_json::from_value(json!({
-        "apiVersion": API_VERSION,
-        "kind": "DebianRepositorySource",
-        "metadata": {"name": "src", "namespace": NS},
-        "spec": {"url": "http://127.0.0.1:1/"},
-        "status": {
+    DebianRepositorySource::test("src")
+        .with_url("http://127.0.0.1:1/")
+        .with_status(&json!({
             "versions": ["v1.27.1", "v1.27.3", "v1.28.0"],
             "debianVersions": [{"version": "v1.27.3", "debian": "1.27.3-1.1"}],
-        },
-    }))
-    .unwrap()
+        }))
 }
 
 fn template() -> MachineImageTemplate {
-    serde_json::from_value(json!({
-        "apiVersion": API_VERSION,
-        "kind": "MachineImageTemplate",
-        "metadata": {"name": "tpl", "namespace": NS},
-        "spec": {"template": {"spec": {"jobTemplate": {"spec": {
-            "containers": [{"name": "build", "image": "builder:1"}],
-        }}}}},
-    }))
-    .unwrap()
+    MachineImageTemplate::test("tpl")
 }
 
 fn image_of(version: &str) -> MachineImage {
     let syncer = syncer(None);
     build_image(&syncer, &template(), version, &SourceView::default()).unwrap()
-}
-
-fn now() -> Time {
-    Time(Timestamp::from_second(1_700_000_000).unwrap())
 }
 
 fn store_of<K>(objects: Vec<K>) -> Store<DeserializeGuard<K>>
@@ -134,16 +110,6 @@ async fn expect_status(server: &mut Verifier) -> Value {
     status
 }
 
-fn ready_reason(status: &Value) -> &str {
-    status["conditions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["type"] == "Ready")
-        .and_then(|c| c["reason"].as_str())
-        .unwrap()
-}
-
 /// One reconcile at [`now`], under the step timeout.
 async fn reconcile_once(syncer: &MachineImageSyncer, ctx: &Context) -> Result<Action, Error> {
     within(
@@ -169,7 +135,7 @@ async fn first_sync_creates_one_image_then_one_event_and_one_status_write() {
         server.expect_event(NS, COMPONENT, EVENT_CREATED).await;
         let status = expect_status(&mut server).await;
         assert_eq!(status["latestVersion"], "v1.27.3");
-        assert_eq!(ready_reason(&status), "Synced");
+        assert_eq!(ready(&status).1, "Synced");
         assert_eq!(status["observedGeneration"], 1);
         server
     });
@@ -211,7 +177,7 @@ async fn already_exists_after_a_crash_is_success() {
         // No CreatedMachineImage event: this reconcile created nothing.
         let status = expect_status(&mut server).await;
         assert_eq!(status["latestVersion"], "v1.27.3");
-        assert_eq!(ready_reason(&status), "Synced");
+        assert_eq!(ready(&status).1, "Synced");
         server
     });
     reconcile_once(&syncer(None), &ctx).await.unwrap();
@@ -244,7 +210,7 @@ async fn a_missing_template_is_a_condition_and_a_v06_warning_without_a_create() 
     ctx.stores.templates = store_of::<MachineImageTemplate>(vec![]);
     let scenario = verifier.run(|mut server| async move {
         let status = expect_status(&mut server).await;
-        assert_eq!(ready_reason(&status), "TemplateNotFound");
+        assert_eq!(ready(&status).1, "TemplateNotFound");
         server
             .expect_event(NS, COMPONENT, decide::EVENT_GET_TEMPLATE_FAILED)
             .await;
@@ -301,7 +267,7 @@ async fn other_source_kinds_are_read_through_discovery_and_the_dynamic_api() {
     let scenario = verifier.run(|mut server| async move {
         server.next().await.fail(404, "NotFound");
         let status = expect_status(&mut server).await;
-        assert_eq!(ready_reason(&status), "SourceNotFound");
+        assert_eq!(ready(&status).1, "SourceNotFound");
         server
             .expect_event(NS, COMPONENT, decide::EVENT_GET_VERSIONS_FAILED)
             .await;

@@ -2,39 +2,26 @@
 
 use super::*;
 use crate::controllers::machine_image::render_job;
+use crate::runtime::builders::{Build, Fixture, now};
 use crate::runtime::fixtures::{STEP, Verifier, mock_client, within};
 use http::Method;
 use kube::runtime::{reflector, watcher};
 use serde_json::{Value, json};
 
 fn template(generation: i64, status: Option<Value>, restart: &str) -> MachineImageTemplate {
-    let mut t: MachineImageTemplate = serde_json::from_value(json!({
-        "apiVersion": "kubernetesupgraded.dimitrikoshkin.com/v1alpha1",
-        "kind": "MachineImageTemplate",
-        "metadata": {"name": "tpl", "namespace": "team", "uid": "t-1", "generation": generation},
-        "spec": {"template": {"spec": {"jobTemplate": {"spec": {
-            "restartPolicy": restart,
-            "containers": [{"name": "build", "image": "builder"}]
-        }}}}}
-    }))
-    .unwrap();
+    let mut t = MachineImageTemplate::test("tpl")
+        .with_uid("t-1")
+        .with_generation(generation);
+    t.spec.template.spec.job_template.spec.restart_policy = Some(restart.to_owned());
     t.status = status.map(|s| serde_json::from_value(s).unwrap());
     t
 }
 
 fn image(name: &str, namespace: &str, cloned_from: &str, created: &str) -> MachineImage {
-    serde_json::from_value(json!({
-        "apiVersion": "kubernetesupgraded.dimitrikoshkin.com/v1alpha1",
-        "kind": "MachineImage",
-        "metadata": {"name": name, "namespace": namespace, "creationTimestamp": created,
-                     "annotations": {CLONED_FROM_ANNOTATION: cloned_from}},
-        "spec": {"version": "v1.31.2", "jobTemplate": {"spec": {"containers": [{"name": "b", "image": "b"}]}}}
-    }))
-    .unwrap()
-}
-
-fn now() -> Time {
-    Time(k8s_openapi::jiff::Timestamp::from_second(1_700_000_000).unwrap())
+    MachineImage::test(name)
+        .in_namespace(namespace)
+        .with_annotation(CLONED_FROM_ANNOTATION, cloned_from)
+        .created_at(created)
 }
 
 impl Context {

@@ -2,40 +2,30 @@
 
 use super::*;
 use crate::controllers::images;
+use crate::runtime::builders::{Build, Fixture, ImageBuild, PlanBuild, at, now};
 use crate::runtime::fixtures::{STEP, Verifier, mock_client, within};
 use api::constraint::VersionRange;
 use api::v1alpha1::PlanPhase;
-use k8s_openapi::jiff::Timestamp;
 use kube::runtime::{reflector, watcher};
 use serde_json::{Value, json};
 
 fn image(name: &str, version: &str, id: &str, ready: bool, labels: &Value) -> MachineImage {
-    serde_json::from_value(json!({
-        "apiVersion": "kubernetesupgraded.dimitrikoshkin.com/v1alpha1",
-        "kind": "MachineImage",
-        "metadata": {"name": name, "namespace": "team", "labels": labels},
-        "spec": {"version": version, "id": id, "jobTemplate": {"spec": {"containers": [{"name": "b", "image": "b"}]}}},
-        "status": {"ready": ready, "phase": "Created"},
-    }))
-    .unwrap()
+    let mut image = MachineImage::test(name).with_version(version).ready(id);
+    for (key, value) in labels.as_object().unwrap() {
+        image = image.with_label(key, value.as_str().unwrap());
+    }
+    if ready { image } else { image.unready() }
 }
 
 fn plan(range: &str, selector: Option<Value>) -> Plan {
-    let mut spec = json!({"versionRange": range});
-    if let Some(selector) = selector {
-        spec["machineImageSelector"] = selector;
+    let plan = Plan::test("p")
+        .with_uid("u1")
+        .with_generation(2)
+        .with_range(range);
+    match selector {
+        Some(selector) => plan.with_spec(&json!({"machineImageSelector": selector})),
+        None => plan,
     }
-    serde_json::from_value(json!({
-        "apiVersion": "kubernetesupgraded.dimitrikoshkin.com/v1alpha1",
-        "kind": "Plan",
-        "metadata": {"name": "p", "namespace": "team", "generation": 2, "uid": "u1"},
-        "spec": spec,
-    }))
-    .unwrap()
-}
-
-fn now() -> Time {
-    Time(Timestamp::from_second(1_800_000_000).unwrap())
 }
 
 fn images() -> Vec<MachineImage> {
@@ -223,7 +213,6 @@ async fn no_image_is_a_status_write_then_one_warning() {
 
 #[test]
 fn on_equal_versions_the_newest_build_wins_then_the_newest_static_image() {
-    let at = |s: i64| Time(Timestamp::from_second(1_800_000_000 + s).unwrap());
     let mut first = image(
         "a-os-b1",
         "v1.31.1",

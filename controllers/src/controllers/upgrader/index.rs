@@ -194,6 +194,7 @@ impl<K: UpgraderKind> Index<K> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runtime::builders::{Build, Fixture};
     use api::v1alpha1::ClusterClassClusterUpgrader;
     use kube::runtime::{reflector, watcher};
     use serde_json::json;
@@ -201,13 +202,9 @@ mod tests {
     type Guarded = DeserializeGuard<ClusterClassClusterUpgrader>;
 
     fn upgrader(namespace: &str, name: &str, plan: &str, cluster: &str) -> Guarded {
-        serde_json::from_value(json!({
-            "apiVersion": "kubernetesupgraded.dimitrikoshkin.com/v1alpha1",
-            "kind": "ClusterClassClusterUpgrader",
-            "metadata": {"name": name, "namespace": namespace},
-            "spec": {"clusterName": cluster, "planRef": {"name": plan}},
-        }))
-        .unwrap()
+        DeserializeGuard(Ok(ClusterClassClusterUpgrader::test(name)
+            .in_namespace(namespace)
+            .with_spec(&json!({"clusterName": cluster, "planRef": {"name": plan}}))))
     }
 
     fn names(refs: &[ObjectRef<Guarded>]) -> Vec<String> {

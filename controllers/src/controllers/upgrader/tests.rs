@@ -4,6 +4,7 @@ use super::gates::{
     ClusterState, ClusterView, Image, Inputs, PlanState, Reason, Topology, Variable,
 };
 use super::*;
+use crate::runtime::builders::{Build, Fixture, ImageBuild, PlanBuild, timestamp};
 use crate::runtime::fixtures::{STEP, Verifier, mock_client, within};
 use api::v1alpha1::UpgraderSpecView;
 use api::v1alpha1::{ImageMap, MaintenanceWindow, ObjectRef as Ref};
@@ -69,10 +70,6 @@ fn target(version: &str, id: &str) -> PlanState {
     }
 }
 
-fn now() -> Timestamp {
-    "2026-11-28T03:00:00Z".parse().unwrap()
-}
-
 fn run(
     spec: UpgraderSpecView<'_>,
     cluster: &ClusterState,
@@ -84,7 +81,7 @@ fn run(
         cluster,
         plan,
         images,
-        now: now(),
+        now: timestamp(),
     })
 }
 
@@ -511,14 +508,13 @@ proptest! {
 // Choreography.
 
 fn upgrader(status: Option<Value>) -> ClusterClassClusterUpgrader {
-    serde_json::from_value(json!({
-        "apiVersion": "kubernetesupgraded.dimitrikoshkin.com/v1alpha1",
-        "kind": "ClusterClassClusterUpgrader",
-        "metadata": {"name": "u", "namespace": "team", "generation": 1, "uid": "u1"},
-        "spec": {"clusterName": "c", "planRef": {"name": "p"}, "topologyVariable": "image"},
-        "status": status.unwrap_or(Value::Null),
-    }))
-    .unwrap()
+    let upgrader = ClusterClassClusterUpgrader::test("u")
+        .with_generation(1)
+        .with_uid("u1");
+    match status {
+        Some(status) => upgrader.with_status(&status),
+        None => upgrader,
+    }
 }
 
 fn access() -> cluster::Access {
@@ -533,22 +529,12 @@ fn access() -> cluster::Access {
 fn context() -> (Arc<Context>, Verifier) {
     let (client, verifier) = mock_client();
     let (plans, mut plan_writer) = reflector::store();
-    let p: Plan = serde_json::from_value(json!({
-        "apiVersion": "kubernetesupgraded.dimitrikoshkin.com/v1alpha1", "kind": "Plan",
-        "metadata": {"name": "p", "namespace": "team"},
-        "spec": {"versionRange": "*"},
-        "status": {"phase": "FoundMachineImage", "machineImageDetails": {"version": "v1.30.2", "id": "i-1302"}},
-    }))
-    .unwrap();
+    let p = Plan::test("p").found("v1.30.2", "i-1302");
     plan_writer.apply_watcher_event(&watcher::Event::Apply(DeserializeGuard(Ok(p))));
     let (images, mut image_writer) = reflector::store();
-    let i: MachineImage = serde_json::from_value(json!({
-        "apiVersion": "kubernetesupgraded.dimitrikoshkin.com/v1alpha1", "kind": "MachineImage",
-        "metadata": {"name": "i", "namespace": "team"},
-        "spec": {"version": "v1.30.2", "id": "i-1302", "jobTemplate": {"spec": {"containers": [{"name": "b", "image": "b"}]}}},
-        "status": {"ready": true, "phase": "Created"},
-    }))
-    .unwrap();
+    let i = MachineImage::test("i")
+        .with_version("v1.30.2")
+        .ready("i-1302");
     image_writer.apply_watcher_event(&watcher::Event::Apply(DeserializeGuard(Ok(i))));
     let metrics = Arc::new(crate::runtime::Metrics::default())
         .controller("clusterclassclusterupgrader", Error::CATEGORIES);
@@ -605,7 +591,7 @@ async fn a_step_is_one_server_side_apply_then_status_then_one_event() {
     within(
         "reconcile",
         STEP,
-        reconcile_upgrader(&upgrader(None), &ctx, now()),
+        reconcile_upgrader(&upgrader(None), &ctx, timestamp()),
     )
     .await
     .unwrap();
@@ -639,7 +625,7 @@ async fn a_step_writes_the_status_once() {
         within(
             "reconcile",
             STEP,
-            reconcile_upgrader(&upgrader(None), &ctx, now()),
+            reconcile_upgrader(&upgrader(None), &ctx, timestamp()),
         )
         .await
         .unwrap();
@@ -666,7 +652,7 @@ async fn a_step_writes_the_status_once() {
     within(
         "reconcile",
         STEP,
-        reconcile_upgrader(&upgrader(Some(first)), &ctx, now()),
+        reconcile_upgrader(&upgrader(Some(first)), &ctx, timestamp()),
     )
     .await
     .unwrap();
@@ -694,7 +680,7 @@ async fn nothing_to_do_is_one_read_and_no_write() {
         within(
             "reconcile",
             STEP,
-            reconcile_upgrader(&upgrader(None), &ctx, now()),
+            reconcile_upgrader(&upgrader(None), &ctx, timestamp()),
         )
         .await
         .unwrap();
@@ -710,7 +696,7 @@ async fn nothing_to_do_is_one_read_and_no_write() {
     within(
         "reconcile",
         STEP,
-        reconcile_upgrader(&upgrader(Some(first)), &ctx, now()),
+        reconcile_upgrader(&upgrader(Some(first)), &ctx, timestamp()),
     )
     .await
     .unwrap();
@@ -761,7 +747,7 @@ async fn on_an_atomic_variables_list_a_step_is_one_guarded_json_patch() {
     within(
         "reconcile",
         STEP,
-        reconcile_upgrader(&upgrader(None), &ctx, now()),
+        reconcile_upgrader(&upgrader(None), &ctx, timestamp()),
     )
     .await
     .unwrap();
@@ -782,7 +768,7 @@ async fn a_refused_write_is_one_warning_and_no_status_claiming_it() {
     let result = within(
         "reconcile",
         STEP,
-        reconcile_upgrader(&upgrader(None), &ctx, now()),
+        reconcile_upgrader(&upgrader(None), &ctx, timestamp()),
     )
     .await;
     let err = result.expect_err("a refused write fails the reconcile");
@@ -813,7 +799,7 @@ async fn an_unfinished_cluster_gets_no_write_only_the_waiting_status() {
     within(
         "reconcile",
         STEP,
-        reconcile_upgrader(&upgrader(None), &ctx, now()),
+        reconcile_upgrader(&upgrader(None), &ctx, timestamp()),
     )
     .await
     .unwrap();

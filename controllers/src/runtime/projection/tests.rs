@@ -2,6 +2,7 @@ use super::*;
 use crate::controllers::images::usable;
 use crate::controllers::machine_image::BuildPodPolicy;
 use crate::controllers::machine_image_template::cloned_images;
+use crate::runtime::builders::{Build, Fixture, ImageBuild, PlanBuild, SourceBuild};
 use kube::ResourceExt;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -50,22 +51,34 @@ fn assert_metadata_kept(full: &ObjectMeta, projected: &ObjectMeta) {
     assert_eq!(*projected, expected);
 }
 
+/// `object` with the metadata [`metadata`] gives it.
+fn as_served<K: Build>(mut object: K, labels: &Value, annotations: &Value) -> K {
+    let name = object.name_any();
+    *object.meta_mut() = parse(metadata(&name, labels, annotations));
+    object
+}
+
 fn image(name: &str, version: &str, ready: bool) -> MachineImage {
-    parse(json!({
-        "apiVersion": GROUP, "kind": "MachineImage",
-        "metadata": metadata(name, &json!({"os": "ubuntu"}),
-            &json!({api::v1alpha1::CLONED_FROM_ANNOTATION: "tpl"})),
-        "spec": {"version": version, "id": format!("ami-{name}"), "jobTemplate": {
+    let image = MachineImage::test(name)
+        .with_version(version)
+        .with_id(&format!("ami-{name}"))
+        .with_job_template(&json!({
             "imageIDContainer": "build", "ttlSecondsAfterFinished": 60,
             "spec": {"restartPolicy": "Never", "containers": [
                 {"name": "build", "image": "registry.example/builder:v1",
-                 "env": [{"name": "A", "value": "x".repeat(2000)}]}]}}},
-        "status": {"ready": ready, "phase": "Created", "observedGeneration": 3,
+                 "env": [{"name": "A", "value": "x".repeat(2000)}]}]}}))
+        .with_status(
+            &json!({"ready": ready, "phase": "Created", "observedGeneration": 3,
             "buildCompletionTime": "2026-01-02T04:00:00Z",
             "conditions": [{"type": "Ready", "status": if ready {"True"} else {"False"},
                 "reason": "Built", "message": "the image ID is x", "observedGeneration": 3,
-                "lastTransitionTime": "2026-01-02T04:00:00Z"}]},
-    }))
+                "lastTransitionTime": "2026-01-02T04:00:00Z"}]}),
+        );
+    as_served(
+        image,
+        &json!({"os": "ubuntu"}),
+        &json!({api::v1alpha1::CLONED_FROM_ANNOTATION: "tpl"}),
+    )
 }
 
 #[test]
@@ -92,11 +105,7 @@ fn an_image_keeps_what_the_plan_upgraders_syncer_and_template_read() {
         usable(&full, "team", Some(&selector))
     );
     assert_eq!(usable(&cut, "team", None).len(), 2);
-    let template: MachineImageTemplate = parse(json!({
-        "apiVersion": GROUP, "kind": "MachineImageTemplate",
-        "metadata": {"name": "tpl", "namespace": "team"},
-        "spec": {"template": {"spec": {"jobTemplate": {"spec": {"containers": [{"name": "b", "image": "b"}]}}}}},
-    }));
+    let template = MachineImageTemplate::test("tpl");
     assert_eq!(
         cloned_images(&template, &cut),
         cloned_images(&template, &full)
@@ -119,12 +128,11 @@ fn a_projected_image_is_much_smaller() {
 
 #[test]
 fn a_plan_keeps_its_spec_and_status() {
-    let full: Plan = parse(json!({
-        "apiVersion": GROUP, "kind": "Plan",
-        "metadata": metadata("p", &json!({}), &json!({})),
-        "spec": {"versionRange": "v1.31.x", "machineImageSelector": {"matchLabels": {"os": "ubuntu"}}},
-        "status": {"phase": "FoundMachineImage", "machineImageDetails": {"id": "ami-1", "version": "v1.31.1"}},
-    }));
+    let plan = Plan::test("p")
+        .with_range("v1.31.x")
+        .with_spec(&json!({"machineImageSelector": {"matchLabels": {"os": "ubuntu"}}}))
+        .found("v1.31.1", "ami-1");
+    let full = as_served(plan, &json!({}), &json!({}));
     let cut = projected(&full);
     assert_metadata_kept(&full.metadata, &cut.metadata);
     assert_eq!(cut.spec, full.spec);
@@ -133,13 +141,11 @@ fn a_plan_keeps_its_spec_and_status() {
 
 #[test]
 fn an_upgrader_keeps_its_spec_status_and_retry_annotation() {
-    let full: ClusterClassClusterUpgrader = parse(json!({
-        "apiVersion": GROUP, "kind": "ClusterClassClusterUpgrader",
-        "metadata": metadata("u", &json!({}),
-            &json!({api::v1alpha1::RETRY_HOSTS_ANNOTATION: "1"})),
-        "spec": {"clusterName": "c", "planRef": {"name": "p"}},
-        "status": {"observedGeneration": 3},
-    }));
+    let full = as_served(
+        ClusterClassClusterUpgrader::test("u").with_status(&json!({"observedGeneration": 3})),
+        &json!({}),
+        &json!({api::v1alpha1::RETRY_HOSTS_ANNOTATION: "1"}),
+    );
     let cut = projected(&full);
     assert_metadata_kept(&full.metadata, &cut.metadata);
     assert_eq!(cut.spec, full.spec);
@@ -148,11 +154,11 @@ fn an_upgrader_keeps_its_spec_status_and_retry_annotation() {
         cut.annotations().get(api::v1alpha1::RETRY_HOSTS_ANNOTATION),
         Some(&"1".to_owned())
     );
-    let full: InClusterUpgradeAutomation = parse(json!({
-        "apiVersion": GROUP, "kind": "InClusterUpgradeAutomation",
-        "metadata": metadata("u", &json!({}), &json!({})),
-        "spec": {"clusterName": "c", "planRef": {"name": "p"}},
-    }));
+    let full = as_served(
+        InClusterUpgradeAutomation::test("u"),
+        &json!({}),
+        &json!({}),
+    );
     let cut = projected(&full);
     assert_metadata_kept(&full.metadata, &cut.metadata);
     assert_eq!(cut.spec, full.spec);
@@ -160,32 +166,21 @@ fn an_upgrader_keeps_its_spec_status_and_retry_annotation() {
 
 #[test]
 fn syncers_templates_and_sources_keep_spec_and_status() {
-    let syncer: MachineImageSyncer = parse(json!({
-        "apiVersion": GROUP, "kind": "MachineImageSyncer",
-        "metadata": metadata("s", &json!({}), &json!({})),
-        "spec": {"versionRange": "v1.31.x", "sourceRef": {"name": "src"},
-            "machineImageTemplateRef": {"name": "tpl"}},
-    }));
+    let syncer = as_served(MachineImageSyncer::test("s"), &json!({}), &json!({}));
     let cut = projected(&syncer);
     assert_metadata_kept(&syncer.metadata, &cut.metadata);
     assert_eq!(cut.spec, syncer.spec);
     assert_eq!(cut.status, syncer.status);
 
-    let template: MachineImageTemplate = parse(json!({
-        "apiVersion": GROUP, "kind": "MachineImageTemplate",
-        "metadata": metadata("tpl", &json!({}), &json!({})),
-        "spec": {"template": {"spec": {"jobTemplate": {"spec": {"containers": [{"name": "b", "image": "b"}]}}}}},
-    }));
+    let template = as_served(MachineImageTemplate::test("tpl"), &json!({}), &json!({}));
     let cut = projected(&template);
     assert_metadata_kept(&template.metadata, &cut.metadata);
     assert_eq!(cut.spec, template.spec);
 
-    let source: DebianRepositorySource = parse(json!({
-        "apiVersion": GROUP, "kind": "DebianRepositorySource",
-        "metadata": metadata("src", &json!({}), &json!({})),
-        "spec": {"url": "http://127.0.0.1:1/repo"},
-        "status": {"versions": ["1.31.1-1.1"]},
-    }));
+    let source = DebianRepositorySource::test("src")
+        .with_url("http://127.0.0.1:1/repo")
+        .with_status(&json!({"versions": ["1.31.1-1.1"]}));
+    let source = as_served(source, &json!({}), &json!({}));
     let cut = projected(&source);
     assert_metadata_kept(&source.metadata, &cut.metadata);
     assert_eq!(cut.spec, source.spec);

@@ -4,48 +4,28 @@
 use super::*;
 use crate::controllers::machine_image_syncer::validate::*;
 use api::constraint::Selection;
-use k8s_openapi::jiff::Timestamp;
+use crate::runtime::builders::{Build, Fixture, now, ready};
 use serde_json::json;
 
-fn now() -> Time {
-    Time(Timestamp::from_second(1_700_000_000).unwrap())
-}
-
 fn syncer(spec: &Value) -> MachineImageSyncer {
-    let mut base = json!({
-        "versionRange": "v1.27.x",
-        "sourceRef": {"kind": "DebianRepositorySource", "name": "src"},
-        "machineImageTemplateRef": {"name": "tpl"},
-    });
-    for (k, v) in spec.as_object().unwrap() {
-        base[k] = v.clone();
-    }
-    serde_json::from_value(json!({
-        "apiVersion": API_VERSION,
-        "kind": "MachineImageSyncer",
-        "metadata": {"name": "sync", "namespace": "team", "uid": "uid-1", "generation": 3},
-        "spec": base,
-    }))
-    .unwrap()
+    MachineImageSyncer::test("sync")
+        .with_uid("uid-1")
+        .with_generation(3)
+        .with_spec(spec)
 }
 
+/// A template whose own labels and annotations include ones the syncer sets itself.
 fn template() -> MachineImageTemplate {
-    serde_json::from_value(json!({
-        "apiVersion": API_VERSION,
-        "kind": "MachineImageTemplate",
-        "metadata": {"name": "tpl", "namespace": "team"},
-        "spec": {"template": {
-            "metadata": {
-                "labels": {"imageBuilderVersion": "v1", SYNCER_NAME_LABEL: "hijack", KUBERNETES_VERSION_LABEL: "v0.0.0"},
-                "annotations": {"team": "infra", CLONED_FROM_ANNOTATION: "other"},
-            },
-            "spec": {"jobTemplate": {"spec": {
-                "restartPolicy": "Never",
-                "containers": [{"name": "build", "image": "builder:1"}],
-            }}},
-        }},
-    }))
-    .unwrap()
+    let mut template = MachineImageTemplate::test("tpl");
+    template.spec.template.metadata = Some(
+        serde_json::from_value(json!({
+            "labels": {"imageBuilderVersion": "v1", SYNCER_NAME_LABEL: "hijack", KUBERNETES_VERSION_LABEL: "v0.0.0"},
+            "annotations": {"team": "infra", CLONED_FROM_ANNOTATION: "other"},
+        }))
+        .unwrap(),
+    );
+    template.spec.template.spec.job_template.spec.containers[0].image = Some("builder:1".into());
+    template
 }
 
 fn view(versions: &[&str]) -> SourceView {
@@ -92,15 +72,6 @@ impl Case<'_> {
             now: &now(),
         })
     }
-}
-
-fn ready(decision: &Decision) -> (String, String) {
-    let c = conditions::find(
-        decision.status.conditions.as_deref().unwrap(),
-        CONDITION_READY,
-    )
-    .unwrap();
-    (c.status.clone(), c.reason.clone())
 }
 
 fn created_versions(decision: &Decision) -> Vec<String> {
@@ -213,7 +184,7 @@ fn each_condition_reason() {
     for (what, case, status, reason) in cases {
         let decision = case.decide();
         assert_eq!(
-            ready(&decision),
+            ready(&decision.status),
             (status.to_owned(), reason.to_owned()),
             "{what}"
         );
@@ -276,7 +247,10 @@ fn strategies_choose_versions_newest_first_and_bounded() {
     }
     .decide();
     assert_eq!(batch.creates.len(), MAX_IMAGES_PER_RECONCILE);
-    assert_eq!(ready(&batch), ("False".into(), REASON_PROGRESSING.into()));
+    assert_eq!(
+        ready(&batch.status),
+        ("False".into(), REASON_PROGRESSING.into())
+    );
     assert_eq!(batch.requeue, Some(NEXT_BATCH));
     // Once all exist: Synced, and the message names ten versions and counts the rest.
     let done = Case {
@@ -284,7 +258,7 @@ fn strategies_choose_versions_newest_first_and_bounded() {
         ..Case::new(&json!({"strategy": "AllInRange"}), &many)
     }
     .decide();
-    assert_eq!(ready(&done), ("True".into(), REASON_SYNCED.into()));
+    assert_eq!(ready(&done.status), ("True".into(), REASON_SYNCED.into()));
     let message = &conditions::find(done.status.conditions.as_deref().unwrap(), CONDITION_READY)
         .unwrap()
         .message;
@@ -515,7 +489,10 @@ fn max_images_caps_what_the_syncer_keeps_and_says_so() {
     // Room for three: the three newest, and Ready=False naming the field.
     let first = case(vec![]).decide();
     assert_eq!(created_versions(&first), ["v1.27.5", "v1.27.4", "v1.27.3"]);
-    assert_eq!(ready(&first), ("False".into(), REASON_MAX_IMAGES.into()));
+    assert_eq!(
+        ready(&first.status),
+        ("False".into(), REASON_MAX_IMAGES.into())
+    );
     let message = &conditions::find(first.status.conditions.as_deref().unwrap(), CONDITION_READY)
         .unwrap()
         .message;
@@ -533,7 +510,10 @@ fn max_images_caps_what_the_syncer_keeps_and_says_so() {
     at_cap.syncer.status = Some(first.status.clone());
     let again = at_cap.decide();
     assert!(again.creates.is_empty());
-    assert_eq!(ready(&again), ("False".into(), REASON_MAX_IMAGES.into()));
+    assert_eq!(
+        ready(&again.status),
+        ("False".into(), REASON_MAX_IMAGES.into())
+    );
     assert!(again.notes.is_empty());
     // Without a cap in the way, Synced as before.
     let room = Case {
@@ -542,7 +522,7 @@ fn max_images_caps_what_the_syncer_keeps_and_says_so() {
         ..Case::new(&json!({"strategy": "AllInRange", "maxImages": 6}), &many)
     }
     .decide();
-    assert_eq!(ready(&room), ("True".into(), REASON_SYNCED.into()));
+    assert_eq!(ready(&room.status), ("True".into(), REASON_SYNCED.into()));
 }
 
 #[test]
@@ -565,7 +545,7 @@ fn max_concurrent_builds_waits_for_running_builds() {
     let first = case(json!({"strategy": "AllInRange"}), vec![]);
     assert_eq!(created_versions(&first), ["v1.27.3", "v1.27.2"]);
     assert_eq!(
-        ready(&first),
+        ready(&first.status),
         ("False".into(), REASON_WAITING_FOR_BUILDS.into())
     );
     // Two still building: nothing more.
@@ -575,7 +555,7 @@ fn max_concurrent_builds_waits_for_running_builds() {
     );
     assert!(busy.creates.is_empty());
     assert_eq!(
-        ready(&busy),
+        ready(&busy.status),
         ("False".into(), REASON_WAITING_FOR_BUILDS.into())
     );
     // One finished: one more.
@@ -600,5 +580,5 @@ fn max_concurrent_builds_waits_for_running_builds() {
         ],
     );
     assert_eq!(created_versions(&built), ["v1.27.0"]);
-    assert_eq!(ready(&built), ("True".into(), REASON_SYNCED.into()));
+    assert_eq!(ready(&built.status), ("True".into(), REASON_SYNCED.into()));
 }

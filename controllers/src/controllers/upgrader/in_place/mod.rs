@@ -1,4 +1,4 @@
-//! Elemental hosts updated in place (issue 12; `upgrade-safety.md` §3, S6, S9, S10), the pure
+//! Elemental hosts updated in place (`upgrade-safety.md` §3, S6, S9, S10), the pure
 //! core: [`step`] moves every in-flight host one phase along
 //! `Selected → Cordoned → Drained → Pending → Done → Verified → Uncordoned` (with `Retrying`
 //! after an OS update failure, and the blocked ends `DrainTimeout`, `BootedImageMismatch` and
