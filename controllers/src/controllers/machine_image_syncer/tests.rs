@@ -1,8 +1,8 @@
 //! Choreography tests: the API calls one reconcile makes, scripted with the runtime fixtures.
 
 use super::*;
-use crate::runtime::controller::error_policy;
 use crate::runtime::builders::{Build, Fixture, SourceBuild, now, ready};
+use crate::runtime::controller::error_policy;
 use crate::runtime::fixtures::{Call, STEP, Verifier, mock_client, within};
 use api::v1alpha1::SYNCER_NAME_LABEL;
 use api::v1alpha1::{DEBIAN_VERSION_ANNOTATION, DebianRepositorySource};

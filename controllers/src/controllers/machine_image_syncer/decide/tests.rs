@@ -3,8 +3,8 @@
 
 use super::*;
 use crate::controllers::machine_image_syncer::validate::*;
-use api::constraint::Selection;
 use crate::runtime::builders::{Build, Fixture, now, ready};
+use api::constraint::Selection;
 use serde_json::json;
 
 fn syncer(spec: &Value) -> MachineImageSyncer {
