@@ -169,17 +169,13 @@ async fn answer(slot: Slot, hook: Hook, body: Bytes) -> Response {
         hooks::answer(observer.as_deref(), hook, &body, now),
     )
     .await;
-    match answered {
-        Ok(response) => json(&response),
-        Err(_) => {
-            let message = format!("no answer within {ANSWER_DEADLINE:?}; ask again");
-            match hook {
-                Hook::GenerateUpgradePlan => {
-                    json(&wire::GenerateUpgradePlanResponse::failure(message))
-                }
-                _ => json(&wire::HookResponse::failure(hook, message)),
-            }
-        }
+    if let Ok(response) = answered {
+        return json(&response);
+    }
+    let message = format!("no answer within {ANSWER_DEADLINE:?}; ask again");
+    match hook {
+        Hook::GenerateUpgradePlan => json(&wire::GenerateUpgradePlanResponse::failure(message)),
+        _ => json(&wire::HookResponse::failure(hook, message)),
     }
 }
 

@@ -160,11 +160,11 @@ pub fn keep_reloading(certificates: Arc<Certificates>, shutdown: Shutdown) {
             }
             match certificates.reload() {
                 Ok(true) => {
-                    tracing::info!(dir = %certificates.dir.display(), "extension serving certificate reloaded")
+                    tracing::info!(dir = %certificates.dir.display(), "extension serving certificate reloaded");
                 }
                 Ok(false) => {}
                 Err(err) => {
-                    tracing::warn!(error = %crate::runtime::cause_chain(&err), "extension serving certificate not reloaded; the last good one is served")
+                    tracing::warn!(error = %crate::runtime::cause_chain(&err), "extension serving certificate not reloaded; the last good one is served");
                 }
             }
         }

@@ -62,8 +62,8 @@ pub(crate) mod tests {
 
     pub fn spec_with(extra: serde_json::Value) -> ClusterClassClusterUpgrader {
         let mut spec = json!({"clusterName": "prod", "planRef": {"name": "plan-a"}, "topologyVariable": "image"});
-        if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
-            spec.extend(extra.clone());
+        if let (Some(spec), serde_json::Value::Object(extra)) = (spec.as_object_mut(), extra) {
+            spec.extend(extra);
         }
         serde_json::from_value(json!({
             "apiVersion": "kubernetesupgraded.dimitrikoshkin.com/v1alpha1",
