@@ -113,14 +113,21 @@ impl Extension {
 
 fn lead(shared: &Shared, slot: Slot) -> Running {
     let stores = observe::stores(&shared.caches);
-    let ready = observe::synced(&stores);
     let synced = observe::synced(&stores);
     let observer = Arc::new(Observer::new(shared.client.clone(), stores));
     let shutdown = shared.shutdown.clone();
+    // Ready once the hooks answer from synced caches, so that a ready replica never fails them
+    // for want of its caches.
+    let (answering, answers) = tokio::sync::oneshot::channel::<()>();
+    let ready = async move {
+        let _ = answers.await;
+    }
+    .boxed();
     let run = async move {
         tokio::select! {
             () = synced => {
                 *slot.write().unwrap_or_else(PoisonError::into_inner) = Some(observer);
+                let _ = answering.send(());
                 tracing::info!("the extension answers hooks");
                 shutdown.wait().await;
             }
