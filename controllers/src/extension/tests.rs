@@ -472,3 +472,96 @@ async fn discovery_and_hooks_are_served_over_tls_without_a_content_type() {
     assert!(plain.map_or(true, |r| r.status() != 200));
     trigger.fire();
 }
+
+fn manifests(file: &str) -> Vec<Value> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../config/extension")
+        .join(file);
+    let text = std::fs::read_to_string(&path).unwrap();
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|doc| {
+            serde_yaml::from_value::<Value>(serde::Deserialize::deserialize(doc).unwrap()).unwrap()
+        })
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+#[test]
+fn the_install_component_wires_service_certificate_deployment_and_extension_config_together() {
+    let default = manifests("../default/kustomization.yaml");
+    let namespace = default[0]["namespace"].as_str().unwrap();
+    let component = &manifests("kustomization.yaml")[0];
+    assert_eq!(component["kind"], "Component");
+    let service = &manifests("service.yaml")[0];
+    let service_name = service["metadata"]["name"].as_str().unwrap();
+    let certificate = manifests("certificate.yaml")
+        .into_iter()
+        .find(|m| m["kind"] == "Certificate")
+        .unwrap();
+    let secret = certificate["spec"]["secretName"].as_str().unwrap();
+    let config = &manifests("extensionconfig.yaml")[0];
+    let patch = &manifests("manager_patch.yaml")[0];
+    let patch = patch.as_array().unwrap();
+
+    // The certificate is for the Service's DNS name, which Cluster API checks.
+    let dns = format!("{service_name}.{namespace}.svc");
+    assert!(
+        certificate["spec"]["dnsNames"]
+            .as_array()
+            .unwrap()
+            .contains(&json!(dns)),
+        "{certificate}"
+    );
+    // The ExtensionConfig reaches that Service on 443, and takes its CA from that Secret.
+    assert_eq!(config["apiVersion"], "runtime.cluster.x-k8s.io/v1beta2");
+    assert_eq!(
+        config["spec"]["clientConfig"]["service"],
+        json!({"namespace": namespace, "name": service_name, "port": 443})
+    );
+    assert_eq!(
+        config["metadata"]["annotations"]["runtime.cluster.x-k8s.io/inject-ca-from-secret"],
+        format!("{namespace}/{secret}")
+    );
+    assert_eq!(service["spec"]["ports"][0]["port"], 443);
+    // The Service's target port is the container port the manager listens on.
+    let value = |path: &str| {
+        patch
+            .iter()
+            .find(|op| op["path"] == path)
+            .map(|op| op["value"].clone())
+            .unwrap()
+    };
+    let port = value("/spec/template/spec/containers/0/ports/-");
+    assert_eq!(service["spec"]["ports"][0]["targetPort"], port["name"]);
+    let arg = value("/spec/template/spec/containers/0/args/-");
+    let address = arg
+        .as_str()
+        .unwrap()
+        .strip_prefix("--extension-bind-address=")
+        .unwrap();
+    assert_eq!(
+        crate::cli::parse_address(address).unwrap().port(),
+        u16::try_from(port["containerPort"].as_u64().unwrap()).unwrap()
+    );
+    // The Secret is mounted where the manager reads its certificate by default.
+    let mount = &value("/spec/template/spec/containers/0/volumeMounts")[0];
+    let volume = &value("/spec/template/spec/volumes")[0];
+    assert_eq!(mount["name"], volume["name"]);
+    assert_eq!(volume["secret"]["secretName"], secret);
+    let cli = <crate::cli::Cli as clap::Parser>::try_parse_from(["k"]).unwrap();
+    assert_eq!(
+        mount["mountPath"],
+        cli.run.extension_cert_dir.display().to_string()
+    );
+    // The Service selects the manager's pods.
+    let deployment = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/manager/manager.yaml"),
+    )
+    .unwrap();
+    for (key, value) in service["spec"]["selector"].as_object().unwrap() {
+        assert!(
+            deployment.contains(&format!("{key}: {}", value.as_str().unwrap())),
+            "{key}"
+        );
+    }
+}
