@@ -177,6 +177,13 @@ async fn answer(slot: Slot, hook: Hook, body: Bytes) -> Response {
     )
     .await;
     if let Ok(response) = answered {
+        tracing::debug!(
+            hook = hook.name(),
+            status = %response["status"],
+            retry_after_seconds = %response["retryAfterSeconds"],
+            message = %response["message"],
+            "extension answered"
+        );
         return json(&response);
     }
     let message = format!("no answer within {ANSWER_DEADLINE:?}; ask again");
