@@ -532,3 +532,55 @@ async fn only_the_leader_answers_hooks_and_a_standby_takes_over() {
         Ok(vec!["v1.31.4".to_owned()])
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_extension_config_as_kustomize_renders_it_is_accepted_cluster_scoped() {
+    use e2e::manifests;
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+
+    let env = e2e_env!("the_extension_config_as_kustomize_renders_it_is_accepted_cluster_scoped");
+    // Cluster API's ExtensionConfig CRD, reduced to its scope and version.
+    let crd = json!({
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": "extensionconfigs.runtime.cluster.x-k8s.io"},
+        "spec": {
+            "group": "runtime.cluster.x-k8s.io",
+            "names": {"kind": "ExtensionConfig", "listKind": "ExtensionConfigList", "plural": "extensionconfigs", "singular": "extensionconfig"},
+            "scope": "Cluster",
+            "versions": [{"name": "v1beta2", "served": true, "storage": true, "subresources": {"status": {}},
+                "schema": {"openAPIV3Schema": {"type": "object", "properties": {
+                    "spec": {"type": "object", "x-kubernetes-preserve-unknown-fields": true},
+                    "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}}}],
+        },
+    });
+    manifests::apply(&env.client, &crd, &env.namespace)
+        .await
+        .unwrap();
+    let crds: kube::Api<CustomResourceDefinition> = kube::Api::all(env.client.clone());
+    e2e::install::wait_established(&crds, "extensionconfigs.runtime.cluster.x-k8s.io", WAIT)
+        .await
+        .unwrap();
+    let path = manifests::workspace_root().join("config/extension/extensionconfig.yaml");
+    let mut doc = manifests::load_yaml_docs(&path).unwrap().remove(0);
+    // config/default's namespace transformer sets its namespace on every object, this
+    // cluster-scoped one included; the API server drops it.
+    doc["metadata"]["namespace"] = json!("kubernetes-upgrader-system");
+    let applied = e2e::eventually("the ExtensionConfig applied", WAIT, || {
+        let doc = doc.clone();
+        let client = env.client.clone();
+        let namespace = env.namespace.clone();
+        async move { Ok(manifests::apply(&client, &doc, &namespace).await.ok()) }
+    })
+    .await
+    .unwrap();
+    assert_eq!(applied.metadata.namespace, None);
+    assert_eq!(
+        applied.metadata.annotations.unwrap()["runtime.cluster.x-k8s.io/inject-ca-from-secret"],
+        "kubernetes-upgrader-system/extension-serving-cert"
+    );
+    assert_eq!(
+        applied.data["spec"]["clientConfig"]["service"]["name"],
+        "kubernetes-upgrader-extension"
+    );
+}
