@@ -359,7 +359,9 @@ fn host_nodes(status: &Value) -> Vec<Node> {
             let phase = str_at(host, "phase");
             let health = match phase {
                 "Uncordoned" => Health::Ok,
-                "DrainTimeout" | "BootedImageMismatch" | "RetriesExhausted" => Health::Failing,
+                "DrainTimeout" | "BootedImageMismatch" | "RetriesExhausted" | "HostTimeout" => {
+                    Health::Failing
+                }
                 _ => Health::Working,
             };
             let mut details = vec![match host["pool"].as_str() {

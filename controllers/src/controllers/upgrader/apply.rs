@@ -7,6 +7,7 @@ use std::time::Duration;
 use api::v1alpha1::UpgraderStatus;
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::jiff::Timestamp;
+use kube::core::ApiResource;
 use kube::runtime::controller::Action;
 use kube::{Api, Client, ResourceExt};
 
@@ -54,22 +55,22 @@ pub async fn apply<K: UpgraderKind>(
             .await
             .map_err(Error::WriteStatus)?;
     }
-    if let Some(Ok((Some((_, management)), _, Some(workload)))) = &observed.hosts {
+    if let (Some(Ok((Some((_, management)), _, Some(workload)))), Some(access)) =
+        (&observed.hosts, &observed.access)
+    {
         let recovery = upgrader
             .in_place()
             .and_then(|p| p.upgrade_recovery)
             .unwrap_or(false);
+        let hosts = Hosts {
+            workload,
+            management,
+            machines: in_place::observe::machine_resource(&access.resource.version),
+        };
         for action in actions {
-            Box::pin(perform(
-                ctx,
-                workload,
-                management,
-                &observed.namespace,
-                action,
-                recovery,
-            ))
-            .await
-            .map_err(|source| Error::WriteHost(format!("{action:?}"), source))?;
+            Box::pin(perform(ctx, &hosts, &observed.namespace, action, recovery))
+                .await
+                .map_err(|source| Error::WriteHost(format!("{action:?}"), source))?;
         }
     }
     for note in &decision.notes {
@@ -116,16 +117,24 @@ async fn write_step(
     })
 }
 
+/// What the in-place writes reach: the workload cluster, the management reads, and the Machine
+/// resource in the served Cluster API version.
+struct Hosts<'a> {
+    workload: &'a Client,
+    management: &'a in_place::observe::Management,
+    machines: ApiResource,
+}
+
 /// Performs one in-place write.
 async fn perform(
     ctx: &Context,
-    workload: &Client,
-    management: &in_place::observe::Management,
+    hosts: &Hosts<'_>,
     namespace: &str,
     action: &in_place::Action,
     upgrade_recovery: bool,
 ) -> Result<(), WriteError> {
     use in_place::workload as write;
+    let (workload, management) = (hosts.workload, hosts.management);
     match action {
         in_place::Action::Cordon { node } => {
             write::set_unschedulable(workload, node, true, FIELD_MANAGER).await
@@ -147,6 +156,19 @@ async fn perform(
                 infrastructure,
                 image,
                 upgrade_recovery,
+                FIELD_MANAGER,
+            )
+            .await
+        }
+        in_place::Action::SkipRemediation { machine }
+        | in_place::Action::AllowRemediation { machine } => {
+            let skip = matches!(action, in_place::Action::SkipRemediation { .. });
+            write::skip_remediation(
+                &ctx.client,
+                &hosts.machines,
+                namespace,
+                machine,
+                skip,
                 FIELD_MANAGER,
             )
             .await
