@@ -1043,6 +1043,78 @@ async fn a_rollout_without_a_spare_host_is_blocked_naming_the_pool() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topology_step_waits_until_every_node_runs_the_build_its_machine_names() {
+    let env = e2e_env!("a_topology_step_waits_until_every_node_runs_the_build_its_machine_names");
+    let Some(bed) = bed(env, two_hosts(), |c| c).await else {
+        return;
+    };
+    let ns = bed.env.namespace.clone();
+    let client = bed.env.client.clone();
+    // A spare for each pool: only the booted images stand in the way of the step.
+    for pool in [CONTROL_PLANE_POOL, "md-a"] {
+        create_elemental_host(
+            &client,
+            &ns,
+            &format!("host-spare-{pool}"),
+            &labels(&[(POOL_LABEL, pool), (INSTALLED, "true")]),
+            None,
+        )
+        .await
+        .unwrap();
+    }
+    // The image the ElementalMachines name, stamped as another build than the Nodes booted
+    // (an update that fell back, reporting ready all the same).
+    support::static_image(&bed.env, "os-old", "v1.31.1", &bed.old.uri)
+        .await
+        .unwrap();
+    let images: Api<MachineImage> = bed.env.api();
+    let stamp = |stamp: &str| {
+        Patch::Merge(json!({"metadata": {"annotations": {OS_IMAGE_STAMP_ANNOTATION: stamp}}}))
+    };
+    images
+        .patch("os-old", &PatchParams::default(), &stamp("os-v1-31-1-b9"))
+        .await
+        .unwrap();
+    let next = OsImage::of_version("v1.32.2", 3);
+    bed.upgrade_to(&next, "v1.32.2", json!({}), json!({})).await;
+    let before = bed.cluster_resource_version().await;
+    let manager = bed.env.start_manager().await.unwrap();
+
+    let u = bed
+        .wait_reason(&manager, "Blocked", "BootedImageMismatch")
+        .await;
+    let message = condition_message(&u, "Blocked").unwrap_or_default();
+    assert!(
+        message.contains("host-cp0") && message.contains("os-v1-31-1-b9"),
+        "{message}"
+    );
+    assert_eq!(u["status"]["nextStep"]["version"], "v1.32.2", "{u:#}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        bed.cluster_resource_version().await,
+        before,
+        "a step was written over a host running another build"
+    );
+
+    // The Nodes run the build the image names after all: the step is written.
+    images
+        .patch("os-old", &PatchParams::default(), &stamp(&bed.old.stamp))
+        .await
+        .unwrap();
+    let t = match support::wait_version(&bed.env, "v1beta1", CLUSTER, "v1.32.2").await {
+        Ok(t) => t,
+        Err(e) => panic!(
+            "{e:#}\nupgrader: {:#}\nlog:\n{}",
+            bed.upgrader().await["status"],
+            manager.log_tail()
+        ),
+    };
+    assert_eq!(support::variable(&t, "image"), Some(&json!(next.uri)));
+    assert!(bed.monitor.log().order.is_empty(), "a host was touched");
+    bed.assert_blocked_warning("BootedImageMismatch").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exhausted_retries_block_and_the_retry_hosts_annotation_clears_the_block() {
     let env = e2e_env!("exhausted_retries_block_and_the_retry_hosts_annotation_clears_the_block");
     let hosts = two_hosts();

@@ -4,6 +4,8 @@
 //! is gone: finished, released, or the host now backs another Machine) we remove it. An
 //! annotation someone else set is left as it is. Pure.
 
+use std::collections::BTreeSet;
+
 use api::v1alpha1::{HostPhase, HostRecord};
 
 use super::{Action, HostView, in_flight};
@@ -32,16 +34,18 @@ pub fn wanted(record: &HostRecord) -> bool {
 /// The annotation writes `records` ask of `world`: set on every Machine whose host must be held
 /// and is not, removed from every other Machine that carries ours.
 pub fn actions<'r>(
-    records: impl IntoIterator<Item = &'r HostRecord> + Clone,
+    records: impl IntoIterator<Item = &'r HostRecord>,
     world: &[HostView],
 ) -> Vec<Action> {
+    let holds: BTreeSet<(&str, &str)> = records
+        .into_iter()
+        .filter(|r| wanted(r))
+        .map(|r| (r.host.as_str(), r.machine.as_str()))
+        .collect();
     world
         .iter()
         .filter_map(|view| {
-            let hold = records
-                .clone()
-                .into_iter()
-                .any(|r| r.host == view.host && r.machine == view.machine && wanted(r));
+            let hold = holds.contains(&(view.host.as_str(), view.machine.as_str()));
             let machine = view.machine.clone();
             if hold && !held(view) {
                 Some(Action::SkipRemediation { machine })

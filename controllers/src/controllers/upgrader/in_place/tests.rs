@@ -761,6 +761,7 @@ fn a_host_is_labelled_pending_only_once_its_machine_is_held_from_remediation() {
 /// Each row: the records, the Machine's annotation, and the write asked for.
 #[test]
 fn the_hold_is_set_for_hosts_in_flight_and_lifted_only_where_it_is_ours() {
+    type Row<'a> = (&'a str, Vec<HostRecord>, Option<&'a str>, Option<Action>);
     let ours = Some(remediation::SKIP_REMEDIATION_BY);
     let moved = {
         let mut r = record("h", HostPhase::Pending);
@@ -773,7 +774,7 @@ fn the_hold_is_set_for_hosts_in_flight_and_lifted_only_where_it_is_ours() {
     let allow = Some(Action::AllowRemediation {
         machine: "m-h".into(),
     });
-    let rows: Vec<(&str, Vec<HostRecord>, Option<&str>, Option<Action>)> = vec![
+    let rows: Vec<Row<'_>> = vec![
         (
             "selected",
             vec![record("h", HostPhase::Selected)],

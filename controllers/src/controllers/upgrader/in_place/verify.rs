@@ -151,8 +151,8 @@ mod tests {
     /// Each row: what the host's Node reports, and whether the step is held.
     #[test]
     fn a_step_waits_for_every_node_to_run_the_build_its_machine_names() {
-        let known = Stamps::from([(NEW.to_owned(), BTreeSet::from(["os-2".to_owned()]))]);
         type Tweak = fn(&mut HostView);
+        let known = Stamps::from([(NEW.to_owned(), BTreeSet::from(["os-2".to_owned()]))]);
         let rows: Vec<(&str, Tweak, Option<&str>)> = vec![
             (
                 "booted the build",
