@@ -45,6 +45,8 @@ pub struct Observation {
     pub cached: bool,
     /// The in-place update the Plan asks for, if any.
     pub wanted: Option<in_place::flow::Wanted>,
+    /// `spec.inPlace` with its defaults, which hosts in flight continue under.
+    pub in_place: Option<in_place::Settings>,
     /// The build stamps of the namespace's images, by image ID (the Plan's chosen image's alone
     /// for its ID).
     pub stamps: in_place::verify::Stamps,
@@ -150,6 +152,9 @@ pub async fn observe<K: UpgraderKind>(
         access,
         cached,
         wanted,
+        in_place: upgrader
+            .in_place()
+            .and_then(|p| in_place::Settings::from_spec(p).ok()),
         stamps,
         hosts,
         claimed_by,

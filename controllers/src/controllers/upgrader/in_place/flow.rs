@@ -177,7 +177,7 @@ pub fn decide(inputs: Inputs<'_>) -> Outcome {
             Hold::new(
                 Reason::MissingImageStamp,
                 format!(
-                    "the Plan's image {} has no kubernetesupgraded.dimitrikoshkin.com/os-image-stamp annotation: a booted host could not be verified",
+                    "the Plan's chosen MachineImage (status.machineImageRef) of image {} has no kubernetesupgraded.dimitrikoshkin.com/os-image-stamp annotation: a booted host could not be verified",
                     wanted.image
                 ),
             ),

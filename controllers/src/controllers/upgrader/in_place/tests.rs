@@ -1457,6 +1457,66 @@ proptest! {
 }
 
 #[test]
+fn a_nodes_boot_id_is_read_bounded_and_its_clock_never() {
+    let node = |boot: &str| {
+        serde_json::from_value::<k8s_openapi::api::core::v1::Node>(serde_json::json!({
+            "metadata": {"name": "n"},
+            "status": {
+                "nodeInfo": {
+                    "machineID": "m", "systemUUID": "u", "bootID": boot,
+                    "kernelVersion": "6", "osImage": "Elemental os-2",
+                    "containerRuntimeVersion": "c", "kubeletVersion": "v1.31.1",
+                    "kubeProxyVersion": "v1.31.1", "operatingSystem": "linux",
+                    "architecture": "amd64",
+                },
+                "conditions": [{"type": "Ready", "status": "True",
+                    "lastHeartbeatTime": "1999-01-01T00:00:00Z"}],
+            },
+        }))
+        .unwrap()
+    };
+    let read = observe::node(&node("0c3f6d7e-2b9a-4d41-8f7c-5e6a1b2c3d4e"));
+    assert_eq!(
+        read.boot_id.as_deref(),
+        Some("0c3f6d7e-2b9a-4d41-8f7c-5e6a1b2c3d4e")
+    );
+    assert_eq!(read.os_image.as_deref(), Some("Elemental os-2"));
+    assert_eq!(observe::node(&node("")).boot_id, None);
+    assert_eq!(observe::node(&node(&"b".repeat(65))).boot_id, None);
+    assert_eq!(observe::node(&node("boot id")).boot_id, None);
+    assert_eq!(observe::node(&node("boot\nid")).boot_id, None);
+}
+
+#[test]
+fn a_machines_skip_remediation_annotation_is_read() {
+    let machine = |annotations: serde_json::Value| {
+        serde_json::json!({
+            "metadata": {"name": "m0", "annotations": annotations},
+            "spec": {"infrastructureRef": {
+                "apiVersion": "infrastructure.cluster.x-k8s.io/v1beta1",
+                "kind": "ElementalMachine",
+                "name": "em0",
+            }},
+        })
+    };
+    let ours = observe::machine(&machine(
+        serde_json::json!({remediation::SKIP_REMEDIATION_ANNOTATION: "kubernetes-upgrader"}),
+    ))
+    .unwrap();
+    assert_eq!(
+        ours.skip_remediation.as_deref(),
+        Some(remediation::SKIP_REMEDIATION_BY)
+    );
+    let someone = observe::machine(&machine(
+        serde_json::json!({remediation::SKIP_REMEDIATION_ANNOTATION: ""}),
+    ))
+    .unwrap();
+    assert_eq!(someone.skip_remediation.as_deref(), Some(""));
+    let none = observe::machine(&machine(serde_json::json!({"other": "x"}))).unwrap();
+    assert_eq!(none.skip_remediation, None);
+}
+
+#[test]
 fn names_read_from_machines_are_refused_before_they_reach_a_request_path() {
     let machine = |infrastructure: &str, node: &str| {
         serde_json::json!({
