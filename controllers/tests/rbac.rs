@@ -7,8 +7,8 @@
 //! - name the resource's Rust type or kind ([`TYPES`]), and
 //! - contain a kube API call of that verb ([`CALLS`]): `get_opt(` for `get`; a watch (the shared
 //!   caches' `cache::<`, `cache_with::<`, or `watcher(`) for `list` and `watch`, or `.list(` for
-//!   `list`; `.create(`; `.patch(`; for a `/status` subresource, `apply_status(` or
-//!   `patch_status(`.
+//!   `list`; `.create(`; `.patch(`; for a `/status` subresource, `apply_status(`,
+//!   `apply_status_at(` or `patch_status(`.
 //!
 //! `# caller: PATH via ITEM` names a library item that makes the calls itself (kube's event
 //! `Recorder`, kube-lease-manager's builder): the file must use ITEM, and the rule may grant only
@@ -68,7 +68,11 @@ const CALLS: &[(&str, bool, &[&str])] = &[
     ("patch", false, &[".patch("]),
     ("update", false, &[".replace("]),
     ("delete", false, &[".delete("]),
-    ("patch", true, &["apply_status(", "patch_status("]),
+    (
+        "patch",
+        true,
+        &["apply_status(", "apply_status_at(", "patch_status("],
+    ),
 ];
 
 /// Library items that make API calls themselves, and the verbs they use.

@@ -11,7 +11,7 @@ mod support;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use api::v1alpha1::{MachineImage, OS_IMAGE_STAMP_ANNOTATION};
+use api::v1alpha1::{CORDONED_BY_ANNOTATION, MachineImage, OS_IMAGE_STAMP_ANNOTATION};
 use e2e::elemental::{
     Agent, AgentConfig, Behaviour, CONTROL_PLANE_POOL, Fleet, Host, IN_PLACE_UPDATE, INSTALLED,
     MACHINE_NAME, Monitor, OsImage, POOL_LABEL, PodKind, Workload, WorkloadKubelets, check_budget,
@@ -1342,4 +1342,364 @@ async fn a_hostile_workload_kubeconfig_is_refused_before_any_request() {
     bed.assert_blocked_warning("InvalidWorkloadKubeconfig")
         .await;
     listening.abort();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Drain rules, release, the re-check before `pending`, and one failing write
+
+/// The `cordoned-by` mark on a Node, if any.
+fn cordoned_by(node: &k8s_openapi::api::core::v1::Node) -> Option<String> {
+    node.annotations().get(CORDONED_BY_ANNOTATION).cloned()
+}
+
+/// Whether the pod is still there and not being deleted.
+async fn running(bed: &Bed, name: &str) -> bool {
+    bed.workload
+        .pods()
+        .get_opt(name)
+        .await
+        .unwrap()
+        .is_some_and(|p| p.metadata.deletion_timestamp.is_none())
+}
+
+async fn patch_upgrader(bed: &Bed, spec: Value) {
+    support::upgraders(&bed.env, CCCU)
+        .patch(
+            UPGRADER,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": spec })),
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_without_a_controller_and_one_with_empty_dir_survive_the_drain() {
+    let env = e2e_env!("a_pod_without_a_controller_and_one_with_empty_dir_survive_the_drain");
+    let Some(bed) = bed(env, two_hosts(), |c| c).await else {
+        return;
+    };
+    let (cp, worker) = (bed.fleet.hosts[0].clone(), bed.fleet.hosts[1].clone());
+    let none = labels(&[("role", "precious")]);
+    let w = &bed.workload;
+    w.create_pod("bare", &cp.node(), PodKind::Bare, &none)
+        .await
+        .unwrap();
+    w.create_pod("scratch", &cp.node(), PodKind::EmptyDir, &none)
+        .await
+        .unwrap();
+    let manager = bed.start_in_place(json!({}), json!({})).await;
+
+    let u = bed.wait_reason(&manager, "Blocked", "DrainRefused").await;
+    let message = condition_message(&u, "Blocked").unwrap_or_default();
+    assert!(
+        message.contains(&format!("{}/bare", e2e::elemental::WORKLOAD_NAMESPACE))
+            && message.contains("spec.inPlace.drain.force"),
+        "{message}"
+    );
+    assert_eq!(
+        phase(&u, &cp.host()).as_deref(),
+        Some("DrainRefused"),
+        "{u:#}"
+    );
+    // Cordoned first, with our mark; nothing evicted while a pod is refused, not even the
+    // ordinary one; no second host; never `pending`.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let node = w.node(&cp.node()).await.unwrap();
+    assert!(cordoned(&node));
+    assert_eq!(cordoned_by(&node), Some(format!("{CCCU}/{UPGRADER}")));
+    for pod in ["bare", "scratch", &format!("app-{}", cp.node())] {
+        assert!(running(&bed, pod).await, "{pod} was evicted");
+    }
+    let u = bed.upgrader().await;
+    assert!(
+        record(&u, &worker.host()).is_none(),
+        "a second host started: {u:#}"
+    );
+    assert!(bed.monitor.log().pending_order.is_empty());
+    bed.assert_blocked_warning("DrainRefused").await;
+
+    // The bare pod goes and emptyDir data may be deleted: the drain goes on by itself (no
+    // retry-hosts), the emptyDir pod is evicted, and the update finishes.
+    w.pods()
+        .delete("bare", &kube::api::DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+    patch_upgrader(
+        &bed,
+        json!({"inPlace": {"drain": {"deleteEmptyDirData": true}}}),
+    )
+    .await;
+    bed.wait_reason(&manager, "Ready", "InPlaceUpdated").await;
+    assert!(w.pods().get_opt("scratch").await.unwrap().is_none());
+    let node = w.node(&cp.node()).await.unwrap();
+    assert!(!cordoned(&node) && cordoned_by(&node).is_none(), "{node:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_target_image_deleted_while_a_budget_holds_the_drain_releases_the_host() {
+    let env = e2e_env!("the_target_image_deleted_while_a_budget_holds_the_drain_releases_the_host");
+    let Some(bed) = bed(env, two_hosts(), |c| c).await else {
+        return;
+    };
+    let cp = bed.fleet.hosts[0].clone();
+    let guard = labels(&[("guard", "db")]);
+    for i in 0..2 {
+        bed.workload
+            .create_pod(&format!("db-{i}"), &cp.node(), PodKind::Ordinary, &guard)
+            .await
+            .unwrap();
+    }
+    bed.workload.create_pdb("db", &guard, 2).await.unwrap();
+    let manager = bed
+        .start_in_place(json!({}), json!({"inPlace": {"drainTimeout": "10m"}}))
+        .await;
+    bed.wait_upgrader("the control plane held in its drain", LONG, &manager, |u| {
+        phase(u, &cp.host()).as_deref() == Some("Cordoned")
+    })
+    .await;
+    e2e::eventually("the Node cordoned", LONG, || async {
+        Ok(cordoned(&bed.workload.node(&cp.node()).await?).then_some(()))
+    })
+    .await
+    .unwrap();
+
+    let images: Api<MachineImage> = bed.env.api();
+    images
+        .delete("os-new", &kube::api::DeleteParams::default())
+        .await
+        .unwrap();
+    let u = bed
+        .wait_upgrader("the host released", LONG, &manager, |u| {
+            phase(u, &cp.host()).as_deref() == Some("Released")
+        })
+        .await;
+    let node = bed.workload.node(&cp.node()).await.unwrap();
+    assert!(!cordoned(&node), "released but left cordoned: {node:?}");
+    assert_eq!(cordoned_by(&node), None);
+    assert!(
+        record(&u, &cp.host()).unwrap()["finished"].is_string(),
+        "{u:#}"
+    );
+    let events: Api<k8s_openapi::api::events::v1::Event> = bed.env.api();
+    let events = events
+        .list(&kube::api::ListParams::default())
+        .await
+        .unwrap()
+        .items;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("InPlaceHostReleased")),
+        "{events:?}"
+    );
+    // The ElementalMachine never got the image, and the guarded pods are still there.
+    let em = elemental_machines(&bed.env.client, &bed.env.namespace)
+        .get(&cp.elemental_machine())
+        .await
+        .unwrap();
+    assert_eq!(image_uri(&em), Some(bed.old.uri.as_str()));
+    for i in 0..2 {
+        assert!(running(&bed, &format!("db-{i}")).await);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_host_uncordoned_by_hand_takes_a_pod_and_is_not_labelled_pending() {
+    let env = e2e_env!("a_held_host_uncordoned_by_hand_takes_a_pod_and_is_not_labelled_pending");
+    let Some(bed) = bed(env, two_hosts(), |c| c).await else {
+        return;
+    };
+    let cp = bed.fleet.hosts[0].clone();
+    let w = &bed.workload;
+    let guard = labels(&[("guard", "db")]);
+    for i in 0..2 {
+        w.create_pod(&format!("db-{i}"), &cp.node(), PodKind::Ordinary, &guard)
+            .await
+            .unwrap();
+    }
+    w.create_pdb("db", &guard, 2).await.unwrap();
+    let manager = bed
+        .start_in_place(json!({}), json!({"inPlace": {"drainTimeout": "10m"}}))
+        .await;
+    bed.wait_upgrader("the control plane held in its drain", LONG, &manager, |u| {
+        phase(u, &cp.host()).as_deref() == Some("Cordoned")
+    })
+    .await;
+    // Paused, the drain finishes once the budget goes, and the host is held at `Drained`.
+    patch_upgrader(&bed, json!({"paused": true})).await;
+    w.pdbs()
+        .delete("db", &kube::api::DeleteParams::default())
+        .await
+        .unwrap();
+    bed.wait_upgrader("the host held drained", LONG, &manager, |u| {
+        phase(u, &cp.host()).as_deref() == Some("Drained")
+    })
+    .await;
+    // An operator uncordons the Node, and it takes a pod that a budget keeps.
+    w.nodes()
+        .patch(
+            &cp.node(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"unschedulable": false}})),
+        )
+        .await
+        .unwrap();
+    let late = labels(&[("guard", "late")]);
+    w.create_pod("late", &cp.node(), PodKind::Ordinary, &late)
+        .await
+        .unwrap();
+    w.create_pdb("late", &late, 1).await.unwrap();
+    patch_upgrader(&bed, json!({"paused": false})).await;
+
+    // Cordoned and drained again, never `pending` while the pod runs.
+    bed.wait_upgrader("the host back to its drain", LONG, &manager, |u| {
+        phase(u, &cp.host()).as_deref() == Some("Cordoned")
+    })
+    .await;
+    let hosts = elemental_hosts(&bed.env.client, &bed.env.namespace);
+    for _ in 0..10 {
+        assert_ne!(
+            update_label(&hosts.get(&cp.host()).await.unwrap()),
+            Some("pending")
+        );
+        assert!(running(&bed, "late").await);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let node = w.node(&cp.node()).await.unwrap();
+    assert!(cordoned(&node));
+    assert_eq!(cordoned_by(&node), Some(format!("{CCCU}/{UPGRADER}")));
+    assert!(bed.agent.log().pending.is_empty(), "{:?}", bed.agent.log());
+    // The budget goes: the host is labelled `pending` only once the pod is gone.
+    w.pdbs()
+        .delete("late", &kube::api::DeleteParams::default())
+        .await
+        .unwrap();
+    bed.wait_upgrader("the host past pending", LONG, &manager, |u| {
+        matches!(
+            phase(u, &cp.host()).as_deref(),
+            Some("Pending" | "Done" | "Verified" | "Uncordoned")
+        )
+    })
+    .await;
+    let seen = bed.agent.log();
+    assert_eq!(seen.pending.len(), 1, "{seen:?}");
+    assert!(
+        seen.pending[0].node_cordoned && seen.pending[0].pods_left.is_empty(),
+        "{seen:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_eviction_does_not_stop_another_hosts_uncordon() {
+    let env = e2e_env!("a_failing_eviction_does_not_stop_another_hosts_uncordon");
+    let hosts = vec![Host::worker("w0", "md-a"), Host::worker("w1", "md-a")];
+    let Some(bed) = bed(env, hosts, |c| c).await else {
+        return;
+    };
+    let (w0, w1) = (bed.fleet.hosts[0].clone(), bed.fleet.hosts[1].clone());
+    // Every eviction in the namespace `flaky` fails with a server error: its admission webhook
+    // cannot be reached and fails closed.
+    let client = bed.workload.client.clone();
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    namespaces
+        .create(
+            &kube::api::PostParams::default(),
+            &serde_json::from_value(
+                json!({"metadata": {"name": "flaky", "labels": {"flaky": "true"}}}),
+            )
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let webhooks: Api<k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration> =
+        Api::all(client.clone());
+    webhooks
+        .create(
+            &kube::api::PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": {"name": "flaky-evictions"},
+                "webhooks": [{
+                    "name": "evictions.flaky.example",
+                    "clientConfig": {"url": "https://127.0.0.1:9/validate"},
+                    "rules": [{
+                        "operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"],
+                        "resources": ["pods/eviction"], "scope": "Namespaced",
+                    }],
+                    "namespaceSelector": {"matchLabels": {"flaky": "true"}},
+                    "failurePolicy": "Fail",
+                    "sideEffects": "None",
+                    "admissionReviewVersions": ["v1"],
+                    "timeoutSeconds": 1,
+                }],
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), "flaky");
+    let pod = json!({
+        "metadata": {"name": "stuck", "namespace": "flaky", "ownerReferences": [{
+            "apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "stuck",
+            "uid": "6a1f2c3e-0000-4000-8000-000000000003", "controller": true,
+        }]},
+        "spec": {
+            "nodeName": w0.node(),
+            "terminationGracePeriodSeconds": 0,
+            "containers": [{"name": "app", "image": "registry.example/app:1"}],
+        },
+    });
+    pods.create(
+        &kube::api::PostParams::default(),
+        &serde_json::from_value(pod).unwrap(),
+    )
+    .await
+    .unwrap();
+    match pods.evict("stuck", &EvictParams::default()).await {
+        Err(kube::Error::Api(s)) => assert!(s.code >= 500, "{s:?}"),
+        other => panic!("the eviction went through: {other:?}"),
+    }
+
+    let manager = bed
+        .start_in_place(
+            json!({}),
+            json!({"inPlace": {"maxUnavailable": 2, "drainTimeout": "10m"}}),
+        )
+        .await;
+    // w0's drain fails at every pass, before w1's writes in the same pass; w1 finishes anyway.
+    let u = bed
+        .wait_upgrader("w1 uncordoned", LONG, &manager, |u| {
+            phase(u, &w1.host()).as_deref() == Some("Uncordoned")
+        })
+        .await;
+    assert_eq!(phase(&u, &w0.host()).as_deref(), Some("Cordoned"), "{u:#}");
+    let node = bed.workload.node(&w1.node()).await.unwrap();
+    assert!(!cordoned(&node) && cordoned_by(&node).is_none(), "{node:?}");
+    assert!(cordoned(&bed.workload.node(&w0.node()).await.unwrap()));
+    assert!(pods.get_opt("stuck").await.unwrap().is_some());
+    // The uncordon is a no-op on a Node that does not carry the caller's mark.
+    kubernetes_upgrader::controllers::upgrader::in_place::workload::uncordon(
+        &client,
+        &w0.node(),
+        "InClusterUpgradeAutomation/other",
+        "e2e-probe",
+    )
+    .await
+    .unwrap();
+    let node = bed.workload.node(&w0.node()).await.unwrap();
+    assert!(cordoned(&node), "{node:?}");
+    assert_eq!(cordoned_by(&node), Some(format!("{CCCU}/{UPGRADER}")));
+    // The failure is reported, once per failing reconcile, as the host write it was.
+    let warnings = bed.env.warnings(UPGRADER).await.unwrap();
+    assert!(
+        warnings.iter().any(|e| matches!(
+            e.reason.as_deref(),
+            Some("ErrorUpdatingHost" | "WriteHost")
+        ) && e.note.as_deref().is_some_and(|n| n.contains(&w0.node()))),
+        "{:?}",
+        warnings
+            .iter()
+            .map(|e| (&e.reason, &e.note))
+            .collect::<Vec<_>>()
+    );
 }

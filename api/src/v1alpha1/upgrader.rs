@@ -206,7 +206,29 @@ pub struct InPlace {
     /// false.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upgrade_recovery: Option<bool>,
+    /// Which pods a drain may evict, with the meaning of `kubectl drain`'s flags of the same
+    /// names. Omitted means neither: a pod with no controller or with an `emptyDir` volume holds
+    /// its host with `DrainRefused`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain: Option<Drain>,
 }
+
+/// Which pods a drain may evict (`spec.inPlace.drain`), as `kubectl drain --ignore-daemonsets`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Drain {
+    /// Also evict pods that no controller manages (and DaemonSet pods whose DaemonSet is gone):
+    /// they are not recreated anywhere. Omitted means false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub force: Option<bool>,
+    /// Also evict pods with an `emptyDir` volume, whose data is lost. Omitted means false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delete_empty_dir_data: Option<bool>,
+}
+
+/// Annotation on a workload Node the upgrader cordoned, naming it as `<kind>/<name>`: only a
+/// Node carrying the upgrader's own mark is uncordoned by it.
+pub const CORDONED_BY_ANNOTATION: &str = "kubernetesupgraded.dimitrikoshkin.com/cordoned-by";
 
 /// Annotation on an upgrader: a new value clears the blocked hosts of `status.hosts`, so they
 /// are tried again from the start (the last value acted on is `status.retryHosts`).
@@ -246,6 +268,15 @@ pub enum HostPhase {
     BootedImageMismatch,
     /// Blocked: the OS update failed more than `retries` times; the Node stays cordoned.
     RetriesExhausted,
+    /// Held: a pod on the Node may not be evicted under `spec.inPlace.drain`; nothing is evicted
+    /// until it is gone or allowed, looked at again on every pass.
+    DrainRefused,
+    /// The update is no longer wanted before the host was labelled `pending`: the Node is being
+    /// uncordoned, if the upgrader cordoned it.
+    Releasing,
+    /// Finished without an update: released, and schedulable again if the upgrader had cordoned
+    /// it.
+    Released,
     /// Blocked: the host stayed `pending` longer than `hostTimeout` without coming back with
     /// the image; the Node stays cordoned.
     HostTimeout,

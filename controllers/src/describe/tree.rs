@@ -358,10 +358,12 @@ fn host_nodes(status: &Value) -> Vec<Node> {
         .map(|host| {
             let phase = str_at(host, "phase");
             let health = match phase {
-                "Uncordoned" => Health::Ok,
-                "DrainTimeout" | "BootedImageMismatch" | "RetriesExhausted" | "HostTimeout" => {
-                    Health::Failing
-                }
+                "Uncordoned" | "Released" => Health::Ok,
+                "DrainTimeout"
+                | "BootedImageMismatch"
+                | "RetriesExhausted"
+                | "DrainRefused"
+                | "HostTimeout" => Health::Failing,
                 _ => Health::Working,
             };
             let mut details = vec![match host["pool"].as_str() {

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
+use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -50,6 +51,23 @@ impl Workload {
         let client = client_without_retries(&apiserver.kubeconfig).await?;
         let kubeconfig = apiserver.verified_kubeconfig()?.into_bytes();
         namespace::ensure(&client, WORKLOAD_NAMESPACE).await?;
+        // The DaemonSet the fixtures' DaemonSet pods belong to: a drain leaves them only while
+        // it exists (nothing runs it: no controller-manager).
+        let daemon_set: DaemonSet = serde_json::from_value(json!({
+            "apiVersion": "apps/v1",
+            "kind": "DaemonSet",
+            "metadata": {"name": "node-agent", "namespace": WORKLOAD_NAMESPACE},
+            "spec": {
+                "selector": {"matchLabels": {APP_LABEL: "node-agent"}},
+                "template": {
+                    "metadata": {"labels": {APP_LABEL: "node-agent"}},
+                    "spec": {"containers": [{"name": "agent", "image": "registry.example/agent:1"}]},
+                },
+            },
+        }))?;
+        Api::<DaemonSet>::namespaced(client.clone(), WORKLOAD_NAMESPACE)
+            .create(&PostParams::default(), &daemon_set)
+            .await?;
         Ok(Some(Self {
             apiserver,
             client,
@@ -124,8 +142,18 @@ impl Workload {
         labels: &BTreeMap<String, String>,
     ) -> Result<Pod> {
         let mut metadata = json!({"name": name, "namespace": WORKLOAD_NAMESPACE, "labels": labels});
+        let mut volumes = json!([]);
+        let replica_set = json!([{
+            "apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web",
+            "uid": "6a1f2c3e-0000-4000-8000-000000000002", "controller": true,
+        }]);
         match kind {
-            PodKind::Ordinary => {}
+            PodKind::Ordinary => metadata["ownerReferences"] = replica_set,
+            PodKind::Bare => {}
+            PodKind::EmptyDir => {
+                metadata["ownerReferences"] = replica_set;
+                volumes = json!([{"name": "scratch", "emptyDir": {}}]);
+            }
             PodKind::DaemonSet => {
                 metadata["ownerReferences"] = json!([{
                     "apiVersion": "apps/v1", "kind": "DaemonSet", "name": "node-agent",
@@ -144,6 +172,7 @@ impl Workload {
                 "nodeName": node,
                 "terminationGracePeriodSeconds": 30,
                 "containers": [{"name": "app", "image": "registry.example/app:1"}],
+                "volumes": volumes,
             },
         }))?;
         self.pods().create(&PostParams::default(), &pod).await?;
@@ -226,8 +255,13 @@ pub async fn client_without_retries(kubeconfig: &std::path::Path) -> Result<Clie
 /// What kind of pod a fixture pod is, for a drain.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PodKind {
-    /// Evicted by a drain.
+    /// Controlled by a ReplicaSet: evicted by a drain.
     Ordinary,
+    /// Managed by no controller: a drain refuses it unless `spec.inPlace.drain.force`.
+    Bare,
+    /// Controlled by a ReplicaSet, with an `emptyDir` volume: a drain refuses it unless
+    /// `spec.inPlace.drain.deleteEmptyDirData`.
+    EmptyDir,
     /// Owned by a DaemonSet: a drain leaves it.
     DaemonSet,
     /// A static pod's mirror: a drain leaves it.

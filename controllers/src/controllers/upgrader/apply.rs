@@ -14,7 +14,7 @@ use kube::{Api, Client, ResourceExt};
 use super::decide::{self, Decision};
 use super::observe::Observation;
 use super::{Context, Error, FIELD_MANAGER, UpgraderKind, cluster, gates, in_place};
-use crate::runtime::status::{WriteError, apply_status};
+use crate::runtime::status::{WriteError, apply_status_at};
 
 /// Carries out `decision` and `actions` for `upgrader`, a ClusterClassClusterUpgrader or an
 /// InClusterUpgradeAutomation (its status by server-side apply).
@@ -51,30 +51,73 @@ pub async fn apply<K: UpgraderKind>(
     }
     if decision.status != *current {
         let api: Api<K> = Api::namespaced(ctx.client.clone(), &observed.namespace);
-        apply_status(&api, &upgrader.name_any(), FIELD_MANAGER, &decision.status)
-            .await
-            .map_err(Error::WriteStatus)?;
+        // Host records decided from an older read must not overwrite newer ones: the write
+        // carries the resourceVersion it was decided from (unless a step was just written,
+        // whose record must not be lost).
+        let carries_hosts = decision.status.hosts.is_some() || current.hosts.is_some();
+        let version = upgrader.meta().resource_version.as_deref();
+        let at = version.filter(|_| carries_hosts && decision.write.is_none());
+        match apply_status_at(
+            &api,
+            &upgrader.name_any(),
+            FIELD_MANAGER,
+            &decision.status,
+            at,
+        )
+        .await
+        {
+            Ok(_) => {}
+            Err(WriteError::Api(kube::Error::Api(e))) if e.code == 409 => {
+                tracing::debug!("status decided from a stale read; observing again");
+                return Ok(Action::requeue(Duration::from_secs(1)));
+            }
+            Err(e) => return Err(Error::WriteStatus(e)),
+        }
     }
+    let mut failed = None;
     if let (Some(Ok((Some((_, management)), _, Some(workload)))), Some(access)) =
         (&observed.hosts, &observed.access)
     {
-        let recovery = upgrader
-            .in_place()
-            .and_then(|p| p.upgrade_recovery)
-            .unwrap_or(false);
-        let hosts = Hosts {
-            workload,
-            management,
+        let settings = Perform {
+            owner: super::observe::cordon_owner(upgrader),
+            upgrade_recovery: upgrader
+                .in_place()
+                .and_then(|p| p.upgrade_recovery)
+                .unwrap_or(false),
+            drain: in_place::drain::Options::from_spec(
+                upgrader.in_place().and_then(|p| p.drain.as_ref()),
+            ),
             machines: in_place::observe::machine_resource(&access.resource.version),
         };
+        // Each host's write on its own: one failing does not stop the others.
         for action in actions {
-            Box::pin(perform(ctx, &hosts, &observed.namespace, action, recovery))
-                .await
-                .map_err(|source| Error::WriteHost(format!("{action:?}"), source))?;
+            let done = Box::pin(perform(
+                ctx,
+                workload,
+                management,
+                &observed.namespace,
+                action,
+                &settings,
+            ))
+            .await;
+            match done {
+                Ok(()) => {}
+                // The Node, host or Machine is gone: the next pass drops its record.
+                Err(WriteError::Api(kube::Error::Api(e))) if e.code == 404 => {
+                    tracing::info!(?action, "the object is gone; its host is dropped next pass");
+                }
+                Err(source) => {
+                    tracing::warn!(?action, error = %crate::runtime::cause_chain(&source), "host write failed");
+                    failed.get_or_insert(Error::WriteHost(format!("{action:?}"), source));
+                }
+            }
         }
     }
     for note in &decision.notes {
         ctx.events.publish_to(&reference, note).await;
+    }
+    if let Some(error) = failed {
+        return Err(error);
     }
     let requeue = if actions.is_empty() {
         decision.requeue
@@ -117,32 +160,38 @@ async fn write_step(
     })
 }
 
-/// What the in-place writes reach: the workload cluster, the management reads, and the Machine
-/// resource in the served Cluster API version.
-struct Hosts<'a> {
-    workload: &'a Client,
-    management: &'a in_place::observe::Management,
+/// What the in-place writes take from the upgrader.
+struct Perform {
+    /// Its `cordoned-by` mark.
+    owner: String,
+    /// `spec.inPlace.upgradeRecovery`.
+    upgrade_recovery: bool,
+    /// `spec.inPlace.drain`.
+    drain: in_place::drain::Options,
+    /// Cluster API's Machine resource in the served version.
     machines: ApiResource,
 }
 
 /// Performs one in-place write.
 async fn perform(
     ctx: &Context,
-    hosts: &Hosts<'_>,
+    workload: &Client,
+    management: &in_place::observe::Management,
     namespace: &str,
     action: &in_place::Action,
-    upgrade_recovery: bool,
+    settings: &Perform,
 ) -> Result<(), WriteError> {
     use in_place::workload as write;
-    let (workload, management) = (hosts.workload, hosts.management);
     match action {
         in_place::Action::Cordon { node } => {
-            write::set_unschedulable(workload, node, true, FIELD_MANAGER).await
+            write::cordon(workload, node, &settings.owner, FIELD_MANAGER).await
         }
         in_place::Action::Uncordon { node } => {
-            write::set_unschedulable(workload, node, false, FIELD_MANAGER).await
+            write::uncordon(workload, node, &settings.owner, FIELD_MANAGER).await
         }
-        in_place::Action::Evict { node } => write::evict(workload, node).await.map(|_| ()),
+        in_place::Action::Evict { node } => write::evict(workload, node, settings.drain)
+            .await
+            .map(|_| ()),
         in_place::Action::LabelPending { host } => {
             write::label_pending(&ctx.client, namespace, host, FIELD_MANAGER).await
         }
@@ -155,7 +204,7 @@ async fn perform(
                 namespace,
                 infrastructure,
                 image,
-                upgrade_recovery,
+                settings.upgrade_recovery,
                 FIELD_MANAGER,
             )
             .await
@@ -165,7 +214,7 @@ async fn perform(
             let skip = matches!(action, in_place::Action::SkipRemediation { .. });
             write::skip_remediation(
                 &ctx.client,
-                &hosts.machines,
+                &settings.machines,
                 namespace,
                 machine,
                 skip,

@@ -126,8 +126,14 @@ pub async fn observe<K: UpgraderKind>(
         .map(|(name, id)| (name.as_str(), id.as_str()));
     let stamps = in_place::verify::stamps(stored.iter().copied(), chosen);
     let wanted = wanted_in_place(upgrader, &cluster, &plan, &images, &stored, chosen, now);
-    // A topology step is written only once every host's Node is seen to run its build.
-    let nodes_needed = wanted.is_some() || busy || matches!(planned, gates::Plan::Write(_));
+    let reads = HostReads {
+        // A topology step is written only once every host's Node is seen to run its build.
+        workload: wanted.is_some() || busy || matches!(planned, gates::Plan::Write(_)),
+        owner: cordon_owner(upgrader),
+        drain: in_place::drain::Options::from_spec(
+            upgrader.in_place().and_then(|p| p.drain.as_ref()),
+        ),
+    };
     let hosts = match access.as_ref() {
         Some(access) if in_place::flow::needs_hosts(&planned, wanted.is_some(), &records) => Some(
             Box::pin(observe_hosts(
@@ -135,7 +141,7 @@ pub async fn observe<K: UpgraderKind>(
                 access,
                 &namespace,
                 spec.cluster_name,
-                nodes_needed,
+                &reads,
             ))
             .await?,
         ),
@@ -175,6 +181,21 @@ fn chosen_image(plan: &Plan, namespace: &str) -> Option<(String, String)> {
     }
     let id = status.machine_image_details.as_ref()?.id.clone();
     Some((reference.name.clone()?, id))
+}
+
+/// The `cordoned-by` mark of `upgrader`: `<kind>/<name>`.
+pub fn cordon_owner<K: UpgraderKind>(upgrader: &K) -> String {
+    format!("{}/{}", K::kind(&()), upgrader.name_any())
+}
+
+/// What to read of the hosts besides the management cluster.
+struct HostReads {
+    /// Read the workload cluster's Nodes and pods.
+    workload: bool,
+    /// This upgrader's `cordoned-by` mark.
+    owner: String,
+    /// Which pods a drain moves.
+    drain: in_place::drain::Options,
 }
 
 /// Whether the Cluster the observation was decided on is still the one the API server holds.
@@ -245,7 +266,7 @@ async fn observe_hosts(
     access: &cluster::Access,
     namespace: &str,
     cluster_name: &str,
-    workload: bool,
+    reads: &HostReads,
 ) -> Result<Result<ObservedHosts, in_place::workload::Unreachable>, Error> {
     let read = |e| Error::ReadHosts(cluster_name.to_owned(), e);
     let machine = in_place::observe::machine_resource(&access.resource.version);
@@ -266,8 +287,8 @@ async fn observe_hosts(
     let labels: Vec<&BTreeMap<String, String>> =
         management.hosts.values().map(|h| &h.labels).collect();
     let spare = Some(in_place::spare::check(&pool_refs, &labels));
-    if !workload {
-        let views = management.views(&BTreeMap::new(), &BTreeMap::new());
+    if !reads.workload {
+        let views = management.views(&BTreeMap::new(), &BTreeMap::new(), &reads.owner);
         return Ok(Ok((Some((views, management)), spare, None)));
     }
     let client = match ctx
@@ -283,23 +304,23 @@ async fn observe_hosts(
         .iter()
         .filter_map(|m| m.node.clone())
         .collect();
-    let reads = async {
+    let read_all = async {
         let nodes = in_place::observe::nodes(&client, &names).await?;
-        let mut drained = BTreeMap::new();
+        let mut drains = BTreeMap::new();
         for name in names
             .iter()
             .filter(|n| nodes.get(*n).is_some_and(|n| n.cordoned))
         {
-            let left = in_place::observe::evictable_pods(&client, name).await?;
-            drained.insert(name.clone(), left.is_empty());
+            let drain = in_place::observe::drain_plan(&client, name, reads.drain).await?;
+            drains.insert(name.clone(), drain);
         }
-        Ok((nodes, drained))
+        Ok((nodes, drains))
     };
     // One slow workload cluster must not hold a worker: its reads share one deadline.
     // A workload cluster that does not answer (its only control-plane host rebooting) is
     // reported in status, not as a failed reconcile.
-    let (nodes, drained) =
-        match tokio::time::timeout(in_place::workload::READ_DEADLINE, reads).await {
+    let (nodes, drains) =
+        match tokio::time::timeout(in_place::workload::READ_DEADLINE, read_all).await {
             Ok(Ok(read_all)) => read_all,
             Ok(Err(unanswered)) => {
                 return Ok(Err(in_place::workload::Unreachable::Unanswered(unanswered)));
@@ -310,7 +331,7 @@ async fn observe_hosts(
                 )));
             }
         };
-    let views = management.views(&nodes, &drained);
+    let views = management.views(&nodes, &drains, &reads.owner);
     Ok(Ok((Some((views, management)), spare, Some(client))))
 }
 

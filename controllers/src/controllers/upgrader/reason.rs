@@ -58,6 +58,8 @@ pub enum Reason {
     InPlaceUpdated,
     /// A drain did not finish within `spec.inPlace.drainTimeout`.
     DrainTimeout,
+    /// A pod on a host's Node may not be evicted under `spec.inPlace.drain`.
+    DrainRefused,
     /// A host reported `done` while its Node runs another image.
     BootedImageMismatch,
     /// A host's OS update failed more than `spec.inPlace.retries` times.
@@ -107,6 +109,7 @@ impl Reason {
             Self::InPlaceUpdating => "InPlaceUpdating",
             Self::InPlaceUpdated => "InPlaceUpdated",
             Self::DrainTimeout => "DrainTimeout",
+            Self::DrainRefused => "DrainRefused",
             Self::BootedImageMismatch => "BootedImageMismatch",
             Self::OsVersionReconciliationFailed => OS_VERSION_RECONCILIATION_FAILED,
             Self::HostTimeout => "HostTimeout",

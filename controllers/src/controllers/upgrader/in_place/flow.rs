@@ -24,8 +24,8 @@ use super::observe::{ELEMENTAL_API_VERSION, ELEMENTAL_HOST};
 use super::spare::NoSpareHost;
 use super::verify::{Stamps, booted_mismatch};
 use super::{
-    Action, HostView, Role, Settings, Target, at_target, in_flight, is_blocked, remediation, step,
-    timed_out,
+    Action, HostView, Role, Settings, Target, at_target, in_flight, is_blocked, remediation,
+    retarget, step, timed_out,
 };
 use crate::controllers::upgrader::gates::{Hold, Plan};
 use crate::controllers::upgrader::reason::Reason;
@@ -187,8 +187,9 @@ pub fn decide(inputs: Inputs<'_>) -> Outcome {
         image: &wanted.image,
         stamp,
     };
+    let records = retarget(inputs.records, world, Some(target), inputs.now);
     let out = step(
-        inputs.records,
+        &records,
         world,
         target,
         wanted.settings,
@@ -286,9 +287,10 @@ pub fn pinned(image: &str) -> bool {
     })
 }
 
-/// No in-place update wanted: hosts already started are finished (no new one starts), and no
-/// topology step is written while one is in flight; a topology step on an Elemental Cluster
-/// needs every host to run the build its ElementalMachine names, and its spare hosts.
+/// No in-place update wanted: hosts already labelled `pending` are finished, the others are
+/// released (no new one starts), and no topology step is written while one is in flight; a
+/// topology step on an Elemental Cluster needs every host to run the build its ElementalMachine
+/// names, and its spare hosts.
 fn carry_on(
     planned: Plan,
     records: &[HostRecord],
@@ -304,7 +306,8 @@ fn carry_on(
             image: "",
             stamp: "",
         };
-        let out = step(records, world, any, settings, true, now);
+        let released = retarget(records, world, None, now);
+        let out = step(&released, world, any, settings, true, now);
         let notes = transitions(records, &out.records);
         (out.records, out.actions, notes, out.blocked)
     } else {
@@ -492,10 +495,11 @@ pub fn transitions(before: &[HostRecord], after: &[HostRecord]) -> Vec<Note> {
         .iter()
         .filter(|r| !is_blocked(r.phase))
         .filter(|r| {
-            before
-                .iter()
-                .find(|b| b.host == r.host)
-                .is_none_or(|b| b.phase != r.phase)
+            before.iter().find(|b| b.host == r.host).is_none_or(|b| {
+                // A release is told once, when it is decided.
+                b.phase != r.phase
+                    && !(b.phase == HostPhase::Releasing && r.phase == HostPhase::Released)
+            })
         })
         .map(|r| {
             Note::normal(
@@ -531,9 +535,11 @@ fn event_reason(phase: HostPhase) -> &'static str {
         HostPhase::Done => "InPlaceHostDone",
         HostPhase::Verified => "InPlaceHostVerified",
         HostPhase::Uncordoned => "InPlaceHostUncordoned",
+        HostPhase::Releasing | HostPhase::Released => "InPlaceHostReleased",
         HostPhase::DrainTimeout
         | HostPhase::BootedImageMismatch
         | HostPhase::RetriesExhausted
+        | HostPhase::DrainRefused
         | HostPhase::HostTimeout => super::blocked_reason(phase).as_str(),
     }
 }
@@ -553,6 +559,13 @@ fn describe(phase: HostPhase) -> &'static str {
         HostPhase::DrainTimeout => "the drain timed out",
         HostPhase::BootedImageMismatch => "the booted image is not the target",
         HostPhase::RetriesExhausted => "the OS update failed too often",
+        HostPhase::DrainRefused => "a pod on the Node may not be evicted",
+        HostPhase::Releasing => {
+            "released before pending: the update is no longer wanted for it; uncordoning its Node if the upgrader cordoned it"
+        }
+        HostPhase::Released => {
+            "released before pending: the update is no longer wanted for it; its Node is left as the upgrader found it"
+        }
         HostPhase::HostTimeout => "the host did not come back within hostTimeout",
     }
 }
@@ -567,7 +580,7 @@ mod tests {
     use crate::controllers::upgrader::in_place::UpdateLabel;
 
     use crate::controllers::upgrader::in_place::tests::{
-        NEW, at, held, rebooted, record, settings, view as host,
+        NEW, OLD, at, held, rebooted, record, settings, view as host,
     };
 
     static NO_STAMPS: Stamps = Stamps::new();
@@ -783,6 +796,87 @@ mod tests {
     }
 
     #[test]
+    fn a_drained_host_no_longer_wanted_is_released_and_the_step_goes_on() {
+        let mut view = held(host("w", Role::Worker("a".into())));
+        view.cordoned = true;
+        view.cordoned_by_us = true;
+        view.drained = true;
+        let records = [record("w", HostPhase::Drained)];
+        let world = [view.clone()];
+        let out = decide(inputs(
+            Plan::Write(step_to("1.32.0")),
+            None,
+            &records,
+            &world,
+        ));
+        assert_eq!(reason(&out.plan), Some(Reason::PreviousStepUnfinished));
+        assert_eq!(out.records[0].phase, HostPhase::Releasing);
+        assert_eq!(out.actions, vec![Action::Uncordon { node: "n-w".into() }]);
+        assert_eq!(out.notes.len(), 1);
+        assert_eq!(out.notes[0].reason, "InPlaceHostReleased");
+        // Uncordoned: released, quietly, and the step is written.
+        view.cordoned = false;
+        view.cordoned_by_us = false;
+        let world = [view];
+        let after = decide(inputs(
+            Plan::Write(step_to("1.32.0")),
+            None,
+            &out.records,
+            &world,
+        ));
+        assert_eq!(after.records[0].phase, HostPhase::Released);
+        // Released: its Machine is no longer held from remediation.
+        assert_eq!(
+            after.actions,
+            vec![Action::AllowRemediation {
+                machine: "m-w".into()
+            }]
+        );
+        assert!(after.notes.is_empty(), "{:?}", after.notes);
+        assert!(matches!(after.plan, Plan::Write(_)), "{:?}", after.plan);
+    }
+
+    #[test]
+    fn a_held_host_takes_the_new_target_and_one_already_running_it_is_released() {
+        let mut view = held(host("w", Role::Worker("a".into())));
+        view.cordoned = true;
+        view.cordoned_by_us = true;
+        let records = [record("w", HostPhase::Cordoned)];
+        let world = [view.clone()];
+        let mut newer = wanted(None);
+        newer.image =
+            "oci://r/os@sha256:c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2"
+                .into();
+        newer.stamp = Some("os-3".into());
+        let out = decide(inputs(
+            Plan::Write(step_to("1.31.1")),
+            Some(newer),
+            &records,
+            &world,
+        ));
+        assert_eq!(
+            out.records[0].image,
+            "oci://r/os@sha256:c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2"
+        );
+        assert_eq!(out.records[0].stamp, "os-3");
+        assert_eq!(out.records[0].phase, HostPhase::Cordoned);
+        // The Plan fell back to the image the host runs: released.
+        let mut old = wanted(None);
+        old.image = OLD.into();
+        old.stamp = Some("os-1".into());
+        view.os_image = Some("Elemental os-1".into());
+        let world = [view];
+        let out = decide(inputs(
+            Plan::Write(step_to("1.31.1")),
+            Some(old),
+            &records,
+            &world,
+        ));
+        assert_eq!(out.records[0].phase, HostPhase::Releasing);
+        assert_eq!(out.actions, vec![Action::Uncordon { node: "n-w".into() }]);
+    }
+
+    #[test]
     fn a_step_on_elemental_needs_a_spare_host_per_pool() {
         let mut missing = inputs(Plan::Write(step_to("1.32.0")), None, &[], &[]);
         missing.spare = Some(Err(NoSpareHost {
@@ -949,6 +1043,7 @@ mod tests {
         let (records, _) = retried(&[blocked], Some("1"), None, at(0));
         let mut view = updated(host("w", Role::Worker("a".into())));
         view.cordoned = true;
+        view.cordoned_by_us = true;
         view.drained = true;
         view.label = Some(UpdateLabel::Done);
         view.skip_remediation = None;
@@ -968,6 +1063,7 @@ mod tests {
                 match action {
                     Action::Uncordon { .. } => {
                         view.cordoned = false;
+                        view.cordoned_by_us = false;
                         uncordoned = true;
                     }
                     Action::SkipRemediation { .. } => {

@@ -15,6 +15,7 @@
 //! record; every action is idempotent and is asked for again until the observation shows it
 //! took effect. [`spare`] holds the spare-host gate for rollouts (S9).
 
+pub mod drain;
 pub mod flow;
 pub mod kubeconfig;
 pub mod observe;
@@ -118,8 +119,14 @@ pub struct HostView {
     pub role: Role,
     /// The Node's `spec.unschedulable`.
     pub cordoned: bool,
-    /// No evictable pod is left on the Node (DaemonSet and mirror pods do not count).
+    /// No pod is left on the Node that a drain moves or refuses (DaemonSet, mirror and finished
+    /// pods do not count).
     pub drained: bool,
+    /// The pod on the cordoned Node that `spec.inPlace.drain` does not let a drain evict, as
+    /// the condition message names it.
+    pub refused: Option<String>,
+    /// The Node carries this upgrader's `cordoned-by` mark: it cordoned the Node.
+    pub cordoned_by_us: bool,
     /// The ElementalHost's in-place-update label.
     pub label: Option<UpdateLabel>,
     /// The reason of the ElementalHost's `OSVersionReady` condition.
@@ -196,18 +203,78 @@ impl Outcome {
 
 /// Whether a phase holds its host out of service (cordoned, or about to be).
 pub fn in_flight(phase: HostPhase) -> bool {
-    phase != HostPhase::Uncordoned
+    !matches!(phase, HostPhase::Uncordoned | HostPhase::Released)
 }
 
-/// Whether a phase is a blocked end.
+/// Whether a phase is a blocked end (or a hold): nothing new starts while a host is in one.
 pub fn is_blocked(phase: HostPhase) -> bool {
     matches!(
         phase,
         HostPhase::DrainTimeout
             | HostPhase::BootedImageMismatch
             | HostPhase::RetriesExhausted
+            | HostPhase::DrainRefused
             | HostPhase::HostTimeout
     )
+}
+
+/// Whether a phase comes before the host is labelled `pending`: no image has been written for
+/// it, so it may still be released or take another target.
+pub fn before_pending(phase: HostPhase) -> bool {
+    matches!(
+        phase,
+        HostPhase::Selected
+            | HostPhase::Cordoned
+            | HostPhase::Drained
+            | HostPhase::DrainRefused
+            | HostPhase::DrainTimeout
+    )
+}
+
+/// The records with the update's target applied to the hosts whose image is not written yet
+/// (S3: no host is written an image that is no longer the Plan's choice): with no target (the
+/// update is no longer wanted), or a new target the host already runs, the host is released;
+/// with a new target it does not run, the host takes it. Hosts whose image was written keep it
+/// and are carried to the end.
+pub fn retarget(
+    records: &[HostRecord],
+    world: &[HostView],
+    target: Option<Target<'_>>,
+    now: Timestamp,
+) -> Vec<HostRecord> {
+    records
+        .iter()
+        .map(|record| {
+            let view = world.iter().find(|v| v.host == record.host);
+            // Labelled `pending` but its image not written yet: no image is written for it
+            // that is not the current choice either.
+            let unwritten = record.phase == HostPhase::Pending
+                && view.is_some_and(|v| v.image_uri.as_deref() != Some(record.image.as_str()));
+            if !before_pending(record.phase) && !unwritten {
+                return record.clone();
+            }
+            let release = match target {
+                None => Some("the update is no longer wanted"),
+                Some(t) if t.image == record.image => None,
+                Some(t) if view.is_some_and(|v| at_target(v, t)) => {
+                    Some("the host already runs the new target")
+                }
+                Some(t) => {
+                    let mut next = record.clone();
+                    t.image.clone_into(&mut next.image);
+                    t.stamp.clone_into(&mut next.stamp);
+                    return next;
+                }
+            };
+            let mut next = record.clone();
+            if let Some(why) = release {
+                next.phase = HostPhase::Releasing;
+                next.message = Some(format!("released: {why}"));
+                next.last_transition_time = Some(Time(now));
+            }
+            next
+        })
+        .collect()
 }
 
 /// Whether `os_image` carries `stamp` as a whole word: `img-1` is not in `img-12`.
@@ -248,9 +315,12 @@ pub fn step(
     let mut next: BTreeMap<String, HostRecord> = BTreeMap::new();
     let mut actions = Vec::new();
     for record in records {
-        // A host whose Machine is gone, or that now backs another Machine, has nothing left to
-        // finish under this record.
-        let Some(view) = views.get(&(record.host.as_str(), record.machine.as_str())) else {
+        // A host whose Machine or Node is gone, or that now backs another Machine, has nothing
+        // left to finish under this record.
+        let Some(view) = views
+            .get(&(record.host.as_str(), record.machine.as_str()))
+            .filter(|v| v.node.is_some())
+        else {
             continue;
         };
         let (record, mut asked) = advance(record, view, settings, paused, now);
@@ -270,7 +340,10 @@ pub fn step(
             let Some(node) = view.node.clone() else {
                 continue;
             };
-            actions.push(Action::Cordon { node: node.clone() });
+            // A Node cordoned already is not marked as ours.
+            if !view.cordoned {
+                actions.push(Action::Cordon { node: node.clone() });
+            }
             next.insert(
                 view.host.clone(),
                 HostRecord {
@@ -286,7 +359,7 @@ pub fn step(
                     attempts: 0,
                     message: None,
                     last_transition_time: Some(Time(now)),
-                    cordoned_before: view.cordoned.then_some(true),
+                    cordoned_before: (view.cordoned && !view.cordoned_by_us).then_some(true),
                     boot_id: view.boot_id.clone(),
                     pending_since: None,
                 },
@@ -306,6 +379,7 @@ pub(crate) fn blocked_reason(phase: HostPhase) -> Reason {
     match phase {
         HostPhase::DrainTimeout => Reason::DrainTimeout,
         HostPhase::BootedImageMismatch => Reason::BootedImageMismatch,
+        HostPhase::DrainRefused => Reason::DrainRefused,
         HostPhase::HostTimeout => Reason::HostTimeout,
         _ => Reason::OsVersionReconciliationFailed,
     }
@@ -330,9 +404,9 @@ fn bounded(mut records: Vec<HostRecord>) -> Vec<HostRecord> {
     records
 }
 
-/// The hosts to start now: nothing while a control-plane host is in flight or not at target
-/// (one control-plane host at a time); then the first pool, by name, that has hosts in flight
-/// or to update, up to its budget.
+/// The hosts to start now: while hosts are in flight, only more of their pool (up to its
+/// budget; none for the control plane, one host at a time); else the first control-plane host
+/// not at target, or the first pool, by name, with hosts to update.
 fn select<'w>(
     records: &BTreeMap<String, HostRecord>,
     world: &'w [HostView],
@@ -344,9 +418,11 @@ fn select<'w>(
         .filter(|r| in_flight(r.phase))
         .map(|r| r.host.as_str())
         .collect();
+    // A host without a Node cannot be drained: it waits, and holds no host after it.
     let mut todo: Vec<&HostView> = world
         .iter()
         .filter(|v| !in_flight_hosts.contains(v.host.as_str()) && !at_target(v, target))
+        .filter(|v| v.node.is_some())
         .collect();
     todo.sort_by(|a, b| (&a.role, &a.host).cmp(&(&b.role, &b.host)));
     let busy = |pool: Option<&str>| {
@@ -355,33 +431,30 @@ fn select<'w>(
             .filter(|r| in_flight(r.phase) && r.pool.as_deref() == pool)
             .count()
     };
+    // The part of the Cluster with hosts in flight goes on alone: the control plane one host
+    // at a time, a pool up to its budget (a host joining an earlier pool, or the control plane
+    // needing a new target, waits for it).
     if busy(None) > 0 {
         return Vec::new();
     }
-    let control_plane: Vec<&HostView> = todo
-        .iter()
-        .copied()
-        .filter(|v| v.role == Role::ControlPlane)
-        .collect();
-    if !control_plane.is_empty() {
-        return control_plane
-            .into_iter()
-            .filter(|v| v.node.is_some())
-            .take(1)
-            .collect();
-    }
-    let pools: BTreeSet<&str> = records
+    let busy_pool = records
         .values()
         .filter(|r| in_flight(r.phase))
-        .filter_map(|r| r.pool.as_deref())
-        .chain(todo.iter().filter_map(|v| v.role.pool()))
-        .collect();
-    let Some(pool) = pools.into_iter().next() else {
-        return Vec::new();
+        .find_map(|r| r.pool.as_deref());
+    let pool = if let Some(pool) = busy_pool {
+        pool
+    } else {
+        if let Some(first) = todo.iter().find(|v| v.role == Role::ControlPlane) {
+            return vec![*first];
+        }
+        let Some(pool) = todo.iter().find_map(|v| v.role.pool()) else {
+            return Vec::new();
+        };
+        pool
     };
     let room = settings.max_unavailable.saturating_sub(busy(Some(pool)));
     todo.into_iter()
-        .filter(|v| v.role.pool() == Some(pool) && v.node.is_some())
+        .filter(|v| v.role.pool() == Some(pool))
         .take(room)
         .collect()
 }
@@ -426,14 +499,6 @@ fn advance(
         next.last_transition_time = Some(Time(now));
     }
     (next, actions)
-}
-
-/// Whether a phase comes before the host is labelled `pending`.
-fn before_pending(phase: HostPhase) -> bool {
-    matches!(
-        phase,
-        HostPhase::Selected | HostPhase::Cordoned | HostPhase::Drained
-    )
 }
 
 /// `record` blocked with `HostTimeout`, when it has been `pending` (updating, failing or not yet
@@ -487,12 +552,43 @@ fn transition(
     let node = || record.node.clone();
     let failed = view.os_reason.as_deref() == Some(OS_VERSION_RECONCILIATION_FAILED);
     let applied = view.image_uri.as_deref() == Some(record.image.as_str());
+    let evict = || -> Vec<Action> {
+        if view.refused.is_some() {
+            Vec::new()
+        } else {
+            vec![Action::Evict { node: node() }]
+        }
+    };
     let actions = match record.phase {
         HostPhase::Selected if view.cordoned => {
             next.phase = HostPhase::Cordoned;
-            vec![Action::Evict { node: node() }]
+            evict()
         }
         HostPhase::Selected => vec![Action::Cordon { node: node() }],
+        // Before `pending`, the Node must still be cordoned (an operator may have uncordoned
+        // it) and drained (it may have taken pods since): otherwise cordon and drain again.
+        HostPhase::Cordoned | HostPhase::Drained | HostPhase::DrainRefused if !view.cordoned => {
+            next.phase = HostPhase::Selected;
+            next.message = None;
+            vec![Action::Cordon { node: node() }]
+        }
+        HostPhase::Cordoned | HostPhase::Drained | HostPhase::DrainRefused
+            if view.refused.is_some() =>
+        {
+            next.phase = HostPhase::DrainRefused;
+            next.message.clone_from(&view.refused);
+            Vec::new()
+        }
+        HostPhase::DrainRefused | HostPhase::Drained if !view.drained => {
+            next.phase = HostPhase::Cordoned;
+            next.message = None;
+            evict()
+        }
+        HostPhase::DrainRefused => {
+            next.phase = HostPhase::Cordoned;
+            next.message = None;
+            Vec::new()
+        }
         // Drained and already running the image (a retried host the agent finished
         // meanwhile): nothing to update, so no `pending`; only to verify and uncordon.
         HostPhase::Cordoned | HostPhase::Drained if view.drained && at_own_target(record, view) => {
@@ -568,11 +664,7 @@ fn transition(
             Some(os) if carries_stamp(os, &record.stamp) => {
                 next.phase = HostPhase::Verified;
                 next.message = None;
-                if record.cordoned_before == Some(true) {
-                    Vec::new()
-                } else {
-                    vec![Action::Uncordon { node: node() }]
-                }
+                uncordon_ours(view, node())
             }
             // The kubelet reports the new boot ID with the booted image's `osImage`: once the
             // Node shows another boot, what it runs is judged at once.
@@ -586,22 +678,40 @@ fn transition(
             }
             _ => Vec::new(),
         },
-        // A Node cordoned before the update stays cordoned.
-        HostPhase::Verified if !view.cordoned || record.cordoned_before == Some(true) => {
+        // Only a Node this upgrader cordoned (its mark is on it) is uncordoned: one cordoned
+        // by someone else stays cordoned. Our mark left on a Node an operator uncordoned is
+        // removed too, so a later cordon of theirs is never taken for ours.
+        HostPhase::Verified if !view.cordoned_by_us => {
             next.phase = HostPhase::Uncordoned;
             next.finished = Some(Time(now));
             Vec::new()
         }
         HostPhase::Verified => vec![Action::Uncordon { node: node() }],
+        HostPhase::Releasing if view.cordoned_by_us => vec![Action::Uncordon { node: node() }],
+        HostPhase::Releasing => {
+            next.phase = HostPhase::Released;
+            next.finished = Some(Time(now));
+            Vec::new()
+        }
         HostPhase::Pending
         | HostPhase::Retrying
         | HostPhase::Uncordoned
         | HostPhase::DrainTimeout
         | HostPhase::BootedImageMismatch
         | HostPhase::RetriesExhausted
+        | HostPhase::Released
         | HostPhase::HostTimeout => Vec::new(),
     };
     (next, actions)
+}
+
+/// The uncordon of a verified host's Node, when this upgrader's mark is on it.
+fn uncordon_ours(view: &HostView, node: String) -> Vec<Action> {
+    if view.cordoned_by_us {
+        vec![Action::Uncordon { node }]
+    } else {
+        Vec::new()
+    }
 }
 
 /// Whether the Node booted since the host was labelled `pending`: its boot ID differs from the
@@ -649,8 +759,10 @@ fn apply_image(record: &HostRecord) -> Action {
     }
 }
 
+/// Whether the drain took longer than allowed, counted from when the host last entered
+/// `Cordoned` (a drain started over after a refusal or an uncordon gets a fresh timer).
 fn drain_expired(record: &HostRecord, settings: Settings, now: Timestamp) -> bool {
-    elapsed(record.started.0, now, settings.drain_timeout)
+    elapsed(since(record), now, settings.drain_timeout)
 }
 
 #[cfg(test)]

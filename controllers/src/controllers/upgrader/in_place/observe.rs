@@ -4,13 +4,15 @@
 
 use std::collections::BTreeMap;
 
-use api::v1alpha1::LabelSelector;
+use api::v1alpha1::{CORDONED_BY_ANNOTATION, LabelSelector};
+use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{DynamicObject, ListParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::{Api, Client, ResourceExt};
 use serde_json::Value;
 
+use super::drain::{self, Disposition};
 use super::remediation::SKIP_REMEDIATION_ANNOTATION;
 use super::{HostView, Role, UpdateLabel};
 use crate::runtime::status::{WriteError, bounded};
@@ -175,6 +177,8 @@ pub fn elemental_host(object: &Value) -> ElementalHost {
 pub struct NodeState {
     /// `spec.unschedulable`.
     pub cordoned: bool,
+    /// The `cordoned-by` mark: the upgrader that cordoned it, as `<kind>/<name>`.
+    pub cordoned_by: Option<String>,
     /// `status.nodeInfo.osImage`.
     pub os_image: Option<String>,
     /// `status.nodeInfo.bootID`.
@@ -194,6 +198,7 @@ pub fn node(node: &Node) -> NodeState {
             .as_ref()
             .and_then(|s| s.unschedulable)
             .unwrap_or(false),
+        cordoned_by: node.annotations().get(CORDONED_BY_ANNOTATION).cloned(),
         os_image: info.map(|i| i.os_image.clone()).filter(|i| !i.is_empty()),
         // Written by the workload's kubelet: one that is empty, too long or not printable is
         // no boot ID.
@@ -203,19 +208,14 @@ pub fn node(node: &Node) -> NodeState {
     }
 }
 
-/// Whether a drain must move `pod`: not owned by a DaemonSet, not a mirror pod, not finished.
+/// Whether a drain must move `pod` (or refuses to): not a DaemonSet pod, not a mirror pod, not
+/// finished.
 pub fn evictable(pod: &Pod) -> bool {
-    let daemon = pod
-        .owner_references()
-        .iter()
-        .any(|o| o.kind == "DaemonSet" && o.controller == Some(true));
-    let mirror = pod.annotations().contains_key(MIRROR_ANNOTATION);
-    let finished = pod
-        .status
-        .as_ref()
-        .and_then(|s| s.phase.as_deref())
-        .is_some_and(|p| p == "Succeeded" || p == "Failed");
-    !daemon && !mirror && !finished
+    let all = drain::Options {
+        force: true,
+        delete_empty_dir_data: true,
+    };
+    drain::disposition(pod, all, true) != Disposition::Skip
 }
 
 /// Everything read of the management cluster for one Cluster.
@@ -243,11 +243,13 @@ impl Management {
             .map(|m| m.infrastructure.as_str())
     }
 
-    /// The host views, with the workload's Nodes filled in from `nodes` and `drained`.
+    /// The host views, with the workload's Nodes filled in from `nodes` and the drains of the
+    /// cordoned ones from `drains`; `owner` is this upgrader's `cordoned-by` mark.
     pub fn views(
         &self,
         nodes: &BTreeMap<String, NodeState>,
-        drained: &BTreeMap<String, bool>,
+        drains: &BTreeMap<String, drain::Plan>,
+        owner: &str,
     ) -> Vec<HostView> {
         self.machines
             .iter()
@@ -256,6 +258,7 @@ impl Management {
                 let host_name = infra.host.clone()?;
                 let host = self.hosts.get(&host_name).cloned().unwrap_or_default();
                 let node = m.node.as_ref().and_then(|n| nodes.get(n));
+                let drain = m.node.as_ref().and_then(|n| drains.get(n));
                 Some(HostView {
                     host: host_name,
                     machine: m.machine.clone(),
@@ -263,12 +266,9 @@ impl Management {
                     node: m.node.clone().filter(|_| node.is_some()),
                     role: m.role.clone(),
                     cordoned: node.is_some_and(|n| n.cordoned),
-                    drained: m
-                        .node
-                        .as_ref()
-                        .and_then(|n| drained.get(n))
-                        .copied()
-                        .unwrap_or(false),
+                    drained: drain.is_some_and(|d| d.remaining == 0),
+                    refused: drain.and_then(|d| d.refused.clone()),
+                    cordoned_by_us: node.is_some_and(|n| n.cordoned_by.as_deref() == Some(owner)),
                     label: host.label,
                     os_reason: host.os_reason,
                     os_image: node.and_then(|n| n.os_image.clone()),
@@ -390,8 +390,36 @@ pub async fn nodes(
 /// error, not a partial drain.
 pub const MAX_PODS_PER_NODE: u32 = 1000;
 
-/// The evictable pods on `node`.
-pub async fn evictable_pods(client: &Client, node: &str) -> Result<Vec<Pod>, WriteError> {
+/// The drain of `node` under `options`, from its pods and the DaemonSets they belong to.
+pub async fn drain_plan(
+    client: &Client,
+    node: &str,
+    options: drain::Options,
+) -> Result<drain::Plan, WriteError> {
+    let pods = pods_on(client, node).await?;
+    // The DaemonSets of running DaemonSet pods, each read once: a gone one orphans its pods.
+    let mut daemon_sets: BTreeMap<(String, String), bool> = BTreeMap::new();
+    for pod in &pods {
+        if let Some(("DaemonSet", name)) = drain::controller(pod)
+            && !drain::finished(pod)
+        {
+            daemon_sets.insert((pod.namespace().unwrap_or_default(), name.to_owned()), true);
+        }
+    }
+    for ((namespace, name), exists) in &mut daemon_sets {
+        let api: Api<DaemonSet> = Api::namespaced(client.clone(), namespace);
+        *exists = bounded(api.get_metadata_opt(name)).await?.is_some();
+    }
+    Ok(drain::plan(&pods, options, |namespace, name| {
+        daemon_sets
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .copied()
+            .unwrap_or(true)
+    }))
+}
+
+/// Every pod bound to `node`.
+pub async fn pods_on(client: &Client, node: &str) -> Result<Vec<Pod>, WriteError> {
     let api: Api<Pod> = Api::all(client.clone());
     let on_node = ListParams::default()
         .fields(&format!("spec.nodeName={node}"))
@@ -407,5 +435,5 @@ pub async fn evictable_pods(client: &Client, node: &str) -> Result<Vec<Pod>, Wri
             "Node {node} has more than {MAX_PODS_PER_NODE} pods"
         )));
     }
-    Ok(pods.items.into_iter().filter(evictable).collect())
+    Ok(pods.items)
 }

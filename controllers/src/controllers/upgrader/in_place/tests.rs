@@ -36,6 +36,8 @@ pub(crate) fn view(host: &str, role: Role) -> HostView {
         role,
         cordoned: false,
         drained: false,
+        refused: None,
+        cordoned_by_us: false,
         label: None,
         os_reason: None,
         os_image: Some("Elemental os-1".to_owned()),
@@ -106,6 +108,7 @@ fn settings_default_and_parse() {
         drain_timeout: Some("1h30m".to_owned()),
         retries: Some(0),
         upgrade_recovery: None,
+        drain: None,
         host_timeout: Some("45m".to_owned()),
     };
     assert_eq!(
@@ -178,10 +181,122 @@ fn each_transition_waits_for_its_observation() {
         ),
         (
             HostPhase::Drained,
-            |v| v.drained = true,
+            |v| {
+                v.cordoned = true;
+                v.drained = true;
+            },
             1,
             HostPhase::Drained,
             vec![Action::LabelPending { host: "h".into() }],
+        ),
+        // Re-checked before `pending`: uncordoned by hand, cordoned again…
+        (
+            HostPhase::Drained,
+            |v| {
+                v.drained = true;
+                v.label = Some(UpdateLabel::Pending);
+            },
+            1,
+            HostPhase::Selected,
+            vec![Action::Cordon { node: n() }],
+        ),
+        // … pods taken since, drained again.
+        (
+            HostPhase::Drained,
+            |v| {
+                v.cordoned = true;
+                v.label = Some(UpdateLabel::Pending);
+            },
+            1,
+            HostPhase::Cordoned,
+            vec![Action::Evict { node: n() }],
+        ),
+        (
+            HostPhase::Cordoned,
+            |_| {},
+            1,
+            HostPhase::Selected,
+            vec![Action::Cordon { node: n() }],
+        ),
+        // A refused pod holds the drain: nothing is evicted, looked at again every pass.
+        (
+            HostPhase::Selected,
+            |v| {
+                v.cordoned = true;
+                v.refused = Some("pod ns/p".into());
+            },
+            1,
+            HostPhase::Cordoned,
+            vec![],
+        ),
+        (
+            HostPhase::Cordoned,
+            |v| {
+                v.cordoned = true;
+                v.refused = Some("pod ns/p".into());
+            },
+            900,
+            HostPhase::DrainRefused,
+            vec![],
+        ),
+        (
+            HostPhase::DrainRefused,
+            |v| {
+                v.cordoned = true;
+                v.refused = Some("pod ns/p".into());
+            },
+            900,
+            HostPhase::DrainRefused,
+            vec![],
+        ),
+        (
+            HostPhase::DrainRefused,
+            |v| v.cordoned = true,
+            900,
+            HostPhase::Cordoned,
+            vec![Action::Evict { node: n() }],
+        ),
+        (
+            HostPhase::DrainRefused,
+            |v| {
+                v.cordoned = true;
+                v.drained = true;
+            },
+            900,
+            HostPhase::Cordoned,
+            vec![],
+        ),
+        (
+            HostPhase::Releasing,
+            |v| {
+                v.cordoned = true;
+                v.cordoned_by_us = true;
+            },
+            1,
+            HostPhase::Releasing,
+            vec![Action::Uncordon { node: n() }],
+        ),
+        // Released: a Node cordoned by someone else is left cordoned; the Machine's hold lifted.
+        (
+            HostPhase::Releasing,
+            |v| v.cordoned = true,
+            1,
+            HostPhase::Released,
+            vec![allow()],
+        ),
+        (
+            HostPhase::Releasing,
+            |_| {},
+            1,
+            HostPhase::Released,
+            vec![allow()],
+        ),
+        (
+            HostPhase::Released,
+            |v| v.skip_remediation = None,
+            1,
+            HostPhase::Released,
+            vec![],
         ),
         // Drained and already at the target (a retried host): verified, never labelled.
         (
@@ -198,7 +313,11 @@ fn each_transition_waits_for_its_observation() {
         ),
         (
             HostPhase::Drained,
-            |v| v.label = Some(UpdateLabel::Pending),
+            |v| {
+                v.cordoned = true;
+                v.drained = true;
+                v.label = Some(UpdateLabel::Pending);
+            },
             1,
             HostPhase::Pending,
             vec![Action::ApplyImage {
@@ -311,10 +430,37 @@ fn each_transition_waits_for_its_observation() {
         // Verified: uncordoned, and the Machine no longer held from remediation.
         (
             HostPhase::Done,
-            |v| v.os_image = Some("Elemental os-2".into()),
+            |v| {
+                v.os_image = Some("Elemental os-2".into());
+                v.cordoned = true;
+                v.cordoned_by_us = true;
+            },
             1,
             HostPhase::Verified,
             vec![Action::Uncordon { node: n() }, allow()],
+        ),
+        // Without our mark, the Node is not ours to uncordon.
+        (
+            HostPhase::Done,
+            |v| {
+                v.os_image = Some("Elemental os-2".into());
+                v.cordoned = true;
+            },
+            1,
+            HostPhase::Verified,
+            vec![allow()],
+        ),
+        (
+            HostPhase::Verified,
+            |v| {
+                v.cordoned = true;
+                v.image_uri = Some(NEW.into());
+                v.os_image = Some("Elemental os-2".into());
+                v.skip_remediation = None;
+            },
+            1,
+            HostPhase::Uncordoned,
+            vec![],
         ),
         // `done` before the kubelet reported the reboot (the same boot ID): not judged yet.
         (HostPhase::Done, |_| {}, 1, HostPhase::Done, vec![]),
@@ -329,7 +475,18 @@ fn each_transition_waits_for_its_observation() {
         ),
         (
             HostPhase::Verified,
-            |v| v.cordoned = true,
+            |v| {
+                v.cordoned = true;
+                v.cordoned_by_us = true;
+            },
+            1,
+            HostPhase::Verified,
+            vec![Action::Uncordon { node: n() }, allow()],
+        ),
+        // Uncordoned by hand, our mark left on it: the mark is removed too.
+        (
+            HostPhase::Verified,
+            |v| v.cordoned_by_us = true,
             1,
             HostPhase::Verified,
             vec![Action::Uncordon { node: n() }, allow()],
@@ -410,7 +567,11 @@ fn each_transition_waits_for_its_observation() {
         // Back in time wins over the timer.
         (
             HostPhase::Done,
-            |v| v.os_image = Some("Elemental os-2".into()),
+            |v| {
+                v.os_image = Some("Elemental os-2".into());
+                v.cordoned = true;
+                v.cordoned_by_us = true;
+            },
             1800,
             HostPhase::Verified,
             vec![Action::Uncordon { node: n() }, allow()],
@@ -440,7 +601,16 @@ fn each_transition_waits_for_its_observation() {
     for (phase, tweak, now, expected, actions) in rows {
         let mut world = held(worker("h", "a"));
         tweak(&mut world);
-        let out = one(record("h", phase), world.clone(), now);
+        // A release stands for an update no longer wanted: no host is selected meanwhile.
+        let releasing = matches!(phase, HostPhase::Releasing | HostPhase::Released);
+        let out = step(
+            &[record("h", phase)],
+            std::slice::from_ref(&world),
+            TARGET,
+            settings(1, 1),
+            releasing,
+            at(now),
+        );
         assert_eq!(out.records.len(), 1, "{phase:?}");
         assert_eq!(out.records[0].phase, expected, "{phase:?} with {world:?}");
         assert_eq!(out.actions, actions, "{phase:?} with {world:?}");
@@ -531,17 +701,18 @@ fn blocked_ends_report_their_reason_and_stop_new_hosts() {
             HostPhase::RetriesExhausted,
             Reason::OsVersionReconciliationFailed,
         ),
+        (HostPhase::DrainRefused, Reason::DrainRefused),
         (HostPhase::HostTimeout, Reason::HostTimeout),
     ] {
         let mut blocked = record("a1", phase);
         blocked.message = Some("why".into());
+        let mut held = worker("a1", "a");
+        held.cordoned = true;
+        held.refused = Some("why".into());
+        held.skip_remediation = Some(remediation::SKIP_REMEDIATION_BY.into());
         let out = step(
             &[blocked],
-            &[
-                held(worker("a1", "a")),
-                worker("a2", "a"),
-                worker("b1", "b"),
-            ],
+            &[held, worker("a2", "a"), worker("b1", "b")],
             TARGET,
             settings(5, 1),
             false,
@@ -724,6 +895,164 @@ fn finished_hosts_are_not_touched_again_and_vanished_hosts_are_dropped() {
     assert!(out.actions.is_empty());
     assert_eq!(out.records, vec![record("h", HostPhase::Uncordoned)]);
     assert!(out.finished(&[v], TARGET));
+}
+
+const NEWER: Target<'static> = Target {
+    image: "oci://r/os@sha256:c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2",
+    stamp: "os-3",
+};
+
+#[test]
+fn hosts_before_their_image_is_written_are_released_or_retargeted() {
+    let now = at(5);
+    let phases = [
+        HostPhase::Selected,
+        HostPhase::Cordoned,
+        HostPhase::Drained,
+        HostPhase::DrainRefused,
+        HostPhase::DrainTimeout,
+    ];
+    let world = [worker("h", "a")];
+    for phase in phases {
+        // No longer wanted: released.
+        let out = retarget(&[record("h", phase)], &world, None, now);
+        assert_eq!(out[0].phase, HostPhase::Releasing, "{phase:?}");
+        assert_eq!(out[0].last_transition_time, Some(Time(now)));
+        // Another image of the same version: the host takes it.
+        let out = retarget(&[record("h", phase)], &world, Some(NEWER), now);
+        assert_eq!(out[0].phase, phase);
+        assert_eq!(
+            (out[0].image.as_str(), out[0].stamp.as_str()),
+            (NEWER.image, NEWER.stamp)
+        );
+        // The target it already runs (the Plan fell back to its image): released.
+        let old = Target {
+            image: OLD,
+            stamp: "os-1",
+        };
+        let out = retarget(&[record("h", phase)], &world, Some(old), now);
+        assert_eq!(out[0].phase, HostPhase::Releasing, "{phase:?}");
+        // The same target: unchanged.
+        assert_eq!(
+            retarget(&[record("h", phase)], &world, Some(TARGET), now),
+            vec![record("h", phase)]
+        );
+    }
+    // Labelled `pending` with the image written, or further: carried to the end.
+    let mut written = worker("h", "a");
+    written.image_uri = Some(NEW.into());
+    for phase in [
+        HostPhase::Pending,
+        HostPhase::Retrying,
+        HostPhase::Done,
+        HostPhase::Verified,
+        HostPhase::BootedImageMismatch,
+        HostPhase::RetriesExhausted,
+        HostPhase::Uncordoned,
+    ] {
+        let kept = vec![record("h", phase)];
+        assert_eq!(
+            retarget(&kept, std::slice::from_ref(&written), None, now),
+            kept
+        );
+        assert_eq!(
+            retarget(&kept, std::slice::from_ref(&written), Some(NEWER), now),
+            kept
+        );
+    }
+    // `pending` but the image not written yet: no image that is no longer the choice.
+    let out = retarget(&[record("h", HostPhase::Pending)], &world, Some(NEWER), now);
+    assert_eq!(out[0].image, NEWER.image);
+}
+
+#[test]
+fn a_released_host_is_uncordoned_only_when_ours_and_then_done() {
+    let mut ours = held(worker("h", "a"));
+    ours.cordoned = true;
+    ours.cordoned_by_us = true;
+    let released = retarget(&[record("h", HostPhase::Drained)], &[], None, at(1));
+    let out = step(
+        &released,
+        std::slice::from_ref(&ours),
+        TARGET,
+        settings(1, 1),
+        true,
+        at(1),
+    );
+    assert_eq!(out.actions, vec![Action::Uncordon { node: "n-h".into() }]);
+    assert!(in_flight(out.records[0].phase));
+    ours.cordoned = false;
+    ours.cordoned_by_us = false;
+    let out = step(&out.records, &[ours], TARGET, settings(1, 1), true, at(2));
+    assert_eq!(out.records[0].phase, HostPhase::Released);
+    assert!(!in_flight(out.records[0].phase));
+    // Released: its Machine is no longer held from remediation.
+    assert_eq!(
+        out.actions,
+        vec![Action::AllowRemediation {
+            machine: "m-h".into()
+        }]
+    );
+    assert_eq!(out.records[0].finished, Some(Time(at(2))));
+}
+
+#[test]
+fn a_host_whose_node_is_gone_is_dropped_and_hosts_without_nodes_starve_nobody() {
+    let mut gone = worker("h", "a");
+    gone.node = None;
+    let out = step(
+        &[record("h", HostPhase::Pending)],
+        &[gone.clone()],
+        TARGET,
+        settings(1, 1),
+        false,
+        at(1),
+    );
+    assert!(out.records.is_empty() && out.actions.is_empty(), "{out:?}");
+    // A control-plane host and a pool's first host without a Node: the others go on.
+    let mut cp = view("cp", Role::ControlPlane);
+    cp.node = None;
+    let world = [cp, gone, worker("h2", "a"), worker("b1", "b")];
+    let out = step(&[], &world, TARGET, settings(1, 1), false, at(1));
+    assert_eq!(
+        out.actions,
+        vec![
+            Action::Cordon {
+                node: "n-h2".into()
+            },
+            Action::SkipRemediation {
+                machine: "m-h2".into()
+            }
+        ]
+    );
+}
+
+#[test]
+fn our_own_cordon_seen_by_a_stale_read_is_still_ours() {
+    // Our cordon's mark on the Node: selected as ours, and uncordoned at the end. (Its Machine
+    // is held from remediation by someone else, so no hold of ours is written here.)
+    let mut view = worker("h", "a");
+    view.cordoned = true;
+    view.cordoned_by_us = true;
+    view.skip_remediation = Some("operator".into());
+    let selected = step(
+        &[],
+        std::slice::from_ref(&view),
+        TARGET,
+        settings(1, 1),
+        false,
+        at(0),
+    );
+    assert_eq!(selected.records[0].cordoned_before, None);
+    assert!(
+        selected.actions.is_empty(),
+        "cordoned again: {:?}",
+        selected.actions
+    );
+    let mut verified = selected.records[0].clone();
+    verified.phase = HostPhase::Verified;
+    let out = one(verified, view, 1);
+    assert_eq!(out.actions, vec![Action::Uncordon { node: "n-h".into() }]);
 }
 
 #[test]
@@ -1112,7 +1441,11 @@ fn perform(world: &mut [SimHost], records: &[HostRecord], action: &Action) {
     };
     let record = |host: &str| records.iter().find(|r| r.host == host).cloned();
     match action {
-        Action::Cordon { node } => world[by_node(world, node)].view.cordoned = true,
+        Action::Cordon { node } => {
+            let v = &mut world[by_node(world, node)].view;
+            v.cordoned = true;
+            v.cordoned_by_us = true;
+        }
         Action::Evict { node } => {
             let h = &mut world[by_node(world, node)];
             assert!(
@@ -1173,7 +1506,9 @@ fn perform(world: &mut [SimHost], records: &[HostRecord], action: &Action) {
                 h.view.os_image.as_deref().unwrap_or(""),
                 &r.stamp
             ));
+            assert!(h.view.cordoned_by_us, "uncordoned a Node without our mark");
             h.view.cordoned = false;
+            h.view.cordoned_by_us = false;
             // Pods come back once the Node is schedulable.
             h.view.drained = false;
         }
@@ -1569,4 +1904,196 @@ fn an_omitted_selector_picks_any_host_and_an_unreadable_one_none() {
             pool: "workers".into()
         })
     );
+}
+
+/// What happens to the world between two passes of the changing-world property.
+#[derive(Clone, Debug)]
+enum Change {
+    /// The Plan's choice moves: to `NEW`, `NEWER`, or away (the update no longer wanted).
+    Target(Option<bool>),
+    /// An operator uncordons the host's Node (`kubectl uncordon` leaves our mark); pods come
+    /// back.
+    Uncordon(usize),
+    /// An operator cordons the host's Node.
+    Cordon(usize),
+    /// A pod that may not be evicted is created on the host's Node.
+    RefusedPod(usize),
+    /// That pod is deleted.
+    PodGone(usize),
+    /// The host's Machine is deleted.
+    Vanish(usize),
+    /// A new host joins the pool.
+    Join(usize),
+}
+
+fn change() -> impl Strategy<Value = Change> {
+    prop_oneof![
+        prop::option::of(any::<bool>()).prop_map(Change::Target),
+        (0..8usize).prop_map(Change::Uncordon),
+        (0..8usize).prop_map(Change::Cordon),
+        (0..8usize).prop_map(Change::RefusedPod),
+        (0..8usize).prop_map(Change::PodGone),
+        (0..8usize).prop_map(Change::Vanish),
+        (1..3usize).prop_map(Change::Join),
+    ]
+}
+
+/// The stamp a target's image boots into.
+fn stamp_of(image: &str) -> &'static str {
+    match image {
+        NEW => TARGET.stamp,
+        _ if image == NEWER.image => NEWER.stamp,
+        _ => "os-1",
+    }
+}
+
+/// The agent and kubelet of the changing world: a host labelled `pending` whose
+/// ElementalMachine names an image it does not run reboots into it and reports `done`.
+fn changing_agent(view: &mut HostView, now: Timestamp) {
+    let Some(image) = view.image_uri.clone() else {
+        return;
+    };
+    let booted = view
+        .os_image
+        .as_deref()
+        .is_some_and(|os| carries_stamp(os, stamp_of(&image)));
+    if view.label == Some(UpdateLabel::Pending) && !booted {
+        view.os_image = Some(format!("Elemental {}", stamp_of(&image)));
+        view.label = Some(UpdateLabel::Done);
+        view.boot_id = Some(format!("boot-{}-{}", view.host, now.as_second()));
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// The world changes under the state machine: the target moves between images and away,
+    /// operators uncordon and cordon Nodes, pods that may not be evicted come and go, hosts
+    /// vanish and join, and a pass's writes are sometimes lost. At every write: at most one
+    /// control-plane host and `maxUnavailable` hosts of one pool in flight; nothing evicted from
+    /// a Node with a refused pod; `pending` only on a cordoned, drained Node; no image written
+    /// that is not the current target; no Node uncordoned without our mark. Once the world is
+    /// still, every host finishes at the target or is released, and no Node is left cordoned
+    /// by us.
+    #[test]
+    fn the_flow_is_safe_in_a_changing_world(
+        world in sim_hosts(),
+        max_unavailable in 1..3usize,
+        changes in prop::collection::vec((0..200usize, change()), 0..30),
+        kills in prop::collection::vec(prop::bool::weighted(0.2), 500),
+        last in prop::option::of(any::<bool>()),
+    ) {
+        let settings = Settings { max_unavailable, drain_timeout: Duration::from_secs(100_000), retries: 1, host_timeout: Duration::from_secs(100_000) };
+        let mut views: Vec<HostView> = world.into_iter().map(|h| h.view).collect();
+        // Nodes an operator cordoned while they carried no mark of ours.
+        let mut operator_cordoned: BTreeSet<String> = BTreeSet::new();
+        let mut target = Some(TARGET);
+        let mut records: Vec<HostRecord> = Vec::new();
+        let mut joined = 0;
+        for (pass, lost) in kills.iter().copied().enumerate() {
+            // The world stands still for the last 300 passes, at the final target.
+            if pass == 200 {
+                target = last.map(|newer| if newer { NEWER } else { TARGET });
+                for v in &mut views {
+                    v.refused = None;
+                }
+            }
+            for (_, change) in changes.iter().filter(|(at_pass, _)| *at_pass == pass) {
+                let n = views.len().max(1);
+                match change {
+                    Change::Target(to) => target = to.map(|newer| if newer { NEWER } else { TARGET }),
+                    Change::Uncordon(i) => if let Some(v) = views.get_mut(i % n) {
+                        v.cordoned = false;
+                        v.drained = false;
+                        operator_cordoned.remove(&v.host);
+                    },
+                    Change::Cordon(i) => if let Some(v) = views.get_mut(i % n) && !v.cordoned {
+                        v.cordoned = true;
+                        if !v.cordoned_by_us {
+                            operator_cordoned.insert(v.host.clone());
+                        }
+                    },
+                    Change::RefusedPod(i) => if let Some(v) = views.get_mut(i % n) {
+                        v.refused = Some(format!("pod ns/bare-{}", v.host));
+                        v.drained = false;
+                    },
+                    Change::PodGone(i) => if let Some(v) = views.get_mut(i % n) {
+                        v.refused = None;
+                    },
+                    Change::Vanish(i) => if views.len() > 1 {
+                        views.remove(i % n);
+                    },
+                    Change::Join(pool) => {
+                        joined += 1;
+                        views.push(worker(&format!("j{joined}"), &format!("p{pool}")));
+                    }
+                }
+            }
+            let now = at(i64::try_from(pass).unwrap_or(0) * 10);
+            let released = retarget(&records, &views, target, now);
+            let idle = Target { image: "", stamp: "" };
+            let out = step(&released, &views, target.unwrap_or(idle), settings, target.is_none(), now);
+            check_budget(&out.records, max_unavailable);
+            if !lost {
+                for action in &out.actions {
+                    let node_of = |views: &mut Vec<HostView>, node: &str| views.iter().position(|v| v.node.as_deref() == Some(node));
+                    match action {
+                        Action::Cordon { node } => if let Some(i) = node_of(&mut views, node) {
+                            views[i].cordoned = true;
+                            views[i].cordoned_by_us = true;
+                        },
+                        Action::Evict { node } => if let Some(i) = node_of(&mut views, node) {
+                            let v = &mut views[i];
+                            prop_assert!(v.cordoned, "evicting from an uncordoned Node {node}");
+                            prop_assert!(v.refused.is_none(), "evicting beside a refused pod on {node}");
+                            v.drained = true;
+                        },
+                        Action::LabelPending { host } => if let Some(v) = views.iter_mut().find(|v| &v.host == host) {
+                            prop_assert!(v.cordoned && v.drained && v.refused.is_none(), "pending on a Node not cordoned and drained: {v:?}");
+                            prop_assert!(remediation::held(v), "pending before its Machine is held: {v:?}");
+                            v.label = Some(UpdateLabel::Pending);
+                        },
+                        Action::SkipRemediation { machine } => if let Some(v) = views.iter_mut().find(|v| &v.machine == machine) {
+                            v.skip_remediation = Some(remediation::SKIP_REMEDIATION_BY.into());
+                        },
+                        Action::AllowRemediation { machine } => if let Some(v) = views.iter_mut().find(|v| &v.machine == machine) {
+                            let held_for = out.records.iter().find(|r| r.host == v.host && r.machine == v.machine);
+                            prop_assert!(held_for.is_none_or(|r| !remediation::wanted(r)), "the hold lifted from a host in flight: {held_for:?}");
+                            v.skip_remediation = None;
+                        },
+                        Action::ApplyImage { machine, image } => if let Some(v) = views.iter_mut().find(|v| &v.machine == machine) {
+                            prop_assert_eq!(Some(image.as_str()), target.map(|t| t.image), "an image that is not the current target");
+                            prop_assert_eq!(v.label, Some(UpdateLabel::Pending));
+                            v.image_uri = Some(image.clone());
+                        },
+                        Action::Uncordon { node } => if let Some(i) = node_of(&mut views, node) {
+                            let v = &mut views[i];
+                            prop_assert!(v.cordoned_by_us, "uncordoned {node} without our mark");
+                            prop_assert!(!operator_cordoned.contains(&v.host), "uncordoned {node}, which an operator cordoned");
+                            v.cordoned = false;
+                            v.cordoned_by_us = false;
+                            v.drained = false;
+                        },
+                    }
+                }
+            }
+            records = out.records;
+            for v in &mut views {
+                changing_agent(v, now);
+            }
+        }
+        // Still: every record has ended, every host runs the final target (or none was
+        // wanted), and no Node is left cordoned by us.
+        for r in &records {
+            prop_assert!(!in_flight(r.phase), "{} still in flight: {records:?}", r.host);
+        }
+        for v in &views {
+            if let Some(t) = target {
+                prop_assert!(at_target(v, t), "{v:?} not at {t:?}: {records:?}");
+            }
+            prop_assert!(!v.cordoned_by_us, "{} left with our mark: {records:?}", v.host);
+            prop_assert!(!remediation::ours(v), "{} left held from remediation: {records:?}", v.host);
+            prop_assert_eq!(v.cordoned, operator_cordoned.contains(&v.host), "{:?}", v);
+        }
+    }
 }

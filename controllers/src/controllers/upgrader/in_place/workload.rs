@@ -15,10 +15,13 @@ use kube::{Api, Client};
 use serde_json::json;
 use tower::util::MapResponseLayer;
 
+use api::v1alpha1::CORDONED_BY_ANNOTATION;
+
+use super::drain;
 use super::kubeconfig::{self, Refused};
 use super::observe::{
-    ELEMENTAL_API_VERSION, ELEMENTAL_HOST, ELEMENTAL_MACHINE, IN_PLACE_UPDATE_LABEL,
-    elemental_resource, evictable_pods,
+    ELEMENTAL_API_VERSION, ELEMENTAL_HOST, ELEMENTAL_MACHINE, IN_PLACE_UPDATE_LABEL, drain_plan,
+    elemental_resource,
 };
 use super::remediation::{SKIP_REMEDIATION_ANNOTATION, SKIP_REMEDIATION_BY};
 use crate::runtime::status::{WriteError, bounded};
@@ -145,41 +148,99 @@ fn merge_params(field_manager: &str) -> PatchParams {
     }
 }
 
-/// Sets or clears the Node's `spec.unschedulable`, as `kubectl cordon` does.
-pub async fn set_unschedulable(
+/// The merge patch of a cordon: `spec.unschedulable` and this upgrader's mark, `owner`
+/// (`<kind>/<name>`), in one write, so a Node is never cordoned by us without our mark.
+pub fn cordon_patch(owner: &str) -> serde_json::Value {
+    json!({
+        "metadata": { "annotations": { CORDONED_BY_ANNOTATION: owner } },
+        "spec": { "unschedulable": true },
+    })
+}
+
+/// The JSON patch of an uncordon: applied only while `owner`'s mark is on the Node (the `test`
+/// fails otherwise, and nothing changes), removing the mark with `spec.unschedulable`.
+pub fn uncordon_patch(owner: &str) -> json_patch::Patch {
+    let path = format!(
+        "/metadata/annotations/{}",
+        CORDONED_BY_ANNOTATION.replace('~', "~0").replace('/', "~1")
+    );
+    serde_json::from_value(json!([
+        { "op": "test", "path": path, "value": owner },
+        { "op": "remove", "path": path },
+        { "op": "add", "path": "/spec/unschedulable", "value": false },
+    ]))
+    .unwrap_or_default()
+}
+
+/// Cordons the Node, as `kubectl cordon` does, and marks it as cordoned by `owner`.
+pub async fn cordon(
     workload: &Client,
     node: &str,
-    unschedulable: bool,
+    owner: &str,
     field_manager: &str,
 ) -> Result<(), WriteError> {
     let api: Api<Node> = Api::all(workload.clone());
-    let patch = json!({ "spec": { "unschedulable": unschedulable } });
+    let patch = cordon_patch(owner);
     bounded(api.patch(node, &merge_params(field_manager), &Patch::Merge(&patch))).await?;
     Ok(())
 }
 
-/// Asks the Eviction API to move every evictable pod off `node`. A PodDisruptionBudget's refusal
-/// (429) and a pod already gone (404) are not errors: the drain is asked again next pass.
-/// Returns how many evictions were refused.
-pub async fn evict(workload: &Client, node: &str) -> Result<usize, WriteError> {
-    let mut refused = 0;
-    for pod in evictable_pods(workload, node).await? {
-        if pod.metadata.deletion_timestamp.is_some() {
-            continue;
+/// Uncordons the Node if `owner`'s mark is on it, removing the mark. A Node whose mark is gone
+/// or another's (the patch's `test` fails) is left as it is: the next pass sees it.
+pub async fn uncordon(
+    workload: &Client,
+    node: &str,
+    owner: &str,
+    field_manager: &str,
+) -> Result<(), WriteError> {
+    let api: Api<Node> = Api::all(workload.clone());
+    let patch = uncordon_patch(owner);
+    match bounded(api.patch(
+        node,
+        &merge_params(field_manager),
+        &Patch::<()>::Json(patch),
+    ))
+    .await
+    {
+        Ok(_) => Ok(()),
+        Err(WriteError::Api(kube::Error::Api(e))) if e.code == 409 || e.code == 422 => {
+            tracing::info!(
+                node,
+                owner,
+                "not uncordoned: the Node does not carry our mark"
+            );
+            Ok(())
         }
-        let (Some(name), Some(namespace)) = (&pod.metadata.name, &pod.metadata.namespace) else {
-            continue;
-        };
+        Err(e) => Err(e),
+    }
+}
+
+/// Asks the Eviction API to move the pods a drain under `options` moves off `node`; nothing
+/// is evicted while any pod there is refused. A PodDisruptionBudget's refusal (429) and a pod
+/// already gone (404) are not errors: the drain is asked again next pass. Every pod is asked
+/// even when one eviction fails; the first failure is returned. Returns how many evictions
+/// were refused.
+pub async fn evict(
+    workload: &Client,
+    node: &str,
+    options: drain::Options,
+) -> Result<usize, WriteError> {
+    let plan = drain_plan(workload, node, options).await?;
+    let mut refused = 0;
+    let mut failed = None;
+    for (namespace, name) in &plan.evict {
         let api: Api<k8s_openapi::api::core::v1::Pod> =
             Api::namespaced(workload.clone(), namespace);
         match bounded(api.evict(name, &EvictParams::default())).await {
             Ok(_) => {}
             Err(WriteError::Api(kube::Error::Api(e))) if e.code == 429 => refused += 1,
             Err(WriteError::Api(kube::Error::Api(e))) if e.code == 404 => {}
-            Err(e) => return Err(e),
+            Err(e) => {
+                failed.get_or_insert(e);
+            }
         }
     }
-    Ok(refused)
+    failed.map_or(Ok(refused), Err)
 }
 
 /// Sets (`skip`) or removes Cluster API's `cluster.x-k8s.io/skip-remediation` on the Machine
@@ -292,6 +353,26 @@ mod tests {
         pods.list(&kube::api::ListParams::default())
             .await
             .map(|_| ())
+    }
+
+    #[test]
+    fn the_cordon_carries_our_mark_and_the_uncordon_tests_it() {
+        assert_eq!(
+            cordon_patch("ClusterClassClusterUpgrader/u"),
+            json!({
+                "metadata": {"annotations": {CORDONED_BY_ANNOTATION: "ClusterClassClusterUpgrader/u"}},
+                "spec": {"unschedulable": true},
+            })
+        );
+        let path = "/metadata/annotations/kubernetesupgraded.dimitrikoshkin.com~1cordoned-by";
+        assert_eq!(
+            serde_json::to_value(uncordon_patch("ClusterClassClusterUpgrader/u")).unwrap(),
+            json!([
+                {"op": "test", "path": path, "value": "ClusterClassClusterUpgrader/u"},
+                {"op": "remove", "path": path},
+                {"op": "add", "path": "/spec/unschedulable", "value": false},
+            ])
+        );
     }
 
     #[tokio::test]
