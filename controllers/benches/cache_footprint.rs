@@ -24,7 +24,7 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::core::DeserializeGuard;
-use kubernetes_upgrader::controllers::plan::select;
+use kubernetes_upgrader::controllers::{images, plan};
 use kubernetes_upgrader::runtime::projection::Projected;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -332,14 +332,14 @@ fn main() -> ExitCode {
             let state = store.clone();
             let range = VersionRange::parse(&plan.spec.version_range).ok();
             let choices = range.map(|r| {
-                select::choices(
+                images::choices(
                     state.iter().filter_map(|i| i.0.as_ref().ok()),
                     "fleet-0",
                     plan.spec.machine_image_selector.as_ref(),
                     &r,
                 )
             });
-            let decision = select::decide(
+            let decision = plan::decide(
                 &plan.spec,
                 Some(1),
                 "fleet-0",

@@ -287,7 +287,7 @@ fn the_check_refuses_what_it_should() {
             })
             .collect(),
     };
-    let image = "controllers/src/controllers/machine_image/mod.rs";
+    let image = "controllers/src/controllers/machine_image/apply.rs";
     assert_eq!(
         unexplained(&rule(&["jobs"], &["create"], &[image]), "jobs", "create"),
         None
@@ -295,7 +295,7 @@ fn the_check_refuses_what_it_should() {
     assert!(unexplained(&rule(&["jobs"], &["delete"], &[image]), "jobs", "delete").is_some());
     assert!(unexplained(&rule(&["jobs"], &["get"], &[]), "jobs", "get").is_some());
     // The plan controller makes no call on Jobs.
-    let plan = "controllers/src/controllers/plan/mod.rs";
+    let plan = "controllers/src/controllers/plan/apply.rs";
     assert!(unexplained(&rule(&["jobs"], &["get"], &[plan]), "jobs", "get").is_some());
     assert!(
         unexplained(

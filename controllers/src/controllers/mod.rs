@@ -2,6 +2,7 @@
 //! them by name. `controllers/README.md` has the checklist for adding one.
 
 pub mod debian_source;
+pub mod images;
 pub mod machine_image;
 pub mod machine_image_syncer;
 pub mod machine_image_template;

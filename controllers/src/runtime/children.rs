@@ -11,7 +11,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::caches::{Cache, Cacheable, Caches};
-use super::status::{WriteError, bounded};
+use super::status::{ApiError, bounded};
 
 /// `app.kubernetes.io/name` of everything we create.
 pub const APP_NAME: &str = "kubernetes-upgrader";
@@ -38,7 +38,7 @@ pub enum ChildError {
         name: String,
         /// Why.
         #[source]
-        source: WriteError,
+        source: ApiError,
     },
     /// Listing the children failed.
     #[error("listing the {kind} children")]
@@ -47,7 +47,7 @@ pub enum ChildError {
         kind: String,
         /// Why.
         #[source]
-        source: WriteError,
+        source: ApiError,
     },
     /// Deleting an unwanted child failed.
     #[error("deleting {kind} {name}")]
@@ -58,7 +58,7 @@ pub enum ChildError {
         name: String,
         /// Why.
         #[source]
-        source: WriteError,
+        source: ApiError,
     },
 }
 
@@ -151,7 +151,7 @@ where
         let mut body = serde_json::to_value(&child).map_err(|e| ChildError::Apply {
             kind: C::kind(&()).into_owned(),
             name: name.clone(),
-            source: WriteError::Api(kube::Error::SerdeError(e)),
+            source: ApiError::Api(kube::Error::SerdeError(e)),
         })?;
         body["apiVersion"] = C::api_version(&()).into();
         body["kind"] = C::kind(&()).into();
@@ -200,7 +200,7 @@ where
             }
             match bounded(api.delete(&name, &DeleteParams::background())).await {
                 Ok(_) => deleted.push(name),
-                Err(WriteError::Api(kube::Error::Api(status))) if status.code == 404 => {
+                Err(ApiError::Api(kube::Error::Api(status))) if status.code == 404 => {
                     deleted.push(name);
                 }
                 Err(source) => {

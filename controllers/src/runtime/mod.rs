@@ -1,7 +1,8 @@
 //! What controllers and the manager share, so that neither names the other: the [`Shared`]
 //! handles (client, metrics, caches, shutdown), a controller's [`Registration`] and [`Running`]
-//! futures, the one place that reports a failed reconcile ([`Reporter`]), status writes, events,
-//! backoff, owned children and the choreography fixtures.
+//! futures, the skeleton every controller runs on ([`controller`]), the one place that reports a
+//! failed reconcile ([`Reporter`]), status writes, events, backoff, owned children and the
+//! choreography fixtures.
 //!
 //! See `controllers/README.md` for the checklist a new controller follows.
 
@@ -10,6 +11,7 @@ pub mod backoff;
 pub mod builders;
 pub mod caches;
 pub mod children;
+pub mod controller;
 pub mod events;
 #[cfg(test)]
 pub mod fixtures;
@@ -22,7 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use kube::runtime::controller::{self, Action};
+use kube::runtime::controller::{self as kube_controller, Action};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, Resource};
 
@@ -176,7 +178,7 @@ pub fn now() -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Time {
 /// Runs a controller's result stream to its end, reporting each result through `reporter`.
 /// Ending before `shutdown` was requested is [`ControllerError::StreamEnded`].
 pub async fn drive<K, E, Q>(
-    results: impl futures::Stream<Item = Result<(ObjectRef<K>, Action), controller::Error<E, Q>>>,
+    results: impl futures::Stream<Item = Result<(ObjectRef<K>, Action), kube_controller::Error<E, Q>>>,
     reporter: Reporter,
     shutdown: Shutdown,
 ) -> Result<(), ControllerError>
@@ -201,6 +203,11 @@ where
 
 /// A controller's reconcile error: a stable category, used as the metric label and the Warning
 /// event's reason.
+///
+/// Derived, never written by hand: a `thiserror` enum with `strum::IntoStaticStr` (the category
+/// is the PascalCase variant name), `strum::VariantNames` (every category, registered at zero
+/// at start) and `strum::EnumProperty` (a variant marked `#[strum(props(event_reason = ".."))]`
+/// names its Warning event otherwise, where a wire contract says so).
 pub trait ReconcileError: std::error::Error + Send + Sync + 'static {
     /// Every category this error can have, registered at zero at start.
     const CATEGORIES: &'static [&'static str];
@@ -210,8 +217,23 @@ pub trait ReconcileError: std::error::Error + Send + Sync + 'static {
 
     /// The reason of the Warning event this failure becomes: the category, unless a wire
     /// contract names the event otherwise.
+    fn event_reason(&self) -> &'static str;
+}
+
+impl<E> ReconcileError for E
+where
+    E: std::error::Error + strum::VariantNames + strum::EnumProperty + Send + Sync + 'static,
+    for<'a> &'a E: Into<&'static str>,
+{
+    const CATEGORIES: &'static [&'static str] = E::VARIANTS;
+
+    fn category(&self) -> &'static str {
+        self.into()
+    }
+
     fn event_reason(&self) -> &'static str {
-        self.category()
+        self.get_str("event_reason")
+            .unwrap_or_else(|| self.category())
     }
 }
 
@@ -247,7 +269,7 @@ impl Reporter {
     /// Reports one result of `Controller::run`.
     pub async fn report<K, E, Q>(
         &self,
-        result: Result<(ObjectRef<K>, Action), controller::Error<E, Q>>,
+        result: Result<(ObjectRef<K>, Action), kube_controller::Error<E, Q>>,
     ) where
         K: Resource<DynamicType = ()>,
         E: ReconcileError,
@@ -255,7 +277,7 @@ impl Reporter {
     {
         match result {
             Ok(_) => {}
-            Err(controller::Error::ReconcilerFailed(err, object)) => {
+            Err(kube_controller::Error::ReconcilerFailed(err, object)) => {
                 let category = err.category();
                 let note = cause_chain(&err);
                 self.metrics.failure(category);
@@ -278,18 +300,30 @@ mod tests {
     use api::v1alpha1::DebianRepositorySource;
     use fixtures::{STEP, mock_client, within};
 
-    #[derive(Debug, thiserror::Error)]
+    #[derive(
+        Debug, thiserror::Error, strum::IntoStaticStr, strum::VariantNames, strum::EnumProperty,
+    )]
     enum TestError {
         #[error("writing status")]
         WriteStatus(#[source] std::io::Error),
+        #[error("writing the Cluster")]
+        #[strum(props(event_reason = "ErrorUpdatingVersion"))]
+        WriteCluster(#[source] std::io::Error),
     }
 
-    impl ReconcileError for TestError {
-        const CATEGORIES: &'static [&'static str] = &["WriteStatus"];
-
-        fn category(&self) -> &'static str {
-            "WriteStatus"
-        }
+    #[test]
+    fn categories_are_the_variant_names_and_a_property_renames_the_event() {
+        assert_eq!(TestError::CATEGORIES, ["WriteStatus", "WriteCluster"]);
+        let status = TestError::WriteStatus(std::io::Error::other("x"));
+        assert_eq!(
+            (status.category(), status.event_reason()),
+            ("WriteStatus", "WriteStatus")
+        );
+        let cluster = TestError::WriteCluster(std::io::Error::other("x"));
+        assert_eq!(
+            (cluster.category(), cluster.event_reason()),
+            ("WriteCluster", "ErrorUpdatingVersion")
+        );
     }
 
     #[tokio::test]
@@ -340,8 +374,8 @@ mod tests {
         )));
         let result: Result<
             (ObjectRef<DebianRepositorySource>, Action),
-            controller::Error<TestError, std::io::Error>,
-        > = Err(controller::Error::ReconcilerFailed(
+            kube_controller::Error<TestError, std::io::Error>,
+        > = Err(kube_controller::Error::ReconcilerFailed(
             err,
             Box::new(object.erase()),
         ));

@@ -12,11 +12,11 @@ use serde::de::DeserializeOwned;
 /// How long one API call of a reconcile may take.
 pub const API_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A write that did not happen.
+/// An API call (a read or a write) that did not succeed.
 #[derive(Debug, thiserror::Error)]
-pub enum WriteError {
+pub enum ApiError {
     /// The API server refused it, or could not be reached.
-    #[error("the API server refused or failed the write")]
+    #[error("the API server refused or failed the call")]
     Api(#[source] kube::Error),
     /// The API server did not answer within [`API_TIMEOUT`].
     #[error("the API server did not answer within {0:?}")]
@@ -26,14 +26,15 @@ pub enum WriteError {
     TooMany(String),
 }
 
+/// [`ApiError`] under the name the in-place flow's modules still use.
+pub type WriteError = ApiError;
+
 /// Runs one API call under [`API_TIMEOUT`].
-pub async fn bounded<T>(
-    call: impl Future<Output = Result<T, kube::Error>>,
-) -> Result<T, WriteError> {
+pub async fn bounded<T>(call: impl Future<Output = Result<T, kube::Error>>) -> Result<T, ApiError> {
     tokio::time::timeout(API_TIMEOUT, call)
         .await
-        .map_err(|_| WriteError::TimedOut(API_TIMEOUT))?
-        .map_err(WriteError::Api)
+        .map_err(|_| ApiError::TimedOut(API_TIMEOUT))?
+        .map_err(ApiError::Api)
 }
 
 /// Writes `status` through the status subresource by a forced server-side apply under
@@ -43,7 +44,7 @@ pub async fn apply_status<K, S>(
     name: &str,
     field_manager: &str,
     status: &S,
-) -> Result<K, WriteError>
+) -> Result<K, ApiError>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
     S: Serialize,

@@ -6,7 +6,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::{Api, Client};
 
 use crate::debian::{Keyring, SyncError};
-use crate::runtime::status::{WriteError, bounded};
+use crate::runtime::status::{ApiError, bounded};
 
 /// Why the trusted keys could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -50,7 +50,7 @@ pub enum KeyError {
         name: String,
         /// Why.
         #[source]
-        source: WriteError,
+        source: ApiError,
     },
     /// The keys were read but are not a usable keyring.
     #[error("spec.signedBy: the keys cannot be used")]

@@ -1,13 +1,19 @@
 //! Choreography tests: the API calls one reconcile makes, scripted with the runtime fixtures.
 
+use super::observe::observe;
 use super::*;
 use crate::debian::Listing;
+use crate::debian::{Keyring, RepositorySpec, SyncError};
 use crate::runtime::builders::{Build, Fixture, condition, now, ready};
 use crate::runtime::fixtures::{STEP, Verifier, mock_client, within};
 use crate::runtime::status::API_TIMEOUT;
+use futures::FutureExt;
+use futures::future::BoxFuture;
 use http::Method;
+use k8s_openapi::jiff::Timestamp;
 use kube::runtime::{reflector, watcher};
 use serde_json::{Value, json};
+use std::sync::Arc;
 
 /// Answers every sync with one canned result, and records the validators it was given.
 struct Canned {
@@ -230,10 +236,8 @@ async fn validators_are_sent_once_the_status_holds_their_listing() {
     let mut lost = stored;
     lost.index_sha256 = None;
     let (client, verifier) = mock_client();
-    let ctx = Context {
-        client,
-        ..Arc::into_inner(ctx).unwrap()
-    };
+    let mut ctx = Arc::into_inner(ctx).unwrap();
+    ctx.core.client = client;
     let scenario = verifier.run(|mut server| async move {
         let call = status_apply(&mut server).await;
         answer_status(call, None);
@@ -299,7 +303,7 @@ async fn a_failed_status_write_backs_off_like_a_failed_sync() {
             .await
             .unwrap_err();
         assert!(
-            matches!(err, Error::WriteStatus(WriteError::Api(_))),
+            matches!(err, Error::WriteStatus(ApiError::Api(_))),
             "{err:?}"
         );
         delays.push(error_policy(Arc::clone(&obj), &err, Arc::clone(&ctx)));
@@ -332,7 +336,7 @@ async fn an_api_server_that_never_answers_fails_the_reconcile_in_bounded_time() 
     .await
     .unwrap_err();
     assert!(
-        matches!(err, Error::WriteStatus(WriteError::TimedOut(_))),
+        matches!(err, Error::WriteStatus(ApiError::TimedOut(_))),
         "{err:?}"
     );
     assert!(started.elapsed() >= API_TIMEOUT);

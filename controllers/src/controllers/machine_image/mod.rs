@@ -1,6 +1,7 @@
-//! The MachineImage controller: observe (the Job `status.jobRef` records, from a label-filtered
-//! cache or read directly, and the pods of a finished Job) → decide (pure, [`decide()`]) → apply
-//! (create the attempt's Job and [`settle`] on the answer, write `spec.id`, write status, events).
+//! The MachineImage controller: [`observe`] (the Job `status.jobRef` records, from a
+//! label-filtered cache or read directly, and the pods of a finished Job) → decide (pure,
+//! [`decide()`]) → [`apply`] (create the attempt's Job and [`settle`] on the answer, write
+//! `spec.id`, write status, events).
 //!
 //! A static image (`spec.id` set, no Job) is ready at once. Otherwise each attempt renders a Job
 //! from `spec.jobTemplate` ([`render_job`]) under a name derived from the image's uid and the
@@ -16,27 +17,24 @@
 //! whoever creates or patches a Job, so another Job that carries them is never read, and on a
 //! 409 the Job under the name is read back and refused unless its UID is the recorded one.
 
+mod apply;
 mod decide;
+mod observe;
 pub mod pod_security;
 mod render;
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use api::v1alpha1::{
-    MACHINE_IMAGE_NAME_LABEL, MachineImage, OS_IMAGE_STAMP_ANNOTATION, REBUILD_ANNOTATION,
-};
-use futures::FutureExt;
+use api::v1alpha1::{MACHINE_IMAGE_NAME_LABEL, MachineImage};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::core::DeserializeGuard;
-use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
+use kube::runtime::controller::Action;
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::{Api, Client, ResourceExt};
+use kube::{Client, ResourceExt};
 
 pub use decide::{
     Creation, Decision, IdError, IdWrite, JobOutcome, Observed, controlled_by, decide,
@@ -47,12 +45,9 @@ pub use pod_security::{BuildPodPolicy, REASON_BUILD_POD_NOT_ALLOWED};
 pub use render::{RenderError, job_labels, job_name, render_job, stamp, template_hash};
 
 use crate::runtime::backoff::backoff;
-use crate::runtime::projection::lacks_job_template;
-use crate::runtime::status::{WriteError, apply_status, bounded};
-use crate::runtime::{
-    ControllerMetrics, Events, ReconcileError, Registration, Reporter, Running, Shared, all_ready,
-    drive, now, synced,
-};
+use crate::runtime::controller::{Core, InvalidObject, Reconciler, Start, Trigger};
+use crate::runtime::status::ApiError;
+use crate::runtime::{ControllerMetrics, ReconcileError, Registration, Reporter, Running, Shared};
 
 /// Name in logs and metrics.
 pub const CONTROLLER: &str = "machineimage";
@@ -79,21 +74,13 @@ const RETRY_CAP: Duration = Duration::from_secs(300);
 
 /// Shared state of the controller.
 pub struct Context {
-    client: Client,
-    metrics: ControllerMetrics,
-    events: Events,
+    core: Core,
     /// The build Jobs: only those labelled with an image name.
     jobs: Store<Job>,
     /// The namespaces, for what each allows build pods.
     namespaces: Store<Namespace>,
     /// Consecutive failures per image uid, for the retry backoff.
     failures: Mutex<HashMap<String, u32>>,
-}
-
-impl std::fmt::Debug for Context {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Context").finish_non_exhaustive()
-    }
 }
 
 impl Context {
@@ -106,9 +93,7 @@ impl Context {
         namespaces: Store<Namespace>,
     ) -> Self {
         Self {
-            events: Events::new(client.clone(), COMPONENT, instance),
-            client,
-            metrics,
+            core: Core::new(client, metrics, instance, COMPONENT),
             jobs,
             namespaces,
             failures: Mutex::default(),
@@ -121,11 +106,13 @@ impl Context {
 }
 
 /// Failures of a reconcile. The variant names of API failures are v0.6's Warning reasons.
-#[derive(Debug, thiserror::Error)]
+#[derive(
+    Debug, thiserror::Error, strum::IntoStaticStr, strum::VariantNames, strum::EnumProperty,
+)]
 pub enum Error {
     /// The stored object does not match the schema.
-    #[error("the object cannot be read: {0}")]
-    InvalidObject(String),
+    #[error(transparent)]
+    InvalidObject(#[from] InvalidObject),
     /// Reading the image's namespace failed.
     #[error("reading the namespace {namespace}")]
     GetNamespaceError {
@@ -133,11 +120,11 @@ pub enum Error {
         namespace: String,
         /// Why.
         #[source]
-        source: WriteError,
+        source: ApiError,
     },
     /// Reading the whole image (its job template) failed.
     #[error("reading the image's job template")]
-    GetImageError(#[source] WriteError),
+    GetImageError(#[source] ApiError),
     /// Reading the image's Job or its pods failed.
     #[error("reading the build Job {job} or its pods")]
     GetLatestJobsError {
@@ -145,7 +132,7 @@ pub enum Error {
         job: String,
         /// Why.
         #[source]
-        source: WriteError,
+        source: ApiError,
     },
     /// Creating the build Job failed.
     #[error("creating the build Job {job}")]
@@ -154,38 +141,14 @@ pub enum Error {
         job: String,
         /// Why.
         #[source]
-        source: WriteError,
+        source: ApiError,
     },
     /// Writing `spec.id` failed.
     #[error("writing spec.id")]
-    WriteImageId(#[source] WriteError),
+    WriteImageId(#[source] ApiError),
     /// Writing the status failed.
     #[error("writing status")]
-    WriteStatus(#[source] WriteError),
-}
-
-impl ReconcileError for Error {
-    const CATEGORIES: &'static [&'static str] = &[
-        "InvalidObject",
-        "GetNamespaceError",
-        "GetImageError",
-        "GetLatestJobsError",
-        "CreatingJobError",
-        "WriteImageId",
-        "WriteStatus",
-    ];
-
-    fn category(&self) -> &'static str {
-        match self {
-            Self::InvalidObject(_) => "InvalidObject",
-            Self::GetNamespaceError { .. } => "GetNamespaceError",
-            Self::GetImageError(_) => "GetImageError",
-            Self::GetLatestJobsError { .. } => "GetLatestJobsError",
-            Self::CreatingJobError { .. } => "CreatingJobError",
-            Self::WriteImageId(_) => "WriteImageId",
-            Self::WriteStatus(_) => "WriteStatus",
-        }
-    }
+    WriteStatus(#[source] ApiError),
 }
 
 fn start(shared: &Shared) -> Running {
@@ -196,41 +159,24 @@ fn start(shared: &Shared) -> Running {
         .cache_with::<Job>(Some(MACHINE_IMAGE_NAME_LABEL));
     let namespaces = shared.caches.namespaces();
     let reporter = Reporter::new::<Error>(shared, CONTROLLER, COMPONENT);
-    let ctx = Arc::new(Context::new(
+    let ctx = Context::new(
         shared.client.clone(),
         reporter.metrics.clone(),
         shared.instance.clone(),
         jobs.store.clone(),
         namespaces.store.clone(),
-    ));
-    let ready = all_ready(vec![
-        synced(images.store.clone()),
-        synced(jobs.store.clone()),
-        synced(namespaces.store.clone()),
-    ]);
-    let (Some(image_events), Some(job_events), Some(namespace_events)) =
-        (images.subscribe(), jobs.subscribe(), namespaces.subscribe())
-    else {
-        return Running::stream_ended(ready);
-    };
-    let shutdown = shared.shutdown.clone();
-    let refused_in = images.store.clone();
-    let run = async move {
-        // Every image change counts (the rebuild annotation does not change the generation);
-        // our own status writes then find nothing to do.
-        let results = Controller::for_shared_stream(image_events, images.store)
-            .owns_shared_stream(job_events)
-            // A namespace's label or annotation may now allow the build pods it refused.
-            .watches_shared_stream(namespace_events, move |namespace| {
-                refused(&refused_in, &namespace.name_any())
-            })
-            .with_config(ControllerConfig::default().concurrency(16))
-            .graceful_shutdown_on(shutdown.clone().wait())
-            .run(reconcile, error_policy, ctx);
-        drive(results, reporter, shutdown).await
-    }
-    .boxed();
-    Running { ready, run }
+    );
+    // Every image change counts (the rebuild annotation does not change the generation); our
+    // own status writes then find nothing to do.
+    let start = Start::new(shared, &images, Trigger::Every, 16);
+    let refused_in = start.store();
+    start
+        .owns(&jobs)
+        // A namespace's label or annotation may now allow the build pods it refused.
+        .watches(&namespaces, move |namespace: Arc<Namespace>| {
+            refused(&refused_in, &namespace.name_any())
+        })
+        .run(ctx, reporter)
 }
 
 /// The images of `namespace` whose build pod it refused.
@@ -253,219 +199,63 @@ fn refused(images: &Store<Guarded>, namespace: &str) -> Vec<ObjectRef<Guarded>> 
         .collect()
 }
 
-/// What the namespace of an image allows build pods: from the cache, or read when the cache
-/// has not seen it yet (a namespace just made). A namespace that is gone allows the baseline.
-async fn build_pod_policy(ctx: &Context, namespace: &str) -> Result<BuildPodPolicy, Error> {
-    if let Some(cached) = ctx.namespaces.get(&ObjectRef::new(namespace)) {
-        return Ok(BuildPodPolicy::of(&cached));
+impl Reconciler<MachineImage> for Context {
+    type Error = Error;
+
+    fn core(&self) -> &Core {
+        &self.core
     }
-    let api: Api<Namespace> = Api::all(ctx.client.clone());
-    match bounded(api.get_opt(namespace)).await {
-        Ok(found) => Ok(found.as_ref().map(BuildPodPolicy::of).unwrap_or_default()),
-        Err(source) => Err(Error::GetNamespaceError {
-            namespace: namespace.to_owned(),
-            source,
-        }),
+
+    async fn reconcile(&self, image: &MachineImage, now: &Time) -> Result<Action, Error> {
+        let uid = image.uid().unwrap_or_default();
+        let result = match observe::with_job_template(image, self).await {
+            Ok(Some(image)) => Box::pin(reconcile_image(&image, self, now)).await,
+            // Deleted since the cache saw it: its deletion ends the work.
+            Ok(None) => Ok(Action::await_change()),
+            Err(err) => Err(err),
+        };
+        let mut failures = self.failures();
+        if result.is_ok() {
+            failures.remove(&uid);
+        } else {
+            let entry = failures.entry(uid).or_default();
+            *entry = entry.saturating_add(1);
+        }
+        result
+    }
+
+    /// Permanent errors wait for a change; API failures retry with backoff.
+    fn retry(&self, obj: &Guarded, err: &Error) -> Action {
+        if let Error::InvalidObject(_) = err {
+            return Action::await_change();
+        }
+        let failures = self
+            .failures()
+            .get(&obj.uid().unwrap_or_default())
+            .copied()
+            .unwrap_or(1);
+        Action::requeue(backoff(failures, RETRY_BASE, RETRY_CAP))
     }
 }
 
-/// Permanent errors wait for a change; API failures retry with backoff.
-#[allow(clippy::needless_pass_by_value)] // the signature kube's Controller::run expects
-fn error_policy(obj: Arc<Guarded>, err: &Error, ctx: Arc<Context>) -> Action {
-    if let Error::InvalidObject(_) = err {
-        return Action::await_change();
-    }
-    let failures = ctx
-        .failures()
-        .get(&obj.uid().unwrap_or_default())
-        .copied()
-        .unwrap_or(1);
-    Action::requeue(backoff(failures, RETRY_BASE, RETRY_CAP))
-}
-
-/// Reconciles one image.
-#[tracing::instrument(skip(obj, ctx), fields(name = %obj.name_any(), namespace = obj.namespace().unwrap_or_default()))]
-pub async fn reconcile(obj: Arc<Guarded>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let _timer = ctx.metrics.reconcile();
-    let image = match &obj.0 {
-        Ok(image) => image,
-        Err(invalid) => return Err(Error::InvalidObject(invalid.error.clone())),
-    };
-    let now = now();
-    let uid = image.uid().unwrap_or_default();
-    let result = match with_job_template(image, &ctx).await {
-        Ok(Some(image)) => Box::pin(reconcile_image(&image, &ctx, &now)).await,
-        // Deleted since the cache saw it: its deletion ends the work.
-        Ok(None) => Ok(Action::await_change()),
-        Err(err) => Err(err),
-    };
-    let mut failures = ctx.failures();
-    if result.is_ok() {
-        failures.remove(&uid);
-    } else {
-        let entry = failures.entry(uid).or_default();
-        *entry = entry.saturating_add(1);
-    }
-    result
-}
-
-/// The whole image, read when the cached one lacks `spec.jobTemplate` and this reconcile may
-/// use it: the image has no ID, a rebuild is asked, or its status records a Job (whose ID
-/// container the template names). A static image with none of these is decided without it. `None`: the image
-/// is gone.
-async fn with_job_template<'a>(
-    image: &'a MachineImage,
-    ctx: &Context,
-) -> Result<Option<Cow<'a, MachineImage>>, Error> {
-    let needed = image.spec.id.as_deref().is_none_or(str::is_empty)
-        || image.annotations().contains_key(REBUILD_ANNOTATION)
-        || image.status.as_ref().is_some_and(|s| s.job_ref.is_some());
-    if !needed || !lacks_job_template(image) {
-        return Ok(Some(Cow::Borrowed(image)));
-    }
-    let api: Api<MachineImage> =
-        Api::namespaced(ctx.client.clone(), &image.namespace().unwrap_or_default());
-    let found = bounded(api.get_opt(&image.name_any()))
-        .await
-        .map_err(Error::GetImageError)?;
-    Ok(found.map(Cow::Owned))
-}
-
-/// The reconcile body with the time injected.
+/// The reconcile with the time injected: observe → decide → apply.
 pub async fn reconcile_image(
     image: &MachineImage,
     ctx: &Context,
     now: &Time,
 ) -> Result<Action, Error> {
-    let namespace = image.namespace().unwrap_or_default();
-    let name = image.name_any();
-    let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), &namespace);
-
-    // Observe: the Job the status records, from the cache, or read directly when the cache
-    // lacks it (or holds another Job under its name), so a stale cache is never taken for a
-    // deleted Job.
-    let mut latest = None;
-    let mut job_gone = false;
-    let referenced = image
-        .status
-        .as_ref()
-        .and_then(|s| s.job_ref.as_ref())
-        .and_then(|r| r.name.clone());
-    if let Some(job) = referenced {
-        let cached = ctx
-            .jobs
-            .get(&ObjectRef::new(&job).within(&namespace))
-            .map(|j| (*j).clone())
-            .filter(|j| is_recorded(image, j));
-        let found = match cached {
-            Some(found) => Some(found),
-            None => bounded(jobs_api.get_opt(&job))
-                .await
-                .map_err(|source| Error::GetLatestJobsError { job, source })?,
-        };
-        match found {
-            // Being deleted (held by a finalizer, such as the orphan one) counts as deleted.
-            Some(found)
-                if is_recorded(image, &found) && found.metadata.deletion_timestamp.is_none() =>
-            {
-                latest = Some(found);
-            }
-            // Gone, being deleted, or another Job under its name: ours is gone.
-            _ => job_gone = true,
-        }
-    }
-    let pods = match &latest {
-        Some(job) if needs_pods(job) => {
-            let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
-            let selector = format!("{JOB_NAME_LABEL}={}", job.name_any());
-            bounded(pods_api.list(&ListParams::default().labels(&selector)))
-                .await
-                .map_err(|source| Error::GetLatestJobsError {
-                    job: job.name_any(),
-                    source,
-                })?
-                .items
-        }
-        _ => Vec::new(),
-    };
-
-    let build_pods = build_pod_policy(ctx, &namespace).await?;
-
-    // Decide.
+    let recorded = observe::recorded_job(image, ctx).await?;
+    let build_pods = observe::build_pod_policy(ctx, &image.namespace().unwrap_or_default()).await?;
     let observed = Observed {
         image,
-        latest: latest.as_ref(),
-        job_gone,
-        pods: &pods,
+        latest: recorded.latest.as_ref(),
+        job_gone: recorded.job_gone,
+        pods: &recorded.pods,
         build_pods: &build_pods,
         now,
     };
-    let mut decision = decide(&observed);
-
-    // Apply: the Job, then the ID, then the status; events last.
-    let images: Api<MachineImage> = Api::namespaced(ctx.client.clone(), &namespace);
-    if let Some(job) = decision.create.clone() {
-        let params = PostParams {
-            dry_run: false,
-            field_manager: Some(FIELD_MANAGER.to_owned()),
-        };
-        let job_name = job.name_any();
-        match bounded(jobs_api.create(&params, &job)).await {
-            Ok(created) => decision = settle(&observed, decision, Creation::Created(&created)),
-            Err(WriteError::Api(kube::Error::Api(status))) if status.code == 409 => {
-                let creating = |source| Error::CreatingJobError {
-                    job: job_name.clone(),
-                    source,
-                };
-                let Some(existing) = bounded(jobs_api.get_opt(&job_name))
-                    .await
-                    .map_err(creating)?
-                else {
-                    // Deleted since: the next reconcile creates it.
-                    return Ok(Action::requeue(RETRY_BASE));
-                };
-                // Ours if the image's current status records it: this reconcile ran on a
-                // stale copy, and the next one sees the Job.
-                let fresh = bounded(images.get_opt(&name)).await.map_err(creating)?;
-                if fresh.is_some_and(|f| is_recorded(&f, &existing)) {
-                    return Ok(Action::requeue(RETRY_BASE));
-                }
-                decision = settle(&observed, decision, Creation::NameTaken(&existing));
-            }
-            Err(source) => {
-                return Err(Error::CreatingJobError {
-                    job: job_name,
-                    source,
-                });
-            }
-        }
-    }
-    if let Some(write) = &decision.write_id {
-        let body = serde_json::json!({
-            "apiVersion": "kubernetesupgraded.dimitrikoshkin.com/v1alpha1",
-            "kind": "MachineImage",
-            "metadata": {"name": name, "annotations": {OS_IMAGE_STAMP_ANNOTATION: write.stamp}},
-            "spec": {"id": write.id},
-        });
-        bounded(images.patch(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&body),
-        ))
-        .await
-        .map_err(Error::WriteImageId)?;
-    }
-    if image.status.as_ref() != Some(&decision.status) {
-        apply_status(&images, &name, FIELD_MANAGER, &decision.status)
-            .await
-            .map_err(Error::WriteStatus)?;
-    }
-    for note in &decision.notes {
-        ctx.events.publish(image, note).await;
-    }
-    Ok(decision
-        .requeue
-        .map_or_else(Action::await_change, Action::requeue))
+    let decision = decide(&observed);
+    Box::pin(apply::apply(ctx, &observed, decision)).await
 }
 
 /// The metrics registry a test context registers into.
@@ -473,6 +263,9 @@ pub async fn reconcile_image(
 fn test_metrics() -> ControllerMetrics {
     Arc::new(crate::runtime::Metrics::default()).controller(CONTROLLER, Error::CATEGORIES)
 }
+
+#[cfg(test)]
+use crate::runtime::controller::reconcile;
 
 #[cfg(test)]
 mod cache_tests;

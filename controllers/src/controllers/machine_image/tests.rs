@@ -4,10 +4,12 @@
 use super::*;
 use crate::runtime::builders::{Build, Fixture, at, now, ready};
 use crate::runtime::fixtures::{STEP, Verifier, mock_client, within};
+use api::v1alpha1::OS_IMAGE_STAMP_ANNOTATION;
 use api::v1alpha1::{
     ATTEMPT_ANNOTATION, IMAGE_ID_ANNOTATION, MachineImagePhase, REBUILD_ANNOTATION,
 };
 use http::Method;
+use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::{reflector, watcher};
 use serde_json::{Value, json};
 

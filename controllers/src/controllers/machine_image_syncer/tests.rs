@@ -2,7 +2,9 @@
 
 use super::*;
 use crate::runtime::builders::{Build, Fixture, SourceBuild, now, ready};
+use crate::runtime::controller::error_policy;
 use crate::runtime::fixtures::{Call, STEP, Verifier, mock_client, within};
+use api::v1alpha1::SYNCER_NAME_LABEL;
 use api::v1alpha1::{DEBIAN_VERSION_ANNOTATION, DebianRepositorySource};
 use http::Method;
 use kube::Resource;
@@ -138,7 +140,7 @@ async fn first_sync_creates_one_image_then_one_event_and_one_status_write() {
         server
     });
     let action = reconcile_once(&syncer(None), &ctx).await.unwrap();
-    assert_eq!(action, Action::requeue(decide::DEFAULT_INTERVAL));
+    assert_eq!(action, Action::requeue(validate::DEFAULT_INTERVAL));
     scenario.finish().await;
 }
 
@@ -160,7 +162,7 @@ async fn steady_state_makes_no_calls() {
     let (ctx, verifier) = Context::test(vec![image_of("v1.27.3")]);
     let scenario = verifier.run(|server| async move { server });
     let action = reconcile_once(&settled, &ctx).await.unwrap();
-    assert_eq!(action, Action::requeue(decide::DEFAULT_INTERVAL));
+    assert_eq!(action, Action::requeue(validate::DEFAULT_INTERVAL));
     scenario.finish().await;
 }
 
@@ -313,6 +315,6 @@ async fn once_the_caches_have_listed_the_reconcile_proceeds() {
     )
     .await
     .unwrap();
-    assert_eq!(action, Action::requeue(decide::DEFAULT_INTERVAL));
+    assert_eq!(action, Action::requeue(validate::DEFAULT_INTERVAL));
     scenario.finish().await;
 }

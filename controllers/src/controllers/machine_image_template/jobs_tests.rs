@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 
 use super::*;
 use crate::controllers::machine_image::id_container;
+use crate::controllers::machine_image::render_job;
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Container, PodSpec};
 
 const CAPD: &str = include_str!("../../../../jobs/capd.yaml");

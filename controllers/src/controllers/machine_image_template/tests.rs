@@ -1,6 +1,7 @@
 //! Decision and choreography tests of the template controller.
 
 use super::*;
+use crate::controllers::machine_image::render_job;
 use crate::runtime::builders::{Build, Fixture, now};
 use crate::runtime::fixtures::{STEP, Verifier, mock_client, within};
 use http::Method;

@@ -1,8 +1,10 @@
 //! Decision tables and choreography of the Plan controller.
 
 use super::*;
+use crate::controllers::images;
 use crate::runtime::builders::{Build, Fixture, ImageBuild, PlanBuild, at, now};
 use crate::runtime::fixtures::{STEP, Verifier, mock_client, within};
+use api::constraint::VersionRange;
 use api::v1alpha1::PlanPhase;
 use kube::runtime::{reflector, watcher};
 use serde_json::{Value, json};
@@ -37,9 +39,9 @@ fn images() -> Vec<MachineImage> {
     ]
 }
 
-fn decide_for(p: &Plan, imgs: &[MachineImage]) -> select::Decision {
-    let usable = select::usable(imgs, "team", p.spec.machine_image_selector.as_ref());
-    select::decide(
+fn decide_for(p: &Plan, imgs: &[MachineImage]) -> decide::Decision {
+    let usable = images::usable(imgs, "team", p.spec.machine_image_selector.as_ref());
+    decide::decide(
         &p.spec,
         Some(2),
         "team",
@@ -95,8 +97,8 @@ fn an_omitted_selector_matches_every_image() {
 #[test]
 fn nothing_in_range_clears_the_details_and_warns_once() {
     let p = plan("v1.30.x", None);
-    let usable = select::usable(&images(), "team", None);
-    let found = select::decide(
+    let usable = images::usable(&images(), "team", None);
+    let found = decide::decide(
         &plan("v1.27.x", None).spec,
         Some(2),
         "team",
@@ -104,7 +106,7 @@ fn nothing_in_range_clears_the_details_and_warns_once() {
         &PlanStatus::default(),
         &now(),
     );
-    let d = select::decide(&p.spec, Some(2), "team", &usable, &found.status, &now());
+    let d = decide::decide(&p.spec, Some(2), "team", &usable, &found.status, &now());
     assert_eq!(d.status.phase, Some(PlanPhase::NoSuitableMachineImage));
     assert_eq!(d.status.machine_image_details, None);
     assert_eq!(d.status.machine_image_ref, None);
@@ -116,7 +118,7 @@ fn nothing_in_range_clears_the_details_and_warns_once() {
     assert_eq!(d.notes.len(), 1);
     assert_eq!(d.notes[0].reason, "LatestVersionNotFound");
     assert!(d.notes[0].warning);
-    let again = select::decide(&p.spec, Some(2), "team", &usable, &d.status, &now());
+    let again = decide::decide(&p.spec, Some(2), "team", &usable, &d.status, &now());
     assert!(again.notes.is_empty(), "only on the transition");
     assert_eq!(again.status, d.status);
 }
@@ -147,9 +149,7 @@ fn context(imgs: Vec<MachineImage>) -> (Arc<Context>, Verifier) {
     let metrics =
         Arc::new(crate::runtime::Metrics::default()).controller(CONTROLLER, Error::CATEGORIES);
     let ctx = Context {
-        events: Events::new(client.clone(), COMPONENT, Some("test".into())),
-        client,
-        metrics,
+        core: Core::new(client, metrics, Some("test".into()), COMPONENT),
         images: reader,
     };
     (Arc::new(ctx), verifier)
@@ -316,9 +316,9 @@ fn the_one_pass_choice_decides_as_every_usable_image_does() {
         for range in ranges {
             let p = plan(range, selector.clone());
             let selector = p.spec.machine_image_selector.as_ref();
-            let all = select::usable(&images, "team", selector);
+            let all = images::usable(&images, "team", selector);
             let parsed = VersionRange::parse(range).unwrap();
-            let few = select::choices(&images, "team", selector, &parsed);
+            let few = images::choices(&images, "team", selector, &parsed);
             assert!(few.len() <= all.len());
             let minors: std::collections::BTreeSet<(u64, u64)> = few
                 .iter()
@@ -326,15 +326,15 @@ fn the_one_pass_choice_decides_as_every_usable_image_does() {
                 .collect();
             assert_eq!(minors.len(), few.len(), "one image per minor for {range}");
             let status = PlanStatus::default();
-            let by_all = select::decide(&p.spec, Some(2), "team", &all, &status, &now());
-            let by_few = select::decide(&p.spec, Some(2), "team", &few, &status, &now());
+            let by_all = decide::decide(&p.spec, Some(2), "team", &all, &status, &now());
+            let by_few = decide::decide(&p.spec, Some(2), "team", &few, &status, &now());
             assert_eq!(by_few, by_all, "{range} with {selector:?}");
         }
     }
     // The ties: the newest build of v1.27.2 wins, and of the two v1.27.3 builds the first name.
     let p = plan("v1.27.x", Some(json!({"matchLabels": {"v": "1"}})));
     let parsed = VersionRange::parse("<1.27.3").unwrap();
-    let few = select::choices(
+    let few = images::choices(
         &images,
         "team",
         p.spec.machine_image_selector.as_ref(),
@@ -345,7 +345,7 @@ fn the_one_pass_choice_decides_as_every_usable_image_does() {
         ["img-02", "img-00"]
     );
     let parsed = VersionRange::parse("v1.27.x").unwrap();
-    let few = select::choices(
+    let few = images::choices(
         &images,
         "team",
         p.spec.machine_image_selector.as_ref(),

@@ -14,7 +14,7 @@ use kube::{Api, Client, ResourceExt};
 use super::decide::{self, Decision};
 use super::observe::Observation;
 use super::{Context, Error, FIELD_MANAGER, UpgraderKind, cluster, gates, in_place};
-use crate::runtime::status::{WriteError, apply_status_at};
+use crate::runtime::status::{ApiError, apply_status_at};
 
 /// Carries out `decision` and `actions` for `upgrader`, a ClusterClassClusterUpgrader or an
 /// InClusterUpgradeAutomation (its status by server-side apply).
@@ -50,7 +50,7 @@ pub async fn apply<K: UpgraderKind>(
         decide::settle_after_write(&mut decision, &post);
     }
     if decision.status != *current {
-        let api: Api<K> = Api::namespaced(ctx.client.clone(), &observed.namespace);
+        let api: Api<K> = Api::namespaced(ctx.core.client.clone(), &observed.namespace);
         // Host records decided from an older read must not overwrite newer ones: the write
         // carries the resourceVersion it was decided from (unless a step was just written,
         // whose record must not be lost).
@@ -67,7 +67,7 @@ pub async fn apply<K: UpgraderKind>(
         .await
         {
             Ok(_) => {}
-            Err(WriteError::Api(kube::Error::Api(e))) if e.code == 409 => {
+            Err(ApiError::Api(kube::Error::Api(e))) if e.code == 409 => {
                 tracing::debug!("status decided from a stale read; observing again");
                 return Ok(Action::requeue(Duration::from_secs(1)));
             }
@@ -103,7 +103,7 @@ pub async fn apply<K: UpgraderKind>(
             match done {
                 Ok(()) => {}
                 // The Node, host or Machine is gone: the next pass drops its record.
-                Err(WriteError::Api(kube::Error::Api(e))) if e.code == 404 => {
+                Err(ApiError::Api(kube::Error::Api(e))) if e.code == 404 => {
                     tracing::info!(?action, "the object is gone; its host is dropped next pass");
                 }
                 Err(source) => {
@@ -114,7 +114,7 @@ pub async fn apply<K: UpgraderKind>(
         }
     }
     for note in &decision.notes {
-        ctx.events.publish_to(&reference, note).await;
+        ctx.core.events.publish_to(&reference, note).await;
     }
     if let Some(error) = failed {
         return Err(error);
@@ -142,7 +142,7 @@ async fn write_step(
     };
     let namespace = upgrader.namespace.clone().unwrap_or_default();
     cluster::write_step(
-        &ctx.client,
+        &ctx.core.client,
         access,
         &namespace,
         name,
@@ -180,7 +180,7 @@ async fn perform(
     namespace: &str,
     action: &in_place::Action,
     settings: &Perform,
-) -> Result<(), WriteError> {
+) -> Result<(), ApiError> {
     use in_place::workload as write;
     match action {
         in_place::Action::Cordon { node } => {
@@ -193,14 +193,14 @@ async fn perform(
             .await
             .map(|_| ()),
         in_place::Action::LabelPending { host } => {
-            write::label_pending(&ctx.client, namespace, host, FIELD_MANAGER).await
+            write::label_pending(&ctx.core.client, namespace, host, FIELD_MANAGER).await
         }
         in_place::Action::ApplyImage { machine, image } => {
             let Some(infrastructure) = management.infrastructure_of(machine) else {
                 return Ok(());
             };
             write::apply_image(
-                &ctx.client,
+                &ctx.core.client,
                 namespace,
                 infrastructure,
                 image,
@@ -213,7 +213,7 @@ async fn perform(
         | in_place::Action::AllowRemediation { machine } => {
             let skip = matches!(action, in_place::Action::SkipRemediation { .. });
             write::skip_remediation(
-                &ctx.client,
+                &ctx.core.client,
                 &settings.machines,
                 namespace,
                 machine,

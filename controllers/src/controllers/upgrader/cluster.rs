@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use super::finish::ClusterApi;
 use super::gates::{ClusterView, Step, Topology, Variable};
-use crate::runtime::status::{WriteError, bounded};
+use crate::runtime::status::{ApiError, bounded};
 
 /// The Cluster API group.
 pub const GROUP: &str = "cluster.x-k8s.io";
@@ -36,8 +36,8 @@ pub struct Access {
 pub async fn discover(client: &Client) -> Result<Option<Access>, kube::Error> {
     let group = match bounded(kube::discovery::group(client, GROUP)).await {
         Ok(group) => group,
-        Err(WriteError::Api(kube::Error::Discovery(_))) => return Ok(None),
-        Err(WriteError::Api(err)) => return Err(err),
+        Err(ApiError::Api(kube::Error::Discovery(_))) => return Ok(None),
+        Err(ApiError::Api(err)) => return Err(err),
         Err(other) => {
             return Err(kube::Error::Discovery(
                 kube::error::DiscoveryError::MissingResource(format!("cluster.x-k8s.io: {other}")),
@@ -90,7 +90,7 @@ pub async fn get(
     access: &Access,
     namespace: &str,
     name: &str,
-) -> Result<Option<Value>, WriteError> {
+) -> Result<Option<Value>, ApiError> {
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &access.resource);
     let object = bounded(api.get_opt(name)).await?;
     Ok(object.and_then(|o| serde_json::to_value(o).ok()))
@@ -150,7 +150,7 @@ pub async fn control_plane(
     api: ClusterApi,
     namespace: &str,
     cluster: &Value,
-) -> Result<Option<Value>, WriteError> {
+) -> Result<Option<Value>, ApiError> {
     let Some(reference) = cluster.pointer("/spec/controlPlaneRef") else {
         return Ok(None);
     };
@@ -207,7 +207,7 @@ pub async fn machine_deployments(
     access: &Access,
     namespace: &str,
     cluster: &str,
-) -> Result<Vec<Value>, WriteError> {
+) -> Result<Vec<Value>, ApiError> {
     let gvk = GroupVersionKind::gvk(GROUP, &access.resource.version, "MachineDeployment");
     let resource = ApiResource::from_gvk_with_plural(&gvk, "machinedeployments");
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &resource);
@@ -281,7 +281,7 @@ pub async fn write_step(
     cluster: &Value,
     step: &Step,
     field_manager: &str,
-) -> Result<Value, WriteError> {
+) -> Result<Value, ApiError> {
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &access.resource);
     if access.list_map || step.variable.is_none() {
         let body = apply_body(access, namespace, name, step);
@@ -294,7 +294,7 @@ pub async fn write_step(
         as_json(&written)
     } else {
         let patch: json_patch::Patch = serde_json::from_value(json_patch(cluster, step))
-            .map_err(|e| WriteError::Api(kube::Error::SerdeError(e)))?;
+            .map_err(|e| ApiError::Api(kube::Error::SerdeError(e)))?;
         let params = PatchParams {
             field_manager: Some(field_manager.to_owned()),
             ..PatchParams::default()
@@ -304,8 +304,8 @@ pub async fn write_step(
     }
 }
 
-fn as_json(object: &DynamicObject) -> Result<Value, WriteError> {
-    serde_json::to_value(object).map_err(|e| WriteError::Api(kube::Error::SerdeError(e)))
+fn as_json(object: &DynamicObject) -> Result<Value, ApiError> {
+    serde_json::to_value(object).map_err(|e| ApiError::Api(kube::Error::SerdeError(e)))
 }
 
 /// The `v`-prefixed form of a version string as the Cluster holds it, for messages.

@@ -10,19 +10,7 @@ use serde_json::{Map, Value, json};
 use super::window::{Opening, Window};
 
 pub use super::reason::Reason;
-
-/// A ready MachineImage the upgrader may use: Ready, with an ID, matching the Plan's selector.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Image {
-    /// Its `spec.version`, parsed strictly.
-    pub version: Version,
-    /// Its `spec.version` as written.
-    pub spec_version: String,
-    /// Its `spec.id`.
-    pub id: String,
-    /// Its name.
-    pub name: String,
-}
+pub use crate::controllers::images::Image;
 
 /// A Cluster variable entry.
 #[derive(Clone, Debug, PartialEq)]

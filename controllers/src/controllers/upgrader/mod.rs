@@ -1,9 +1,11 @@
 //! The upgrader controller, one implementation serving ClusterClassClusterUpgrader and
-//! InClusterUpgradeAutomation:
-//! observe (the Plan and MachineImages from the shared caches, the Cluster through dynamic access,
-//! and its rollout, [`finish`]) → plan (pure, [`gates::plan`]) → decide (pure, [`decide()`]) →
-//! apply (at most one write to the Cluster, [`cluster::write_step`], then one status write when
-//! something changed, then events on transitions).
+//! InClusterUpgradeAutomation ([`UpgraderKind`]):
+//! [`observe`] (the Plan and MachineImages from the shared caches, the Cluster from its watch's
+//! store or read, its rollout, [`finish`], and the hosts when needed) → decide (pure,
+//! [`decide::reconcile_decision`]: [`gates`] plan, [`in_place`] joins, the whole status, events
+//! and requeue) → [`apply`] (at most one write to the Cluster, [`cluster::write_step`], one
+//! status write when something changed, host writes, events). [`watch`] keeps the index of
+//! upgraders and the Cluster watch. `mod.rs` is wiring.
 
 pub mod apply;
 pub mod claim;
@@ -13,42 +15,39 @@ pub mod finish;
 pub mod gates;
 pub mod in_place;
 pub mod index;
+mod kind;
 pub mod observe;
 pub mod reason;
+mod watch;
 pub mod window;
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use api::v1alpha1::{
-    ClusterClassClusterUpgrader, InClusterUpgradeAutomation, InPlace, MachineImage, Plan,
-    RETRY_HOSTS_ANNOTATION, UpgraderSpecView, UpgraderStatus,
+    ClusterClassClusterUpgrader, InClusterUpgradeAutomation, MachineImage, Plan,
+    RETRY_HOSTS_ANNOTATION, UpgraderStatus,
 };
-use futures::{FutureExt, StreamExt};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::DynamicObject;
 use kube::core::DeserializeGuard;
-use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
-use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client, Resource, ResourceExt};
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::Store;
+use kube::{Client, ResourceExt};
 
 pub use decide::{Decision, Observed, decide};
+pub use kind::UpgraderKind;
 use observe::Read;
 
-use crate::runtime::caches::{Cacheable, generation_or_annotation_changed};
-use crate::runtime::status::WriteError;
-use crate::runtime::{
-    ControllerMetrics, Events, ReconcileError, Registration, Reporter, Running, Shared, all_ready,
-    drive, synced,
-};
+use crate::runtime::controller::{Core, InvalidObject, Reconciler, Start, Trigger};
+use crate::runtime::status::ApiError;
+use crate::runtime::{ControllerMetrics, ReconcileError, Registration, Reporter, Running, Shared};
 
 /// Field manager of the Cluster writes and the status writes.
 pub const FIELD_MANAGER: &str = "kubernetes-upgrader-upgrader";
 /// Event source component, as on Go main.
 pub const COMPONENT: &str = "inclusterupgradeautomation-reconciler";
-/// How long a discovery of Cluster API is reused.
-const DISCOVERY_TTL: Duration = Duration::from_secs(300);
 
 /// The manager's handle on the ClusterClassClusterUpgrader controller.
 pub const CLUSTER_CLASS_REGISTRATION: Registration = Registration {
@@ -64,61 +63,13 @@ pub const IN_CLUSTER_REGISTRATION: Registration = Registration {
     start: start::<InClusterUpgradeAutomation>,
 };
 
-/// Either upgrader kind.
-pub trait UpgraderKind: Cacheable + Resource<DynamicType = ()> {
-    /// Name in logs and metrics.
-    const CONTROLLER: &'static str;
-    /// The kind, as messages name it.
-    const KIND: &'static str;
-    /// Which kind acts first when two upgraders of one age claim a Cluster (lower first).
-    const CLAIM_RANK: u8;
-    /// The shared spec.
-    fn view(&self) -> UpgraderSpecView<'_>;
-    /// The status, if any.
-    fn upgrader_status(&self) -> Option<&UpgraderStatus>;
-    /// `spec.inPlace`.
-    fn in_place(&self) -> Option<&InPlace>;
-}
-
-impl UpgraderKind for ClusterClassClusterUpgrader {
-    const CONTROLLER: &'static str = "clusterclassclusterupgrader";
-    const KIND: &'static str = "ClusterClassClusterUpgrader";
-    const CLAIM_RANK: u8 = 0;
-    fn view(&self) -> UpgraderSpecView<'_> {
-        self.spec.common()
-    }
-    fn upgrader_status(&self) -> Option<&UpgraderStatus> {
-        self.status.as_ref()
-    }
-    fn in_place(&self) -> Option<&InPlace> {
-        self.spec.in_place()
-    }
-}
-
-impl UpgraderKind for InClusterUpgradeAutomation {
-    const CONTROLLER: &'static str = "inclusterupgradeautomation";
-    const KIND: &'static str = "InClusterUpgradeAutomation";
-    const CLAIM_RANK: u8 = 1;
-    fn view(&self) -> UpgraderSpecView<'_> {
-        self.spec.common()
-    }
-    fn upgrader_status(&self) -> Option<&UpgraderStatus> {
-        self.status.as_ref()
-    }
-    fn in_place(&self) -> Option<&InPlace> {
-        self.spec.in_place()
-    }
-}
-
 /// How the shared stores hold Plans and MachineImages.
 type GuardedPlan = DeserializeGuard<Plan>;
 type GuardedImage = DeserializeGuard<MachineImage>;
 
 /// Shared state of one upgrader kind's controller.
 pub struct Context {
-    client: Client,
-    metrics: ControllerMetrics,
-    events: Events,
+    core: Core,
     plans: Store<GuardedPlan>,
     images: Store<GuardedImage>,
     access: Mutex<Option<(Instant, cluster::Access)>>,
@@ -133,62 +84,33 @@ pub struct Context {
 type ClusterStore = Arc<std::sync::OnceLock<Store<DynamicObject>>>;
 
 /// Failures of the reconcile itself; gates are status, not errors.
-#[derive(Debug, thiserror::Error)]
+#[derive(
+    Debug, thiserror::Error, strum::IntoStaticStr, strum::VariantNames, strum::EnumProperty,
+)]
 pub enum Error {
     /// The stored object does not match the schema.
-    #[error("the object cannot be read: {0}")]
-    InvalidObject(String),
+    #[error(transparent)]
+    InvalidObject(#[from] InvalidObject),
     /// Discovering Cluster API failed.
     #[error("discovering Cluster API")]
     Discovery(#[source] kube::Error),
     /// Reading the Cluster, its control plane or MachineDeployments failed.
     #[error("reading the Cluster {0}")]
-    ReadCluster(String, #[source] WriteError),
-    /// Writing the step to the Cluster failed.
+    ReadCluster(String, #[source] ApiError),
+    /// Writing the step to the Cluster failed (v0.6's Warning reason).
     #[error("{0}")]
-    WriteCluster(String, #[source] WriteError),
+    #[strum(props(event_reason = "ErrorUpdatingVersion"))]
+    WriteCluster(String, #[source] ApiError),
     /// Writing the status failed.
     #[error("writing status")]
-    WriteStatus(#[source] WriteError),
+    WriteStatus(#[source] ApiError),
     /// Reading the Cluster's Machines, ElementalMachines, ElementalHosts or Nodes failed.
     #[error("reading the hosts of Cluster {0}")]
-    ReadHosts(String, #[source] WriteError),
-    /// A write of the in-place flow failed.
+    ReadHosts(String, #[source] ApiError),
+    /// A write of the in-place flow failed (the companion of v0.6's reason).
     #[error("updating a host in place: {0}")]
-    WriteHost(String, #[source] WriteError),
-}
-
-impl ReconcileError for Error {
-    const CATEGORIES: &'static [&'static str] = &[
-        "InvalidObject",
-        "Discovery",
-        "ReadCluster",
-        "WriteCluster",
-        "WriteStatus",
-        "ReadHosts",
-        "WriteHost",
-    ];
-
-    fn category(&self) -> &'static str {
-        match self {
-            Self::InvalidObject(_) => "InvalidObject",
-            Self::Discovery(_) => "Discovery",
-            Self::ReadCluster(..) => "ReadCluster",
-            Self::WriteCluster(..) => "WriteCluster",
-            Self::WriteStatus(_) => "WriteStatus",
-            Self::ReadHosts(..) => "ReadHosts",
-            Self::WriteHost(..) => "WriteHost",
-        }
-    }
-
-    /// v0.6's reason for a refused Cluster write; its companion for a refused host write.
-    fn event_reason(&self) -> &'static str {
-        match self {
-            Self::WriteCluster(..) => "ErrorUpdatingVersion",
-            Self::WriteHost(..) => "ErrorUpdatingHost",
-            other => other.category(),
-        }
-    }
+    #[strum(props(event_reason = "ErrorUpdatingHost"))]
+    WriteHost(String, #[source] ApiError),
 }
 
 impl Context {
@@ -201,9 +123,7 @@ impl Context {
         images: Store<GuardedImage>,
     ) -> Self {
         Self {
-            events: Events::new(client.clone(), COMPONENT, instance),
-            client,
-            metrics,
+            core: Core::new(client, metrics, instance, COMPONENT),
             plans,
             images,
             access: Mutex::new(None),
@@ -220,45 +140,12 @@ impl Context {
         self
     }
 
-    /// The Cluster from the watch's store, if the watch has delivered it.
-    fn cached_cluster(&self, namespace: &str, name: &str) -> Option<serde_json::Value> {
-        let store = self.clusters.get()?;
-        let resource = self
-            .access
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_ref()?
-            .1
-            .resource
-            .clone();
-        let object = store.get(&ObjectRef::new_with(name, resource).within(namespace))?;
-        serde_json::to_value(object.as_ref()).ok()
-    }
-
-    /// Cluster API as this server serves it, rediscovered after [`DISCOVERY_TTL`].
-    async fn access(&self) -> Result<Option<cluster::Access>, Error> {
-        {
-            let cached = self.access.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Some((at, access)) = cached.as_ref()
-                && at.elapsed() < DISCOVERY_TTL
-            {
-                return Ok(Some(access.clone()));
-            }
-        }
-        let found = cluster::discover(&self.client)
-            .await
-            .map_err(Error::Discovery)?;
-        if let Some(access) = &found {
-            *self.access.lock().unwrap_or_else(PoisonError::into_inner) =
-                Some((Instant::now(), access.clone()));
-        }
-        Ok(found)
-    }
-
     #[cfg(test)]
     fn with_access(self, access: cluster::Access) -> Self {
-        *self.access.lock().unwrap_or_else(PoisonError::into_inner) =
-            Some((Instant::now(), access));
+        *self
+            .access
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((Instant::now(), access));
         self
     }
 }
@@ -274,180 +161,68 @@ fn start<K: UpgraderKind>(shared: &Shared) -> Running {
     let in_cluster = shared
         .caches
         .cache::<DeserializeGuard<InClusterUpgradeAutomation>>();
-    let ctx = Arc::new(
-        Context::new(
-            shared.client.clone(),
-            reporter.metrics.clone(),
-            shared.instance.clone(),
-            plans.store.clone(),
-            images.store.clone(),
-        )
-        .with_claims(claim::Claims::new(
-            class.store.clone(),
-            in_cluster.store.clone(),
-        )),
-    );
-    let ready = all_ready(vec![
-        synced(cache.store.clone()),
-        synced(plans.store.clone()),
-        synced(images.store.clone()),
-        synced(class.store.clone()),
-        synced(in_cluster.store.clone()),
-    ]);
-    let (
-        Some(events),
-        Some(plan_events),
-        Some(image_events),
-        Some(indexed),
-        Some(class_events),
-        Some(in_cluster_events),
-    ) = (
-        cache.subscribe(),
-        plans.subscribe(),
-        images.subscribe(),
-        cache.subscribe(),
-        class.subscribe(),
-        in_cluster.subscribe(),
+    let ctx = Context::new(
+        shared.client.clone(),
+        reporter.metrics.clone(),
+        shared.instance.clone(),
+        plans.store.clone(),
+        images.store.clone(),
     )
-    else {
-        return Running::stream_ended(ready);
-    };
-    let shutdown = shared.shutdown.clone();
-    let index = index::Index::new(cache.store.clone());
-    keep_index(index.clone(), indexed, cache.deleted(), &shutdown);
-    let trigger =
-        generation_or_annotation_changed(events, cache.store.clone(), RETRY_HOSTS_ANNOTATION);
-    let by_plan = index.clone();
-    let by_deleted_plan = index.clone();
-    let deleted_plans = plans.deleted();
-    let by_image = index.clone();
-    let by_claim = index.clone();
-    let clusters = cluster_events::<K>(
+    .with_claims(claim::Claims::new(
+        class.store.clone(),
+        in_cluster.store.clone(),
+    ));
+    let trigger = Trigger::GenerationOrAnnotation(RETRY_HOSTS_ANNOTATION);
+    let mut start = Start::new(shared, &cache, trigger, 16);
+    let index = index::Index::new(start.store());
+    if let Some(indexed) = start.subscribe() {
+        watch::keep_index(index.clone(), indexed, cache.deleted(), &shared.shutdown);
+    }
+    let clusters = watch::cluster_events::<K>(
         shared.client.clone(),
         shared.namespace.clone(),
-        index,
+        index.clone(),
         ctx.clusters.clone(),
-        &shutdown,
+        &shared.shutdown,
     );
-    let run = async move {
-        let results = Controller::for_shared_stream(trigger, cache.store)
-            .watches_shared_stream(plan_events, move |plan: Arc<GuardedPlan>| {
-                by_plan.following(&plan.namespace().unwrap_or_default(), &plan.name_any())
-            })
-            .watches_shared_stream(deleted_plans, move |plan: Arc<GuardedPlan>| {
-                by_deleted_plan.following(&plan.namespace().unwrap_or_default(), &plan.name_any())
-            })
-            // Any image of the namespace may change any of its upgraders' steps.
-            .watches_shared_stream(image_events, move |image: Arc<GuardedImage>| {
-                by_image.in_namespace(&image.namespace().unwrap_or_default())
-            })
-            .watches_shared_stream(class_events, claim::siblings::<K, _>(by_claim.clone()))
-            .watches_shared_stream(class.deleted(), claim::siblings::<K, _>(by_claim.clone()))
-            .watches_shared_stream(in_cluster_events, claim::siblings::<K, _>(by_claim.clone()))
-            .watches_shared_stream(in_cluster.deleted(), claim::siblings::<K, _>(by_claim))
-            .reconcile_on(clusters)
-            .with_config(ControllerConfig::default().concurrency(16))
-            .graceful_shutdown_on(shutdown.clone().wait())
-            .run(reconcile::<K>, error_policy::<K>, ctx);
-        drive(results, reporter, shutdown).await
+    let (by_plan, by_deleted_plan, by_image) = (index.clone(), index.clone(), index.clone());
+    start
+        .watches(&plans, move |plan: Arc<GuardedPlan>| {
+            by_plan.following(&plan.namespace().unwrap_or_default(), &plan.name_any())
+        })
+        .watches_deleted(&plans, move |plan: Arc<GuardedPlan>| {
+            by_deleted_plan.following(&plan.namespace().unwrap_or_default(), &plan.name_any())
+        })
+        // Any image of the namespace may change any of its upgraders' steps.
+        .watches(&images, move |image: Arc<GuardedImage>| {
+            by_image.in_namespace(&image.namespace().unwrap_or_default())
+        })
+        // Another upgrader of the Cluster, of either kind, may take or leave the claim on it.
+        .watches(&class, claim::siblings::<K, _>(index.clone()))
+        .watches_deleted(&class, claim::siblings::<K, _>(index.clone()))
+        .watches(&in_cluster, claim::siblings::<K, _>(index.clone()))
+        .watches_deleted(&in_cluster, claim::siblings::<K, _>(index))
+        .reconcile_on(clusters)
+        .run(ctx, reporter)
+}
+
+impl<K: UpgraderKind> Reconciler<K> for Context {
+    type Error = Error;
+
+    fn core(&self) -> &Core {
+        &self.core
     }
-    .boxed();
-    Running { ready, run }
-}
 
-/// Keeps `index` up to date with the upgraders the cache applies and deletes, until shutdown.
-fn keep_index<K: UpgraderKind>(
-    index: index::Index<K>,
-    applied: impl futures::Stream<Item = Arc<DeserializeGuard<K>>> + Send + 'static,
-    deleted: impl futures::Stream<Item = Arc<DeserializeGuard<K>>> + Send + 'static,
-    shutdown: &crate::shutdown::Shutdown,
-) {
-    let changes = futures::stream::select(applied.map(|u| (true, u)), deleted.map(|u| (false, u)))
-        .take_until(shutdown.clone().wait());
-    tokio::spawn(changes.for_each(move |(live, upgrader)| {
-        if live {
-            index.apply(&upgrader);
-        } else {
-            index.delete(&upgrader);
-        }
-        futures::future::ready(())
-    }));
-}
-
-/// The upgraders of each changed Cluster, from a dedicated dynamic watch of Clusters opened
-/// once Cluster API is discovered (looked for again every minute while it is absent). The watch
-/// keeps its store in `slot`, which reconciles read before they read the Cluster itself.
-fn cluster_events<K: UpgraderKind>(
-    client: Client,
-    namespace: Option<String>,
-    index: index::Index<K>,
-    slot: ClusterStore,
-    shutdown: &crate::shutdown::Shutdown,
-) -> impl futures::Stream<Item = ObjectRef<DeserializeGuard<K>>> + Send + 'static {
-    let (mut tx, rx) = futures::channel::mpsc::channel(256);
-    let stopped = shutdown.clone();
-    tokio::spawn(async move {
-        let access = loop {
-            if let Ok(Some(access)) = cluster::discover(&client).await {
-                break access;
-            }
-            if tokio::time::timeout(decide::MISSING_POLL, stopped.clone().wait())
-                .await
-                .is_ok()
-            {
-                return;
-            }
-        };
-        let api: Api<DynamicObject> = match &namespace {
-            Some(ns) => Api::namespaced_with(client.clone(), ns, &access.resource),
-            None => Api::all_with(client.clone(), &access.resource),
-        };
-        let writer = kube::runtime::reflector::store::Writer::new(access.resource.clone());
-        let _ = slot.set(writer.as_reader());
-        let objects = watcher(api, watcher::Config::default())
-            .default_backoff()
-            .reflect(writer)
-            .applied_objects()
-            .take_until(stopped.wait());
-        futures::pin_mut!(objects);
-        while let Some(event) = objects.next().await {
-            let Ok(cluster) = event else { continue };
-            let name = cluster.name_any();
-            for upgrader in index.upgrading(&cluster.namespace().unwrap_or_default(), &name) {
-                if futures::SinkExt::send(&mut tx, upgrader).await.is_err() {
-                    return;
-                }
-            }
-        }
-    });
-    rx
-}
-
-#[allow(clippy::needless_pass_by_value)] // the signature kube's Controller::run expects
-fn error_policy<K: UpgraderKind>(
-    _obj: Arc<DeserializeGuard<K>>,
-    err: &Error,
-    _ctx: Arc<Context>,
-) -> Action {
-    match err {
-        Error::InvalidObject(_) => Action::await_change(),
-        _ => Action::requeue(Duration::from_secs(10)),
+    async fn reconcile(&self, upgrader: &K, now: &Time) -> Result<Action, Error> {
+        reconcile_upgrader(upgrader, self, now.0).await
     }
-}
 
-/// Reconciles one upgrader.
-#[tracing::instrument(skip(obj, ctx), fields(name = %obj.name_any(), namespace = obj.namespace().unwrap_or_default()))]
-pub async fn reconcile<K: UpgraderKind>(
-    obj: Arc<DeserializeGuard<K>>,
-    ctx: Arc<Context>,
-) -> Result<Action, Error> {
-    let _timer = ctx.metrics.reconcile();
-    let upgrader = match &obj.0 {
-        Ok(upgrader) => upgrader,
-        Err(invalid) => return Err(Error::InvalidObject(invalid.error.clone())),
-    };
-    let now = crate::runtime::now().0;
-    reconcile_upgrader(upgrader, &ctx, now).await
+    fn retry(&self, _obj: &DeserializeGuard<K>, err: &Error) -> Action {
+        match err {
+            Error::InvalidObject(_) => Action::await_change(),
+            _ => Action::requeue(Duration::from_secs(10)),
+        }
+    }
 }
 
 /// The reconcile body with the clock injected (boxed: the future is large).

@@ -4,6 +4,8 @@
 //! the management cluster, Nodes and pods in the workload cluster.
 
 use std::collections::BTreeMap;
+use std::sync::PoisonError;
+use std::time::{Duration, Instant};
 
 use api::v1alpha1::{HostRecord, MachineImage, Plan, RETRY_HOSTS_ANNOTATION, UpgraderStatus};
 use k8s_openapi::jiff::Timestamp;
@@ -13,6 +15,9 @@ use kube::{Client, ResourceExt};
 use super::finish::{self, Rollout};
 use super::gates::{self, ClusterState, PlanState};
 use super::{Context, Error, UpgraderKind, claim, cluster, in_place};
+
+/// How long a discovery of Cluster API is reused.
+const DISCOVERY_TTL: Duration = Duration::from_secs(300);
 
 /// Where a reconcile reads the Cluster from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,7 +77,7 @@ pub async fn observe<K: UpgraderKind>(
         .as_ref()
         .and_then(|p| p.spec.machine_image_selector.clone());
     let images_state = ctx.images.state();
-    let images = crate::controllers::plan::select::usable(
+    let images = crate::controllers::images::usable(
         images_state.iter().filter_map(|i| i.0.as_ref().ok()),
         &namespace,
         selector.as_ref(),
@@ -207,7 +212,7 @@ pub async fn still_current(
     let Some(access) = observed.access.as_ref() else {
         return Ok(true);
     };
-    let fresh = cluster::get(&ctx.client, access, &observed.namespace, name)
+    let fresh = cluster::get(&ctx.core.client, access, &observed.namespace, name)
         .await
         .map_err(|e| Error::ReadCluster(name.to_owned(), e))?;
     Ok(fresh.as_ref().map(resource_version) == observed.raw.as_ref().map(resource_version))
@@ -270,9 +275,10 @@ async fn observe_hosts(
 ) -> Result<Result<ObservedHosts, in_place::workload::Unreachable>, Error> {
     let read = |e| Error::ReadHosts(cluster_name.to_owned(), e);
     let machine = in_place::observe::machine_resource(&access.resource.version);
-    let management = in_place::observe::management(&ctx.client, &machine, namespace, cluster_name)
-        .await
-        .map_err(read)?;
+    let management =
+        in_place::observe::management(&ctx.core.client, &machine, namespace, cluster_name)
+            .await
+            .map_err(read)?;
     if !management.is_elemental() {
         return Ok(Ok((Some((Vec::new(), management)), None, None)));
     }
@@ -293,7 +299,7 @@ async fn observe_hosts(
     }
     let client = match ctx
         .workloads
-        .client(&ctx.client, namespace, cluster_name)
+        .client(&ctx.core.client, namespace, cluster_name)
         .await
     {
         Ok(client) => client,
@@ -377,7 +383,7 @@ async fn observe_cluster(
     let from_cache = cached.is_some();
     let raw = match cached {
         Some(raw) => raw,
-        None => match cluster::get(&ctx.client, &access, namespace, name)
+        None => match cluster::get(&ctx.core.client, &access, namespace, name)
             .await
             .map_err(read)?
         {
@@ -398,12 +404,14 @@ async fn observe_cluster(
             machine_deployments: None,
         };
         view.finished = if finish::objects_needed(&rollout, &version) {
-            let control_plane = cluster::control_plane(&ctx.client, access.api, namespace, &raw)
-                .await
-                .map_err(read)?;
-            let deployments = cluster::machine_deployments(&ctx.client, &access, namespace, name)
-                .await
-                .map_err(read)?;
+            let control_plane =
+                cluster::control_plane(&ctx.core.client, access.api, namespace, &raw)
+                    .await
+                    .map_err(read)?;
+            let deployments =
+                cluster::machine_deployments(&ctx.core.client, &access, namespace, name)
+                    .await
+                    .map_err(read)?;
             rollout.control_plane = control_plane.as_ref();
             rollout.machine_deployments = Some(&deployments);
             finish::finished(&rollout, &version)
@@ -417,4 +425,41 @@ async fn observe_cluster(
         Some(access),
         from_cache,
     ))
+}
+
+impl Context {
+    /// The Cluster from the watch's store, if the watch has delivered it.
+    pub(super) fn cached_cluster(&self, namespace: &str, name: &str) -> Option<serde_json::Value> {
+        let store = self.clusters.get()?;
+        let resource = self
+            .access
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()?
+            .1
+            .resource
+            .clone();
+        let object = store.get(&ObjectRef::new_with(name, resource).within(namespace))?;
+        serde_json::to_value(object.as_ref()).ok()
+    }
+
+    /// Cluster API as this server serves it, rediscovered after [`DISCOVERY_TTL`].
+    pub(super) async fn access(&self) -> Result<Option<cluster::Access>, Error> {
+        {
+            let cached = self.access.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some((at, access)) = cached.as_ref()
+                && at.elapsed() < DISCOVERY_TTL
+            {
+                return Ok(Some(access.clone()));
+            }
+        }
+        let found = cluster::discover(&self.core.client)
+            .await
+            .map_err(Error::Discovery)?;
+        if let Some(access) = &found {
+            *self.access.lock().unwrap_or_else(PoisonError::into_inner) =
+                Some((Instant::now(), access.clone()));
+        }
+        Ok(found)
+    }
 }

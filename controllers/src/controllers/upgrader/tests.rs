@@ -6,6 +6,7 @@ use super::gates::{
 use super::*;
 use crate::runtime::builders::{Build, Fixture, ImageBuild, PlanBuild, timestamp};
 use crate::runtime::fixtures::{STEP, Verifier, mock_client, within};
+use api::v1alpha1::UpgraderSpecView;
 use api::v1alpha1::{ImageMap, MaintenanceWindow, ObjectRef as Ref};
 use http::Method;
 use kube::core::{ApiResource, GroupVersionKind};

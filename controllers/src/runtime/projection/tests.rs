@@ -1,7 +1,7 @@
 use super::*;
+use crate::controllers::images::usable;
 use crate::controllers::machine_image::BuildPodPolicy;
 use crate::controllers::machine_image_template::cloned_images;
-use crate::controllers::plan::select::usable;
 use crate::runtime::builders::{Build, Fixture, ImageBuild, PlanBuild, SourceBuild};
 use kube::ResourceExt;
 use serde::de::DeserializeOwned;

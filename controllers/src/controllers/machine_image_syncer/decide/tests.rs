@@ -2,7 +2,9 @@
 //! metadata and spec, each condition reason and the events on transitions.
 
 use super::*;
+use crate::controllers::machine_image_syncer::validate::*;
 use crate::runtime::builders::{Build, Fixture, now, ready};
+use api::constraint::Selection;
 use serde_json::json;
 
 fn syncer(spec: &Value) -> MachineImageSyncer {
