@@ -107,6 +107,17 @@ pub struct RunArgs {
     /// How long to wait for the CRDs to be served before exiting.
     #[arg(long, env = "CRD_WAIT_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub crd_wait_timeout: Duration,
+    /// Address of the Cluster API Runtime Extension (HTTPS), such as `:9443`; `0` turns it off.
+    #[arg(long, env = "EXTENSION_BIND_ADDRESS", default_value = "0")]
+    pub extension_bind_address: String,
+    /// Folder holding the extension's serving certificate and key (`tls.crt`, `tls.key`),
+    /// read again when they change.
+    #[arg(
+        long,
+        env = "EXTENSION_CERT_DIR",
+        default_value = "/tmp/k8s-webhook-server/serving-certs"
+    )]
+    pub extension_cert_dir: std::path::PathBuf,
     /// Accepted for v0.6 compatibility: debug, info, error or a number; used when RUST_LOG is unset.
     #[arg(long, hide = true)]
     pub zap_log_level: Option<String>,
@@ -146,6 +157,14 @@ impl RunArgs {
             Some(n) if n.parse::<u8>().is_ok_and(|n| n > 0) => "debug",
             _ if self.zap_devel == Some(true) => "debug",
             _ => "info",
+        }
+    }
+
+    /// Where the Runtime Extension listens; `None` when it is off (`0`).
+    pub fn extension_address(&self) -> Result<Option<SocketAddr>, String> {
+        match self.extension_bind_address.as_str() {
+            "0" | "" => Ok(None),
+            text => parse_address(text).map(Some),
         }
     }
 
@@ -231,5 +250,33 @@ mod tests {
         };
         assert_eq!(run.listen_addresses().unwrap().len(), 1);
         assert!(parse_address("not an address").is_err());
+    }
+
+    #[test]
+    fn the_extension_is_off_unless_an_address_is_given() {
+        let cli = Cli::try_parse_from(["k", "run"]).unwrap();
+        let Some(Command::Run(run)) = cli.command else {
+            panic!("expected run")
+        };
+        assert_eq!(run.extension_address().unwrap(), None);
+        assert_eq!(
+            run.extension_cert_dir,
+            std::path::PathBuf::from("/tmp/k8s-webhook-server/serving-certs")
+        );
+        let cli = Cli::try_parse_from([
+            "k",
+            "--extension-bind-address=:9443",
+            "--extension-cert-dir=/certs",
+        ])
+        .unwrap();
+        let address = cli.run.extension_address().unwrap().unwrap();
+        assert_eq!(address.port(), 9443);
+        assert!(address.ip().is_unspecified());
+        assert_eq!(
+            cli.run.extension_cert_dir,
+            std::path::PathBuf::from("/certs")
+        );
+        let cli = Cli::try_parse_from(["k", "--extension-bind-address=nowhere"]).unwrap();
+        assert!(cli.run.extension_address().is_err());
     }
 }

@@ -6,6 +6,7 @@ pub mod crdgen;
 pub mod debian;
 pub mod describe;
 pub mod envtest;
+pub mod extension;
 pub mod manager;
 pub mod runtime;
 pub mod shutdown;

@@ -7,7 +7,7 @@ use clap::Parser;
 use kubernetes_upgrader::cli::{Cli, Command, RunArgs};
 use kubernetes_upgrader::manager::{self, LeaderElection, ManagerConfig};
 use kubernetes_upgrader::shutdown::Shutdown;
-use kubernetes_upgrader::{controllers, crdgen, debian, describe, envtest, telemetry};
+use kubernetes_upgrader::{controllers, crdgen, debian, describe, envtest, extension, telemetry};
 
 const SERVICE_ACCOUNT_NAMESPACE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
 const DEFAULT_NAMESPACE: &str = "kubernetes-upgrader-system";
@@ -45,6 +45,9 @@ async fn main() -> ExitCode {
 async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     telemetry::init(args.effective_log_format(), args.default_log_level());
     let listen = args.listen_addresses().map_err(anyhow::Error::msg)?;
+    let extension_address = args
+        .extension_address()
+        .map_err(|e| anyhow::anyhow!("--extension-bind-address: {e}"))?;
     let client = kube::Client::try_default()
         .await
         .context("no Kubernetes configuration found (set KUBECONFIG or run in a cluster)")?;
@@ -75,7 +78,19 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         instance: args.pod_name.clone(),
     };
     let shutdown = Shutdown::on_signals().context("installing the signal handlers")?;
-    manager::run(client, config, controllers::ALL, shutdown).await?;
+    // The extension answers Discovery from the start; its hooks once this replica leads.
+    let mut companions = Vec::new();
+    if let Some(address) = extension_address {
+        let settings = extension::Settings {
+            address,
+            cert_dir: args.extension_cert_dir.clone(),
+        };
+        let server = extension::start(&settings, shutdown.clone())
+            .await
+            .context("starting the Cluster API Runtime Extension")?;
+        companions.push(server.companion());
+    }
+    manager::run_with(client, config, controllers::ALL, &companions, shutdown).await?;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }

@@ -25,6 +25,7 @@ pub mod manifests;
 pub mod namespace;
 pub mod procs;
 pub mod repo;
+pub mod runtime_sdk;
 pub mod stand_in;
 pub mod stats;
 pub mod status;

@@ -21,7 +21,7 @@ pub use http::Health;
 pub use leader::{DEFAULT_LEASE_NAME, LeaderElection};
 
 use crate::runtime::state_metrics::StateCollector;
-use crate::runtime::{ControllerError, Metrics, Registration, Shared};
+use crate::runtime::{ControllerError, Metrics, Registration, Running, Shared};
 use crate::shutdown::Shutdown;
 
 /// How the manager runs.
@@ -84,11 +84,40 @@ pub enum Stopped {
     Panicked(#[source] tokio::task::JoinError),
 }
 
+/// Something started with the controllers, from the same [`Shared`] handles, while this replica
+/// leads, and supervised as they are (a server's handlers, for example).
+#[derive(Clone)]
+pub struct Companion {
+    /// Name used in logs.
+    pub name: &'static str,
+    /// Starts it.
+    pub start: Arc<dyn Fn(&Shared) -> Running + Send + Sync>,
+}
+
+impl std::fmt::Debug for Companion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Companion")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Runs `controllers` until `shutdown` fires, or until one of them stops.
 pub async fn run(
     client: Client,
     config: ManagerConfig,
     controllers: &[Registration],
+    shutdown: Shutdown,
+) -> Result<(), ManagerError> {
+    run_with(client, config, controllers, &[], shutdown).await
+}
+
+/// [`run`], also starting `companions` with the controllers.
+pub async fn run_with(
+    client: Client,
+    config: ManagerConfig,
+    controllers: &[Registration],
+    companions: &[Companion],
     shutdown: Shutdown,
 ) -> Result<(), ManagerError> {
     wait_for_crds(&client, config.crd_wait, &shutdown).await?;
@@ -109,7 +138,15 @@ pub async fn run(
     )
     .await
     .map_err(ManagerError::Bind)?;
-    let outcome = run_controllers(client, &config, controllers, &shutdown, metrics, &health).await;
+    let outcome = run_controllers(
+        client,
+        &config,
+        (controllers, companions),
+        &shutdown,
+        metrics,
+        &health,
+    )
+    .await;
     servers_trigger.fire();
     for server in servers {
         let _ = server.await;
@@ -120,7 +157,7 @@ pub async fn run(
 async fn run_controllers(
     client: Client,
     config: &ManagerConfig,
-    controllers: &[Registration],
+    (controllers, companions): (&[Registration], &[Companion]),
     shutdown: &Shutdown,
     metrics: Arc<Metrics>,
     health: &Arc<Health>,
@@ -148,6 +185,10 @@ async fn run_controllers(
     for registration in controllers {
         tracing::info!(controller = registration.name, "starting controller");
         started.push((registration.name.to_owned(), (registration.start)(&shared)));
+    }
+    for companion in companions {
+        tracing::info!(companion = companion.name, "starting");
+        started.push((companion.name.to_owned(), (companion.start)(&shared)));
     }
     shared
         .metrics

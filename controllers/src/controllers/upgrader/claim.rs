@@ -57,7 +57,7 @@ pub fn acting<'a>(claimants: impl IntoIterator<Item = &'a Claimant>) -> Option<&
 }
 
 /// Whether `upgrader` still claims its Cluster: it is readable and not being deleted.
-fn claims<K: UpgraderKind>(upgrader: &K, namespace: &str, cluster: &str) -> bool {
+pub fn claims<K: UpgraderKind>(upgrader: &K, namespace: &str, cluster: &str) -> bool {
     upgrader.meta().deletion_timestamp.is_none()
         && upgrader.namespace().as_deref() == Some(namespace)
         && upgrader.view().cluster_name == cluster
