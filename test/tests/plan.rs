@@ -146,3 +146,68 @@ async fn a_plan_follows_ready_images_as_they_change() {
     assert!(status.machine_image_details.is_none() && status.machine_image_ref.is_none());
     assert!(status.candidates.is_none());
 }
+
+/// A restarted manager decides nothing before its caches have synced: the Plan never loses its
+/// choice while the image cache is still filling, however often the manager restarts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_manager_never_clears_the_plans_choice_while_its_caches_fill() {
+    let env = e2e_env!("a_restarted_manager_never_clears_the_plans_choice_while_its_caches_fill");
+    let images = 300;
+    for i in 0..images {
+        static_image(
+            &env,
+            &format!("img-{i:03}"),
+            &format!("v1.31.{i}"),
+            &format!("i-{i}"),
+        )
+        .await
+        .unwrap();
+    }
+    support::plan(&env, "p", ">=1.29.0").await.unwrap();
+    let plans: Api<Plan> = env.api();
+    let mut manager = env.start_manager().await.unwrap();
+    let top = format!("v1.31.{}", images - 1);
+    let chosen = |p: &Plan| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.machine_image_details.as_ref())
+            .and_then(|d| d.version.clone())
+    };
+    e2e::wait_for(
+        &plans,
+        "p",
+        |p| chosen(p).as_deref() == Some(top.as_str()),
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+
+    // Every state the Plan passes through from here on, as the watch delivers it.
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let watch = {
+        let seen = seen.clone();
+        let plans = plans.clone();
+        tokio::spawn(async move {
+            use futures::StreamExt;
+            use kube::runtime::WatchStreamExt;
+            let events = kube::runtime::watcher(plans, kube::runtime::watcher::Config::default())
+                .applied_objects();
+            futures::pin_mut!(events);
+            while let Some(Ok(p)) = events.next().await {
+                seen.lock().unwrap().push(chosen(&p));
+            }
+        })
+    };
+    for _ in 0..3 {
+        manager.restart().unwrap();
+        manager.wait_ready(Duration::from_secs(60)).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    watch.abort();
+    let seen = seen.lock().unwrap().clone();
+    assert!(!seen.is_empty());
+    assert!(
+        seen.iter().all(|v| v.as_deref() == Some(top.as_str())),
+        "the Plan's choice changed across restarts: {seen:?}"
+    );
+}

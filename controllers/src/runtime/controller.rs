@@ -268,11 +268,13 @@ where
         self
     }
 
-    /// Runs the controller with `ctx` until shutdown, each result reported by `reporter`.
+    /// Runs the controller with `ctx` until shutdown, each result reported by `reporter`. No
+    /// reconcile starts before every cache it reads has synced: a decision over a store still
+    /// filling (a Plan seeing no images yet) would write a state that is not the world's.
     pub fn run<C: Reconciler<K>>(self, ctx: C, reporter: Reporter) -> Running {
-        let ready = super::all_ready(self.readiness);
+        let ready = super::all_ready(self.readiness).shared();
         let Some(trigger) = self.trigger.filter(|_| !self.ended) else {
-            return Running::stream_ended(ready);
+            return Running::stream_ended(ready.boxed());
         };
         let shutdown = self.shared.shutdown.clone();
         let mut controller = Controller::for_shared_stream(trigger, self.cache.store);
@@ -282,9 +284,22 @@ where
         let results = controller
             .with_config(Config::default().concurrency(self.concurrency))
             .graceful_shutdown_on(shutdown.clone().wait())
-            .run(reconcile::<K, C>, error_policy::<K, C>, Arc::new(ctx));
+            .run(
+                {
+                    let synced = ready.clone();
+                    move |obj, ctx| {
+                        let synced = synced.clone();
+                        async move {
+                            synced.await;
+                            reconcile::<K, C>(obj, ctx).await
+                        }
+                    }
+                },
+                error_policy::<K, C>,
+                Arc::new(ctx),
+            );
         Running {
-            ready,
+            ready: ready.boxed(),
             run: drive(results, reporter, shutdown).boxed(),
         }
     }
