@@ -24,7 +24,7 @@ use api::v1alpha1::{
     ClusterClassClusterUpgrader, InClusterUpgradeAutomation, InPlace, MachineImage, Plan,
     RETRY_HOSTS_ANNOTATION, UpgraderSpecView, UpgraderStatus,
 };
-use futures::{FutureExt, StreamExt};
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::DynamicObject;
 use kube::core::DeserializeGuard;
@@ -36,7 +36,8 @@ use kube::{Api, Client, Resource, ResourceExt};
 pub use decide::{Decision, Observed, decide};
 use observe::Read;
 
-use crate::runtime::caches::{Cacheable, generation_or_annotation_changed};
+use crate::runtime::caches::{Cacheable, generation_or_annotation_changed, watch_config};
+use crate::runtime::projection::Projected;
 use crate::runtime::status::WriteError;
 use crate::runtime::{
     ControllerMetrics, Events, ReconcileError, Registration, Reporter, Running, Shared, all_ready,
@@ -404,8 +405,10 @@ fn cluster_events<K: UpgraderKind>(
         };
         let writer = kube::runtime::reflector::store::Writer::new(access.resource.clone());
         let _ = slot.set(writer.as_reader());
-        let objects = watcher(api, watcher::Config::default())
+        let objects = watcher(api, watch_config())
             .default_backoff()
+            // What the upgraders read of a Cluster, before the store keeps it.
+            .map_ok(|event| event.modify(DynamicObject::project))
             .reflect(writer)
             .applied_objects()
             .take_until(stopped.wait());
