@@ -27,6 +27,16 @@ use crate::shutdown::Shutdown;
 /// Events buffered per subscriber before the watch waits for slow readers.
 const BUFFER: usize = 1024;
 
+/// Objects per page of a watch's initial list. A page is parsed whole, managed fields and all,
+/// before its objects are projected one by one, so the page size bounds what a list holds in
+/// flight: at kube's default of 500, a page of MachineImages parses to about 6 MB.
+pub const LIST_PAGE_SIZE: u32 = 100;
+
+/// The configuration every watch of the manager starts from.
+pub fn watch_config() -> watcher::Config {
+    watcher::Config::default().page_size(LIST_PAGE_SIZE)
+}
+
 /// What a shared cache may hold: a kind with a static type, and its [`Projected`] form.
 pub trait Watchable:
     Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Projected + Send + Sync + 'static
@@ -148,7 +158,7 @@ impl Caches {
                 Some(ns) => Api::namespaced(caches.client.clone(), ns),
                 None => Api::all(caches.client.clone()),
             };
-            let mut config = watcher::Config::default();
+            let mut config = watch_config();
             if !labels.is_empty() {
                 config = config.labels(&labels);
             }
@@ -168,7 +178,7 @@ impl Caches {
     /// The cache of Namespaces: every one, or only the manager's own when it is confined.
     pub fn namespaces(&self) -> Cache<Namespace> {
         self.entry(String::new(), |caches: &Caches| {
-            let mut config = watcher::Config::default();
+            let mut config = watch_config();
             if let Some(ns) = &caches.namespace {
                 config = config.fields(&format!("metadata.name={ns}"));
             }

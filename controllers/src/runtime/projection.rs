@@ -12,6 +12,7 @@
 //! | Job (labelled with an image name) | nothing | MachineImage: labels, owners, annotations, the pod template's containers, status |
 //! | Namespace | nothing | MachineImage: the build-pod labels and annotations |
 //! | ConfigMap, Secret, Pod (owned children) | nothing | a controller that owns them, through `children::owned_cache` |
+//! | Cluster API Cluster (`DynamicObject`, the upgraders' own watch) | nothing | upgraders: annotations, generation, resourceVersion, spec, status |
 
 use std::sync::{Arc, LazyLock};
 
@@ -22,6 +23,7 @@ use api::v1alpha1::{
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::DynamicObject;
 use kube::core::DeserializeGuard;
 
 /// The annotation `kubectl apply` keeps its last applied object in.
@@ -93,6 +95,8 @@ metadata_only!(
     ConfigMap,
     Secret,
     Pod,
+    // Cluster API Clusters, in the upgraders' own watch.
+    DynamicObject,
 );
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use kube::api::DynamicObject;
 use kube::core::DeserializeGuard;
 use kube::runtime::reflector::ObjectRef;
@@ -12,6 +12,8 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 
 use super::{ClusterStore, UpgraderKind, cluster, decide, index};
+use crate::runtime::caches::watch_config;
+use crate::runtime::projection::Projected;
 
 /// Keeps `index` up to date with the upgraders the cache applies and deletes, until shutdown.
 pub(super) fn keep_index<K: UpgraderKind>(
@@ -62,8 +64,10 @@ pub(super) fn cluster_events<K: UpgraderKind>(
         };
         let writer = kube::runtime::reflector::store::Writer::new(access.resource.clone());
         let _ = slot.set(writer.as_reader());
-        let objects = watcher(api, watcher::Config::default())
+        let objects = watcher(api, watch_config())
             .default_backoff()
+            // What the upgraders read of a Cluster, before the store keeps it.
+            .map_ok(|event| event.modify(DynamicObject::project))
             .reflect(writer)
             .applied_objects()
             .take_until(stopped.wait());

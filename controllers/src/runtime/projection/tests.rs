@@ -248,3 +248,76 @@ fn a_watch_event_is_projected_before_it_is_stored() {
     assert!(stored.metadata.managed_fields.is_none());
     assert!(lacks_job_template(&stored));
 }
+
+#[test]
+fn a_cluster_keeps_what_the_upgraders_read() {
+    use crate::controllers::upgrader::cluster::{has_version_lists, view};
+    use crate::controllers::upgrader::finish::{ClusterApi, Rollout, finished};
+    let mut meta = metadata(
+        "c",
+        &json!({"cluster.x-k8s.io/cluster-name": "c"}),
+        &json!({"cluster.x-k8s.io/paused": ""}),
+    );
+    meta["managedFields"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"manager": "capi-topology", "operation": "Update", "apiVersion": "cluster.x-k8s.io/v1beta2",
+            "subresource": "status", "fieldsType": "FieldsV1",
+            "fieldsV1": {"f:status": {"f:conditions": {}, "f:controlPlane": {}}}}));
+    let full: DynamicObject = parse(json!({
+        "apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Cluster",
+        "metadata": meta,
+        "spec": {"paused": false, "controlPlaneRef": {"apiGroup": "controlplane.cluster.x-k8s.io",
+                "kind": "KubeadmControlPlane", "name": "c-cp"},
+            "topology": {"classRef": {"name": "quick-start"}, "version": "v1.31.2",
+                "variables": [{"name": "imageID", "value": "ami-1"}]}},
+        "status": {"observedGeneration": 3,
+            "conditions": [
+                {"type": "TopologyReconciled", "status": "True", "reason": "ReconcileSucceeded"},
+                {"type": "ControlPlaneMachinesUpToDate", "status": "True", "reason": "UpToDate"},
+                {"type": "WorkerMachinesUpToDate", "status": "True", "reason": "UpToDate"},
+                {"type": "RollingOut", "status": "False", "reason": "NotRollingOut"},
+                {"type": "Available", "status": "True", "reason": "Available"}],
+            "controlPlane": {"replicas": 3, "upToDateReplicas": 3, "versions": [{"version": "v1.31.2", "replicas": 3}]},
+            "workers": {"replicas": 2, "upToDateReplicas": 2, "versions": [{"version": "v1.31.2", "replicas": 2}]}},
+    }));
+    let cut = projected(&full);
+    assert_metadata_kept(&full.metadata, &cut.metadata);
+    assert_eq!(cut.data, full.data);
+    // The upgraders read the Cluster as JSON: the view, the rollout checks and the
+    // resourceVersion they compare with a fresh read are unchanged.
+    let (full, cut) = (
+        serde_json::to_value(&full).unwrap(),
+        serde_json::to_value(&cut).unwrap(),
+    );
+    assert_eq!(view(&cut), view(&full));
+    assert!(view(&cut).paused);
+    assert_eq!(view(&cut).topology.unwrap().variables.len(), 1);
+    let target = api::version::parse_lenient("v1.31.2").unwrap();
+    for api in [ClusterApi::V1Beta1, ClusterApi::V1Beta2] {
+        let rollout = |cluster| Rollout {
+            api,
+            cluster,
+            control_plane: None,
+            machine_deployments: None,
+        };
+        assert_eq!(
+            finished(&rollout(&cut), &target).is_ok(),
+            finished(&rollout(&full), &target).is_ok()
+        );
+        assert_eq!(
+            finished(&rollout(&cut), &target).is_ok(),
+            api == ClusterApi::V1Beta2
+        );
+        assert_eq!(has_version_lists(api, &cut), has_version_lists(api, &full));
+    }
+    assert_eq!(
+        cut["metadata"]["resourceVersion"],
+        full["metadata"]["resourceVersion"]
+    );
+    assert_eq!(
+        cut["metadata"]["generation"],
+        full["metadata"]["generation"]
+    );
+    assert!(cut["metadata"].get("managedFields").is_none());
+}
