@@ -23,7 +23,7 @@ use crate::controllers::upgrader::gates::Image;
 use crate::controllers::upgrader::in_place::observe::{Management, NodeState};
 use crate::controllers::upgrader::in_place::workload::{Unreachable, Workloads};
 use crate::controllers::upgrader::{UpgraderKind, in_place};
-use crate::runtime::status::WriteError;
+use crate::runtime::status::ApiError;
 
 /// How long a discovery of Cluster API is reused.
 const DISCOVERY_TTL: Duration = Duration::from_secs(300);
@@ -39,16 +39,16 @@ pub enum ReadError {
     ClusterApiMissing,
     /// Reading the Cluster failed.
     #[error("reading Cluster {0}")]
-    Cluster(String, #[source] WriteError),
+    Cluster(String, #[source] ApiError),
     /// Reading the Machines, ElementalMachines or ElementalHosts failed.
     #[error("reading the Elemental hosts of Cluster {0}")]
-    Hosts(String, #[source] WriteError),
+    Hosts(String, #[source] ApiError),
     /// The workload cluster cannot be reached.
     #[error("reaching the workload cluster of Cluster {0}")]
     Workload(String, #[source] Unreachable),
     /// Reading the workload cluster's Nodes failed.
     #[error("reading the Nodes of Cluster {0}")]
-    Nodes(String, #[source] WriteError),
+    Nodes(String, #[source] ApiError),
 }
 
 /// An upgrader of either kind, as the cache held it.

@@ -26,9 +26,6 @@ pub enum ApiError {
     TooMany(String),
 }
 
-/// [`ApiError`] under the name the in-place flow's modules still use.
-pub type WriteError = ApiError;
-
 /// Runs one API call under [`API_TIMEOUT`].
 pub async fn bounded<T>(call: impl Future<Output = Result<T, kube::Error>>) -> Result<T, ApiError> {
     tokio::time::timeout(API_TIMEOUT, call)
@@ -61,7 +58,7 @@ pub async fn apply_status_at<K, S>(
     field_manager: &str,
     status: &S,
     resource_version: Option<&str>,
-) -> Result<K, WriteError>
+) -> Result<K, ApiError>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
     S: Serialize,
@@ -120,7 +117,7 @@ mod tests {
         };
         let stale = apply_status_at(&api, "u", "m", &status, Some("7")).await;
         assert!(
-            matches!(stale, Err(WriteError::Api(kube::Error::Api(ref e))) if e.code == 409),
+            matches!(stale, Err(ApiError::Api(kube::Error::Api(ref e))) if e.code == 409),
             "{stale:?}"
         );
         assert!(apply_status(&api, "u", "m", &status).await.is_err());

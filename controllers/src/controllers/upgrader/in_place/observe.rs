@@ -15,7 +15,7 @@ use serde_json::Value;
 use super::drain::{self, Disposition};
 use super::remediation::SKIP_REMEDIATION_ANNOTATION;
 use super::{HostView, Role, UpdateLabel};
-use crate::runtime::status::{WriteError, bounded};
+use crate::runtime::status::{ApiError, bounded};
 
 /// Machine label naming its Cluster.
 pub const CLUSTER_NAME_LABEL: &str = "cluster.x-k8s.io/cluster-name";
@@ -322,13 +322,13 @@ pub async fn management(
     machine_resource: &ApiResource,
     namespace: &str,
     cluster: &str,
-) -> Result<Management, WriteError> {
+) -> Result<Management, ApiError> {
     let machines: Api<DynamicObject> =
         Api::namespaced_with(client.clone(), namespace, machine_resource);
     let selector = ListParams::default().labels(&format!("{CLUSTER_NAME_LABEL}={cluster}"));
     let listed = match bounded(machines.list(&selector)).await {
         Ok(list) => list.items,
-        Err(WriteError::Api(kube::Error::Api(e))) if e.code == 404 => Vec::new(),
+        Err(ApiError::Api(kube::Error::Api(e))) if e.code == 404 => Vec::new(),
         Err(e) => return Err(e),
     };
     let machines: Vec<ElementalMachineRef> = listed
@@ -361,7 +361,7 @@ async fn list_elemental(
     client: &Client,
     namespace: &str,
     kind: &str,
-) -> Result<Vec<(String, Value)>, WriteError> {
+) -> Result<Vec<(String, Value)>, ApiError> {
     let api: Api<DynamicObject> =
         Api::namespaced_with(client.clone(), namespace, &elemental_resource(kind));
     let items = bounded(api.list(&ListParams::default())).await?.items;
@@ -375,7 +375,7 @@ async fn list_elemental(
 pub async fn nodes(
     client: &Client,
     names: &[String],
-) -> Result<BTreeMap<String, NodeState>, WriteError> {
+) -> Result<BTreeMap<String, NodeState>, ApiError> {
     let api: Api<Node> = Api::all(client.clone());
     let mut out = BTreeMap::new();
     for name in names {
@@ -395,7 +395,7 @@ pub async fn drain_plan(
     client: &Client,
     node: &str,
     options: drain::Options,
-) -> Result<drain::Plan, WriteError> {
+) -> Result<drain::Plan, ApiError> {
     let pods = pods_on(client, node).await?;
     // The DaemonSets of running DaemonSet pods, each read once: a gone one orphans its pods.
     let mut daemon_sets: BTreeMap<(String, String), bool> = BTreeMap::new();
@@ -419,7 +419,7 @@ pub async fn drain_plan(
 }
 
 /// Every pod bound to `node`.
-pub async fn pods_on(client: &Client, node: &str) -> Result<Vec<Pod>, WriteError> {
+pub async fn pods_on(client: &Client, node: &str) -> Result<Vec<Pod>, ApiError> {
     let api: Api<Pod> = Api::all(client.clone());
     let on_node = ListParams::default()
         .fields(&format!("spec.nodeName={node}"))
@@ -431,7 +431,7 @@ pub async fn pods_on(client: &Client, node: &str) -> Result<Vec<Pod>, WriteError
         .as_deref()
         .is_some_and(|c| !c.is_empty())
     {
-        return Err(WriteError::TooMany(format!(
+        return Err(ApiError::TooMany(format!(
             "Node {node} has more than {MAX_PODS_PER_NODE} pods"
         )));
     }

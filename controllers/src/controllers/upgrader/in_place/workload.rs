@@ -24,7 +24,7 @@ use super::observe::{
     elemental_resource,
 };
 use super::remediation::{SKIP_REMEDIATION_ANNOTATION, SKIP_REMEDIATION_BY};
-use crate::runtime::status::{WriteError, bounded};
+use crate::runtime::status::{ApiError, bounded};
 
 /// Why the workload cluster cannot be reached.
 #[derive(Debug, thiserror::Error)]
@@ -34,13 +34,13 @@ pub enum Unreachable {
     NoKubeconfig(String),
     /// Reading the Secret failed.
     #[error("reading Secret {0}")]
-    Read(String, #[source] WriteError),
+    Read(String, #[source] ApiError),
     /// Reading its Nodes and pods took longer than the deadline.
     #[error("the workload cluster's Nodes and pods were not read within {0:?}")]
     Slow(std::time::Duration),
     /// Reading its Nodes and pods failed (a refused connection, an error answer).
     #[error("reading the workload cluster's Nodes and pods")]
-    Unanswered(#[source] WriteError),
+    Unanswered(#[source] ApiError),
     /// The kubeconfig asks for something the allow-list refuses, or does not load.
     #[error("the kubeconfig in Secret {0} is refused: {1}")]
     Refused(String, #[source] Refused),
@@ -178,7 +178,7 @@ pub async fn cordon(
     node: &str,
     owner: &str,
     field_manager: &str,
-) -> Result<(), WriteError> {
+) -> Result<(), ApiError> {
     let api: Api<Node> = Api::all(workload.clone());
     let patch = cordon_patch(owner);
     bounded(api.patch(node, &merge_params(field_manager), &Patch::Merge(&patch))).await?;
@@ -192,7 +192,7 @@ pub async fn uncordon(
     node: &str,
     owner: &str,
     field_manager: &str,
-) -> Result<(), WriteError> {
+) -> Result<(), ApiError> {
     let api: Api<Node> = Api::all(workload.clone());
     let patch = uncordon_patch(owner);
     match bounded(api.patch(
@@ -203,7 +203,7 @@ pub async fn uncordon(
     .await
     {
         Ok(_) => Ok(()),
-        Err(WriteError::Api(kube::Error::Api(e))) if e.code == 409 || e.code == 422 => {
+        Err(ApiError::Api(kube::Error::Api(e))) if e.code == 409 || e.code == 422 => {
             tracing::info!(
                 node,
                 owner,
@@ -224,7 +224,7 @@ pub async fn evict(
     workload: &Client,
     node: &str,
     options: drain::Options,
-) -> Result<usize, WriteError> {
+) -> Result<usize, ApiError> {
     let plan = drain_plan(workload, node, options).await?;
     let mut refused = 0;
     let mut failed = None;
@@ -233,8 +233,8 @@ pub async fn evict(
             Api::namespaced(workload.clone(), namespace);
         match bounded(api.evict(name, &EvictParams::default())).await {
             Ok(_) => {}
-            Err(WriteError::Api(kube::Error::Api(e))) if e.code == 429 => refused += 1,
-            Err(WriteError::Api(kube::Error::Api(e))) if e.code == 404 => {}
+            Err(ApiError::Api(kube::Error::Api(e))) if e.code == 429 => refused += 1,
+            Err(ApiError::Api(kube::Error::Api(e))) if e.code == 404 => {}
             Err(e) => {
                 failed.get_or_insert(e);
             }
@@ -253,13 +253,13 @@ pub async fn skip_remediation(
     machine: &str,
     skip: bool,
     field_manager: &str,
-) -> Result<(), WriteError> {
+) -> Result<(), ApiError> {
     let api: Api<DynamicObject> =
         Api::namespaced_with(management.clone(), namespace, machine_resource);
     let value = skip.then_some(SKIP_REMEDIATION_BY);
     let patch = json!({ "metadata": { "annotations": { SKIP_REMEDIATION_ANNOTATION: value } } });
     match bounded(api.patch(machine, &merge_params(field_manager), &Patch::Merge(&patch))).await {
-        Err(WriteError::Api(kube::Error::Api(e))) if e.code == 404 => Ok(()),
+        Err(ApiError::Api(kube::Error::Api(e))) if e.code == 404 => Ok(()),
         other => other.map(|_| ()),
     }
 }
@@ -271,7 +271,7 @@ pub async fn label_pending(
     namespace: &str,
     host: &str,
     field_manager: &str,
-) -> Result<(), WriteError> {
+) -> Result<(), ApiError> {
     let api: Api<DynamicObject> = Api::namespaced_with(
         management.clone(),
         namespace,
@@ -305,7 +305,7 @@ pub async fn apply_image(
     image: &str,
     upgrade_recovery: bool,
     field_manager: &str,
-) -> Result<(), WriteError> {
+) -> Result<(), ApiError> {
     let api: Api<DynamicObject> = Api::namespaced_with(
         management.clone(),
         namespace,
