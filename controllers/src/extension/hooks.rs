@@ -227,7 +227,7 @@ async fn after_hook(observer: &Observer, hook: Hook, request: &AfterRequest) -> 
         } else {
             observer.nodes(namespace, name, &names).await?
         };
-        Ok::<_, ReadError>(Some(management.views(&nodes, &BTreeMap::new(), "")))
+        Ok::<_, ReadError>(Some(management.views(&nodes, &BTreeMap::new(), "", None)))
     };
     match read.await {
         Ok(None) => HookResponse::success(hook, 0, ""),

@@ -189,6 +189,9 @@ async fn perform(
         in_place::Action::Uncordon { node } => {
             write::uncordon(workload, node, &settings.owner, FIELD_MANAGER).await
         }
+        in_place::Action::Adopt { node, mark } => {
+            write::uncordon(workload, node, mark, FIELD_MANAGER).await
+        }
         in_place::Action::Evict { node } => write::evict(workload, node, settings.drain)
             .await
             .map(|_| ()),

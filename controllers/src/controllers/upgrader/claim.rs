@@ -4,6 +4,7 @@
 //! nothing to the Cluster or its hosts. A paused upgrader keeps its claim; one being deleted has
 //! given it up.
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::sync::Arc;
 
@@ -89,6 +90,24 @@ impl Claims {
         all.extend(others(&self.class, &namespace, cluster, &me));
         all.extend(others(&self.in_cluster, &namespace, cluster, &me));
         acting(&all).filter(|a| **a != me).cloned()
+    }
+}
+
+impl Claims {
+    /// The `cordoned-by` marks (`<kind>/<name>`) of every upgrader that claims `cluster` in
+    /// `namespace`, the one that acts and the others.
+    pub fn marks(&self, namespace: &str, cluster: &str) -> BTreeSet<String> {
+        let nobody = Claimant {
+            created: None,
+            rank: u8::MAX,
+            name: String::new(),
+            kind: "",
+        };
+        others(&self.class, namespace, cluster, &nobody)
+            .into_iter()
+            .chain(others(&self.in_cluster, namespace, cluster, &nobody))
+            .map(|c| c.to_string())
+            .collect()
     }
 }
 
@@ -208,6 +227,16 @@ mod tests {
         assert_eq!(
             claims.claimed_by(&unknown).map(|c| c.to_string()),
             Some("InClusterUpgradeAutomation/b".into())
+        );
+        // Their cordon marks: the one being deleted has none any more.
+        assert_eq!(
+            claims.marks("team", "c"),
+            [
+                "ClusterClassClusterUpgrader/0",
+                "InClusterUpgradeAutomation/b"
+            ]
+            .map(String::from)
+            .into()
         );
     }
 

@@ -131,25 +131,43 @@ pub async fn observe<K: UpgraderKind>(
         .map(|(name, id)| (name.as_str(), id.as_str()));
     let stamps = in_place::verify::stamps(stored.iter().copied(), chosen);
     let wanted = wanted_in_place(upgrader, &cluster, &plan, &images, &stored, chosen, now);
+    // With `spec.inPlace`, the hosts are looked at on every pass: a Node a gone upgrader of this
+    // Cluster cordoned is adopted and released even when no update is wanted.
+    let in_place_set = upgrader.in_place().is_some() && claimed_by.is_none();
     let reads = HostReads {
         // A topology step is written only once every host's Node is seen to run its build.
-        workload: wanted.is_some() || busy || matches!(planned, gates::Plan::Write(_)),
+        workload: wanted.is_some()
+            || busy
+            || in_place_set
+            || matches!(planned, gates::Plan::Write(_)),
         owner: cordon_owner(upgrader),
+        live: ctx
+            .claims
+            .as_ref()
+            .map(|c| c.marks(&namespace, spec.cluster_name)),
         drain: in_place::drain::Options::from_spec(
             upgrader.in_place().and_then(|p| p.drain.as_ref()),
         ),
     };
     let hosts = match access.as_ref() {
-        Some(access) if in_place::flow::needs_hosts(&planned, wanted.is_some(), &records) => Some(
-            Box::pin(observe_hosts(
-                ctx,
-                access,
-                &namespace,
-                spec.cluster_name,
-                &reads,
-            ))
-            .await?,
-        ),
+        Some(access)
+            if in_place::flow::needs_hosts(
+                &planned,
+                wanted.is_some() || in_place_set,
+                &records,
+            ) =>
+        {
+            Some(
+                Box::pin(observe_hosts(
+                    ctx,
+                    access,
+                    &namespace,
+                    spec.cluster_name,
+                    &reads,
+                ))
+                .await?,
+            )
+        }
         _ => None,
     };
     Ok(Observation {
@@ -199,6 +217,8 @@ struct HostReads {
     workload: bool,
     /// This upgrader's `cordoned-by` mark.
     owner: String,
+    /// The marks of every upgrader that claims the Cluster; `None` adopts nothing.
+    live: Option<std::collections::BTreeSet<String>>,
     /// Which pods a drain moves.
     drain: in_place::drain::Options,
 }
@@ -294,7 +314,12 @@ async fn observe_hosts(
         management.hosts.values().map(|h| &h.labels).collect();
     let spare = Some(in_place::spare::check(&pool_refs, &labels));
     if !reads.workload {
-        let views = management.views(&BTreeMap::new(), &BTreeMap::new(), &reads.owner);
+        let views = management.views(
+            &BTreeMap::new(),
+            &BTreeMap::new(),
+            &reads.owner,
+            reads.live.as_ref(),
+        );
         return Ok(Ok((Some((views, management)), spare, None)));
     }
     let client = match ctx
@@ -337,7 +362,7 @@ async fn observe_hosts(
                 )));
             }
         };
-    let views = management.views(&nodes, &drains, &reads.owner);
+    let views = management.views(&nodes, &drains, &reads.owner, reads.live.as_ref());
     Ok(Ok((Some((views, management)), spare, Some(client))))
 }
 

@@ -127,6 +127,9 @@ pub struct HostView {
     pub refused: Option<String>,
     /// The Node carries this upgrader's `cordoned-by` mark: it cordoned the Node.
     pub cordoned_by_us: bool,
+    /// The Node's `cordoned-by` mark when it names an upgrader of this Cluster that is gone:
+    /// this upgrader adopts the Node and releases it.
+    pub orphan_mark: Option<String>,
     /// The ElementalHost's in-place-update label.
     pub label: Option<UpdateLabel>,
     /// The reason of the ElementalHost's `OSVersionReady` condition.
@@ -163,6 +166,9 @@ pub enum Action {
     ApplyImage { machine: String, image: String },
     /// Clear the workload Node's `spec.unschedulable`.
     Uncordon { node: String },
+    /// Clear the workload Node's `spec.unschedulable` and the `mark` of a gone upgrader that
+    /// cordoned it.
+    Adopt { node: String, mark: String },
     /// Set `cluster.x-k8s.io/skip-remediation` on the Machine.
     SkipRemediation { machine: String },
     /// Remove our `cluster.x-k8s.io/skip-remediation` from the Machine.
@@ -335,7 +341,15 @@ pub fn step(
             host: r.host.clone(),
             message: r.message.clone().unwrap_or_default(),
         });
-    if !paused && blocked.is_none() {
+    // Nodes a gone upgrader of this Cluster cordoned are released once no update of the agent
+    // runs on them; no new host starts meanwhile, so a pool's budget counts them.
+    let adopting = adopt(&next, world);
+    let holding = !adopting.is_empty()
+        || world
+            .iter()
+            .any(|v| v.orphan_mark.is_some() && !next.contains_key(&v.host));
+    actions.extend(adopting);
+    if !paused && blocked.is_none() && !holding {
         for view in select(&next, world, target, settings) {
             let Some(node) = view.node.clone() else {
                 continue;
@@ -372,6 +386,21 @@ pub fn step(
         actions,
         blocked,
     }
+}
+
+/// The release of each Node cordoned by a gone upgrader of this Cluster, for hosts this upgrader
+/// holds no record of and whose agent is not updating (`pending`).
+fn adopt(records: &BTreeMap<String, HostRecord>, world: &[HostView]) -> Vec<Action> {
+    world
+        .iter()
+        .filter(|v| !records.contains_key(&v.host) && v.label != Some(UpdateLabel::Pending))
+        .filter_map(|v| {
+            Some(Action::Adopt {
+                node: v.node.clone()?,
+                mark: v.orphan_mark.clone()?,
+            })
+        })
+        .collect()
 }
 
 /// The reason a blocked phase reports.

@@ -2,7 +2,7 @@
 //! ElementalHosts in the management cluster, and their Nodes and pods in the workload cluster.
 //! The parsing is pure; [`management`] and [`nodes`] are the reads.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use api::v1alpha1::{CORDONED_BY_ANNOTATION, LabelSelector};
 use k8s_openapi::api::apps::v1::DaemonSet;
@@ -244,12 +244,15 @@ impl Management {
     }
 
     /// The host views, with the workload's Nodes filled in from `nodes` and the drains of the
-    /// cordoned ones from `drains`; `owner` is this upgrader's `cordoned-by` mark.
+    /// cordoned ones from `drains`; `owner` is this upgrader's `cordoned-by` mark, and `live`
+    /// the marks of every upgrader that still claims the Cluster (a mark outside it is adopted;
+    /// `None` adopts nothing).
     pub fn views(
         &self,
         nodes: &BTreeMap<String, NodeState>,
         drains: &BTreeMap<String, drain::Plan>,
         owner: &str,
+        live: Option<&BTreeSet<String>>,
     ) -> Vec<HostView> {
         self.machines
             .iter()
@@ -269,6 +272,10 @@ impl Management {
                     drained: drain.is_some_and(|d| d.remaining == 0),
                     refused: drain.and_then(|d| d.refused.clone()),
                     cordoned_by_us: node.is_some_and(|n| n.cordoned_by.as_deref() == Some(owner)),
+                    orphan_mark: node
+                        .filter(|n| n.cordoned)
+                        .and_then(|n| n.cordoned_by.clone())
+                        .filter(|m| m != owner && live.is_some_and(|l| !l.contains(m))),
                     label: host.label,
                     os_reason: host.os_reason,
                     os_image: node.and_then(|n| n.os_image.clone()),

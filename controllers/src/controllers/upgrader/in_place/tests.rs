@@ -38,6 +38,7 @@ pub(crate) fn view(host: &str, role: Role) -> HostView {
         drained: false,
         refused: None,
         cordoned_by_us: false,
+        orphan_mark: None,
         label: None,
         os_reason: None,
         os_image: Some("Elemental os-1".to_owned()),
@@ -1446,6 +1447,12 @@ fn perform(world: &mut [SimHost], records: &[HostRecord], action: &Action) {
             v.cordoned = true;
             v.cordoned_by_us = true;
         }
+        Action::Adopt { node, mark } => {
+            let v = &mut world[by_node(world, node)].view;
+            assert_eq!(v.orphan_mark.as_ref(), Some(mark), "adopted {node}");
+            v.cordoned = false;
+            v.orphan_mark = None;
+        }
         Action::Evict { node } => {
             let h = &mut world[by_node(world, node)];
             assert!(
@@ -1736,9 +1743,10 @@ proptest! {
             let out = step(&records, &views, TARGET, settings(1, 1), false, now);
             for action in &out.actions {
                 let Some(h) = world.iter_mut().find(|h| match action {
-                    Action::Cordon { node } | Action::Evict { node } | Action::Uncordon { node } => {
-                        h.view.node.as_ref() == Some(node)
-                    }
+                    Action::Cordon { node }
+                    | Action::Evict { node }
+                    | Action::Uncordon { node }
+                    | Action::Adopt { node, .. } => h.view.node.as_ref() == Some(node),
                     Action::LabelPending { host } => &h.view.host == host,
                     Action::ApplyImage { machine, .. }
                     | Action::SkipRemediation { machine }
@@ -1753,7 +1761,7 @@ proptest! {
                     Action::Evict { .. } => h.view.drained = true,
                     Action::LabelPending { .. } => h.view.label = Some(UpdateLabel::Pending),
                     Action::ApplyImage { image, .. } => h.view.image_uri = Some(image.clone()),
-                    Action::Uncordon { .. } => {
+                    Action::Uncordon { .. } | Action::Adopt { .. } => {
                         h.node.spec.get_or_insert_default().unschedulable = Some(false);
                     }
                     Action::SkipRemediation { .. } => {
@@ -2066,6 +2074,7 @@ proptest! {
                             prop_assert_eq!(v.label, Some(UpdateLabel::Pending));
                             v.image_uri = Some(image.clone());
                         },
+                        Action::Adopt { node, .. } => prop_assert!(false, "adopted {node}, which no gone upgrader cordoned"),
                         Action::Uncordon { node } => if let Some(i) = node_of(&mut views, node) {
                             let v = &mut views[i];
                             prop_assert!(v.cordoned_by_us, "uncordoned {node} without our mark");
@@ -2096,4 +2105,103 @@ proptest! {
             prop_assert_eq!(v.cordoned, operator_cordoned.contains(&v.host), "{:?}", v);
         }
     }
+}
+
+#[test]
+fn a_node_a_gone_upgrader_cordoned_is_adopted_and_released_before_any_host_starts() {
+    let mark = "InClusterUpgradeAutomation/gone";
+    let mut orphan = view("cp0", Role::ControlPlane);
+    orphan.cordoned = true;
+    orphan.orphan_mark = Some(mark.into());
+    let other = view("cp1", Role::ControlPlane);
+    let out = step(
+        &[],
+        &[orphan.clone(), other.clone()],
+        TARGET,
+        settings(1, 1),
+        false,
+        at(0),
+    );
+    assert_eq!(
+        out.actions,
+        vec![Action::Adopt {
+            node: "n-cp0".into(),
+            mark: mark.into()
+        }]
+    );
+    // No second control-plane host goes down beside it.
+    assert!(out.records.is_empty());
+    // Its agent still updating: the Node stays cordoned, and still nothing starts.
+    let mut updating = orphan.clone();
+    updating.label = Some(UpdateLabel::Pending);
+    let out = step(
+        &[],
+        &[updating, other.clone()],
+        TARGET,
+        settings(1, 1),
+        false,
+        at(0),
+    );
+    assert!(out.actions.is_empty() && out.records.is_empty(), "{out:?}");
+    // Once released, the flow starts as usual.
+    let released = view("cp0", Role::ControlPlane);
+    let out = step(
+        &[],
+        &[released, other],
+        TARGET,
+        settings(1, 1),
+        false,
+        at(0),
+    );
+    assert_eq!(out.records.len(), 1);
+}
+
+#[test]
+fn only_a_mark_no_live_upgrader_claims_is_an_orphan() {
+    let management = observe::Management {
+        machines: vec![observe::ElementalMachineRef {
+            machine: "m-h0".into(),
+            infrastructure: "em-h0".into(),
+            role: Role::ControlPlane,
+            node: Some("n-h0".into()),
+            skip_remediation: None,
+        }],
+        elemental_machines: [(
+            "em-h0".to_owned(),
+            observe::elemental_machine(&serde_json::json!({"spec": {"hostRef": {"name": "h0"}}})),
+        )]
+        .into(),
+        hosts: BTreeMap::new(),
+    };
+    let cordoned_by = |mark: &str| {
+        let node: k8s_openapi::api::core::v1::Node = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "n-h0", "annotations": {
+                api::v1alpha1::CORDONED_BY_ANNOTATION: mark}},
+            "spec": {"unschedulable": true},
+        }))
+        .unwrap();
+        BTreeMap::from([("n-h0".to_owned(), observe::node(&node))])
+    };
+    let ours = "ClusterClassClusterUpgrader/me";
+    let live: std::collections::BTreeSet<String> = [
+        ours.to_owned(),
+        "InClusterUpgradeAutomation/other".to_owned(),
+    ]
+    .into();
+    let orphan = |mark: &str, live: Option<&std::collections::BTreeSet<String>>| {
+        management.views(&cordoned_by(mark), &BTreeMap::new(), ours, live)[0]
+            .orphan_mark
+            .clone()
+    };
+    assert_eq!(
+        orphan("ClusterClassClusterUpgrader/gone", Some(&live)).as_deref(),
+        Some("ClusterClassClusterUpgrader/gone")
+    );
+    assert_eq!(
+        orphan("InClusterUpgradeAutomation/other", Some(&live)),
+        None
+    );
+    assert_eq!(orphan(ours, Some(&live)), None);
+    // Without the claims, nothing is adopted.
+    assert_eq!(orphan("ClusterClassClusterUpgrader/gone", None), None);
 }
