@@ -617,6 +617,78 @@ fn single_variable_modes_step_one_minor_even_when_chained() {
     }
 }
 
+fn chain_observation(chained: bool) -> observe::Observation {
+    observe::Observation {
+        namespace: "team".into(),
+        plan: target("v1.32.1", "i-1321"),
+        images: chain_images(),
+        records: Vec::new(),
+        retry_hosts: None,
+        cluster: found("v1.30.5", os_images(json!({})), true),
+        raw: None,
+        access: None,
+        cached: false,
+        wanted: None,
+        hosts: None,
+        claimed_by: None,
+        chained,
+    }
+}
+
+#[test]
+fn a_declined_chain_is_said_once_as_a_climb_starts() {
+    let r = plan_ref();
+    let single = UpgraderSpecView {
+        topology_variable: Some("image"),
+        create_topology_variable: true,
+        ..spec(&r)
+    };
+    let idle = UpgraderStatus::default();
+    let subject = |spec, status| decide::Subject {
+        spec,
+        status,
+        generation: Some(1),
+    };
+    let said = |d: &decide::Decision| {
+        d.notes
+            .iter()
+            .filter(|n| n.reason == chain::NEEDS_IMAGE_MAP)
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let (d, _) = decide::reconcile_decision(subject(single, &idle), &chain_observation(true), timestamp());
+    assert_eq!(d.write.as_ref().map(gates::Step::version_string).as_deref(), Some("v1.31.4"));
+    let notes = said(&d);
+    assert_eq!(notes.len(), 1, "{:?}", d.notes);
+    assert!(!notes[0].warning);
+    assert!(notes[0].message.contains("spec.imageMap"), "{}", notes[0].message);
+    // The step written leaves the next one pending: the following reconciles say nothing.
+    let mut d = d;
+    let step = d.write.clone().unwrap();
+    let written = json!({"metadata": {"name": "c", "generation": 2}, "spec": {"topology": {"classRef": {"name": "cc"}, "version": "v1.31.4", "variables": [{"name": "image", "value": "i-1314"}]}}});
+    let post = decide::after_write(subject(single, &idle), &chain_observation(true), &written, finish::ClusterApi::V1Beta2, &step, timestamp());
+    decide::settle_after_write(&mut d, &post);
+    assert_eq!(d.status.next_step.as_ref().map(|n| n.version.as_str()), Some("v1.32.1"), "{:?}", d.status);
+    let (d2, _) = decide::reconcile_decision(subject(single, &d.status), &chain_observation(true), timestamp());
+    assert!(said(&d2).is_empty(), "{:?}", d2.notes);
+    // Not offered by the ClusterClass: nothing said.
+    let (d, _) = decide::reconcile_decision(subject(single, &idle), &chain_observation(false), timestamp());
+    assert!(said(&d).is_empty());
+    // Map mode takes the chain: the target in one write, nothing said.
+    let map = ImageMap {
+        variable: "osImages".into(),
+        field: Some("byKubernetesVersion".into()),
+        create: None,
+    };
+    let mapped = UpgraderSpecView {
+        image_map: Some(&map),
+        ..spec(&r)
+    };
+    let (d, _) = decide::reconcile_decision(subject(mapped, &idle), &chain_observation(true), timestamp());
+    assert_eq!(d.write.as_ref().map(gates::Step::version_string).as_deref(), Some("v1.32.1"));
+    assert!(said(&d).is_empty());
+}
+
 prop_compose! {
     fn version()(minor in 26u64..34, patch in 0u64..4) -> Version { Version::new(1, minor, patch) }
 }
@@ -697,7 +769,7 @@ proptest! {
             // S1: never a downgrade.
             prop_assert!(step.version >= current);
             prop_assert_eq!(step.version.major, current.major);
-            let entries = step.variable.unwrap().value;
+            let entries = step.variable.clone().unwrap().value;
             let entries = entries.as_object().unwrap();
             // Existing entries are kept as they were.
             for (key, value) in &existing {
