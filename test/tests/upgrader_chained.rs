@@ -8,8 +8,8 @@
 mod support;
 
 use e2e::e2e_env;
-use kube::api::{ApiResource, DynamicObject, GroupVersionKind, PostParams};
 use kube::Api;
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams, PostParams};
 use serde_json::json;
 use support::*;
 
@@ -20,7 +20,8 @@ async fn cluster_class(env: &e2e::TestEnv, name: &str, spec: serde_json::Value) 
         &GroupVersionKind::gvk("cluster.x-k8s.io", "v1beta2", "ClusterClass"),
         "clusterclasses",
     );
-    let api: Api<DynamicObject> = Api::namespaced_with(env.client.clone(), &env.namespace, &resource);
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(env.client.clone(), &env.namespace, &resource);
     let object: DynamicObject = serde_json::from_value(json!({
         "apiVersion": "cluster.x-k8s.io/v1beta2",
         "kind": "ClusterClass",
@@ -43,7 +44,12 @@ fn history(upgrader: &serde_json::Value) -> Vec<(String, String)> {
         .as_array()
         .map(|h| {
             h.iter()
-                .map(|r| (r["from"].as_str().unwrap_or_default().to_owned(), r["to"].as_str().unwrap_or_default().to_owned()))
+                .map(|r| {
+                    (
+                        r["from"].as_str().unwrap_or_default().to_owned(),
+                        r["to"].as_str().unwrap_or_default().to_owned(),
+                    )
+                })
                 .collect()
         })
         .unwrap_or_default()
@@ -51,45 +57,111 @@ fn history(upgrader: &serde_json::Value) -> Vec<(String, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_class_naming_our_handler_gets_the_target_in_one_write_with_every_map_entry() {
-    let env = e2e_env!("a_class_naming_our_handler_gets_the_target_in_one_write_with_every_map_entry");
-    e2e::install::install_list_map_cluster_crd(&env.client).await.unwrap();
-    e2e::install::install_cluster_class_crd(&env.client).await.unwrap();
-    static_image(&env, "img-1-31-1", "v1.31.1", "i-1311").await.unwrap();
-    static_image(&env, "img-1-31-2", "v1.31.2", "i-1312").await.unwrap();
-    static_image(&env, "img-1-32-1", "v1.32.1", "i-1321").await.unwrap();
+    let env =
+        e2e_env!("a_class_naming_our_handler_gets_the_target_in_one_write_with_every_map_entry");
+    e2e::install::install_list_map_cluster_crd(&env.client)
+        .await
+        .unwrap();
+    e2e::install::install_cluster_class_crd(&env.client)
+        .await
+        .unwrap();
+    static_image(&env, "img-1-31-1", "v1.31.1", "i-1311")
+        .await
+        .unwrap();
+    static_image(&env, "img-1-31-2", "v1.31.2", "i-1312")
+        .await
+        .unwrap();
+    static_image(&env, "img-1-32-1", "v1.32.1", "i-1321")
+        .await
+        .unwrap();
     plan(&env, "p", "v1.32.x").await.unwrap();
-    cluster_class(&env, "chained", json!({"upgrade": {"external": {"generateUpgradePlanExtension": OURS}}})).await;
+    cluster_class(
+        &env,
+        "chained",
+        json!({"upgrade": {"external": {"generateUpgradePlanExtension": OURS}}}),
+    )
+    .await;
     cluster_class(&env, "other-extension", json!({"upgrade": {"external": {"generateUpgradePlanExtension": "generate-upgrade-plan.someone-else"}}})).await;
     cluster_class(&env, "plain", json!({})).await;
     // Chained, map mode: one write to the target.
-    cluster(&env, "v1beta2", "a", "v1.30.5", with_class("chained")).await.unwrap();
+    cluster(&env, "v1beta2", "a", "v1.30.5", with_class("chained"))
+        .await
+        .unwrap();
     // Another extension's plan, or none: one minor at a time.
-    cluster(&env, "v1beta2", "b", "v1.30.5", with_class("plain")).await.unwrap();
-    cluster(&env, "v1beta2", "o", "v1.30.5", with_class("other-extension")).await.unwrap();
+    cluster(&env, "v1beta2", "b", "v1.30.5", with_class("plain"))
+        .await
+        .unwrap();
+    cluster(
+        &env,
+        "v1beta2",
+        "o",
+        "v1.30.5",
+        with_class("other-extension"),
+    )
+    .await
+    .unwrap();
     // A ClusterClass that does not exist: one minor at a time.
-    cluster(&env, "v1beta2", "g", "v1.30.5", with_class("gone")).await.unwrap();
+    cluster(&env, "v1beta2", "g", "v1.30.5", with_class("gone"))
+        .await
+        .unwrap();
     // Chained, a single variable: one minor at a time, said once in an event.
-    cluster(&env, "v1beta2", "t", "v1.30.5", with_class("chained")).await.unwrap();
+    cluster(&env, "v1beta2", "t", "v1.30.5", with_class("chained"))
+        .await
+        .unwrap();
     let map = json!({"imageMap": {"variable": "osImages", "field": "byKubernetesVersion"}});
-    for (name, spec) in [("a", &map), ("b", &map), ("o", &map), ("g", &map), ("t", &json!({"topologyVariable": "image"}))] {
-        upgrader(&env, "ClusterClassClusterUpgrader", name, name, "p", spec.clone()).await.unwrap();
+    for (name, spec) in [
+        ("a", &map),
+        ("b", &map),
+        ("o", &map),
+        ("g", &map),
+        ("t", &json!({"topologyVariable": "image"})),
+    ] {
+        upgrader(
+            &env,
+            "ClusterClassClusterUpgrader",
+            name,
+            name,
+            "p",
+            spec.clone(),
+        )
+        .await
+        .unwrap();
     }
-    let generation = clusters(&env, "v1beta2").get("a").await.unwrap().metadata.generation.unwrap();
+    let generation = clusters(&env, "v1beta2")
+        .get("a")
+        .await
+        .unwrap()
+        .metadata
+        .generation
+        .unwrap();
     let _manager = env.start_manager().await.unwrap();
 
     let t = wait_version(&env, "v1beta2", "a", "v1.32.1").await.unwrap();
     assert_eq!(
         variable(&t, "osImages"),
-        Some(&json!({"byKubernetesVersion": {"v1.30.5": "i-130", "v1.31.2": "i-1312", "v1.32.1": "i-1321"}}))
+        Some(
+            &json!({"byKubernetesVersion": {"v1.30.5": "i-130", "v1.31.2": "i-1312", "v1.32.1": "i-1321"}})
+        )
     );
     assert_eq!(variable(&t, "image"), Some(&json!("img-old")));
     let a = clusters(&env, "v1beta2").get("a").await.unwrap();
-    assert_eq!(a.metadata.generation, Some(generation + 1), "one write to the Cluster");
-    let u = upgrader_json(&env, "ClusterClassClusterUpgrader", "a").await.unwrap();
-    assert_eq!(history(&u), vec![("v1.30.5".to_owned(), "v1.32.1".to_owned())]);
+    assert_eq!(
+        a.metadata.generation,
+        Some(generation + 1),
+        "one write to the Cluster"
+    );
+    let u = upgrader_json(&env, "ClusterClassClusterUpgrader", "a")
+        .await
+        .unwrap();
+    assert_eq!(
+        history(&u),
+        vec![("v1.30.5".to_owned(), "v1.32.1".to_owned())]
+    );
 
     for name in ["b", "o", "g"] {
-        let t = wait_version(&env, "v1beta2", name, "v1.31.2").await.unwrap();
+        let t = wait_version(&env, "v1beta2", name, "v1.31.2")
+            .await
+            .unwrap();
         assert_eq!(
             variable(&t, "osImages"),
             Some(&json!({"byKubernetesVersion": {"v1.30.5": "i-130", "v1.31.2": "i-1312"}})),
@@ -101,18 +173,35 @@ async fn a_class_naming_our_handler_gets_the_target_in_one_write_with_every_map_
 
     // While Cluster API walks the chain the version stays as written; once finished, nothing more.
     tokio::time::sleep(std::time::Duration::from_secs(3)).await;
-    assert_eq!(topology(&env, "v1beta2", "a").await.unwrap()["version"], "v1.32.1");
+    assert_eq!(
+        topology(&env, "v1beta2", "a").await.unwrap()["version"],
+        "v1.32.1"
+    );
     finish(&env, "v1beta2", "a", "v1.32.1").await.unwrap();
-    wait_reason(&env, "ClusterClassClusterUpgrader", "a", "Ready", "ClusterUsingLatestVersion").await.unwrap();
+    wait_reason(
+        &env,
+        "ClusterClassClusterUpgrader",
+        "a",
+        "Ready",
+        "ClusterUsingLatestVersion",
+    )
+    .await
+    .unwrap();
     let a = clusters(&env, "v1beta2").get("a").await.unwrap();
-    assert_eq!(a.metadata.generation, Some(generation + 1), "still one write");
+    assert_eq!(
+        a.metadata.generation,
+        Some(generation + 1),
+        "still one write"
+    );
 
     // The plain Cluster reaches the target in a second step once the first has finished.
     finish(&env, "v1beta2", "b", "v1.31.2").await.unwrap();
     let t = wait_version(&env, "v1beta2", "b", "v1.32.1").await.unwrap();
     assert_eq!(
         variable(&t, "osImages"),
-        Some(&json!({"byKubernetesVersion": {"v1.30.5": "i-130", "v1.31.2": "i-1312", "v1.32.1": "i-1321"}}))
+        Some(
+            &json!({"byKubernetesVersion": {"v1.30.5": "i-130", "v1.31.2": "i-1312", "v1.32.1": "i-1321"}})
+        )
     );
 
     // The single-variable upgrader said once why it does not chain; its second step says nothing new.
@@ -121,7 +210,7 @@ async fn a_class_naming_our_handler_gets_the_target_in_one_write_with_every_map_
     let said = e2e::eventually("ChainedUpgradeNeedsImageMap event", WAIT, || async {
         let events: Api<k8s_openapi::api::events::v1::Event> = env.api();
         let found: Vec<_> = events
-            .list(&Default::default())
+            .list(&ListParams::default())
             .await?
             .items
             .into_iter()
@@ -139,10 +228,12 @@ async fn a_class_naming_our_handler_gets_the_target_in_one_write_with_every_map_
     assert_eq!(said[0].series.as_ref().map(|s| s.count), None, "{said:?}");
     for name in ["a", "b", "o", "g"] {
         let events: Api<k8s_openapi::api::events::v1::Event> = env.api();
-        let list = events.list(&Default::default()).await.unwrap().items;
+        let list = events.list(&ListParams::default()).await.unwrap().items;
         assert!(
-            !list.iter().any(|e| e.reason.as_deref() == Some("ChainedUpgradeNeedsImageMap")
-                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)),
+            !list.iter().any(
+                |e| e.reason.as_deref() == Some("ChainedUpgradeNeedsImageMap")
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
+            ),
             "{name}"
         );
     }

@@ -124,7 +124,8 @@ mod tests {
 
     #[test]
     fn only_a_v1beta2_class_ref_with_a_valid_name_is_read() {
-        let cluster = |class: Value| json!({"spec": {"topology": {"classRef": class, "class": "old"}}});
+        let cluster =
+            |class: Value| json!({"spec": {"topology": {"classRef": class, "class": "old"}}});
         let same = cluster(json!({"name": "quick-start"}));
         assert_eq!(
             class_ref(ClusterApi::V1Beta2, &same, "fleet"),
@@ -144,21 +145,35 @@ mod tests {
             json!({"name": "a".repeat(254)}),
             json!({"name": "ok", "namespace": "a/b"}),
         ] {
-            assert_eq!(class_ref(ClusterApi::V1Beta2, &cluster(bad.clone()), "fleet"), None, "{bad}");
+            assert_eq!(
+                class_ref(ClusterApi::V1Beta2, &cluster(bad.clone()), "fleet"),
+                None,
+                "{bad}"
+            );
         }
-        assert_eq!(class_ref(ClusterApi::V1Beta2, &json!({"spec": {}}), "fleet"), None);
+        assert_eq!(
+            class_ref(ClusterApi::V1Beta2, &json!({"spec": {}}), "fleet"),
+            None
+        );
     }
 
     #[test]
     fn the_class_must_name_exactly_our_registered_handler() {
-        let class = |value: Value| {
-            json!({"spec": {"upgrade": {"external": {"generateUpgradePlanExtension": value}}}})
-        };
+        let class = |value: Value| json!({"spec": {"upgrade": {"external": {"generateUpgradePlanExtension": value}}}});
         let ours = "generate-upgrade-plan.kubernetes-upgrader";
         assert!(names_handler(&class(json!(ours)), ours));
-        assert!(!names_handler(&class(json!("generate-upgrade-plan.other")), ours));
+        assert!(!names_handler(
+            &class(json!("generate-upgrade-plan.other")),
+            ours
+        ));
         assert!(!names_handler(&class(json!("generate-upgrade-plan")), ours));
-        assert!(!names_handler(&class(json!(["generate-upgrade-plan.kubernetes-upgrader"])), ours));
-        assert!(!names_handler(&json!({"spec": {"kubernetesVersions": ["v1.31.0"]}}), ours));
+        assert!(!names_handler(
+            &class(json!(["generate-upgrade-plan.kubernetes-upgrader"])),
+            ours
+        ));
+        assert!(!names_handler(
+            &json!({"spec": {"kubernetesVersions": ["v1.31.0"]}}),
+            ours
+        ));
     }
 }

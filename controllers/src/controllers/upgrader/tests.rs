@@ -480,7 +480,7 @@ fn chain_images() -> Vec<Image> {
     ]
 }
 
-fn os_images(entries: Value) -> Vec<Variable> {
+fn os_images(entries: &Value) -> Vec<Variable> {
     vec![Variable {
         name: "osImages".into(),
         value: json!({ "byKubernetesVersion": entries }),
@@ -499,7 +499,7 @@ fn a_chained_map_step_writes_the_target_with_an_entry_per_version() {
         image_map: Some(&map),
         ..spec(&r)
     };
-    let cluster = found("v1.30.5", os_images(json!({"v1.30.5": "i-1305"})), true);
+    let cluster = found("v1.30.5", os_images(&json!({"v1.30.5": "i-1305"})), true);
     // The target v1.32.1 is two minors ahead: one write, v1.31's highest image on the way.
     let got = run_chained(s, &cluster, &target("v1.32.1", "i-1321"), &chain_images());
     let gates::Plan::Write(step) = got else {
@@ -565,17 +565,22 @@ fn a_chained_step_holds_on_a_missing_minor_a_conflict_or_an_unfinished_upgrade()
         .into_iter()
         .filter(|i| i.version.minor != 31)
         .collect();
-    let cluster = found("v1.30.5", os_images(json!({})), true);
+    let cluster = found("v1.30.5", os_images(&json!({})), true);
     let got = run_chained(s, &cluster, &target("v1.32.1", "i-1321"), &no_131);
     assert_eq!(reason(&got), Reason::NoImageForIntermediateMinor);
     // An existing entry for an intermediate version is never changed.
-    let conflicting = found("v1.30.5", os_images(json!({"v1.31.4": "other"})), true);
-    let got = run_chained(s, &conflicting, &target("v1.32.1", "i-1321"), &chain_images());
+    let conflicting = found("v1.30.5", os_images(&json!({"v1.31.4": "other"})), true);
+    let got = run_chained(
+        s,
+        &conflicting,
+        &target("v1.32.1", "i-1321"),
+        &chain_images(),
+    );
     assert_eq!(reason(&got), Reason::ImageMapEntryConflict);
     // Cluster API walks the chain: the version written stays, a newer target waits.
     let walking = found(
         "v1.32.1",
-        os_images(json!({"v1.31.4": "i-1314", "v1.32.1": "i-1321"})),
+        os_images(&json!({"v1.31.4": "i-1314", "v1.32.1": "i-1321"})),
         false,
     );
     let got = run_chained(s, &walking, &target("v1.32.1", "i-1321"), &chain_images());
@@ -585,7 +590,7 @@ fn a_chained_step_holds_on_a_missing_minor_a_conflict_or_an_unfinished_upgrade()
     // Finished at the target with every entry: nothing to write.
     let done = found(
         "v1.32.1",
-        os_images(json!({"v1.31.4": "i-1314", "v1.32.1": "i-1321"})),
+        os_images(&json!({"v1.31.4": "i-1314", "v1.32.1": "i-1321"})),
         true,
     );
     let got = run_chained(s, &done, &target("v1.32.1", "i-1321"), &chain_images());
@@ -624,7 +629,7 @@ fn chain_observation(chained: bool) -> observe::Observation {
         images: chain_images(),
         records: Vec::new(),
         retry_hosts: None,
-        cluster: found("v1.30.5", os_images(json!({})), true),
+        cluster: found("v1.30.5", os_images(&json!({})), true),
         raw: None,
         access: None,
         cached: false,
@@ -656,23 +661,54 @@ fn a_declined_chain_is_said_once_as_a_climb_starts() {
             .cloned()
             .collect::<Vec<_>>()
     };
-    let (d, _) = decide::reconcile_decision(subject(single, &idle), &chain_observation(true), timestamp());
-    assert_eq!(d.write.as_ref().map(gates::Step::version_string).as_deref(), Some("v1.31.4"));
+    let (d, _) = decide::reconcile_decision(
+        subject(single, &idle),
+        &chain_observation(true),
+        timestamp(),
+    );
+    assert_eq!(
+        d.write.as_ref().map(gates::Step::version_string).as_deref(),
+        Some("v1.31.4")
+    );
     let notes = said(&d);
     assert_eq!(notes.len(), 1, "{:?}", d.notes);
     assert!(!notes[0].warning);
-    assert!(notes[0].message.contains("spec.imageMap"), "{}", notes[0].message);
+    assert!(
+        notes[0].message.contains("spec.imageMap"),
+        "{}",
+        notes[0].message
+    );
     // The step written leaves the next one pending: the following reconciles say nothing.
     let mut d = d;
     let step = d.write.clone().unwrap();
     let written = json!({"metadata": {"name": "c", "generation": 2}, "spec": {"topology": {"classRef": {"name": "cc"}, "version": "v1.31.4", "variables": [{"name": "image", "value": "i-1314"}]}}});
-    let post = decide::after_write(subject(single, &idle), &chain_observation(true), &written, finish::ClusterApi::V1Beta2, &step, timestamp());
+    let post = decide::after_write(
+        subject(single, &idle),
+        &chain_observation(true),
+        &written,
+        finish::ClusterApi::V1Beta2,
+        &step,
+        timestamp(),
+    );
     decide::settle_after_write(&mut d, &post);
-    assert_eq!(d.status.next_step.as_ref().map(|n| n.version.as_str()), Some("v1.32.1"), "{:?}", d.status);
-    let (d2, _) = decide::reconcile_decision(subject(single, &d.status), &chain_observation(true), timestamp());
+    assert_eq!(
+        d.status.next_step.as_ref().map(|n| n.version.as_str()),
+        Some("v1.32.1"),
+        "{:?}",
+        d.status
+    );
+    let (d2, _) = decide::reconcile_decision(
+        subject(single, &d.status),
+        &chain_observation(true),
+        timestamp(),
+    );
     assert!(said(&d2).is_empty(), "{:?}", d2.notes);
     // Not offered by the ClusterClass: nothing said.
-    let (d, _) = decide::reconcile_decision(subject(single, &idle), &chain_observation(false), timestamp());
+    let (d, _) = decide::reconcile_decision(
+        subject(single, &idle),
+        &chain_observation(false),
+        timestamp(),
+    );
     assert!(said(&d).is_empty());
     // Map mode takes the chain: the target in one write, nothing said.
     let map = ImageMap {
@@ -684,8 +720,15 @@ fn a_declined_chain_is_said_once_as_a_climb_starts() {
         image_map: Some(&map),
         ..spec(&r)
     };
-    let (d, _) = decide::reconcile_decision(subject(mapped, &idle), &chain_observation(true), timestamp());
-    assert_eq!(d.write.as_ref().map(gates::Step::version_string).as_deref(), Some("v1.32.1"));
+    let (d, _) = decide::reconcile_decision(
+        subject(mapped, &idle),
+        &chain_observation(true),
+        timestamp(),
+    );
+    assert_eq!(
+        d.write.as_ref().map(gates::Step::version_string).as_deref(),
+        Some("v1.32.1")
+    );
     assert!(said(&d).is_empty());
 }
 
