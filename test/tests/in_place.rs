@@ -16,7 +16,8 @@ use e2e::elemental::{
     Agent, AgentConfig, Behaviour, CONTROL_PLANE_POOL, Fleet, Host, IN_PLACE_UPDATE, INSTALLED,
     MACHINE_NAME, Monitor, OsImage, POOL_LABEL, PodKind, Workload, WorkloadKubelets, check_budget,
     cordoned, create_elemental_host, elemental_hosts, elemental_machines, image_uri,
-    initial_os_version_management, labels, managed_fields_of, node_os_image, update_label,
+    initial_os_version_management, labels, machines, managed_fields_of, node_os_image,
+    skip_remediation, update_label,
 };
 use e2e::status::condition_message;
 use e2e::{Manager, TestEnv, condition_reason, condition_status, e2e_env};
@@ -31,6 +32,8 @@ const UPGRADER_MANAGER: &str = "kubernetes-upgrader-upgrader";
 const LONG: Duration = Duration::from_secs(150);
 const CLUSTER: &str = "c";
 const UPGRADER: &str = "u";
+/// The value the upgrader gives `cluster.x-k8s.io/skip-remediation` on a Machine it holds.
+const HELD_BY: &str = "kubernetes-upgrader";
 
 /// The stand-ins and fixtures of one scenario. Fields drop in order: the stand-ins stop before
 /// the workload cluster does.
@@ -418,6 +421,16 @@ async fn hosts_are_updated_one_after_another_control_plane_first() {
     let cluster_version = bed.cluster_resource_version().await;
     let manager = bed.env.start_manager().await.unwrap();
 
+    // While the control plane's host is in flight, its Machine is held from remediation.
+    let machine_api = machines(&bed.env.client, &bed.env.namespace);
+    let cp_machine = bed.fleet.hosts[0].machine();
+    e2e::eventually("the control plane's Machine held", LONG, || async {
+        let m = machine_api.get(&cp_machine).await?;
+        Ok((skip_remediation(&m) == Some(HELD_BY)).then_some(()))
+    })
+    .await
+    .unwrap();
+
     let u = bed
         .wait_upgrader("Ready=InPlaceUpdated", LONG, &manager, |u| {
             condition_status(u, "Ready").as_deref() == Some("True")
@@ -454,6 +467,9 @@ async fn hosts_are_updated_one_after_another_control_plane_first() {
 
     let ems = elemental_machines(&bed.env.client, &bed.env.namespace);
     for host in &bed.fleet.hosts {
+        // Each Machine released to remediation once its host is done.
+        let m = machine_api.get(&host.machine()).await.unwrap();
+        assert_eq!(skip_remediation(&m), None, "{} still held", host.machine());
         // Each Node uncordoned and running the new build; DaemonSet and mirror pods untouched.
         let node = w.node(&host.node()).await.unwrap();
         assert!(!cordoned(&node), "{} still cordoned", host.node());
@@ -732,6 +748,75 @@ async fn a_fallback_boot_blocks_with_booted_image_mismatch_without_looping() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_never_comes_back_times_out_with_its_machine_held() {
+    let env = e2e_env!("a_host_that_never_comes_back_times_out_with_its_machine_held");
+    let Some(bed) = bed(env, two_hosts(), |c| {
+        c.behaving("host-cp0", Behaviour::NeverBack)
+    })
+    .await
+    else {
+        return;
+    };
+    let (cp, worker) = (bed.fleet.hosts[0].clone(), bed.fleet.hosts[1].clone());
+    let manager = bed
+        .start_in_place(json!({}), json!({"inPlace": {"hostTimeout": "8s"}}))
+        .await;
+    let machine_api = machines(&bed.env.client, &bed.env.namespace);
+
+    // Down for its update: `pending`, the image written, and its Machine held from remediation.
+    bed.wait_upgrader("the control plane pending", LONG, &manager, |u| {
+        phase(u, &cp.host()).as_deref() == Some("Pending")
+    })
+    .await;
+    let pending_seen = Instant::now();
+    let m = machine_api.get(&cp.machine()).await.unwrap();
+    assert_eq!(skip_remediation(&m), Some(HELD_BY));
+    let em = elemental_machines(&bed.env.client, &bed.env.namespace)
+        .get(&cp.elemental_machine())
+        .await
+        .unwrap();
+    assert_eq!(image_uri(&em), Some(bed.new.uri.as_str()));
+
+    // Never back: blocked once hostTimeout (8 s) has passed since `pending`.
+    let u = bed.wait_reason(&manager, "Blocked", "HostTimeout").await;
+    let took = pending_seen.elapsed();
+    assert!(
+        took < Duration::from_secs(20),
+        "HostTimeout {took:?} after pending, with hostTimeout 8s; manager log:\n{}",
+        manager.log_tail()
+    );
+    assert_eq!(condition_status(&u, "Blocked").as_deref(), Some("True"));
+    let r = record(&u, &cp.host()).unwrap().clone();
+    assert_eq!(r["phase"], "HostTimeout", "{r}");
+    assert!(r["pendingSince"].is_string(), "{r}");
+    let message = condition_message(&u, "Blocked").unwrap_or_default();
+    assert!(message.contains(&cp.host()), "{message}");
+
+    // It stays that way: nothing else starts, the Node stays cordoned, the Machine held.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let u = bed.upgrader().await;
+    assert_eq!(
+        condition_reason(&u, "Blocked").as_deref(),
+        Some("HostTimeout")
+    );
+    assert!(
+        record(&u, &worker.host()).is_none(),
+        "a second host started: {u:#}"
+    );
+    assert!(cordoned(&bed.workload.node(&cp.node()).await.unwrap()));
+    assert!(!cordoned(&bed.workload.node(&worker.node()).await.unwrap()));
+    let m = machine_api.get(&cp.machine()).await.unwrap();
+    assert_eq!(skip_remediation(&m), Some(HELD_BY), "the hold was lifted");
+    let m = machine_api.get(&worker.machine()).await.unwrap();
+    assert_eq!(skip_remediation(&m), None, "a host not in flight held");
+    let agent = bed.agent.log();
+    assert_eq!(agent.gone, vec![cp.host()], "{agent:?}");
+    assert!(agent.updates.is_empty(), "{agent:?}");
+    assert_eq!(bed.monitor.log().order, vec![cp.host()]);
+    bed.assert_blocked_warning("HostTimeout").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_manager_killed_at_every_phase_resumes_the_same_host() {
     let env = e2e_env!("a_manager_killed_at_every_phase_resumes_the_same_host");
     let hosts = two_hosts();
@@ -955,6 +1040,78 @@ async fn a_rollout_without_a_spare_host_is_blocked_naming_the_pool() {
     // No host was touched in place.
     assert!(bed.monitor.log().order.is_empty());
     assert!(bed.agent.log().pending.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topology_step_waits_until_every_node_runs_the_build_its_machine_names() {
+    let env = e2e_env!("a_topology_step_waits_until_every_node_runs_the_build_its_machine_names");
+    let Some(bed) = bed(env, two_hosts(), |c| c).await else {
+        return;
+    };
+    let ns = bed.env.namespace.clone();
+    let client = bed.env.client.clone();
+    // A spare for each pool: only the booted images stand in the way of the step.
+    for pool in [CONTROL_PLANE_POOL, "md-a"] {
+        create_elemental_host(
+            &client,
+            &ns,
+            &format!("host-spare-{pool}"),
+            &labels(&[(POOL_LABEL, pool), (INSTALLED, "true")]),
+            None,
+        )
+        .await
+        .unwrap();
+    }
+    // The image the ElementalMachines name, stamped as another build than the Nodes booted
+    // (an update that fell back, reporting ready all the same).
+    support::static_image(&bed.env, "os-old", "v1.31.1", &bed.old.uri)
+        .await
+        .unwrap();
+    let images: Api<MachineImage> = bed.env.api();
+    let stamp = |stamp: &str| {
+        Patch::Merge(json!({"metadata": {"annotations": {OS_IMAGE_STAMP_ANNOTATION: stamp}}}))
+    };
+    images
+        .patch("os-old", &PatchParams::default(), &stamp("os-v1-31-1-b9"))
+        .await
+        .unwrap();
+    let next = OsImage::of_version("v1.32.2", 3);
+    bed.upgrade_to(&next, "v1.32.2", json!({}), json!({})).await;
+    let before = bed.cluster_resource_version().await;
+    let manager = bed.env.start_manager().await.unwrap();
+
+    let u = bed
+        .wait_reason(&manager, "Blocked", "BootedImageMismatch")
+        .await;
+    let message = condition_message(&u, "Blocked").unwrap_or_default();
+    assert!(
+        message.contains("host-cp0") && message.contains("os-v1-31-1-b9"),
+        "{message}"
+    );
+    assert_eq!(u["status"]["nextStep"]["version"], "v1.32.2", "{u:#}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        bed.cluster_resource_version().await,
+        before,
+        "a step was written over a host running another build"
+    );
+
+    // The Nodes run the build the image names after all: the step is written.
+    images
+        .patch("os-old", &PatchParams::default(), &stamp(&bed.old.stamp))
+        .await
+        .unwrap();
+    let t = match support::wait_version(&bed.env, "v1beta1", CLUSTER, "v1.32.2").await {
+        Ok(t) => t,
+        Err(e) => panic!(
+            "{e:#}\nupgrader: {:#}\nlog:\n{}",
+            bed.upgrader().await["status"],
+            manager.log_tail()
+        ),
+    };
+    assert_eq!(support::variable(&t, "image"), Some(&json!(next.uri)));
+    assert!(bed.monitor.log().order.is_empty(), "a host was touched");
+    bed.assert_blocked_warning("BootedImageMismatch").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

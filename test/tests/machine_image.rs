@@ -111,6 +111,11 @@ async fn events(env: &TestEnv, image: &str, reason: &str) -> Vec<Event> {
         .collect()
 }
 
+/// The part of the image's UID its build stamps carry: its first 8 hex digits.
+fn uid_part(image: &MachineImage) -> String {
+    image.uid().unwrap().replace('-', "")[..8].to_owned()
+}
+
 fn env_of(job: &Job, container: usize) -> Vec<(String, String)> {
     job.spec
         .as_ref()
@@ -172,6 +177,9 @@ async fn a_build_hands_off_its_id_by_the_job_annotation() {
         ("MachineImage", image.uid().unwrap(), Some(true))
     );
     assert_eq!(job.labels()[MACHINE_IMAGE_NAME_LABEL], "annotated");
+    // The stamp names the image, the start of its UID (another image of that name, another
+    // build) and the attempt.
+    let stamp = format!("annotated-{}-1", uid_part(&image));
     let env_build = env_of(&job, 0);
     assert_eq!(
         env_build
@@ -186,7 +194,7 @@ async fn a_build_hands_off_its_id_by_the_job_annotation() {
         ("KUBERNETES_SERIES", "v1.31"),
         ("KUBERNETES_DEB_VERSION", "1.31.2-1.1"),
         ("MACHINE_IMAGE_NAME", "annotated"),
-        ("MACHINE_IMAGE_STAMP", "annotated-1"),
+        ("MACHINE_IMAGE_STAMP", stamp.as_str()),
     ] {
         assert!(
             env_build.contains(&(key.to_owned(), value.to_owned())),
@@ -225,7 +233,7 @@ async fn a_build_hands_off_its_id_by_the_job_annotation() {
             .annotations()
             .get(OS_IMAGE_STAMP_ANNOTATION)
             .map(String::as_str),
-        Some("annotated-1")
+        Some(stamp.as_str())
     );
     assert!(
         built
@@ -340,7 +348,8 @@ async fn a_failed_build_then_a_rebuild_by_the_annotation() {
     .await
     .unwrap();
     let second = wait_job(&env, &image, 2).await;
-    assert!(env_of(&second, 0).contains(&("MACHINE_IMAGE_STAMP".to_owned(), "flaky-2".to_owned())));
+    let stamp = format!("flaky-{}-2", uid_part(&image));
+    assert!(env_of(&second, 0).contains(&("MACHINE_IMAGE_STAMP".to_owned(), stamp)));
     let building = wait_image(&env, "flaky", "attempt 2", |j| {
         is(j, "False", "Building", "Building") && j["status"]["attempts"] == 2
     })

@@ -196,6 +196,12 @@ pub struct InPlace {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 100))]
     pub retries: Option<i32>,
+    /// How long a host may stay labelled `pending` (updating and rebooting) before the upgrader
+    /// blocks with `HostTimeout`, as a duration from 1s to 24h. Omitted means 30m.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 2, max = 32))]
+    #[x_kube(validation = kube::core::Rule::new(crate::durations::between_rule("1s", "24h")).message("spec.inPlace.hostTimeout must be a duration from 1s to 24h, such as 30m"))]
+    pub host_timeout: Option<String>,
     /// Also rewrite each host's recovery partition (`osVersion.upgradeRecovery`). Omitted means
     /// false.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -234,6 +240,8 @@ pub const DEFAULT_MAX_UNAVAILABLE: i32 = 1;
 pub const DEFAULT_DRAIN_TIMEOUT: &str = "10m";
 /// Default of `spec.inPlace.retries`.
 pub const DEFAULT_RETRIES: i32 = 1;
+/// Default of `spec.inPlace.hostTimeout`.
+pub const DEFAULT_HOST_TIMEOUT: &str = "30m";
 
 /// Where one host is in its in-place update.
 #[derive(Serialize, Deserialize, schemars::JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -269,6 +277,9 @@ pub enum HostPhase {
     /// Finished without an update: released, and schedulable again if the upgrader had cordoned
     /// it.
     Released,
+    /// Blocked: the host stayed `pending` longer than `hostTimeout` without coming back with
+    /// the image; the Node stays cordoned.
+    HostTimeout,
 }
 
 /// One host's in-place update, kept in status so that a restarted manager resumes it.
@@ -306,6 +317,14 @@ pub struct HostRecord {
     /// The Node was already cordoned when the host was selected: it is left cordoned at the end.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cordoned_before: Option<bool>,
+    /// The Node's `status.nodeInfo.bootID` from the host's selection until it was labelled
+    /// `pending`: a `done` counts once the Node reports another boot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub boot_id: Option<String>,
+    /// When the host was labelled `pending`, from which `hostTimeout` counts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_since: Option<Time>,
 }
 
 /// The in-place update under way or last finished (`status.inPlace`).
@@ -513,6 +532,20 @@ mod cel {
             json!({"inPlace": {"drainTimeout": "ten minutes"}}),
             "spec.inPlace.drainTimeout",
         );
+    }
+
+    #[test]
+    fn host_timeout_accepts_1s_to_24h_and_refuses_with_the_field() {
+        for ok in ["1s", "30m", "1h30m", "24h"] {
+            let spec = json!({"inPlace": {"hostTimeout": ok}});
+            assert!(validate_cel(&upgrader(spec.clone())).is_ok(), "{spec}");
+        }
+        for bad in ["500ms", "25h", "half an hour", "-5m"] {
+            refused(
+                json!({"inPlace": {"hostTimeout": bad}}),
+                "spec.inPlace.hostTimeout",
+            );
+        }
     }
 
     #[test]

@@ -359,9 +359,11 @@ fn host_nodes(status: &Value) -> Vec<Node> {
             let phase = str_at(host, "phase");
             let health = match phase {
                 "Uncordoned" | "Released" => Health::Ok,
-                "DrainTimeout" | "BootedImageMismatch" | "RetriesExhausted" | "DrainRefused" => {
-                    Health::Failing
-                }
+                "DrainTimeout"
+                | "BootedImageMismatch"
+                | "RetriesExhausted"
+                | "DrainRefused"
+                | "HostTimeout" => Health::Failing,
                 _ => Health::Working,
             };
             let mut details = vec![match host["pool"].as_str() {

@@ -35,6 +35,8 @@ pub enum Behaviour {
         /// How long each failure and each next try is shown.
         hold: Duration,
     },
+    /// The host goes down for its update and never comes back: no new boot, no `done`.
+    NeverBack,
 }
 
 /// A host the agent saw turn `pending`, with the state of its Node at that moment.
@@ -71,6 +73,8 @@ pub struct AgentLog {
     pub pending: Vec<PendingSeen>,
     /// Every update, in order.
     pub updates: Vec<Update>,
+    /// Hosts that went down for an update and never came back ([`Behaviour::NeverBack`]).
+    pub gone: Vec<String>,
     /// OS update failures reported, as (host, try).
     pub failures: Vec<(String, u32)>,
     /// Contract breaches it saw: an ElementalMachine's image changed while its host was not
@@ -93,13 +97,16 @@ struct AgentHost {
     attempt: Option<Instant>,
     failed_at: Option<Instant>,
     failures: u32,
+    /// Boots since the start: the Node's bootID is `boot-<node>-<boots>`.
+    boots: u32,
 }
 
 /// Stands in for the Elemental agent on each host together with the provider's host
 /// controller: every 100 ms it reads the ElementalMachines (first) and the ElementalHosts of the
 /// namespace. A host labelled `pending` whose ElementalMachine names an `imageUri` other than
-/// the one last reconciled gets updated: after `delay`, the Node reports the booted image
-/// (`osImage`, with a fresh heartbeat, as the kubelet would after the reboot), then the host is
+/// the one last reconciled gets updated: after `delay`, the Node reports the booted image and
+/// its new boot (`osImage` and `bootID`, with a fresh heartbeat, as the kubelet would after the
+/// reboot), then the host is
 /// labelled `done` with `OSVersionReady` True. [`Behaviour`] sets per host how it goes.
 #[derive(Debug)]
 pub struct Agent {
@@ -172,6 +179,7 @@ impl Agent {
                         attempt: None,
                         failed_at: None,
                         failures: 0,
+                        boots: 0,
                     },
                 )
             })
@@ -284,6 +292,12 @@ async fn agent_pass(
                 None => {}
             }
         }
+        if state.behaviour == Behaviour::NeverBack {
+            if !lock(log).gone.contains(&name) {
+                lock(log).gone.push(name.clone());
+            }
+            continue;
+        }
         let booted = match state.behaviour {
             Behaviour::Fallback => state.running.clone(),
             _ => config
@@ -292,7 +306,15 @@ async fn agent_pass(
                 .cloned()
                 .with_context(|| format!("the agent stand-in knows no stamp for {image}"))?,
         };
-        heartbeat(workload, &state.node, Some(&os_release(&booted))).await?;
+        // A reboot, into the new image or (a fallback) the old one: a new boot ID.
+        state.boots += 1;
+        let boot = format!("boot-{}-{}", state.node, state.boots);
+        heartbeat(
+            workload,
+            &state.node,
+            Some((os_release(&booted).as_str(), boot.as_str())),
+        )
+        .await?;
         os_version_ready(&host_api, &name, true, "").await?;
         host_api
             .patch(

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use crate::install;
 use crate::manifests::FIELD_MANAGER;
 
-use super::{IN_PLACE_UPDATE, INFRA_GROUP, V1BETA1};
+use super::{IN_PLACE_UPDATE, INFRA_GROUP, SKIP_REMEDIATION, V1BETA1};
 
 /// A minimal namespaced v1beta1 CRD with the status subresource whose spec and status preserve
 /// unknown fields; `spec_properties` declares fields of the spec.
@@ -167,6 +167,16 @@ pub fn elemental_hosts(client: &Client, namespace: &str) -> Api<DynamicObject> {
 /// `spec.osVersionManagement.osVersion.imageUri` of an ElementalMachine (or host).
 pub fn image_uri(object: &DynamicObject) -> Option<&str> {
     object.data["spec"]["osVersionManagement"]["osVersion"]["imageUri"].as_str()
+}
+
+/// The value of a Machine's [`SKIP_REMEDIATION`] annotation.
+pub fn skip_remediation(machine: &DynamicObject) -> Option<&str> {
+    machine
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(SKIP_REMEDIATION)
+        .map(String::as_str)
 }
 
 /// The host's in-place-update label.

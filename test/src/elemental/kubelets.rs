@@ -170,13 +170,18 @@ async fn heartbeat_all(client: &Client) -> Result<()> {
     Ok(())
 }
 
-/// Reports the Node's status as its kubelet would: a fresh Ready heartbeat and, when given, the
-/// booted `os_image` (a strategic merge: the Ready entry is merged by type).
-pub(super) async fn heartbeat(client: &Client, node: &str, os_image: Option<&str>) -> Result<()> {
+/// Reports the Node's status as its kubelet would: a fresh Ready heartbeat and, after a boot,
+/// the booted `(osImage, bootID)` in the same write (a strategic merge: the Ready entry is
+/// merged by type).
+pub(super) async fn heartbeat(
+    client: &Client,
+    node: &str,
+    booted: Option<(&str, &str)>,
+) -> Result<()> {
     let nodes: Api<Node> = Api::all(client.clone());
     let mut status = json!({"conditions": [{"type": "Ready", "lastHeartbeatTime": now_json()}]});
-    if let Some(os) = os_image {
-        status["nodeInfo"] = json!({"osImage": os});
+    if let Some((os, boot)) = booted {
+        status["nodeInfo"] = json!({"osImage": os, "bootID": boot});
     }
     nodes
         .patch_status(

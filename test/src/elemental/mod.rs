@@ -12,7 +12,7 @@
 //! and computes PodDisruptionBudget status as kube-controller-manager's disruption controller
 //! would),
 //! [`Agent`] (the Elemental agent and host controller: updates a host labelled `pending` whose
-//! ElementalMachine names a new image, then labels it `done`), and [`Monitor`] (watches both
+//! ElementalMachine names a new image, reboots it (a new `bootID`), then labels it `done`), and [`Monitor`] (watches both
 //! clusters and records which hosts are out of service at every change).
 
 pub use kubernetes_upgrader::controllers::upgrader::in_place::OS_VERSION_RECONCILIATION_FAILED;
@@ -21,6 +21,7 @@ pub use kubernetes_upgrader::controllers::upgrader::in_place::observe::{
     ELEMENTAL_MACHINE, IN_PLACE_UPDATE_LABEL as IN_PLACE_UPDATE, MIRROR_ANNOTATION,
     OS_VERSION_READY, evictable,
 };
+pub use kubernetes_upgrader::controllers::upgrader::in_place::remediation::SKIP_REMEDIATION_ANNOTATION as SKIP_REMEDIATION;
 pub use kubernetes_upgrader::controllers::upgrader::in_place::spare::{INSTALLED, MACHINE_NAME};
 
 mod agent;
@@ -35,7 +36,7 @@ mod workload;
 pub use agent::{Agent, AgentConfig, AgentLog, Behaviour, PendingSeen, Update};
 pub use crds::{
     elemental_host_crd, elemental_hosts, elemental_machine_crd, elemental_machines, image_uri,
-    install_crds, machine_crd, machines, managed_fields_of, update_label,
+    install_crds, machine_crd, machines, managed_fields_of, skip_remediation, update_label,
 };
 pub use fleet::{
     Fleet, Host, create_elemental_host, initial_os_version_management, kubeconfig_secret,

@@ -724,7 +724,8 @@ fn decide_job(
             let container = id_container(job, image);
             match handed_off_id(job, &pods, container.as_deref()) {
                 Ok(built) => {
-                    let build_stamp = stamp(&image.name_any(), attempt);
+                    let build_stamp =
+                        stamp(&image.name_any(), &image.uid().unwrap_or_default(), attempt);
                     let handed_off = image.annotations().get(OS_IMAGE_STAMP_ANNOTATION)
                         == Some(&build_stamp)
                         && id.is_some();

@@ -24,7 +24,7 @@ pub const ENV_SERIES: &str = "KUBERNETES_SERIES";
 pub const ENV_DEB_VERSION: &str = "KUBERNETES_DEB_VERSION";
 /// `MACHINE_IMAGE_NAME`: the MachineImage's name.
 pub const ENV_IMAGE_NAME: &str = "MACHINE_IMAGE_NAME";
-/// `MACHINE_IMAGE_STAMP`: `<image>-<attempt>`, unique per build.
+/// `MACHINE_IMAGE_STAMP`: `<image>-<uid>-<attempt>`, unique per build.
 pub const ENV_STAMP: &str = "MACHINE_IMAGE_STAMP";
 
 /// The event component, also `app.kubernetes.io/component` of the Jobs.
@@ -92,9 +92,24 @@ pub fn job_name(image: &str, uid: &str, attempt: i32) -> String {
     format!("{prefix}-{suffix}")
 }
 
-/// `MACHINE_IMAGE_STAMP` of one build: `<image>-<attempt>`.
-pub fn stamp(image: &str, attempt: i32) -> String {
-    format!("{image}-{attempt}")
+/// How many characters of the image's UID a stamp carries.
+const STAMP_UID_LEN: usize = 8;
+
+/// `MACHINE_IMAGE_STAMP` of one build: `<image>-<uid>-<attempt>`, where `<uid>` is the start of
+/// the MachineImage's UID, so that an image deleted and recreated under the same name stamps its
+/// builds differently. An image not stored yet (a dry run) has no UID: `<image>-<attempt>`.
+pub fn stamp(image: &str, uid: &str, attempt: i32) -> String {
+    let build: String = uid
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(STAMP_UID_LEN)
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    if build.is_empty() {
+        format!("{image}-{attempt}")
+    } else {
+        format!("{image}-{build}-{attempt}")
+    }
 }
 
 /// A short, stable hash of a job template, recorded per attempt.
@@ -145,12 +160,13 @@ pub fn is_debian_version(text: &str) -> bool {
         && debian_packaging::package_version::PackageVersion::parse(text).is_ok()
 }
 
-/// The environment every build container receives, in order.
+/// The environment every build container receives, in order; `stamp` is the build's
+/// [`stamp`].
 pub fn build_env(
     image: &str,
     version: &str,
     debian_version: Option<&str>,
-    attempt: i32,
+    stamp: &str,
 ) -> Result<Vec<EnvVar>, RenderError> {
     let parsed = api::version::parse_strict(version)
         .ok_or_else(|| RenderError::InvalidVersion(version.to_owned()))?;
@@ -173,7 +189,7 @@ pub fn build_env(
         env.push(var(ENV_DEB_VERSION, deb.to_owned()));
     }
     env.push(var(ENV_IMAGE_NAME, image.to_owned()));
-    env.push(var(ENV_STAMP, stamp(image, attempt)));
+    env.push(var(ENV_STAMP, stamp.to_owned()));
     Ok(env)
 }
 
@@ -217,7 +233,9 @@ pub fn render_job(
         .annotations()
         .get(api::v1alpha1::DEBIAN_VERSION_ANNOTATION)
         .map(String::as_str);
-    let env = build_env(&name, &image.spec.version, debian_version, attempt)?;
+    let uid = image.uid().unwrap_or_default();
+    let build_stamp = stamp(&name, &uid, attempt);
+    let env = build_env(&name, &image.spec.version, debian_version, &build_stamp)?;
     let template = &image.spec.job_template;
     let mut pod_spec = template.spec.clone();
     for container in pod_spec
@@ -238,18 +256,14 @@ pub fn render_job(
             JOB_TEMPLATE_HASH_ANNOTATION.to_owned(),
             template_hash(template),
         ),
-        (OS_IMAGE_STAMP_ANNOTATION.to_owned(), stamp(&name, attempt)),
+        (OS_IMAGE_STAMP_ANNOTATION.to_owned(), build_stamp),
     ]);
     if let Some(rebuild) = rebuild {
         annotations.insert(REBUILD_ANNOTATION.to_owned(), rebuild.to_owned());
     }
     Ok(Job {
         metadata: ObjectMeta {
-            name: Some(job_name(
-                &name,
-                image.uid().as_deref().unwrap_or_default(),
-                attempt,
-            )),
+            name: Some(job_name(&name, &uid, attempt)),
             namespace: image.namespace(),
             labels: Some(labels.clone()),
             annotations: Some(annotations),
@@ -332,6 +346,23 @@ mod tests {
     }
 
     #[test]
+    fn a_stamp_names_the_image_its_build_and_the_attempt() {
+        let first = "3f2a9c1e-0b6d-4c1e-9d7a-2f1e0c9b8a77";
+        let recreated = "9b0c7d21-5e4f-4a3b-8c2d-1e0f9a8b7c6d";
+        assert_eq!(stamp("os", first, 2), "os-3f2a9c1e-2");
+        // The same name deleted and created again builds under another stamp.
+        assert_ne!(stamp("os", first, 1), stamp("os", recreated, 1));
+        assert_ne!(stamp("os", first, 1), stamp("os", first, 2));
+        // Only letters and digits of the UID, lower case: a whole word of the osImage.
+        assert_eq!(stamp("os", "AB-cd/ef", 1), "os-abcdef-1");
+        // An image not stored yet (the template's dry run) has no UID.
+        assert_eq!(stamp("os", "", 1), "os-1");
+        // The longest name still makes a valid image tag (at most 128 characters).
+        let longest = stamp(&"a".repeat(63), first, i32::MAX);
+        assert!(longest.len() <= 128, "{longest}");
+    }
+
+    #[test]
     fn the_environment_is_injected_once_into_every_container() {
         let image = image(
             "img",
@@ -346,7 +377,7 @@ mod tests {
             ("KUBERNETES_SERIES", "v1.31"),
             ("KUBERNETES_DEB_VERSION", "1.31.2-1.1"),
             ("MACHINE_IMAGE_NAME", "img"),
-            ("MACHINE_IMAGE_STAMP", "img-3"),
+            ("MACHINE_IMAGE_STAMP", "img-uid1-3"),
         ]
         .map(|(k, v)| (k.to_owned(), v.to_owned()));
         let mut build = vec![("KEEP".to_owned(), "me".to_owned())];
@@ -401,7 +432,7 @@ mod tests {
         );
         let annotations = job.annotations();
         assert_eq!(annotations[ATTEMPT_ANNOTATION], "2");
-        assert_eq!(annotations[OS_IMAGE_STAMP_ANNOTATION], "img-2");
+        assert_eq!(annotations[OS_IMAGE_STAMP_ANNOTATION], "img-uid1-2");
         assert_eq!(annotations[REBUILD_ANNOTATION], "again");
         assert_eq!(
             annotations[JOB_TEMPLATE_HASH_ANNOTATION],

@@ -256,7 +256,7 @@ fn a_succeeded_build_writes_the_id_and_its_stamp_once() {
         d.write_id,
         Some(IdWrite {
             id: "kindest/node:v1.31.2".into(),
-            stamp: "img-1".into()
+            stamp: "img-uid1-1".into()
         })
     );
     assert!(d.status.ready);
@@ -279,7 +279,7 @@ fn a_succeeded_build_writes_the_id_and_its_stamp_once() {
         .metadata
         .annotations
         .get_or_insert_default()
-        .insert(OS_IMAGE_STAMP_ANNOTATION.into(), "img-1".into());
+        .insert(OS_IMAGE_STAMP_ANNOTATION.into(), "img-uid1-1".into());
     after.status = Some(d.status.clone());
     let again = decide_on(&after, Some(&job), false, &pods);
     assert_eq!(again.write_id, None);
@@ -647,7 +647,7 @@ fn a_built_image_keeps_its_id_whatever_its_job_says_later() {
         .metadata
         .annotations
         .get_or_insert_default()
-        .insert(OS_IMAGE_STAMP_ANNOTATION.into(), "img-1".into());
+        .insert(OS_IMAGE_STAMP_ANNOTATION.into(), "img-uid1-1".into());
     built.status = Some(d.status);
     // The build's own Job, re-annotated afterwards: the ID handed off once stays.
     let changed = annotated(job, IMAGE_ID_ANNOTATION, "ami-evil");
@@ -665,7 +665,7 @@ fn the_stamp_is_the_controllers_not_the_jobs() {
         "other-7",
     );
     let d = decide_on(&image, Some(&job), false, &[]);
-    assert_eq!(d.write_id.unwrap().stamp, "img-1");
+    assert_eq!(d.write_id.unwrap().stamp, "img-uid1-1");
 }
 
 #[test]
@@ -896,7 +896,7 @@ async fn steady_state_makes_no_calls() {
             .metadata
             .annotations
             .get_or_insert_default()
-            .insert(OS_IMAGE_STAMP_ANNOTATION.into(), "img-1".into());
+            .insert(OS_IMAGE_STAMP_ANNOTATION.into(), "img-uid1-1".into());
         let mut with_annotation = job.clone();
         with_annotation
             .metadata
@@ -948,7 +948,7 @@ async fn a_completed_job_hands_off_through_the_termination_message() {
         assert_eq!(call.body["spec"], json!({"id": "ami-42"}), "only spec.id");
         assert_eq!(
             call.body["metadata"]["annotations"],
-            json!({OS_IMAGE_STAMP_ANNOTATION: "img-1"})
+            json!({OS_IMAGE_STAMP_ANNOTATION: "img-uid1-1"})
         );
         let patched = serde_json::to_value(&answer).unwrap();
         call.ok(&patched);

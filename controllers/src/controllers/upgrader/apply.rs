@@ -7,6 +7,7 @@ use std::time::Duration;
 use api::v1alpha1::UpgraderStatus;
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::jiff::Timestamp;
+use kube::core::ApiResource;
 use kube::runtime::controller::Action;
 use kube::{Api, Client, ResourceExt};
 
@@ -74,7 +75,9 @@ pub async fn apply<K: UpgraderKind>(
         }
     }
     let mut failed = None;
-    if let Some(Ok((Some((_, management)), _, Some(workload)))) = &observed.hosts {
+    if let (Some(Ok((Some((_, management)), _, Some(workload)))), Some(access)) =
+        (&observed.hosts, &observed.access)
+    {
         let settings = Perform {
             owner: super::observe::cordon_owner(upgrader),
             upgrade_recovery: upgrader
@@ -84,6 +87,7 @@ pub async fn apply<K: UpgraderKind>(
             drain: in_place::drain::Options::from_spec(
                 upgrader.in_place().and_then(|p| p.drain.as_ref()),
             ),
+            machines: in_place::observe::machine_resource(&access.resource.version),
         };
         // Each host's write on its own: one failing does not stop the others.
         for action in actions {
@@ -164,6 +168,8 @@ struct Perform {
     upgrade_recovery: bool,
     /// `spec.inPlace.drain`.
     drain: in_place::drain::Options,
+    /// Cluster API's Machine resource in the served version.
+    machines: ApiResource,
 }
 
 /// Performs one in-place write.
@@ -199,6 +205,19 @@ async fn perform(
                 infrastructure,
                 image,
                 settings.upgrade_recovery,
+                FIELD_MANAGER,
+            )
+            .await
+        }
+        in_place::Action::SkipRemediation { machine }
+        | in_place::Action::AllowRemediation { machine } => {
+            let skip = matches!(action, in_place::Action::SkipRemediation { .. });
+            write::skip_remediation(
+                &ctx.core.client,
+                &settings.machines,
+                namespace,
+                machine,
+                skip,
                 FIELD_MANAGER,
             )
             .await

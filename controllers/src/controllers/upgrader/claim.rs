@@ -273,6 +273,8 @@ mod tests {
             access: None,
             cached: false,
             wanted: None,
+            in_place: None,
+            stamps: crate::controllers::upgrader::in_place::verify::Stamps::new(),
             hosts: None,
             claimed_by: Some(Claimant {
                 created: None,

@@ -325,17 +325,21 @@ pub fn reconcile_decision(
         }),
     };
     let declined = declined_chain(subject, observed, &planned);
-    let fallback =
+    let fallback = observed.in_place.unwrap_or_else(|| {
         in_place::Settings::from_spec(&InPlace::default()).unwrap_or(in_place::Settings {
             max_unavailable: 1,
             drain_timeout: Duration::from_secs(600),
             retries: 1,
-        });
+            host_timeout: Duration::from_secs(1800),
+        })
+    });
     let joined = match &observed.hosts {
         _ if let Some(hold) = claim => in_place::flow::held(&observed.records, hold),
         // Blocked, the records kept as they are, until the workload cluster can be read.
         Some(Err(unreachable)) => in_place::flow::unreachable(
             &observed.records,
+            observed.wanted.as_ref().map_or(fallback, |w| w.settings),
+            now,
             unreachable.is_invalid_kubeconfig(),
             crate::runtime::cause_chain(unreachable),
         ),
@@ -350,6 +354,7 @@ pub fn reconcile_decision(
                 records: &observed.records,
                 world: world.map(|(views, _)| views.as_slice()),
                 spare,
+                stamps: &observed.stamps,
                 fallback,
                 now,
             })

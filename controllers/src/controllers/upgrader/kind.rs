@@ -24,32 +24,35 @@ pub trait UpgraderKind: Cacheable + Resource<DynamicType = ()> {
     fn in_place(&self) -> Option<&InPlace>;
 }
 
-impl UpgraderKind for ClusterClassClusterUpgrader {
-    const CONTROLLER: &'static str = "clusterclassclusterupgrader";
-    const KIND: &'static str = "ClusterClassClusterUpgrader";
-    const CLAIM_RANK: u8 = 0;
-    fn view(&self) -> UpgraderSpecView<'_> {
-        self.spec.common()
-    }
-    fn upgrader_status(&self) -> Option<&UpgraderStatus> {
-        self.status.as_ref()
-    }
-    fn in_place(&self) -> Option<&InPlace> {
-        self.spec.in_place()
-    }
+/// Both kinds share the spec and status shapes; they differ in names and claim rank.
+macro_rules! upgrader_kind {
+    ($kind:ty, $controller:literal, $name:literal, $rank:literal) => {
+        impl UpgraderKind for $kind {
+            const CONTROLLER: &'static str = $controller;
+            const KIND: &'static str = $name;
+            const CLAIM_RANK: u8 = $rank;
+            fn view(&self) -> UpgraderSpecView<'_> {
+                self.spec.common()
+            }
+            fn upgrader_status(&self) -> Option<&UpgraderStatus> {
+                self.status.as_ref()
+            }
+            fn in_place(&self) -> Option<&InPlace> {
+                self.spec.in_place()
+            }
+        }
+    };
 }
 
-impl UpgraderKind for InClusterUpgradeAutomation {
-    const CONTROLLER: &'static str = "inclusterupgradeautomation";
-    const KIND: &'static str = "InClusterUpgradeAutomation";
-    const CLAIM_RANK: u8 = 1;
-    fn view(&self) -> UpgraderSpecView<'_> {
-        self.spec.common()
-    }
-    fn upgrader_status(&self) -> Option<&UpgraderStatus> {
-        self.status.as_ref()
-    }
-    fn in_place(&self) -> Option<&InPlace> {
-        self.spec.in_place()
-    }
-}
+upgrader_kind!(
+    ClusterClassClusterUpgrader,
+    "clusterclassclusterupgrader",
+    "ClusterClassClusterUpgrader",
+    0
+);
+upgrader_kind!(
+    InClusterUpgradeAutomation,
+    "inclusterupgradeautomation",
+    "InClusterUpgradeAutomation",
+    1
+);

@@ -4,19 +4,17 @@
 //! the management cluster, Nodes and pods in the workload cluster.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, PoisonError};
+use std::sync::PoisonError;
 use std::time::{Duration, Instant};
 
-use api::v1alpha1::{
-    HostRecord, OS_IMAGE_STAMP_ANNOTATION, Plan, RETRY_HOSTS_ANNOTATION, UpgraderStatus,
-};
+use api::v1alpha1::{HostRecord, MachineImage, Plan, RETRY_HOSTS_ANNOTATION, UpgraderStatus};
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Client, ResourceExt};
 
 use super::finish::{self, Rollout};
 use super::gates::{self, ClusterState, PlanState};
-use super::{Context, Error, GuardedImage, UpgraderKind, chain, claim, cluster, in_place};
+use super::{Context, Error, UpgraderKind, chain, claim, cluster, in_place};
 
 /// How long a discovery of Cluster API is reused.
 const DISCOVERY_TTL: Duration = Duration::from_secs(300);
@@ -52,6 +50,11 @@ pub struct Observation {
     pub cached: bool,
     /// The in-place update the Plan asks for, if any.
     pub wanted: Option<in_place::flow::Wanted>,
+    /// `spec.inPlace` with its defaults, which hosts in flight continue under.
+    pub in_place: Option<in_place::Settings>,
+    /// The build stamps of the namespace's images, by image ID (the Plan's chosen image's alone
+    /// for its ID).
+    pub stamps: in_place::verify::Stamps,
     /// The hosts, when the decision needs them, or why the workload cluster cannot be read.
     pub hosts: Option<Result<ObservedHosts, in_place::workload::Unreachable>>,
     /// Another upgrader that acts on the Cluster, when this one does not.
@@ -82,6 +85,7 @@ pub async fn observe<K: UpgraderKind>(
         &namespace,
         selector.as_ref(),
     );
+    let chosen = plan.as_ref().and_then(|p| chosen_image(p, &namespace));
     let plan = match &plan {
         None => PlanState::NotFound,
         Some(p) => {
@@ -132,9 +136,19 @@ pub async fn observe<K: UpgraderKind>(
         now,
         chained,
     });
-    let wanted = wanted_in_place(upgrader, &cluster, &plan, &images, &images_state, now);
+    let stored: Vec<&MachineImage> = images_state
+        .iter()
+        .filter_map(|i| i.0.as_ref().ok())
+        .filter(|i| i.namespace().as_deref() == Some(namespace.as_str()))
+        .collect();
+    let chosen = chosen
+        .as_ref()
+        .map(|(name, id)| (name.as_str(), id.as_str()));
+    let stamps = in_place::verify::stamps(stored.iter().copied(), chosen);
+    let wanted = wanted_in_place(upgrader, &cluster, &plan, &images, &stored, chosen, now);
     let reads = HostReads {
-        workload: wanted.is_some() || busy,
+        // A topology step is written only once every host's Node is seen to run its build.
+        workload: wanted.is_some() || busy || matches!(planned, gates::Plan::Write(_)),
         owner: cordon_owner(upgrader),
         drain: in_place::drain::Options::from_spec(
             upgrader.in_place().and_then(|p| p.drain.as_ref()),
@@ -164,10 +178,30 @@ pub async fn observe<K: UpgraderKind>(
         access,
         cached,
         wanted,
+        in_place: upgrader
+            .in_place()
+            .and_then(|p| in_place::Settings::from_spec(p).ok()),
+        stamps,
         hosts,
         claimed_by,
         chained,
     })
+}
+
+/// The Plan's chosen MachineImage (`status.machineImageRef`, in the Plan's namespace) and the
+/// image ID the Plan reports for it.
+fn chosen_image(plan: &Plan, namespace: &str) -> Option<(String, String)> {
+    let status = plan.status.as_ref()?;
+    let reference = status.machine_image_ref.as_ref()?;
+    if reference
+        .namespace
+        .as_deref()
+        .is_some_and(|n| n != namespace)
+    {
+        return None;
+    }
+    let id = status.machine_image_details.as_ref()?.id.clone();
+    Some((reference.name.clone()?, id))
 }
 
 /// The `cordoned-by` mark of `upgrader`: `<kind>/<name>`.
@@ -201,20 +235,17 @@ pub async fn still_current(
 }
 
 /// The in-place update the Plan asks for: `spec.inPlace` is set and the Plan's ready image has
-/// the Cluster's Kubernetes version.
+/// the Cluster's Kubernetes version. Its stamp is the one of the Plan's chosen MachineImage
+/// (`stored`: the namespace's images), not of any other image with the same ID.
 fn wanted_in_place<K: UpgraderKind>(
     upgrader: &K,
     cluster: &ClusterState,
     plan: &PlanState,
     images: &[gates::Image],
-    stored: &[Arc<GuardedImage>],
+    stored: &[&MachineImage],
+    chosen: Option<(&str, &str)>,
     now: Timestamp,
 ) -> Option<in_place::flow::Wanted> {
-    let namespace = upgrader.namespace();
-    let stamps = stored
-        .iter()
-        .filter_map(|i| i.0.as_ref().ok())
-        .filter(|i| i.namespace() == namespace);
     let settings = in_place::Settings::from_spec(upgrader.in_place()?).ok()?;
     let ClusterState::Found(view) = cluster else {
         return None;
@@ -229,10 +260,11 @@ fn wanted_in_place<K: UpgraderKind>(
     let held = gates::paused_upgrader(&spec)
         .and_then(|()| gates::may_start(&spec, view, now))
         .err();
-    // `plan_target` found a ready image with this ID; the stamp is on one of them.
-    let stamp = stamps
-        .filter(|i| i.spec.id.as_deref() == Some(id.as_str()))
-        .find_map(|i| i.annotations().get(OS_IMAGE_STAMP_ANNOTATION).cloned());
+    let stamp = chosen.and_then(|(name, chosen_id)| {
+        (chosen_id == id)
+            .then(|| in_place::verify::chosen_stamp(stored.iter().copied(), name, &id))
+            .flatten()
+    });
     Some(in_place::flow::Wanted {
         settings,
         image: id,
@@ -258,11 +290,7 @@ async fn observe_hosts(
     reads: &HostReads,
 ) -> Result<Result<ObservedHosts, in_place::workload::Unreachable>, Error> {
     let read = |e| Error::ReadHosts(cluster_name.to_owned(), e);
-    let machine = kube::core::ApiResource::from_gvk(&kube::core::GroupVersionKind::gvk(
-        cluster::GROUP,
-        &access.resource.version,
-        "Machine",
-    ));
+    let machine = in_place::observe::machine_resource(&access.resource.version);
     let management =
         in_place::observe::management(&ctx.core.client, &machine, namespace, cluster_name)
             .await
@@ -311,9 +339,14 @@ async fn observe_hosts(
         Ok((nodes, drains))
     };
     // One slow workload cluster must not hold a worker: its reads share one deadline.
+    // A workload cluster that does not answer (its only control-plane host rebooting) is
+    // reported in status, not as a failed reconcile.
     let (nodes, drains) =
         match tokio::time::timeout(in_place::workload::READ_DEADLINE, read_all).await {
-            Ok(read_all) => read_all.map_err(read)?,
+            Ok(Ok(read_all)) => read_all,
+            Ok(Err(unanswered)) => {
+                return Ok(Err(in_place::workload::Unreachable::Unanswered(unanswered)));
+            }
             Err(_) => {
                 return Ok(Err(in_place::workload::Unreachable::Slow(
                     in_place::workload::READ_DEADLINE,

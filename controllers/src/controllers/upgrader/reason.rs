@@ -64,6 +64,8 @@ pub enum Reason {
     BootedImageMismatch,
     /// A host's OS update failed more than `spec.inPlace.retries` times.
     OsVersionReconciliationFailed,
+    /// A host stayed `pending` longer than `spec.inPlace.hostTimeout`.
+    HostTimeout,
     /// A pool has no spare host for a rollout.
     NoSpareHost,
     /// `spec.inPlace` is set but the Cluster has no Elemental hosts.
@@ -110,6 +112,7 @@ impl Reason {
             Self::DrainRefused => "DrainRefused",
             Self::BootedImageMismatch => "BootedImageMismatch",
             Self::OsVersionReconciliationFailed => OS_VERSION_RECONCILIATION_FAILED,
+            Self::HostTimeout => "HostTimeout",
             Self::NoSpareHost => "NoSpareHost",
             Self::InPlaceNotPossible => "InPlaceNotPossible",
             Self::MissingImageStamp => "MissingImageStamp",

@@ -634,6 +634,8 @@ fn chain_observation(chained: bool) -> observe::Observation {
         access: None,
         cached: false,
         wanted: None,
+        in_place: None,
+        stamps: in_place::verify::Stamps::new(),
         hosts: None,
         claimed_by: None,
         chained,

@@ -7,7 +7,8 @@
 //!   upgrader or Cluster, an unfinished step, a closed window or a dry run start no host).
 //! - Hosts already started are always carried on, and no topology step is written until none is
 //!   in flight (S4).
-//! - A topology step on an Elemental Cluster needs a spare host per pool (S9).
+//! - A topology step on an Elemental Cluster needs every host's Node to run the build its
+//!   ElementalMachine names (S4), and a spare host per pool (S9).
 
 use std::time::Duration;
 
@@ -21,8 +22,10 @@ use semver::Version;
 
 use super::observe::{ELEMENTAL_API_VERSION, ELEMENTAL_HOST};
 use super::spare::NoSpareHost;
+use super::verify::{Stamps, booted_mismatch};
 use super::{
-    Action, HostView, Role, Settings, Target, at_target, in_flight, is_blocked, retarget, step,
+    Action, HostView, Role, Settings, Target, at_target, in_flight, is_blocked, remediation,
+    retarget, step, timed_out,
 };
 use crate::controllers::upgrader::gates::{Hold, Plan};
 use crate::controllers::upgrader::reason::Reason;
@@ -32,6 +35,9 @@ use crate::runtime::Note;
 pub const IN_PLACE_POLL: Duration = Duration::from_secs(2);
 /// How often an updated Cluster is looked at for Machines created from the old template.
 pub const UPDATED_POLL: Duration = Duration::from_secs(60);
+/// How often hosts whose Node does not run the build their ElementalMachine names are looked at
+/// again before a topology step (the workload's Nodes are not watched).
+pub const VERIFY_POLL: Duration = Duration::from_secs(30);
 /// The pool name the control plane is reported under.
 pub const CONTROL_PLANE_POOL: &str = "control-plane";
 
@@ -63,6 +69,8 @@ pub struct Inputs<'a> {
     pub world: Option<&'a [HostView]>,
     /// The spare-host gate's answer, when a topology step on an Elemental Cluster was checked.
     pub spare: Option<Result<(), NoSpareHost>>,
+    /// The build stamps of the namespace's images, by image ID.
+    pub stamps: &'a Stamps,
     /// The settings in-flight hosts continue under when no update is wanted.
     pub fallback: Settings,
     /// The clock.
@@ -117,6 +125,7 @@ pub fn retried(
                         attempts: 0,
                         message: None,
                         last_transition_time: Some(Time(now)),
+                        pending_since: None,
                         ..r.clone()
                     }
                 })
@@ -136,7 +145,7 @@ pub fn decide(inputs: Inputs<'_>) -> Outcome {
             inputs.planned,
             inputs.records,
             world,
-            inputs.spare,
+            (inputs.spare, inputs.stamps),
             inputs.fallback,
             inputs.now,
         );
@@ -168,7 +177,7 @@ pub fn decide(inputs: Inputs<'_>) -> Outcome {
             Hold::new(
                 Reason::MissingImageStamp,
                 format!(
-                    "the Plan's image {} has no kubernetesupgraded.dimitrikoshkin.com/os-image-stamp annotation: a booted host could not be verified",
+                    "the Plan's chosen MachineImage (status.machineImageRef) of image {} has no kubernetesupgraded.dimitrikoshkin.com/os-image-stamp annotation: a booted host could not be verified",
                     wanted.image
                 ),
             ),
@@ -280,12 +289,13 @@ pub fn pinned(image: &str) -> bool {
 
 /// No in-place update wanted: hosts already labelled `pending` are finished, the others are
 /// released (no new one starts), and no topology step is written while one is in flight; a
-/// topology step on an Elemental Cluster needs its spare hosts.
+/// topology step on an Elemental Cluster needs every host to run the build its ElementalMachine
+/// names, and its spare hosts.
 fn carry_on(
     planned: Plan,
     records: &[HostRecord],
     world: &[HostView],
-    spare: Option<Result<(), NoSpareHost>>,
+    (spare, stamps): (Option<Result<(), NoSpareHost>>, &Stamps),
     settings: Settings,
     now: Timestamp,
 ) -> Outcome {
@@ -301,7 +311,9 @@ fn carry_on(
         let notes = transitions(records, &out.records);
         (out.records, out.actions, notes, out.blocked)
     } else {
-        (records.to_vec(), Vec::new(), Vec::new(), None)
+        // A hold from remediation left on a finished or released host is lifted.
+        let lift = remediation::actions(records, world);
+        (records.to_vec(), lift, Vec::new(), None)
     };
     let still_busy = records.iter().any(|r| in_flight(r.phase));
     let step_of = |plan: &Plan| match plan {
@@ -331,8 +343,15 @@ fn carry_on(
             },
             Some(IN_PLACE_POLL),
         ),
-        (Plan::Write(_), None) => match spare {
-            Some(Err(missing)) => (
+        (Plan::Write(_), None) => match (booted_mismatch(world, stamps), spare) {
+            (Some(mismatch), _) => (
+                Plan::Hold {
+                    hold: with_step(Hold::new(mismatch.reason, mismatch.message)),
+                    confirmed: None,
+                },
+                Some(VERIFY_POLL),
+            ),
+            (None, Some(Err(missing))) => (
                 Plan::Hold {
                     hold: with_step(Hold::new(Reason::NoSpareHost, missing.to_string())),
                     confirmed: None,
@@ -386,16 +405,34 @@ pub fn history(
     out.into_iter().skip(skip).collect()
 }
 
-/// The workload cluster cannot be reached: Blocked with `WorkloadClusterUnavailable`, or
-/// `InvalidWorkloadKubeconfig` when its kubeconfig is refused (`why`), the records kept as they
-/// are, no write.
-pub fn unreachable(records: &[HostRecord], invalid_kubeconfig: bool, why: String) -> Outcome {
-    let reason = if invalid_kubeconfig {
-        Reason::InvalidWorkloadKubeconfig
-    } else {
-        Reason::WorkloadClusterUnavailable
+/// The workload cluster cannot be reached (its only control-plane host may be rebooting):
+/// Blocked with `WorkloadClusterUnavailable`, or `InvalidWorkloadKubeconfig` when its kubeconfig
+/// is refused (`why`), no write. The records are kept as they are, except that a host `pending`
+/// past `hostTimeout` is blocked with `HostTimeout`, which is then the reason.
+pub fn unreachable(
+    records: &[HostRecord],
+    settings: Settings,
+    now: Timestamp,
+    invalid_kubeconfig: bool,
+    why: String,
+) -> Outcome {
+    let records: Vec<HostRecord> = records
+        .iter()
+        .map(|r| timed_out(r, settings, now).unwrap_or_else(|| r.clone()))
+        .collect();
+    let late = records.iter().find(|r| r.phase == HostPhase::HostTimeout);
+    let hold = match late {
+        Some(r) => Hold::new(
+            Reason::HostTimeout,
+            format!(
+                "{} (the workload cluster cannot be read: {why})",
+                r.message.as_deref().unwrap_or_default()
+            ),
+        ),
+        None if invalid_kubeconfig => Hold::new(Reason::InvalidWorkloadKubeconfig, why),
+        None => Hold::new(Reason::WorkloadClusterUnavailable, why),
     };
-    held(records, Hold::new(reason, why))
+    held(&records, hold)
 }
 
 /// Reports `hold` and keeps the records as they are.
@@ -502,7 +539,8 @@ fn event_reason(phase: HostPhase) -> &'static str {
         HostPhase::DrainTimeout
         | HostPhase::BootedImageMismatch
         | HostPhase::RetriesExhausted
-        | HostPhase::DrainRefused => super::blocked_reason(phase).as_str(),
+        | HostPhase::DrainRefused
+        | HostPhase::HostTimeout => super::blocked_reason(phase).as_str(),
     }
 }
 
@@ -528,6 +566,7 @@ fn describe(phase: HostPhase) -> &'static str {
         HostPhase::Released => {
             "released before pending: the update is no longer wanted for it; its Node is left as the upgrader found it"
         }
+        HostPhase::HostTimeout => "the host did not come back within hostTimeout",
     }
 }
 
@@ -541,8 +580,10 @@ mod tests {
     use crate::controllers::upgrader::in_place::UpdateLabel;
 
     use crate::controllers::upgrader::in_place::tests::{
-        NEW, OLD, at, record, settings, view as host,
+        NEW, OLD, at, held, rebooted, record, settings, view as host,
     };
+
+    static NO_STAMPS: Stamps = Stamps::new();
 
     #[test]
     fn only_an_image_pinned_by_digest_is_written_in_place() {
@@ -618,6 +659,7 @@ mod tests {
             records,
             world: Some(world),
             spare: None,
+            stamps: &NO_STAMPS,
             fallback: settings(1, 1),
             now: at(0),
         }
@@ -645,9 +687,14 @@ mod tests {
         assert_eq!(reason(&out.plan), Some(Reason::InPlaceUpdating));
         assert_eq!(
             out.actions,
-            vec![Action::Cordon {
-                node: "n-cp".into()
-            }]
+            vec![
+                Action::Cordon {
+                    node: "n-cp".into()
+                },
+                Action::SkipRemediation {
+                    machine: "m-cp".into()
+                }
+            ]
         );
         assert_eq!(out.records.len(), 1);
         assert_eq!(out.notes.len(), 1);
@@ -727,11 +774,10 @@ mod tests {
 
     #[test]
     fn a_version_step_waits_for_the_hosts_in_flight_which_carry_on() {
-        let mut view = host("w", Role::Worker("a".into()));
+        let mut view = rebooted(held(host("w", Role::Worker("a".into()))));
         view.cordoned = true;
         view.image_uri = Some(NEW.into());
         view.label = Some(UpdateLabel::Done);
-        view.os_ready_since = Some(at(-50));
         let records = [in_flight_record()];
         let world = [view];
         let out = decide(inputs(
@@ -751,7 +797,7 @@ mod tests {
 
     #[test]
     fn a_drained_host_no_longer_wanted_is_released_and_the_step_goes_on() {
-        let mut view = host("w", Role::Worker("a".into()));
+        let mut view = held(host("w", Role::Worker("a".into())));
         view.cordoned = true;
         view.cordoned_by_us = true;
         view.drained = true;
@@ -779,13 +825,20 @@ mod tests {
             &world,
         ));
         assert_eq!(after.records[0].phase, HostPhase::Released);
+        // Released: its Machine is no longer held from remediation.
+        assert_eq!(
+            after.actions,
+            vec![Action::AllowRemediation {
+                machine: "m-w".into()
+            }]
+        );
         assert!(after.notes.is_empty(), "{:?}", after.notes);
         assert!(matches!(after.plan, Plan::Write(_)), "{:?}", after.plan);
     }
 
     #[test]
     fn a_held_host_takes_the_new_target_and_one_already_running_it_is_released() {
-        let mut view = host("w", Role::Worker("a".into()));
+        let mut view = held(host("w", Role::Worker("a".into())));
         view.cordoned = true;
         view.cordoned_by_us = true;
         let records = [record("w", HostPhase::Cordoned)];
@@ -871,14 +924,95 @@ mod tests {
         let records = [in_flight_record()];
         let out = unreachable(
             &records,
+            settings(1, 1),
+            at(1),
             false,
             "Secret c-kubeconfig has no kubeconfig".into(),
         );
         assert_eq!(reason(&out.plan), Some(Reason::WorkloadClusterUnavailable));
-        let out = unreachable(&records, true, "users[a].user.exec: refused".into());
+        let out = unreachable(
+            &records,
+            settings(1, 1),
+            at(1),
+            true,
+            "users[a].user.exec: refused".into(),
+        );
         assert_eq!(reason(&out.plan), Some(Reason::InvalidWorkloadKubeconfig));
         assert_eq!(out.records, records);
         assert!(out.actions.is_empty() && out.notes.is_empty());
+    }
+
+    /// The only control-plane host rebooting and never back: its workload cluster never answers
+    /// again, and still the host times out.
+    #[test]
+    fn a_host_that_took_its_workload_cluster_down_still_times_out() {
+        let records = [record("w", HostPhase::Pending)];
+        let early = unreachable(&records, settings(1, 1), at(1799), false, "refused".into());
+        assert_eq!(
+            reason(&early.plan),
+            Some(Reason::WorkloadClusterUnavailable)
+        );
+        assert_eq!(early.records, records);
+        let late = unreachable(&records, settings(1, 1), at(1800), false, "refused".into());
+        assert_eq!(reason(&late.plan), Some(Reason::HostTimeout));
+        assert_eq!(late.records[0].phase, HostPhase::HostTimeout);
+        match &late.plan {
+            Plan::Hold { hold, .. } => {
+                assert!(hold.message.contains("ElementalHost w"), "{}", hold.message);
+                assert!(hold.message.contains("refused"), "{}", hold.message);
+            }
+            Plan::Write(_) => unreachable!(),
+        }
+        assert!(late.actions.is_empty());
+    }
+
+    /// A topology step on an Elemental Cluster after a host's update fell back: held with
+    /// `BootedImageMismatch` until its Node runs the build its ElementalMachine names.
+    #[test]
+    fn a_step_is_held_until_every_node_runs_the_build_its_machine_names() {
+        let stamps = Stamps::from([(NEW.to_owned(), ["os-2".to_owned()].into())]);
+        let mut fell_back = host("w", Role::Worker("a".into()));
+        fell_back.image_uri = Some(NEW.into());
+        let world = [fell_back.clone()];
+        let mut held_step = inputs(Plan::Write(step_to("1.32.0")), None, &[], &world);
+        held_step.stamps = &stamps;
+        held_step.spare = Some(Ok(()));
+        let out = decide(held_step);
+        assert_eq!(reason(&out.plan), Some(Reason::BootedImageMismatch));
+        match &out.plan {
+            Plan::Hold { hold, .. } => {
+                assert!(hold.step.is_some(), "the step is reported as waiting");
+                assert!(hold.message.contains("ElementalHost w"), "{}", hold.message);
+            }
+            Plan::Write(_) => unreachable!(),
+        }
+        assert_eq!(out.requeue, Some(VERIFY_POLL));
+        assert!(out.actions.is_empty());
+        let mut booted = fell_back;
+        booted.os_image = Some("Elemental os-2".into());
+        let world = [booted];
+        let mut written = inputs(Plan::Write(step_to("1.32.0")), None, &[], &world);
+        written.stamps = &stamps;
+        written.spare = Some(Ok(()));
+        assert!(matches!(decide(written).plan, Plan::Write(_)));
+    }
+
+    #[test]
+    fn a_hold_left_on_a_finished_host_is_lifted_when_no_update_is_wanted() {
+        let world = [held(host("w", Role::Worker("a".into())))];
+        let records = [record("w", HostPhase::Uncordoned)];
+        let planned = Plan::Hold {
+            hold: Hold::new(Reason::ClusterUsingLatestVersion, "up to date"),
+            confirmed: None,
+        };
+        let out = decide(inputs(planned, None, &records, &world));
+        assert_eq!(
+            out.actions,
+            vec![Action::AllowRemediation {
+                machine: "m-w".into()
+            }]
+        );
+        assert_eq!(reason(&out.plan), Some(Reason::ClusterUsingLatestVersion));
     }
 
     #[test]
@@ -912,6 +1046,7 @@ mod tests {
         view.cordoned_by_us = true;
         view.drained = true;
         view.label = Some(UpdateLabel::Done);
+        view.skip_remediation = None;
         let mut records = records;
         let mut uncordoned = false;
         for pass in 1..12 {
@@ -931,6 +1066,10 @@ mod tests {
                         view.cordoned_by_us = false;
                         uncordoned = true;
                     }
+                    Action::SkipRemediation { .. } => {
+                        view.skip_remediation = Some(remediation::SKIP_REMEDIATION_BY.to_owned());
+                    }
+                    Action::AllowRemediation { .. } => view.skip_remediation = None,
                     // The agent finds its snapshot and reports done again at once.
                     Action::LabelPending { .. } => view.label = Some(UpdateLabel::Done),
                     _ => {}

@@ -1,9 +1,13 @@
 //! Elemental hosts updated in place (`upgrade-safety.md` §3, S6, S9, S10), the pure
 //! core: [`step`] moves every in-flight host one phase along
 //! `Selected → Cordoned → Drained → Pending → Done → Verified → Uncordoned` (with `Retrying`
-//! after an OS update failure, and the blocked ends `DrainTimeout`, `BootedImageMismatch` and
-//! `RetriesExhausted`), and selects new hosts: the control plane first, one host at a time, then
-//! the workers pool by pool, at most `maxUnavailable` per pool.
+//! after an OS update failure, and the blocked ends `DrainTimeout`, `BootedImageMismatch`,
+//! `RetriesExhausted` and `HostTimeout`), and selects new hosts: the control plane first, one
+//! host at a time, then the workers pool by pool, at most `maxUnavailable` per pool. A record
+//! belongs to one host on one Machine: a host associated with another Machine starts afresh.
+//!
+//! No clock of another machine is read: a host's boot is told by its Node's `bootID`, recorded
+//! until the host is labelled `pending`, and only our own clock times the drain and the host.
 //!
 //! The persisted [`HostRecord`]s are the only memory: a restarted manager calls [`step`] with the
 //! records from status and resumes the same hosts. The caller writes the returned records to
@@ -15,7 +19,9 @@ pub mod drain;
 pub mod flow;
 pub mod kubeconfig;
 pub mod observe;
+pub mod remediation;
 pub mod spare;
+pub mod verify;
 pub mod workload;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -23,17 +29,13 @@ use std::time::Duration;
 
 use api::durations::{DurationError, parse_positive};
 use api::v1alpha1::{
-    DEFAULT_DRAIN_TIMEOUT, DEFAULT_MAX_UNAVAILABLE, DEFAULT_RETRIES, HostPhase, HostRecord,
-    InPlace, MAX_HOSTS,
+    DEFAULT_DRAIN_TIMEOUT, DEFAULT_HOST_TIMEOUT, DEFAULT_MAX_UNAVAILABLE, DEFAULT_RETRIES,
+    HostPhase, HostRecord, InPlace, MAX_HOSTS,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 
 pub use super::reason::OS_VERSION_RECONCILIATION_FAILED;
-/// How long a host may report `done` without its Node reporting since, before the image its Node
-/// last reported is taken as the booted one: the kubelet refreshes an unchanged Node status at
-/// least this often (`nodeStatusReportFrequency`).
-pub const VERIFY_GRACE: Duration = Duration::from_secs(300);
 /// How long an OS update failure that stays reported counts as one attempt: the agent retries
 /// every 10 s by default, so a failure still reported after this is a new failure.
 pub const RETRY_INTERVAL: Duration = Duration::from_secs(60);
@@ -50,6 +52,8 @@ pub struct Settings {
     pub drain_timeout: Duration,
     /// OS update failures tolerated per host.
     pub retries: u32,
+    /// How long a host may stay `pending` (updating, rebooting, not yet verified).
+    pub host_timeout: Duration,
 }
 
 impl Settings {
@@ -68,6 +72,9 @@ impl Settings {
             .max(1),
             drain_timeout: parse_positive(drain)?,
             retries: u32::try_from(spec.retries.unwrap_or(DEFAULT_RETRIES)).unwrap_or(0),
+            host_timeout: parse_positive(
+                spec.host_timeout.as_deref().unwrap_or(DEFAULT_HOST_TIMEOUT),
+            )?,
         })
     }
 }
@@ -124,15 +131,14 @@ pub struct HostView {
     pub label: Option<UpdateLabel>,
     /// The reason of the ElementalHost's `OSVersionReady` condition.
     pub os_reason: Option<String>,
-    /// Since when the ElementalHost's `OSVersionReady` is True (its `lastTransitionTime`).
-    pub os_ready_since: Option<Timestamp>,
     /// The Node's `status.nodeInfo.osImage`.
     pub os_image: Option<String>,
-    /// When the kubelet last reported the Node's status (its `Ready` condition's
-    /// `lastHeartbeatTime`).
-    pub node_reported: Option<Timestamp>,
+    /// The Node's `status.nodeInfo.bootID`, which changes at every boot.
+    pub boot_id: Option<String>,
     /// The ElementalMachine's `spec.osVersionManagement.osVersion.imageUri`.
     pub image_uri: Option<String>,
+    /// The value of the Machine's `cluster.x-k8s.io/skip-remediation` annotation, when set.
+    pub skip_remediation: Option<String>,
 }
 
 /// The image hosts are moved to.
@@ -157,6 +163,10 @@ pub enum Action {
     ApplyImage { machine: String, image: String },
     /// Clear the workload Node's `spec.unschedulable`.
     Uncordon { node: String },
+    /// Set `cluster.x-k8s.io/skip-remediation` on the Machine.
+    SkipRemediation { machine: String },
+    /// Remove our `cluster.x-k8s.io/skip-remediation` from the Machine.
+    AllowRemediation { machine: String },
 }
 
 /// Why the in-place flow stopped.
@@ -204,6 +214,7 @@ pub fn is_blocked(phase: HostPhase) -> bool {
             | HostPhase::BootedImageMismatch
             | HostPhase::RetriesExhausted
             | HostPhase::DrainRefused
+            | HostPhase::HostTimeout
     )
 }
 
@@ -297,12 +308,19 @@ pub fn step(
     paused: bool,
     now: Timestamp,
 ) -> Outcome {
-    let views: BTreeMap<&str, &HostView> = world.iter().map(|v| (v.host.as_str(), v)).collect();
+    let views: BTreeMap<(&str, &str), &HostView> = world
+        .iter()
+        .map(|v| ((v.host.as_str(), v.machine.as_str()), v))
+        .collect();
     let mut next: BTreeMap<String, HostRecord> = BTreeMap::new();
     let mut actions = Vec::new();
     for record in records {
-        // A host whose Machine or Node is gone has nothing left to finish.
-        let Some(view) = views.get(record.host.as_str()).filter(|v| v.node.is_some()) else {
+        // A host whose Machine or Node is gone, or that now backs another Machine, has nothing
+        // left to finish under this record.
+        let Some(view) = views
+            .get(&(record.host.as_str(), record.machine.as_str()))
+            .filter(|v| v.node.is_some())
+        else {
             continue;
         };
         let (record, mut asked) = advance(record, view, settings, paused, now);
@@ -342,10 +360,13 @@ pub fn step(
                     message: None,
                     last_transition_time: Some(Time(now)),
                     cordoned_before: (view.cordoned && !view.cordoned_by_us).then_some(true),
+                    boot_id: view.boot_id.clone(),
+                    pending_since: None,
                 },
             );
         }
     }
+    actions.extend(remediation::actions(next.values(), world));
     Outcome {
         records: bounded(next.into_values().collect()),
         actions,
@@ -359,6 +380,7 @@ pub(crate) fn blocked_reason(phase: HostPhase) -> Reason {
         HostPhase::DrainTimeout => Reason::DrainTimeout,
         HostPhase::BootedImageMismatch => Reason::BootedImageMismatch,
         HostPhase::DrainRefused => Reason::DrainRefused,
+        HostPhase::HostTimeout => Reason::HostTimeout,
         _ => Reason::OsVersionReconciliationFailed,
     }
 }
@@ -440,6 +462,10 @@ fn select<'w>(
 /// Moves one record at most one phase, with the actions its (new) phase asks for. While
 /// `paused`, a host not yet labelled `pending` goes no further than drained, and no image is
 /// written; a host whose update was started finishes.
+///
+/// Around the phase itself: the Node's boot ID is kept until the host is labelled `pending`,
+/// which waits until the Machine is held from remediation; the host is done only once our hold
+/// is gone; and a host `pending` past `hostTimeout` is blocked.
 fn advance(
     record: &HostRecord,
     view: &HostView,
@@ -447,11 +473,58 @@ fn advance(
     paused: bool,
     now: Timestamp,
 ) -> (HostRecord, Vec<Action>) {
-    let (mut next, actions) = transition(record, view, settings, paused, now);
+    let (mut next, mut actions) = transition(record, view, settings, paused, now);
+    if next.phase == HostPhase::Uncordoned
+        && record.phase != HostPhase::Uncordoned
+        && remediation::ours(view)
+    {
+        next = record.clone();
+        actions.clear();
+    }
+    if !remediation::held(view) {
+        actions.retain(|a| !matches!(a, Action::LabelPending { .. }));
+    }
+    // Up to the pass that writes the image, the latest boot is the one before the update.
+    if before_pending(record.phase) && view.boot_id.is_some() {
+        next.boot_id.clone_from(&view.boot_id);
+    }
+    if next.phase == HostPhase::Pending && next.pending_since.is_none() {
+        next.pending_since = Some(Time(now));
+    }
+    if let Some(late) = timed_out(&next, settings, now) {
+        next = late;
+        actions.clear();
+    }
     if next.phase != record.phase {
         next.last_transition_time = Some(Time(now));
     }
     (next, actions)
+}
+
+/// `record` blocked with `HostTimeout`, when it has been `pending` (updating, failing or not yet
+/// verified) longer than `hostTimeout`.
+pub fn timed_out(record: &HostRecord, settings: Settings, now: Timestamp) -> Option<HostRecord> {
+    let waiting = matches!(
+        record.phase,
+        HostPhase::Pending | HostPhase::Retrying | HostPhase::Done
+    );
+    let since = record.pending_since.as_ref()?.0;
+    if !waiting || !elapsed(since, now, settings.host_timeout) {
+        return None;
+    }
+    Some(HostRecord {
+        phase: HostPhase::HostTimeout,
+        message: Some(format!(
+            "ElementalHost {} was labelled pending more than {:?} ago and has not come back verified on the new image; Node {} stays cordoned and Machine {} keeps {}",
+            record.host,
+            settings.host_timeout,
+            record.node,
+            record.machine,
+            remediation::SKIP_REMEDIATION_ANNOTATION
+        )),
+        last_transition_time: Some(Time(now)),
+        ..record.clone()
+    })
 }
 
 /// When `record` entered its phase.
@@ -561,13 +634,13 @@ fn transition(
             count_failure(record, &mut next, settings);
             Vec::new()
         }
-        // A `done` from before the image was written (the agent found the old map already
-        // applied) is not this update's: the host is asked again. The agent's `OSVersionReady`
-        // turning True since, or a grace, tells this update's `done`.
+        // A `done` without a boot since the host was labelled `pending` (the agent found the
+        // map it had, from before the image was written, already applied) is not this update's:
+        // the host is asked again, unless its Node already runs the target build.
         HostPhase::Pending
             if view.label == Some(UpdateLabel::Done)
-                && view.os_ready_since.is_none_or(|at| at < since(record))
-                && !elapsed(since(record), now, VERIFY_GRACE) =>
+                && !rebooted(record, view)
+                && !at_own_target(record, view) =>
         {
             vec![Action::LabelPending {
                 host: record.host.clone(),
@@ -593,12 +666,9 @@ fn transition(
                 next.message = None;
                 uncordon_ours(view, node())
             }
-            // `done` may come before the kubelet's first report after the reboot: the old image
-            // counts only once the Node reported after `done` was seen, or after a grace.
-            Some(os)
-                if node_reported_since(view, record)
-                    || elapsed(since(record), now, VERIFY_GRACE) =>
-            {
+            // The kubelet reports the new boot ID with the booted image's `osImage`: once the
+            // Node shows another boot, what it runs is judged at once.
+            Some(os) if rebooted(record, view) => {
                 next.phase = HostPhase::BootedImageMismatch;
                 next.message = Some(format!(
                     "ElementalHost {} reported done, but Node {} runs {os:?}, not {:?}; it stays cordoned",
@@ -629,7 +699,8 @@ fn transition(
         | HostPhase::DrainTimeout
         | HostPhase::BootedImageMismatch
         | HostPhase::RetriesExhausted
-        | HostPhase::Released => Vec::new(),
+        | HostPhase::Released
+        | HostPhase::HostTimeout => Vec::new(),
     };
     (next, actions)
 }
@@ -643,9 +714,14 @@ fn uncordon_ours(view: &HostView, node: String) -> Vec<Action> {
     }
 }
 
-/// Whether the kubelet reported the Node's status at or after the host's `done` was seen.
-fn node_reported_since(view: &HostView, record: &HostRecord) -> bool {
-    view.node_reported.is_some_and(|at| at >= since(record))
+/// Whether the Node booted since the host was labelled `pending`: its boot ID differs from the
+/// one recorded. A host selected before its Node reported a boot ID is taken at its `done`.
+fn rebooted(record: &HostRecord, view: &HostView) -> bool {
+    match (record.boot_id.as_deref(), view.boot_id.as_deref()) {
+        (Some(before), Some(seen)) => before != seen,
+        (None, _) => true,
+        (Some(_), None) => false,
+    }
 }
 
 /// Counts one OS update failure: `Retrying`, or `RetriesExhausted` past `retries`.

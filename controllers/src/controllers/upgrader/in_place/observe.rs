@@ -7,13 +7,13 @@ use std::collections::BTreeMap;
 use api::v1alpha1::{CORDONED_BY_ANNOTATION, LabelSelector};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Node, Pod};
-use k8s_openapi::jiff::Timestamp;
 use kube::api::{DynamicObject, ListParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::{Api, Client, ResourceExt};
 use serde_json::Value;
 
 use super::drain::{self, Disposition};
+use super::remediation::SKIP_REMEDIATION_ANNOTATION;
 use super::{HostView, Role, UpdateLabel};
 use crate::runtime::status::{WriteError, bounded};
 
@@ -48,6 +48,8 @@ pub struct ElementalMachineRef {
     pub role: Role,
     /// `status.nodeRef.name`.
     pub node: Option<String>,
+    /// The value of its `cluster.x-k8s.io/skip-remediation` annotation.
+    pub skip_remediation: Option<String>,
 }
 
 /// A Machine's role and infrastructure, when an ElementalMachine backs it.
@@ -90,6 +92,11 @@ pub fn machine(object: &Value) -> Option<ElementalMachineRef> {
             .pointer("/status/nodeRef/name")
             .and_then(Value::as_str)
             .filter(|n| api::names::is_dns_subdomain(n))
+            .map(str::to_owned),
+        skip_remediation: object
+            .pointer("/metadata/annotations")
+            .and_then(|a| a.get(SKIP_REMEDIATION_ANNOTATION))
+            .and_then(Value::as_str)
             .map(str::to_owned),
     })
 }
@@ -134,8 +141,6 @@ pub struct ElementalHost {
     pub label: Option<UpdateLabel>,
     /// The `OSVersionReady` condition's reason.
     pub os_reason: Option<String>,
-    /// Since when `OSVersionReady` is True.
-    pub os_ready_since: Option<Timestamp>,
 }
 
 /// Parses an ElementalHost.
@@ -160,16 +165,10 @@ pub fn elemental_host(object: &Value) -> ElementalHost {
         .and_then(|c| c.get("reason"))
         .and_then(Value::as_str)
         .map(str::to_owned);
-    let os_ready_since = condition
-        .filter(|c| c.get("status").and_then(Value::as_str) == Some("True"))
-        .and_then(|c| c.get("lastTransitionTime"))
-        .and_then(Value::as_str)
-        .and_then(|t| t.parse::<Timestamp>().ok());
     ElementalHost {
         labels,
         label,
         os_reason,
-        os_ready_since,
     }
 }
 
@@ -182,13 +181,17 @@ pub struct NodeState {
     pub cordoned_by: Option<String>,
     /// `status.nodeInfo.osImage`.
     pub os_image: Option<String>,
-    /// The `Ready` condition's `lastHeartbeatTime`.
-    pub reported: Option<Timestamp>,
+    /// `status.nodeInfo.bootID`.
+    pub boot_id: Option<String>,
 }
 
-/// Parses a Node.
+/// The longest boot ID taken from a Node (the kernel's is a 36-character UUID).
+pub const MAX_BOOT_ID: usize = 64;
+
+/// Parses a Node. Its clock is never read: the heartbeat times are the kubelet's.
 pub fn node(node: &Node) -> NodeState {
     let status = node.status.as_ref();
+    let info = status.and_then(|s| s.node_info.as_ref());
     NodeState {
         cordoned: node
             .spec
@@ -196,15 +199,12 @@ pub fn node(node: &Node) -> NodeState {
             .and_then(|s| s.unschedulable)
             .unwrap_or(false),
         cordoned_by: node.annotations().get(CORDONED_BY_ANNOTATION).cloned(),
-        os_image: status
-            .and_then(|s| s.node_info.as_ref())
-            .map(|i| i.os_image.clone())
-            .filter(|i| !i.is_empty()),
-        reported: status
-            .and_then(|s| s.conditions.as_ref())
-            .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
-            .and_then(|c| c.last_heartbeat_time.as_ref())
-            .map(|t| t.0),
+        os_image: info.map(|i| i.os_image.clone()).filter(|i| !i.is_empty()),
+        // Written by the workload's kubelet: one that is empty, too long or not printable is
+        // no boot ID.
+        boot_id: info.map(|i| i.boot_id.clone()).filter(|b| {
+            !b.is_empty() && b.len() <= MAX_BOOT_ID && b.chars().all(|c| c.is_ascii_graphic())
+        }),
     }
 }
 
@@ -271,10 +271,10 @@ impl Management {
                     cordoned_by_us: node.is_some_and(|n| n.cordoned_by.as_deref() == Some(owner)),
                     label: host.label,
                     os_reason: host.os_reason,
-                    os_ready_since: host.os_ready_since,
                     os_image: node.and_then(|n| n.os_image.clone()),
-                    node_reported: node.and_then(|n| n.reported),
+                    boot_id: node.and_then(|n| n.boot_id.clone()),
                     image_uri: infra.image_uri.clone(),
+                    skip_remediation: m.skip_remediation.clone(),
                 })
             })
             .collect()
@@ -296,6 +296,15 @@ impl Management {
         }
         pools.into_iter().collect()
     }
+}
+
+/// Cluster API's Machine resource in the served `version` (`v1beta1`, `v1beta2`).
+pub fn machine_resource(version: &str) -> ApiResource {
+    ApiResource::from_gvk(&GroupVersionKind::gvk(
+        crate::controllers::upgrader::cluster::GROUP,
+        version,
+        "Machine",
+    ))
 }
 
 /// The Elemental resource of `kind`.

@@ -20,6 +20,7 @@ pub(crate) fn settings(max_unavailable: usize, retries: u32) -> Settings {
         max_unavailable,
         drain_timeout: Duration::from_secs(600),
         retries,
+        host_timeout: Duration::from_secs(1800),
     }
 }
 
@@ -39,10 +40,10 @@ pub(crate) fn view(host: &str, role: Role) -> HostView {
         cordoned_by_us: false,
         label: None,
         os_reason: None,
-        os_ready_since: None,
         os_image: Some("Elemental os-1".to_owned()),
-        node_reported: None,
+        boot_id: Some(format!("boot-{host}-0")),
         image_uri: Some(OLD.to_owned()),
+        skip_remediation: None,
     }
 }
 
@@ -65,7 +66,25 @@ pub(crate) fn record(host: &str, phase: HostPhase) -> HostRecord {
         message: None,
         last_transition_time: Some(Time(at(0))),
         cordoned_before: None,
+        boot_id: Some(format!("boot-{host}-0")),
+        pending_since: matches!(
+            phase,
+            HostPhase::Pending | HostPhase::Retrying | HostPhase::Done
+        )
+        .then(|| Time(at(0))),
     }
+}
+
+/// `view` of a host whose Machine we hold from remediation.
+pub(crate) fn held(mut view: HostView) -> HostView {
+    view.skip_remediation = Some(remediation::SKIP_REMEDIATION_BY.to_owned());
+    view
+}
+
+/// `view` after a reboot: the Node reports another boot ID.
+pub(crate) fn rebooted(mut view: HostView) -> HostView {
+    view.boot_id = Some(format!("boot-{}-1", view.host));
+    view
 }
 
 /// One host's transition (the only host, so nothing else is selected alongside).
@@ -80,7 +99,8 @@ fn settings_default_and_parse() {
         Ok(Settings {
             max_unavailable: 1,
             drain_timeout: Duration::from_secs(600),
-            retries: 1
+            retries: 1,
+            host_timeout: Duration::from_secs(1800),
         })
     );
     let spec = InPlace {
@@ -89,13 +109,15 @@ fn settings_default_and_parse() {
         retries: Some(0),
         upgrade_recovery: None,
         drain: None,
+        host_timeout: Some("45m".to_owned()),
     };
     assert_eq!(
         Settings::from_spec(&spec),
         Ok(Settings {
             max_unavailable: 3,
             drain_timeout: Duration::from_secs(5400),
-            retries: 0
+            retries: 0,
+            host_timeout: Duration::from_secs(2700),
         })
     );
 }
@@ -115,6 +137,9 @@ fn stamps_match_whole_words_only() {
 fn each_transition_waits_for_its_observation() {
     type Tweak = fn(&mut HostView);
     let n = || "n-h".to_owned();
+    let allow = || Action::AllowRemediation {
+        machine: "m-h".into(),
+    };
     let rows: Vec<(HostPhase, Tweak, i64, HostPhase, Vec<Action>)> = vec![
         (
             HostPhase::Selected,
@@ -251,16 +276,28 @@ fn each_transition_waits_for_its_observation() {
             HostPhase::Releasing,
             vec![Action::Uncordon { node: n() }],
         ),
-        // Released: a Node cordoned by someone else is left cordoned.
+        // Released: a Node cordoned by someone else is left cordoned; the Machine's hold lifted.
         (
             HostPhase::Releasing,
             |v| v.cordoned = true,
             1,
             HostPhase::Released,
+            vec![allow()],
+        ),
+        (
+            HostPhase::Releasing,
+            |_| {},
+            1,
+            HostPhase::Released,
+            vec![allow()],
+        ),
+        (
+            HostPhase::Released,
+            |v| v.skip_remediation = None,
+            1,
+            HostPhase::Released,
             vec![],
         ),
-        (HostPhase::Releasing, |_| {}, 1, HostPhase::Released, vec![]),
-        (HostPhase::Released, |_| {}, 1, HostPhase::Released, vec![]),
         // Drained and already at the target (a retried host): verified, never labelled.
         (
             HostPhase::Cordoned,
@@ -306,37 +343,49 @@ fn each_transition_waits_for_its_observation() {
             HostPhase::Pending,
             vec![],
         ),
+        // `done` after a reboot: this update's.
         (
             HostPhase::Pending,
             |v| {
                 v.label = Some(UpdateLabel::Done);
                 v.image_uri = Some(NEW.into());
-                v.os_ready_since = Some(at(1));
+                v.boot_id = Some("boot-h-1".into());
             },
             1,
             HostPhase::Done,
             vec![],
         ),
-        // `done` from before the image was written: the host is asked again.
+        // `done` without a reboot (from before the image was written): the host is asked
+        // again, however long it has been.
         (
             HostPhase::Pending,
             |v| {
                 v.label = Some(UpdateLabel::Done);
                 v.image_uri = Some(NEW.into());
-                v.os_ready_since = Some(at(-30));
             },
             1,
             HostPhase::Pending,
             vec![Action::LabelPending { host: "h".into() }],
         ),
-        // … until a grace has passed.
         (
             HostPhase::Pending,
             |v| {
                 v.label = Some(UpdateLabel::Done);
                 v.image_uri = Some(NEW.into());
             },
-            300,
+            1799,
+            HostPhase::Pending,
+            vec![Action::LabelPending { host: "h".into() }],
+        ),
+        // … unless the Node already runs the target build.
+        (
+            HostPhase::Pending,
+            |v| {
+                v.label = Some(UpdateLabel::Done);
+                v.image_uri = Some(NEW.into());
+                v.os_image = Some("Elemental os-2".into());
+            },
+            1,
             HostPhase::Done,
             vec![],
         ),
@@ -378,6 +427,7 @@ fn each_transition_waits_for_its_observation() {
             HostPhase::Done,
             vec![],
         ),
+        // Verified: uncordoned, and the Machine no longer held from remediation.
         (
             HostPhase::Done,
             |v| {
@@ -387,7 +437,7 @@ fn each_transition_waits_for_its_observation() {
             },
             1,
             HostPhase::Verified,
-            vec![Action::Uncordon { node: n() }],
+            vec![Action::Uncordon { node: n() }, allow()],
         ),
         // Without our mark, the Node is not ours to uncordon.
         (
@@ -398,7 +448,7 @@ fn each_transition_waits_for_its_observation() {
             },
             1,
             HostPhase::Verified,
-            vec![],
+            vec![allow()],
         ),
         (
             HostPhase::Verified,
@@ -406,24 +456,20 @@ fn each_transition_waits_for_its_observation() {
                 v.cordoned = true;
                 v.image_uri = Some(NEW.into());
                 v.os_image = Some("Elemental os-2".into());
+                v.skip_remediation = None;
             },
             1,
             HostPhase::Uncordoned,
             vec![],
         ),
-        // `done` before the kubelet reported the reboot: not judged yet.
+        // `done` before the kubelet reported the reboot (the same boot ID): not judged yet.
         (HostPhase::Done, |_| {}, 1, HostPhase::Done, vec![]),
+        (HostPhase::Done, |_| {}, 1799, HostPhase::Done, vec![]),
+        // Another boot: what the Node runs is judged at once.
         (
             HostPhase::Done,
-            |v| v.node_reported = Some(at(1)),
-            2,
-            HostPhase::BootedImageMismatch,
-            vec![],
-        ),
-        (
-            HostPhase::Done,
-            |_| {},
-            300,
+            |v| v.boot_id = Some("boot-h-1".into()),
+            1,
             HostPhase::BootedImageMismatch,
             vec![],
         ),
@@ -435,7 +481,7 @@ fn each_transition_waits_for_its_observation() {
             },
             1,
             HostPhase::Verified,
-            vec![Action::Uncordon { node: n() }],
+            vec![Action::Uncordon { node: n() }, allow()],
         ),
         // Uncordoned by hand, our mark left on it: the mark is removed too.
         (
@@ -443,8 +489,9 @@ fn each_transition_waits_for_its_observation() {
             |v| v.cordoned_by_us = true,
             1,
             HostPhase::Verified,
-            vec![Action::Uncordon { node: n() }],
+            vec![Action::Uncordon { node: n() }, allow()],
         ),
+        // Not done while the Machine carries our hold …
         (
             HostPhase::Verified,
             |v| {
@@ -452,7 +499,88 @@ fn each_transition_waits_for_its_observation() {
                 v.os_image = Some("Elemental os-2".into());
             },
             1,
+            HostPhase::Verified,
+            vec![allow()],
+        ),
+        // … done once it is gone.
+        (
+            HostPhase::Verified,
+            |v| {
+                v.image_uri = Some(NEW.into());
+                v.os_image = Some("Elemental os-2".into());
+                v.skip_remediation = None;
+            },
+            1,
             HostPhase::Uncordoned,
+            vec![],
+        ),
+        // An operator's own hold stays.
+        (
+            HostPhase::Verified,
+            |v| {
+                v.image_uri = Some(NEW.into());
+                v.os_image = Some("Elemental os-2".into());
+                v.skip_remediation = Some(String::new());
+            },
+            1,
+            HostPhase::Uncordoned,
+            vec![],
+        ),
+        // `pending` past hostTimeout (1800 s) without coming back: blocked, whatever the phase.
+        (
+            HostPhase::Pending,
+            |v| {
+                v.label = Some(UpdateLabel::Pending);
+                v.image_uri = Some(NEW.into());
+            },
+            1800,
+            HostPhase::HostTimeout,
+            vec![],
+        ),
+        (
+            HostPhase::Pending,
+            |v| {
+                v.label = Some(UpdateLabel::Done);
+                v.image_uri = Some(NEW.into());
+            },
+            1800,
+            HostPhase::HostTimeout,
+            vec![],
+        ),
+        (
+            HostPhase::Retrying,
+            |v| {
+                v.image_uri = Some(NEW.into());
+                v.os_reason = Some(OS_VERSION_RECONCILIATION_FAILED.into());
+            },
+            1800,
+            HostPhase::HostTimeout,
+            vec![],
+        ),
+        (
+            HostPhase::Done,
+            |_| {},
+            1800,
+            HostPhase::HostTimeout,
+            vec![],
+        ),
+        // Back in time wins over the timer.
+        (
+            HostPhase::Done,
+            |v| {
+                v.os_image = Some("Elemental os-2".into());
+                v.cordoned = true;
+                v.cordoned_by_us = true;
+            },
+            1800,
+            HostPhase::Verified,
+            vec![Action::Uncordon { node: n() }, allow()],
+        ),
+        (
+            HostPhase::HostTimeout,
+            |v| v.label = Some(UpdateLabel::Done),
+            4000,
+            HostPhase::HostTimeout,
             vec![],
         ),
         (
@@ -471,7 +599,7 @@ fn each_transition_waits_for_its_observation() {
         ),
     ];
     for (phase, tweak, now, expected, actions) in rows {
-        let mut world = worker("h", "a");
+        let mut world = held(worker("h", "a"));
         tweak(&mut world);
         // A release stands for an update no longer wanted: no host is selected meanwhile.
         let releasing = matches!(phase, HostPhase::Releasing | HostPhase::Released);
@@ -537,7 +665,7 @@ fn a_node_cordoned_before_the_update_stays_cordoned() {
 
 #[test]
 fn paused_holds_a_drained_host_before_pending() {
-    let mut view = worker("h", "a");
+    let mut view = held(worker("h", "a"));
     view.cordoned = true;
     view.drained = true;
     let held = step(
@@ -574,12 +702,14 @@ fn blocked_ends_report_their_reason_and_stop_new_hosts() {
             Reason::OsVersionReconciliationFailed,
         ),
         (HostPhase::DrainRefused, Reason::DrainRefused),
+        (HostPhase::HostTimeout, Reason::HostTimeout),
     ] {
         let mut blocked = record("a1", phase);
         blocked.message = Some("why".into());
         let mut held = worker("a1", "a");
         held.cordoned = true;
         held.refused = Some("why".into());
+        held.skip_remediation = Some(remediation::SKIP_REMEDIATION_BY.into());
         let out = step(
             &[blocked],
             &[held, worker("a2", "a"), worker("b1", "b")],
@@ -636,21 +766,30 @@ fn control_plane_first_one_at_a_time_then_pool_by_pool() {
         view("cp2", Role::ControlPlane),
         view("cp1", Role::ControlPlane),
     ];
+    let skip = |machine: &str| Action::SkipRemediation {
+        machine: machine.into(),
+    };
     let first = step(&[], &world, TARGET, settings(2, 1), false, at(0));
     assert_eq!(
         first.actions,
-        vec![Action::Cordon {
-            node: "n-cp1".into()
-        }]
+        vec![
+            Action::Cordon {
+                node: "n-cp1".into()
+            },
+            skip("m-cp1")
+        ]
     );
     assert_eq!(first.records[0].pool, None);
     // While cp1 is in flight, even finished-looking workers wait.
     let again = step(&first.records, &world, TARGET, settings(2, 1), false, at(1));
     assert_eq!(
         again.actions,
-        vec![Action::Cordon {
-            node: "n-cp1".into()
-        }]
+        vec![
+            Action::Cordon {
+                node: "n-cp1".into()
+            },
+            skip("m-cp1")
+        ]
     );
 
     let mut done_cps = world.clone();
@@ -667,22 +806,27 @@ fn control_plane_first_one_at_a_time_then_pool_by_pool() {
             },
             Action::Cordon {
                 node: "n-w-a2".into()
-            }
+            },
+            skip("m-w-a1"),
+            skip("m-w-a2")
         ]
     );
     let budget = step(&[], &done_cps, TARGET, settings(1, 1), false, at(0));
     assert_eq!(
         budget.actions,
-        vec![Action::Cordon {
-            node: "n-w-a1".into()
-        }]
+        vec![
+            Action::Cordon {
+                node: "n-w-a1".into()
+            },
+            skip("m-w-a1")
+        ]
     );
 }
 
 #[test]
 fn paused_starts_nothing_but_finishes_the_host_in_flight() {
     let world = vec![worker("a1", "a"), {
-        let mut v = worker("a2", "a");
+        let mut v = held(worker("a2", "a"));
         v.cordoned = true;
         v
     }];
@@ -701,13 +845,13 @@ fn paused_starts_nothing_but_finishes_the_host_in_flight() {
         }]
     );
     assert_eq!(out.records.len(), 1);
-    let idle = step(&[], &world, TARGET, settings(2, 1), true, at(1));
+    let idle = step(&[], &world[..1], TARGET, settings(2, 1), true, at(1));
     assert!(idle.actions.is_empty() && idle.records.is_empty());
 }
 
 #[test]
 fn an_in_flight_host_keeps_its_image_when_the_target_moves() {
-    let mut v = worker("h", "a");
+    let mut v = held(worker("h", "a"));
     v.cordoned = true;
     v.drained = true;
     v.label = Some(UpdateLabel::Pending);
@@ -823,7 +967,7 @@ fn hosts_before_their_image_is_written_are_released_or_retargeted() {
 
 #[test]
 fn a_released_host_is_uncordoned_only_when_ours_and_then_done() {
-    let mut ours = worker("h", "a");
+    let mut ours = held(worker("h", "a"));
     ours.cordoned = true;
     ours.cordoned_by_us = true;
     let released = retarget(&[record("h", HostPhase::Drained)], &[], None, at(1));
@@ -841,7 +985,14 @@ fn a_released_host_is_uncordoned_only_when_ours_and_then_done() {
     ours.cordoned_by_us = false;
     let out = step(&out.records, &[ours], TARGET, settings(1, 1), true, at(2));
     assert_eq!(out.records[0].phase, HostPhase::Released);
-    assert!(out.actions.is_empty() && !in_flight(out.records[0].phase));
+    assert!(!in_flight(out.records[0].phase));
+    // Released: its Machine is no longer held from remediation.
+    assert_eq!(
+        out.actions,
+        vec![Action::AllowRemediation {
+            machine: "m-h".into()
+        }]
+    );
     assert_eq!(out.records[0].finished, Some(Time(at(2))));
 }
 
@@ -865,18 +1016,25 @@ fn a_host_whose_node_is_gone_is_dropped_and_hosts_without_nodes_starve_nobody() 
     let out = step(&[], &world, TARGET, settings(1, 1), false, at(1));
     assert_eq!(
         out.actions,
-        vec![Action::Cordon {
-            node: "n-h2".into()
-        }]
+        vec![
+            Action::Cordon {
+                node: "n-h2".into()
+            },
+            Action::SkipRemediation {
+                machine: "m-h2".into()
+            }
+        ]
     );
 }
 
 #[test]
 fn our_own_cordon_seen_by_a_stale_read_is_still_ours() {
-    // Our cordon's mark on the Node: selected as ours, and uncordoned at the end.
+    // Our cordon's mark on the Node: selected as ours, and uncordoned at the end. (Its Machine
+    // is held from remediation by someone else, so no hold of ours is written here.)
     let mut view = worker("h", "a");
     view.cordoned = true;
     view.cordoned_by_us = true;
+    view.skip_remediation = Some("operator".into());
     let selected = step(
         &[],
         std::slice::from_ref(&view),
@@ -895,6 +1053,247 @@ fn our_own_cordon_seen_by_a_stale_read_is_still_ours() {
     verified.phase = HostPhase::Verified;
     let out = one(verified, view, 1);
     assert_eq!(out.actions, vec![Action::Uncordon { node: "n-h".into() }]);
+}
+
+#[test]
+fn a_host_is_labelled_pending_only_once_its_machine_is_held_from_remediation() {
+    let mut view = worker("h", "a");
+    view.cordoned = true;
+    view.drained = true;
+    let unheld = one(record("h", HostPhase::Cordoned), view.clone(), 1);
+    assert_eq!(unheld.records[0].phase, HostPhase::Drained);
+    assert_eq!(
+        unheld.actions,
+        vec![Action::SkipRemediation {
+            machine: "m-h".into()
+        }]
+    );
+    let again = one(unheld.records[0].clone(), view.clone(), 2);
+    assert_eq!(again.records[0].phase, HostPhase::Drained);
+    assert!(
+        !again
+            .actions
+            .iter()
+            .any(|a| matches!(a, Action::LabelPending { .. })),
+        "{:?}",
+        again.actions
+    );
+    // Anyone's hold will do.
+    view.skip_remediation = Some("operator".into());
+    let ready = one(unheld.records[0].clone(), view, 3);
+    assert_eq!(
+        ready.actions,
+        vec![Action::LabelPending { host: "h".into() }]
+    );
+}
+
+/// Each row: the records, the Machine's annotation, and the write asked for.
+#[test]
+fn the_hold_is_set_for_hosts_in_flight_and_lifted_only_where_it_is_ours() {
+    type Row<'a> = (&'a str, Vec<HostRecord>, Option<&'a str>, Option<Action>);
+    let ours = Some(remediation::SKIP_REMEDIATION_BY);
+    let moved = {
+        let mut r = record("h", HostPhase::Pending);
+        r.machine = "m-old".into();
+        r
+    };
+    let skip = Some(Action::SkipRemediation {
+        machine: "m-h".into(),
+    });
+    let allow = Some(Action::AllowRemediation {
+        machine: "m-h".into(),
+    });
+    let rows: Vec<Row<'_>> = vec![
+        (
+            "selected",
+            vec![record("h", HostPhase::Selected)],
+            None,
+            skip.clone(),
+        ),
+        (
+            "pending, held",
+            vec![record("h", HostPhase::Pending)],
+            ours,
+            None,
+        ),
+        (
+            "an operator's hold",
+            vec![record("h", HostPhase::Pending)],
+            Some(""),
+            None,
+        ),
+        (
+            "blocked stays held",
+            vec![record("h", HostPhase::HostTimeout)],
+            ours,
+            None,
+        ),
+        (
+            "verified",
+            vec![record("h", HostPhase::Verified)],
+            ours,
+            allow.clone(),
+        ),
+        (
+            "finished",
+            vec![record("h", HostPhase::Uncordoned)],
+            ours,
+            allow.clone(),
+        ),
+        (
+            "finished, operator's",
+            vec![record("h", HostPhase::Uncordoned)],
+            Some("mine"),
+            None,
+        ),
+        ("no record (released)", vec![], ours, allow.clone()),
+        ("no record, not held", vec![], None, None),
+        ("a record of another Machine", vec![moved], ours, allow),
+    ];
+    for (what, records, annotation, expected) in rows {
+        let mut view = worker("h", "a");
+        view.skip_remediation = annotation.map(str::to_owned);
+        let asked = remediation::actions(&records, &[view]);
+        assert_eq!(asked, expected.into_iter().collect::<Vec<_>>(), "{what}");
+    }
+}
+
+#[test]
+fn a_host_on_another_machine_starts_a_new_record_and_its_image_goes_there() {
+    let mut old = record("h", HostPhase::Pending);
+    old.machine = "m-old".into();
+    old.node = "n-old".into();
+    let mut view = held(worker("h", "a"));
+    view.machine = "m-new".into();
+    view.node = Some("n-new".into());
+    let out = step(
+        &[old],
+        std::slice::from_ref(&view),
+        TARGET,
+        settings(1, 1),
+        false,
+        at(1),
+    );
+    assert_eq!(out.records.len(), 1, "{:?}", out.records);
+    let fresh = &out.records[0];
+    assert_eq!(
+        (fresh.machine.as_str(), fresh.node.as_str(), fresh.phase),
+        ("m-new", "n-new", HostPhase::Selected)
+    );
+    assert_eq!(
+        out.actions,
+        vec![Action::Cordon {
+            node: "n-new".into()
+        }]
+    );
+    let mut drained = fresh.clone();
+    drained.phase = HostPhase::Drained;
+    view.cordoned = true;
+    view.drained = true;
+    view.label = Some(UpdateLabel::Pending);
+    let written = one(drained, view, 2);
+    assert_eq!(
+        written.actions,
+        vec![Action::ApplyImage {
+            machine: "m-new".into(),
+            image: NEW.into()
+        }]
+    );
+}
+
+#[test]
+fn the_boot_id_is_recorded_at_selection_and_kept_until_pending() {
+    let view = held(worker("h", "a"));
+    let selected = step(
+        &[],
+        std::slice::from_ref(&view),
+        TARGET,
+        settings(1, 1),
+        false,
+        at(0),
+    );
+    assert_eq!(selected.records[0].boot_id.as_deref(), Some("boot-h-0"));
+    assert_eq!(selected.records[0].pending_since, None);
+    // An unrelated reboot while held at Drained: the boot before `pending` is the one kept.
+    let mut drained = rebooted(view.clone());
+    drained.cordoned = true;
+    drained.drained = true;
+    drained.label = Some(UpdateLabel::Pending);
+    let mut at_drained = record("h", HostPhase::Drained);
+    at_drained.pending_since = None;
+    let pending = one(at_drained, drained.clone(), 5);
+    assert_eq!(pending.records[0].phase, HostPhase::Pending);
+    assert_eq!(pending.records[0].boot_id.as_deref(), Some("boot-h-1"));
+    assert_eq!(pending.records[0].pending_since, Some(Time(at(5))));
+    // From `pending` on, the record keeps it: a new boot is the update's.
+    let mut booted = drained;
+    booted.boot_id = Some("boot-h-2".into());
+    booted.image_uri = Some(NEW.into());
+    let kept = one(pending.records[0].clone(), booted, 6);
+    assert_eq!(kept.records[0].boot_id.as_deref(), Some("boot-h-1"));
+    assert_eq!(kept.records[0].pending_since, Some(Time(at(5))));
+}
+
+#[test]
+fn a_host_that_never_comes_back_is_blocked_with_host_timeout_not_in_flight_for_ever() {
+    // The agent takes the host down for its update and it never reports again.
+    let mut view = held(worker("h", "a"));
+    view.cordoned = true;
+    view.drained = true;
+    view.label = Some(UpdateLabel::Pending);
+    view.image_uri = Some(NEW.into());
+    let mut other = worker("x", "a");
+    other.node = Some("n-x".into());
+    let world = [view, other];
+    let mut records = vec![{
+        let mut r = record("h", HostPhase::Drained);
+        r.pending_since = None;
+        r
+    }];
+    let mut blocked = None;
+    let mut pending_at = None;
+    for pass in 0..2000 {
+        let now = at(pass * 2);
+        let out = step(&records, &world, TARGET, settings(1, 1), false, now);
+        if pending_at.is_none() && out.records[0].phase == HostPhase::Pending {
+            pending_at = Some(pass * 2);
+        }
+        records = out.records;
+        if let Some(b) = out.blocked {
+            blocked = Some((pass * 2, b, out.actions));
+            break;
+        }
+    }
+    let (when, blocked, actions) = blocked.expect("in flight for ever");
+    let since = pending_at.unwrap();
+    assert!(
+        (1800..=1802).contains(&(when - since)),
+        "blocked {}s after pending",
+        when - since
+    );
+    assert_eq!(blocked.reason, Reason::HostTimeout);
+    assert_eq!(blocked.host, "h");
+    assert!(blocked.message.contains("1800s"), "{}", blocked.message);
+    assert!(
+        blocked
+            .message
+            .contains(remediation::SKIP_REMEDIATION_ANNOTATION),
+        "{}",
+        blocked.message
+    );
+    assert_eq!(records.len(), 1, "another host started: {records:?}");
+    assert_eq!(records[0].phase, HostPhase::HostTimeout);
+    // Nothing more is asked: the Node stays cordoned and the Machine held.
+    assert!(actions.is_empty(), "{actions:?}");
+    let later = step(&records, &world, TARGET, settings(1, 1), false, at(9000));
+    assert_eq!(later.records, records);
+    assert!(later.actions.is_empty());
+    // A record from before `pendingSince` existed starts its timer now.
+    let mut legacy = record("h", HostPhase::Pending);
+    legacy.pending_since = None;
+    let started = one(legacy, world[0].clone(), 7000);
+    assert_eq!(started.records[0].phase, HostPhase::Pending);
+    assert_eq!(started.records[0].pending_since, Some(Time(at(7000))));
 }
 
 fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -1024,8 +1423,8 @@ fn agent(host: &mut SimHost, now: Timestamp) {
         } else {
             v.label = Some(UpdateLabel::Done);
             v.os_reason = None;
-            v.node_reported = Some(now);
-            v.os_ready_since = Some(now);
+            // A reboot, into the new image or, after a fallback, the old one.
+            v.boot_id = Some(format!("boot-{}-{}", v.host, now.as_second()));
             if !host.fallback {
                 v.os_image = Some("Elemental os-2".into());
             }
@@ -1061,7 +1460,30 @@ fn perform(world: &mut [SimHost], records: &[HostRecord], action: &Action) {
                 h.view.drained && h.view.cordoned,
                 "pending before drained: {host}"
             );
+            assert!(
+                remediation::held(&h.view),
+                "pending before its Machine is held from remediation: {host}"
+            );
             h.view.label = Some(UpdateLabel::Pending);
+        }
+        Action::SkipRemediation { machine } => {
+            let h = world
+                .iter_mut()
+                .find(|h| &h.view.machine == machine)
+                .unwrap();
+            h.view.skip_remediation = Some(remediation::SKIP_REMEDIATION_BY.into());
+        }
+        Action::AllowRemediation { machine } => {
+            let h = world
+                .iter_mut()
+                .find(|h| &h.view.machine == machine)
+                .unwrap();
+            let r = record(&h.view.host);
+            assert!(
+                r.as_ref().is_none_or(|r| !remediation::wanted(r)),
+                "the hold lifted from a host in flight: {r:?}"
+            );
+            h.view.skip_remediation = None;
         }
         Action::ApplyImage { machine, image } => {
             let h = world
@@ -1121,7 +1543,7 @@ proptest! {
         pauses in prop::collection::vec(prop::bool::weighted(0.2), 400),
     ) {
         let initial = world.clone();
-        let settings = Settings { max_unavailable, drain_timeout: Duration::from_secs(600), retries };
+        let settings = Settings { max_unavailable, drain_timeout: Duration::from_secs(600), retries, host_timeout: Duration::from_secs(1800) };
         let mut records: Vec<HostRecord> = Vec::new();
         let mut finished = false;
         let mut blocked = None;
@@ -1170,14 +1592,263 @@ proptest! {
                 prop_assert_eq!(b.reason, expected);
                 let now = world.iter().find(|h| h.view.host == b.host).unwrap();
                 prop_assert!(now.view.cordoned, "a blocked host is left cordoned");
+                if b.reason != Reason::DrainTimeout {
+                    prop_assert!(remediation::ours(&now.view), "a blocked host's Machine is left held");
+                }
         } else {
                 prop_assert!(finished, "not finished after 400 passes: {records:?}");
                 prop_assert!(!touched_trouble);
                 for h in &world {
                     prop_assert!(at_target(&h.view, TARGET) && !h.view.cordoned, "{h:?}");
+                    prop_assert!(h.view.skip_remediation.is_none(), "still held: {h:?}");
                 }
         }
     }
+}
+
+/// One host of the skewed-clock simulation: its Node is a real Node object, read through
+/// [`observe::node`], whose kubelet runs `skew` seconds off our clock and reports a reboot `lag`
+/// passes after the agent's `done`.
+#[derive(Clone, Debug)]
+struct SkewedHost {
+    view: HostView,
+    node: k8s_openapi::api::core::v1::Node,
+    skew: i64,
+    lag: u32,
+    fallback: bool,
+    /// The `imageUri` the agent last applied (its correlation ID).
+    applied: String,
+    /// The kubelet's report after a reboot: in how many passes, with which boot ID and image.
+    report: Option<(u32, String, String)>,
+    boots: u32,
+}
+
+impl SkewedHost {
+    fn new(i: usize, skew: i64, lag: u32, fallback: bool) -> Self {
+        let view = view(&format!("h{i}"), Role::Worker("p".into()));
+        let mut host = Self {
+            node: k8s_openapi::api::core::v1::Node::default(),
+            view,
+            skew,
+            lag,
+            fallback,
+            applied: OLD.into(),
+            report: None,
+            boots: 0,
+        };
+        host.kubelet_reports(
+            format!("boot-h{i}-0"),
+            "Elemental os-1".into(),
+            Timestamp::UNIX_EPOCH,
+        );
+        host
+    }
+
+    /// The kubelet's status write: `nodeInfo` and a Ready heartbeat stamped with its own clock.
+    fn kubelet_reports(&mut self, boot: String, os: String, now: Timestamp) {
+        let heartbeat = now
+            .checked_add(jiff::SignedDuration::from_secs(self.skew))
+            .unwrap_or(now);
+        let status = self.node.status.get_or_insert_default();
+        let info = status.node_info.get_or_insert_default();
+        info.boot_id = boot;
+        info.os_image = os;
+        status.conditions = Some(vec![k8s_openapi::api::core::v1::NodeCondition {
+            type_: "Ready".into(),
+            status: "True".into(),
+            last_heartbeat_time: Some(Time(heartbeat)),
+            last_transition_time: Some(Time(heartbeat)),
+            ..Default::default()
+        }]);
+    }
+
+    /// What the flow sees: the management view with the Node as [`observe::node`] reads it.
+    fn seen(&self) -> HostView {
+        let node = observe::node(&self.node);
+        HostView {
+            cordoned: node.cordoned,
+            os_image: node.os_image,
+            boot_id: node.boot_id,
+            ..self.view.clone()
+        }
+    }
+
+    /// The agent and the kubelet, one pass.
+    fn live(&mut self, now: Timestamp) {
+        if let Some((due, boot, os)) = self.report.take() {
+            if due == 0 {
+                self.kubelet_reports(boot, os, now);
+            } else {
+                self.report = Some((due - 1, boot, os));
+            }
+        } else {
+            let info = self.node.status.as_ref().and_then(|s| s.node_info.clone());
+            let (boot, os) = info.map(|i| (i.boot_id, i.os_image)).unwrap_or_default();
+            self.kubelet_reports(boot, os, now);
+        }
+        let image = self.view.image_uri.clone().unwrap_or_default();
+        if self.view.label != Some(UpdateLabel::Pending) {
+            return;
+        }
+        if image == self.applied {
+            // The map this agent updated to is applied already (its snapshot carries the
+            // correlation ID): `done` at once, no reboot. The installed map has no such snapshot.
+            if self.boots > 0 {
+                self.view.label = Some(UpdateLabel::Done);
+            }
+            return;
+        }
+        self.boots += 1;
+        let booted = if self.fallback { "os-1" } else { "os-2" };
+        let boot = format!("boot-{}-{}", self.view.host, self.boots);
+        let os = format!("Elemental {booted}");
+        if self.lag == 0 {
+            self.kubelet_reports(boot, os, now);
+        } else {
+            self.report = Some((self.lag - 1, boot, os));
+        }
+        self.applied = image;
+        self.view.label = Some(UpdateLabel::Done);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// Node clocks minutes off ours and kubelets that report the reboot passes after `done`:
+    /// no host that booted its image is ever judged a mismatch, every one finishes, and a
+    /// fallback boot is still caught.
+    #[test]
+    fn a_skewed_node_clock_and_a_slow_kubelet_never_fake_a_mismatch(
+        hosts in prop::collection::vec((-900i64..900, 0..4u32, prop::bool::weighted(0.15)), 1..5),
+        start in 0i64..100_000,
+    ) {
+        let mut world: Vec<SkewedHost> = hosts
+            .iter()
+            .enumerate()
+            .map(|(i, (skew, lag, fallback))| SkewedHost::new(i, *skew, *lag, *fallback))
+            .collect();
+        let mut records: Vec<HostRecord> = Vec::new();
+        let mut outcome = None;
+        for pass in 0..300i64 {
+            let now = at(start + pass * 2);
+            let views: Vec<HostView> = world.iter().map(SkewedHost::seen).collect();
+            let out = step(&records, &views, TARGET, settings(1, 1), false, now);
+            for action in &out.actions {
+                let Some(h) = world.iter_mut().find(|h| match action {
+                    Action::Cordon { node } | Action::Evict { node } | Action::Uncordon { node } => {
+                        h.view.node.as_ref() == Some(node)
+                    }
+                    Action::LabelPending { host } => &h.view.host == host,
+                    Action::ApplyImage { machine, .. }
+                    | Action::SkipRemediation { machine }
+                    | Action::AllowRemediation { machine } => &h.view.machine == machine,
+                }) else {
+                    continue;
+                };
+                match action {
+                    Action::Cordon { .. } => {
+                        h.node.spec.get_or_insert_default().unschedulable = Some(true);
+                    }
+                    Action::Evict { .. } => h.view.drained = true,
+                    Action::LabelPending { .. } => h.view.label = Some(UpdateLabel::Pending),
+                    Action::ApplyImage { image, .. } => h.view.image_uri = Some(image.clone()),
+                    Action::Uncordon { .. } => {
+                        h.node.spec.get_or_insert_default().unschedulable = Some(false);
+                    }
+                    Action::SkipRemediation { .. } => {
+                        h.view.skip_remediation = Some(remediation::SKIP_REMEDIATION_BY.into());
+                    }
+                    Action::AllowRemediation { .. } => h.view.skip_remediation = None,
+                }
+            }
+            records = out.records.clone();
+            if let Some(blocked) = out.blocked {
+                outcome = Some(Err(blocked));
+                break;
+            }
+            let views: Vec<HostView> = world.iter().map(SkewedHost::seen).collect();
+            if out.finished(&views, TARGET) {
+                outcome = Some(Ok(()));
+                break;
+            }
+            for h in &mut world {
+                h.live(now);
+            }
+        }
+        match outcome {
+            Some(Ok(())) => prop_assert!(
+                !world.iter().any(|h| h.fallback && h.boots > 0),
+                "a fallback boot passed: {records:?}"
+            ),
+            Some(Err(blocked)) => {
+                prop_assert_eq!(blocked.reason, Reason::BootedImageMismatch, "{:?}", blocked);
+                let h = world.iter().find(|h| h.view.host == blocked.host).unwrap();
+                prop_assert!(h.fallback, "a false mismatch: {:?} {:?}", blocked, h);
+            }
+            None => prop_assert!(false, "neither finished nor blocked: {records:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_nodes_boot_id_is_read_bounded_and_its_clock_never() {
+    let node = |boot: &str| {
+        serde_json::from_value::<k8s_openapi::api::core::v1::Node>(serde_json::json!({
+            "metadata": {"name": "n"},
+            "status": {
+                "nodeInfo": {
+                    "machineID": "m", "systemUUID": "u", "bootID": boot,
+                    "kernelVersion": "6", "osImage": "Elemental os-2",
+                    "containerRuntimeVersion": "c", "kubeletVersion": "v1.31.1",
+                    "kubeProxyVersion": "v1.31.1", "operatingSystem": "linux",
+                    "architecture": "amd64",
+                },
+                "conditions": [{"type": "Ready", "status": "True",
+                    "lastHeartbeatTime": "1999-01-01T00:00:00Z"}],
+            },
+        }))
+        .unwrap()
+    };
+    let read = observe::node(&node("0c3f6d7e-2b9a-4d41-8f7c-5e6a1b2c3d4e"));
+    assert_eq!(
+        read.boot_id.as_deref(),
+        Some("0c3f6d7e-2b9a-4d41-8f7c-5e6a1b2c3d4e")
+    );
+    assert_eq!(read.os_image.as_deref(), Some("Elemental os-2"));
+    assert_eq!(observe::node(&node("")).boot_id, None);
+    assert_eq!(observe::node(&node(&"b".repeat(65))).boot_id, None);
+    assert_eq!(observe::node(&node("boot id")).boot_id, None);
+    assert_eq!(observe::node(&node("boot\nid")).boot_id, None);
+}
+
+#[test]
+fn a_machines_skip_remediation_annotation_is_read() {
+    let machine = |annotations: serde_json::Value| {
+        serde_json::json!({
+            "metadata": {"name": "m0", "annotations": annotations},
+            "spec": {"infrastructureRef": {
+                "apiVersion": "infrastructure.cluster.x-k8s.io/v1beta1",
+                "kind": "ElementalMachine",
+                "name": "em0",
+            }},
+        })
+    };
+    let ours = observe::machine(&machine(
+        serde_json::json!({remediation::SKIP_REMEDIATION_ANNOTATION: "kubernetes-upgrader"}),
+    ))
+    .unwrap();
+    assert_eq!(
+        ours.skip_remediation.as_deref(),
+        Some(remediation::SKIP_REMEDIATION_BY)
+    );
+    let someone = observe::machine(&machine(
+        serde_json::json!({remediation::SKIP_REMEDIATION_ANNOTATION: ""}),
+    ))
+    .unwrap();
+    assert_eq!(someone.skip_remediation.as_deref(), Some(""));
+    let none = observe::machine(&machine(serde_json::json!({"other": "x"}))).unwrap();
+    assert_eq!(none.skip_remediation, None);
 }
 
 #[test]
@@ -1289,8 +1960,7 @@ fn changing_agent(view: &mut HostView, now: Timestamp) {
     if view.label == Some(UpdateLabel::Pending) && !booted {
         view.os_image = Some(format!("Elemental {}", stamp_of(&image)));
         view.label = Some(UpdateLabel::Done);
-        view.os_ready_since = Some(now);
-        view.node_reported = Some(now);
+        view.boot_id = Some(format!("boot-{}-{}", view.host, now.as_second()));
     }
 }
 
@@ -1313,7 +1983,7 @@ proptest! {
         kills in prop::collection::vec(prop::bool::weighted(0.2), 500),
         last in prop::option::of(any::<bool>()),
     ) {
-        let settings = Settings { max_unavailable, drain_timeout: Duration::from_secs(100_000), retries: 1 };
+        let settings = Settings { max_unavailable, drain_timeout: Duration::from_secs(100_000), retries: 1, host_timeout: Duration::from_secs(100_000) };
         let mut views: Vec<HostView> = world.into_iter().map(|h| h.view).collect();
         // Nodes an operator cordoned while they carried no mark of ours.
         let mut operator_cordoned: BTreeSet<String> = BTreeSet::new();
@@ -1380,7 +2050,16 @@ proptest! {
                         },
                         Action::LabelPending { host } => if let Some(v) = views.iter_mut().find(|v| &v.host == host) {
                             prop_assert!(v.cordoned && v.drained && v.refused.is_none(), "pending on a Node not cordoned and drained: {v:?}");
+                            prop_assert!(remediation::held(v), "pending before its Machine is held: {v:?}");
                             v.label = Some(UpdateLabel::Pending);
+                        },
+                        Action::SkipRemediation { machine } => if let Some(v) = views.iter_mut().find(|v| &v.machine == machine) {
+                            v.skip_remediation = Some(remediation::SKIP_REMEDIATION_BY.into());
+                        },
+                        Action::AllowRemediation { machine } => if let Some(v) = views.iter_mut().find(|v| &v.machine == machine) {
+                            let held_for = out.records.iter().find(|r| r.host == v.host && r.machine == v.machine);
+                            prop_assert!(held_for.is_none_or(|r| !remediation::wanted(r)), "the hold lifted from a host in flight: {held_for:?}");
+                            v.skip_remediation = None;
                         },
                         Action::ApplyImage { machine, image } => if let Some(v) = views.iter_mut().find(|v| &v.machine == machine) {
                             prop_assert_eq!(Some(image.as_str()), target.map(|t| t.image), "an image that is not the current target");
@@ -1413,6 +2092,7 @@ proptest! {
                 prop_assert!(at_target(v, t), "{v:?} not at {t:?}: {records:?}");
             }
             prop_assert!(!v.cordoned_by_us, "{} left with our mark: {records:?}", v.host);
+            prop_assert!(!remediation::ours(v), "{} left held from remediation: {records:?}", v.host);
             prop_assert_eq!(v.cordoned, operator_cordoned.contains(&v.host), "{:?}", v);
         }
     }

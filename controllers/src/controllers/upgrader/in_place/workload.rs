@@ -1,6 +1,7 @@
 //! The in-place flow's writes: to the workload cluster (cordon, eviction, uncordon), reached
 //! through Cluster API's `<cluster>-kubeconfig` Secret, and to the management cluster (the
-//! ElementalHost's `in-place-update` label, the ElementalMachine's `imageUri`).
+//! ElementalHost's `in-place-update` label, the ElementalMachine's `imageUri`, the Machine's
+//! `skip-remediation` annotation).
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
@@ -9,6 +10,7 @@ use http_body_util::Limited;
 use k8s_openapi::api::core::v1::{Node, Secret};
 use kube::api::{DynamicObject, EvictParams, Patch, PatchParams};
 use kube::client::ClientBuilder;
+use kube::core::ApiResource;
 use kube::{Api, Client};
 use serde_json::json;
 use tower::util::MapResponseLayer;
@@ -21,6 +23,7 @@ use super::observe::{
     ELEMENTAL_API_VERSION, ELEMENTAL_HOST, ELEMENTAL_MACHINE, IN_PLACE_UPDATE_LABEL, drain_plan,
     elemental_resource,
 };
+use super::remediation::{SKIP_REMEDIATION_ANNOTATION, SKIP_REMEDIATION_BY};
 use crate::runtime::status::{WriteError, bounded};
 
 /// Why the workload cluster cannot be reached.
@@ -35,6 +38,9 @@ pub enum Unreachable {
     /// Reading its Nodes and pods took longer than the deadline.
     #[error("the workload cluster's Nodes and pods were not read within {0:?}")]
     Slow(std::time::Duration),
+    /// Reading its Nodes and pods failed (a refused connection, an error answer).
+    #[error("reading the workload cluster's Nodes and pods")]
+    Unanswered(#[source] WriteError),
     /// The kubeconfig asks for something the allow-list refuses, or does not load.
     #[error("the kubeconfig in Secret {0} is refused: {1}")]
     Refused(String, #[source] Refused),
@@ -235,6 +241,27 @@ pub async fn evict(
         }
     }
     failed.map_or(Ok(refused), Err)
+}
+
+/// Sets (`skip`) or removes Cluster API's `cluster.x-k8s.io/skip-remediation` on the Machine
+/// (of `machine_resource`, the served Cluster API version) with a merge patch of that annotation
+/// only. A Machine that is gone (404) has nothing left to hold.
+pub async fn skip_remediation(
+    management: &Client,
+    machine_resource: &ApiResource,
+    namespace: &str,
+    machine: &str,
+    skip: bool,
+    field_manager: &str,
+) -> Result<(), WriteError> {
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(management.clone(), namespace, machine_resource);
+    let value = skip.then_some(SKIP_REMEDIATION_BY);
+    let patch = json!({ "metadata": { "annotations": { SKIP_REMEDIATION_ANNOTATION: value } } });
+    match bounded(api.patch(machine, &merge_params(field_manager), &Patch::Merge(&patch))).await {
+        Err(WriteError::Api(kube::Error::Api(e))) if e.code == 404 => Ok(()),
+        other => other.map(|_| ()),
+    }
 }
 
 /// Labels the ElementalHost `in-place-update=pending` with a merge patch of that label only
