@@ -118,6 +118,17 @@ pub struct RunArgs {
         default_value = "/tmp/k8s-webhook-server/serving-certs"
     )]
     pub extension_cert_dir: std::path::PathBuf,
+    /// The name of the ExtensionConfig that registers the extension with Cluster API: a
+    /// ClusterClass whose `spec.upgrade.external.generateUpgradePlanExtension` is
+    /// `generate-upgrade-plan.<this name>` lets the upgrader write a target several minors ahead
+    /// in one step (imageMap mode).
+    #[arg(
+        long,
+        env = "EXTENSION_CONFIG_NAME",
+        default_value = crate::controllers::upgrader::chain::DEFAULT_EXTENSION_CONFIG,
+        value_parser = parse_label
+    )]
+    pub extension_config_name: String,
     /// Accepted for v0.6 compatibility: debug, info, error or a number; used when RUST_LOG is unset.
     #[arg(long, hide = true)]
     pub zap_log_level: Option<String>,
@@ -133,6 +144,24 @@ pub struct RunArgs {
     /// Accepted for v0.6 compatibility and ignored.
     #[arg(long, hide = true)]
     pub zap_time_encoding: Option<String>,
+}
+
+/// A DNS-1123 label, as Kubernetes object names such as an ExtensionConfig's.
+fn parse_label(text: &str) -> Result<String, String> {
+    let valid = !text.is_empty()
+        && text.len() <= 63
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !text.starts_with('-')
+        && !text.ends_with('-');
+    if valid {
+        Ok(text.to_owned())
+    } else {
+        Err(format!(
+            "{text:?} is not a DNS-1123 label (lowercase letters, digits and '-', at most 63)"
+        ))
+    }
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -276,6 +305,10 @@ mod tests {
             cli.run.extension_cert_dir,
             std::path::PathBuf::from("/certs")
         );
+        assert_eq!(cli.run.extension_config_name, "kubernetes-upgrader");
+        let cli = Cli::try_parse_from(["k", "--extension-config-name=capi-ext"]).unwrap();
+        assert_eq!(cli.run.extension_config_name, "capi-ext");
+        assert!(Cli::try_parse_from(["k", "--extension-config-name=Bad.Name"]).is_err());
         let cli = Cli::try_parse_from(["k", "--extension-bind-address=nowhere"]).unwrap();
         assert!(cli.run.extension_address().is_err());
     }

@@ -76,6 +76,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         leader_election,
         crd_wait: args.crd_wait_timeout,
         instance: args.pod_name.clone(),
+        extension_config: args.extension_config_name.clone(),
     };
     let shutdown = Shutdown::on_signals().context("installing the signal handlers")?;
     // The extension answers Discovery from the start; its hooks once this replica leads.

@@ -48,6 +48,7 @@ fn config() -> (ManagerConfig, SocketAddr) {
         leader_election: None,
         crd_wait: Duration::from_secs(5),
         instance: None,
+        extension_config: "kubernetes-upgrader".into(),
     };
     (config, address)
 }

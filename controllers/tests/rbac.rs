@@ -40,6 +40,7 @@ const TYPES: &[(&str, &str)] = &[
     ("jobs", "Job"),
     ("pods", "Pod"),
     ("clusters", "Cluster"),
+    ("clusterclasses", "ClusterClass"),
     ("machinedeployments", "MachineDeployment"),
     ("machines", "Machine"),
     ("elementalhosts", "ElementalHost"),

@@ -22,6 +22,8 @@ use crate::namespace;
 
 /// Name of the minimal Cluster API CRD the harness installs.
 pub const CLUSTER_CRD: &str = "clusters.cluster.x-k8s.io";
+/// The ClusterClass CRD's name.
+pub const CLUSTER_CLASS_CRD: &str = "clusterclasses.cluster.x-k8s.io";
 
 /// Text every cross-namespace reference refusal carries.
 pub const CROSS_NAMESPACE_MESSAGE: &str = "must be empty or equal to the object's own namespace";
@@ -146,6 +148,42 @@ pub async fn install_list_map_cluster_crd(client: &Client) -> Result<()> {
     .await
     .context("applying the list-map Cluster CRD")?;
     wait_established(&crds, CLUSTER_CRD, Duration::from_secs(60)).await
+}
+
+/// A `clusterclasses.cluster.x-k8s.io` CRD as Cluster API serves it for what the upgrader reads:
+/// v1beta2, namespaced, everything preserved as unknown fields.
+pub fn cluster_class_crd() -> Value {
+    json!({
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": { "name": CLUSTER_CLASS_CRD },
+        "spec": {
+            "group": "cluster.x-k8s.io",
+            "names": { "kind": "ClusterClass", "listKind": "ClusterClassList", "plural": "clusterclasses", "singular": "clusterclass" },
+            "scope": "Namespaced",
+            "versions": [{
+                "name": "v1beta2", "served": true, "storage": true,
+                "schema": { "openAPIV3Schema": {
+                    "type": "object",
+                    "properties": { "spec": { "type": "object", "x-kubernetes-preserve-unknown-fields": true } }
+                }}
+            }],
+        }
+    })
+}
+
+/// Installs the ClusterClass CRD ([`cluster_class_crd`]) and waits until it is Established.
+pub async fn install_cluster_class_crd(client: &Client) -> Result<()> {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let crd: CustomResourceDefinition = serde_json::from_value(cluster_class_crd())?;
+    crds.patch(
+        CLUSTER_CLASS_CRD,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&crd),
+    )
+    .await
+    .context("applying the ClusterClass CRD")?;
+    wait_established(&crds, CLUSTER_CLASS_CRD, Duration::from_secs(60)).await
 }
 
 /// Installs everything and waits until the CRDs are Established and the admission policies

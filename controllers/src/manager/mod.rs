@@ -37,6 +37,8 @@ pub struct ManagerConfig {
     pub crd_wait: Duration,
     /// The reporting instance for events, normally the pod name.
     pub instance: Option<String>,
+    /// The ExtensionConfig that registers the Runtime Extension (for its handlers' names).
+    pub extension_config: String,
 }
 
 /// Why the manager stopped with an error.
@@ -172,13 +174,14 @@ async fn run_controllers(
 
     // Losing the lease stops every controller: a new leader takes over from a clean start.
     let (controllers_trigger, controllers_shutdown) = Shutdown::new();
-    let shared = Shared::new(
+    let mut shared = Shared::new(
         client,
         config.namespace.clone(),
         metrics,
         config.instance.clone(),
         controllers_shutdown,
     );
+    shared.extension_config.clone_from(&config.extension_config);
     let mut ready = Vec::new();
     let mut tasks = JoinSet::new();
     let mut started = Vec::new();

@@ -49,6 +49,8 @@ pub struct Shared {
     pub shutdown: Shutdown,
     /// One reflector per watched kind, shared by every controller.
     pub caches: Arc<Caches>,
+    /// The name of the ExtensionConfig that registers the Runtime Extension with Cluster API.
+    pub extension_config: String,
 }
 
 impl std::fmt::Debug for Shared {
@@ -80,6 +82,8 @@ impl Shared {
             instance,
             shutdown,
             caches,
+            extension_config: crate::controllers::upgrader::chain::DEFAULT_EXTENSION_CONFIG
+                .to_owned(),
         }
     }
 

@@ -311,6 +311,7 @@ mod tests {
                 name: "first".into(),
                 kind: "InClusterUpgradeAutomation",
             }),
+            chained: false,
         };
         let me: ClusterClassClusterUpgrader = upgrader("second", "c", LATE, false);
         let status = UpgraderStatus::default();

@@ -13,7 +13,7 @@ use jiff::Timestamp;
 use super::finish::{self, ClusterApi, Rollout};
 use super::gates::{self, ClusterState, Hold, Plan, Reason, Step};
 use super::observe::Observation;
-use super::{cluster, in_place};
+use super::{chain, cluster, in_place};
 use crate::runtime::Note;
 
 /// Condition types the upgrader reports besides `Ready`.
@@ -321,8 +321,10 @@ pub fn reconcile_decision(
             plan: &observed.plan,
             images: &observed.images,
             now,
+            chained: observed.chained,
         }),
     };
+    let declined = declined_chain(subject, observed, &planned);
     let fallback = observed.in_place.unwrap_or_else(|| {
         in_place::Settings::from_spec(&InPlace::default()).unwrap_or(in_place::Settings {
             max_unavailable: 1,
@@ -375,6 +377,7 @@ pub fn reconcile_decision(
             now: &now_time,
         },
     );
+    decision.notes.extend(declined);
     decision.status.hosts = (!joined.records.is_empty()).then(|| joined.records.clone());
     if let (Some(progress), ClusterState::Found(view)) = (&joined.progress, &observed.cluster)
         && let Some(topology) = &view.topology
@@ -407,6 +410,27 @@ pub fn reconcile_decision(
     (decision, joined.actions)
 }
 
+/// The Normal event, once as a climb starts (no step pending before), that the ClusterClass
+/// offers a chained upgrade the variable mode cannot carry: one image per version needs
+/// `spec.imageMap`, so the upgrader steps one minor at a time.
+fn declined_chain(subject: Subject<'_>, observed: &Observation, planned: &Plan) -> Option<Note> {
+    let step = match planned {
+        Plan::Write(step) => step,
+        Plan::Hold { hold, .. } => hold.step.as_deref()?,
+    };
+    (observed.chained && subject.spec.image_map.is_none() && subject.status.next_step.is_none())
+        .then(|| {
+            Note::normal(
+                chain::NEEDS_IMAGE_MAP,
+                format!(
+                    "the ClusterClass of Cluster {} names this extension's GenerateUpgradePlan handler, but a chained upgrade needs spec.imageMap (an image per version): stepping one minor at a time, next {}",
+                    subject.spec.cluster_name,
+                    step.version_string()
+                ),
+            )
+        })
+}
+
 /// The decision on the Cluster as the write of `step` returned it: what the reconcile that write
 /// triggers will compute, for [`settle_after_write`].
 pub fn after_write(
@@ -433,6 +457,7 @@ pub fn after_write(
         plan: &observed.plan,
         images: &observed.images,
         now,
+        chained: observed.chained,
     });
     decide(
         &after,

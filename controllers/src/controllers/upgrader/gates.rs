@@ -79,6 +79,9 @@ pub struct Inputs<'a> {
     pub images: &'a [Image],
     /// The clock.
     pub now: Timestamp,
+    /// The Cluster's ClusterClass names our `GenerateUpgradePlan` handler: Cluster API walks the
+    /// minors itself, so in `imageMap` mode one step may go to the Plan's target directly.
+    pub chained: bool,
 }
 
 /// The variable entry a step writes.
@@ -180,8 +183,19 @@ fn gates(inputs: &Inputs<'_>) -> Result<Step, Held> {
     let (target, target_id) = plan_target(inputs.plan, inputs.images).map_err(held)?;
     let current = cluster_version(topology).map_err(held)?;
     no_downgrade(&current, &target).map_err(held)?;
-    let (version, id) = one_minor(&current, &target, &target_id, inputs.images).map_err(held)?;
-    let variable = variable_write(spec, topology, &version, &id).map_err(held)?;
+    // Chained in map mode only: each version Cluster API passes through needs its own image.
+    let mut path = if inputs.chained && spec.image_map.is_some() {
+        chain(&current, &target, &target_id, inputs.images).map_err(held)?
+    } else {
+        vec![one_minor(&current, &target, &target_id, inputs.images).map_err(held)?]
+    };
+    let variable = variable_write(spec, topology, &path).map_err(held)?;
+    let Some((version, id)) = path.pop() else {
+        return Err(held(Hold::new(
+            Reason::InvalidVersion,
+            format!("no step leads from v{current} to v{target}"),
+        )));
+    };
     let step = Step {
         from: topology.version.clone(),
         version,
@@ -332,17 +346,44 @@ pub fn one_minor(
         })
 }
 
-/// The variable entry a step writes, by mode (`topologyVariable`, `imageMap`, or none).
+/// S2 for a chained upgrade: every version Cluster API walks from `current` to `target`, each
+/// with its image: for each minor after `current`'s, the highest ready image of that minor (as
+/// [`one_minor`] picks it, and as our `GenerateUpgradePlan` answers), ending at the target.
+/// Blocks with `NoImageForIntermediateMinor` when a minor on the way has no ready image.
+pub fn chain(
+    current: &Version,
+    target: &Version,
+    target_id: &str,
+    images: &[Image],
+) -> Result<Vec<(Version, String)>, Hold> {
+    let mut path = Vec::new();
+    let mut at = current.clone();
+    loop {
+        let (next, id) = one_minor(&at, target, target_id, images)?;
+        let done = next.minor >= target.minor;
+        path.push((next.clone(), id));
+        if done {
+            return Ok(path);
+        }
+        at = next;
+    }
+}
+
+/// The variable entry a step writes, by mode (`topologyVariable`, `imageMap`, or none). `path`
+/// holds the versions the step passes through with their images, the written one last: the map
+/// gets an entry for each, a single variable the last image.
 pub fn variable_write(
     spec: &UpgraderSpecView<'_>,
     topology: &Topology,
-    version: &Version,
-    id: &str,
+    path: &[(Version, String)],
 ) -> Result<Option<VariableWrite>, Hold> {
     if let Some(map) = spec.image_map {
-        return map_write(map, topology, version, id).map(Some);
+        return map_write(map, topology, path).map(Some);
     }
     let Some(name) = spec.topology_variable else {
+        return Ok(None);
+    };
+    let Some((_, id)) = path.last() else {
         return Ok(None);
     };
     let value = Value::String(id.to_owned());
@@ -371,10 +412,8 @@ pub fn variable_write(
 fn map_write(
     map: &ImageMap,
     topology: &Topology,
-    version: &Version,
-    id: &str,
+    path: &[(Version, String)],
 ) -> Result<VariableWrite, Hold> {
-    let key = api::version::with_v(version);
     let existing = topology.variables.iter().find(|v| v.name == map.variable);
     let Some(existing) = existing else {
         if !map.create.unwrap_or(false) {
@@ -386,10 +425,13 @@ fn map_write(
                 ),
             ));
         }
-        let entries = json!({ key: id });
+        let entries: Map<String, Value> = path
+            .iter()
+            .map(|(version, id)| (api::version::with_v(version), Value::String(id.clone())))
+            .collect();
         let value = match &map.field {
             Some(field) => json!({ field: entries }),
-            None => entries,
+            None => Value::Object(entries),
         };
         return Ok(VariableWrite {
             name: map.variable.clone(),
@@ -418,30 +460,36 @@ fn map_write(
         },
         None => outer,
     };
-    match entries.get(&key) {
-        Some(Value::String(present)) if present == id => Ok(VariableWrite {
-            name: map.variable.clone(),
-            value: existing.value.clone(),
-            unchanged: true,
-            created: false,
-        }),
-        Some(present) => Err(Hold::new(
-            Reason::ImageMapEntryConflict,
-            format!(
-                "the image map {:?} already maps {key} to {present}, not {id:?}: an existing entry is never changed",
-                map.variable
-            ),
-        )),
-        None => {
-            entries.insert(key, Value::String(id.to_owned()));
-            Ok(VariableWrite {
-                name: map.variable.clone(),
-                value,
-                unchanged: false,
-                created: false,
-            })
+    let mut unchanged = true;
+    for (version, id) in path {
+        let key = api::version::with_v(version);
+        match entries.get(&key) {
+            Some(Value::String(present)) if present == id => {}
+            Some(present) => {
+                return Err(Hold::new(
+                    Reason::ImageMapEntryConflict,
+                    format!(
+                        "the image map {:?} already maps {key} to {present}, not {id:?}: an existing entry is never changed",
+                        map.variable
+                    ),
+                ));
+            }
+            None => {
+                entries.insert(key, Value::String(id.clone()));
+                unchanged = false;
+            }
         }
     }
+    Ok(VariableWrite {
+        name: map.variable.clone(),
+        value: if unchanged {
+            existing.value.clone()
+        } else {
+            value
+        },
+        unchanged,
+        created: false,
+    })
 }
 
 /// S5: nothing to change means no write. Ready when the Cluster runs the Plan's version and

@@ -8,6 +8,7 @@
 //! upgraders and the Cluster watch. `mod.rs` is wiring.
 
 pub mod apply;
+pub mod chain;
 pub mod claim;
 pub mod cluster;
 pub mod decide;
@@ -78,6 +79,8 @@ pub struct Context {
     clusters: ClusterStore,
     /// Both kinds' upgraders, to find the one that acts on a Cluster; unset, every upgrader acts.
     claims: Option<claim::Claims>,
+    /// The name Cluster API registers our `GenerateUpgradePlan` handler under.
+    registered: String,
 }
 
 /// Where the Cluster watch leaves its store once Cluster API is discovered.
@@ -130,7 +133,15 @@ impl Context {
             workloads: in_place::workload::Workloads::default(),
             clusters: ClusterStore::default(),
             claims: None,
+            registered: chain::registered_name(chain::DEFAULT_EXTENSION_CONFIG),
         }
+    }
+
+    /// The context for an extension registered by the ExtensionConfig `name`.
+    #[must_use]
+    pub fn with_extension_config(mut self, name: &str) -> Self {
+        self.registered = chain::registered_name(name);
+        self
     }
 
     /// The context with the claims of both upgrader kinds checked.
@@ -171,7 +182,8 @@ fn start<K: UpgraderKind>(shared: &Shared) -> Running {
     .with_claims(claim::Claims::new(
         class.store.clone(),
         in_cluster.store.clone(),
-    ));
+    ))
+    .with_extension_config(&shared.extension_config);
     let trigger = Trigger::GenerationOrAnnotation(RETRY_HOSTS_ANNOTATION);
     let mut start = Start::new(shared, &cache, trigger, 16);
     let index = index::Index::new(start.store());

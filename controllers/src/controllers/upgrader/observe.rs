@@ -14,7 +14,7 @@ use kube::{Client, ResourceExt};
 
 use super::finish::{self, Rollout};
 use super::gates::{self, ClusterState, PlanState};
-use super::{Context, Error, UpgraderKind, claim, cluster, in_place};
+use super::{Context, Error, UpgraderKind, chain, claim, cluster, in_place};
 
 /// How long a discovery of Cluster API is reused.
 const DISCOVERY_TTL: Duration = Duration::from_secs(300);
@@ -59,6 +59,9 @@ pub struct Observation {
     pub hosts: Option<Result<ObservedHosts, in_place::workload::Unreachable>>,
     /// Another upgrader that acts on the Cluster, when this one does not.
     pub claimed_by: Option<claim::Claimant>,
+    /// The Cluster's ClusterClass names our `GenerateUpgradePlan` handler (read only when the
+    /// Plan's target is more than one minor ahead).
+    pub chained: bool,
 }
 
 /// Reads everything the reconcile of `upgrader` decides on.
@@ -114,12 +117,24 @@ pub async fn observe<K: UpgraderKind>(
     } else {
         observe_cluster(ctx, &namespace, spec.cluster_name, read).await?
     };
+    // The ClusterClass changes the step in map mode; in the other modes it is read only while no
+    // step is pending, to say once that the chain is not taken.
+    let chained = match (&raw, &access) {
+        (Some(raw), Some(access))
+            if chain::beyond_one_minor(&cluster, &plan, &images)
+                && (spec.image_map.is_some() || current.next_step.is_none()) =>
+        {
+            chain::offered(&ctx.core.client, access, raw, &namespace, &ctx.registered).await
+        }
+        _ => false,
+    };
     let planned = gates::plan(&gates::Inputs {
         spec,
         cluster: &cluster,
         plan: &plan,
         images: &images,
         now,
+        chained,
     });
     let stored: Vec<&MachineImage> = images_state
         .iter()
@@ -187,6 +202,7 @@ pub async fn observe<K: UpgraderKind>(
         stamps,
         hosts,
         claimed_by,
+        chained,
     })
 }
 

@@ -82,6 +82,7 @@ fn run(
         plan,
         images,
         now: timestamp(),
+        chained: false,
     })
 }
 
@@ -452,6 +453,287 @@ fn map_mode_adds_the_target_entry_and_keeps_the_others() {
     );
 }
 
+fn run_chained(
+    spec: UpgraderSpecView<'_>,
+    cluster: &ClusterState,
+    plan: &PlanState,
+    images: &[Image],
+) -> gates::Plan {
+    gates::plan(&Inputs {
+        spec,
+        cluster,
+        plan,
+        images,
+        now: timestamp(),
+        chained: true,
+    })
+}
+
+fn chain_images() -> Vec<Image> {
+    vec![
+        img("v1.30.5", "i-1305"),
+        img("v1.31.2", "i-1312"),
+        img("v1.31.4", "i-1314"),
+        img("v1.32.0", "i-1320"),
+        img("v1.32.1", "i-1321"),
+        img("v1.33.0", "i-1330"),
+    ]
+}
+
+fn os_images(entries: &Value) -> Vec<Variable> {
+    vec![Variable {
+        name: "osImages".into(),
+        value: json!({ "byKubernetesVersion": entries }),
+    }]
+}
+
+#[test]
+fn a_chained_map_step_writes_the_target_with_an_entry_per_version() {
+    let r = plan_ref();
+    let map = ImageMap {
+        variable: "osImages".into(),
+        field: Some("byKubernetesVersion".into()),
+        create: None,
+    };
+    let s = UpgraderSpecView {
+        image_map: Some(&map),
+        ..spec(&r)
+    };
+    let cluster = found("v1.30.5", os_images(&json!({"v1.30.5": "i-1305"})), true);
+    // The target v1.32.1 is two minors ahead: one write, v1.31's highest image on the way.
+    let got = run_chained(s, &cluster, &target("v1.32.1", "i-1321"), &chain_images());
+    let gates::Plan::Write(step) = got else {
+        panic!("{got:?}")
+    };
+    assert_eq!(step.version_string(), "v1.32.1");
+    assert_eq!(step.id, "i-1321");
+    assert_eq!(step.from, "v1.30.5");
+    assert_eq!(
+        step.variable.unwrap().value,
+        json!({"byKubernetesVersion": {"v1.30.5": "i-1305", "v1.31.4": "i-1314", "v1.32.1": "i-1321"}})
+    );
+    // Without the ClusterClass naming our handler: one minor.
+    let got = run(s, &cluster, &target("v1.32.1", "i-1321"), &chain_images());
+    let gates::Plan::Write(step) = got else {
+        panic!("{got:?}")
+    };
+    assert_eq!(step.version_string(), "v1.31.4");
+    assert_eq!(
+        step.variable.unwrap().value,
+        json!({"byKubernetesVersion": {"v1.30.5": "i-1305", "v1.31.4": "i-1314"}})
+    );
+    // A variable created by the step holds every entry; three minors give three entries.
+    let create = ImageMap {
+        variable: "osImages".into(),
+        field: None,
+        create: Some(true),
+    };
+    let got = run_chained(
+        UpgraderSpecView {
+            image_map: Some(&create),
+            ..spec(&r)
+        },
+        &found("v1.30.5", vec![], true),
+        &target("v1.33.0", "i-1330"),
+        &chain_images(),
+    );
+    let gates::Plan::Write(step) = got else {
+        panic!("{got:?}")
+    };
+    assert_eq!(step.version_string(), "v1.33.0");
+    let variable = step.variable.unwrap();
+    assert!(variable.created);
+    assert_eq!(
+        variable.value,
+        json!({"v1.31.4": "i-1314", "v1.32.1": "i-1321", "v1.33.0": "i-1330"})
+    );
+}
+
+#[test]
+fn a_chained_step_holds_on_a_missing_minor_a_conflict_or_an_unfinished_upgrade() {
+    let r = plan_ref();
+    let map = ImageMap {
+        variable: "osImages".into(),
+        field: Some("byKubernetesVersion".into()),
+        create: None,
+    };
+    let s = UpgraderSpecView {
+        image_map: Some(&map),
+        ..spec(&r)
+    };
+    let no_131: Vec<Image> = chain_images()
+        .into_iter()
+        .filter(|i| i.version.minor != 31)
+        .collect();
+    let cluster = found("v1.30.5", os_images(&json!({})), true);
+    let got = run_chained(s, &cluster, &target("v1.32.1", "i-1321"), &no_131);
+    assert_eq!(reason(&got), Reason::NoImageForIntermediateMinor);
+    // An existing entry for an intermediate version is never changed.
+    let conflicting = found("v1.30.5", os_images(&json!({"v1.31.4": "other"})), true);
+    let got = run_chained(
+        s,
+        &conflicting,
+        &target("v1.32.1", "i-1321"),
+        &chain_images(),
+    );
+    assert_eq!(reason(&got), Reason::ImageMapEntryConflict);
+    // Cluster API walks the chain: the version written stays, a newer target waits.
+    let walking = found(
+        "v1.32.1",
+        os_images(&json!({"v1.31.4": "i-1314", "v1.32.1": "i-1321"})),
+        false,
+    );
+    let got = run_chained(s, &walking, &target("v1.32.1", "i-1321"), &chain_images());
+    assert_eq!(reason(&got), Reason::RollingOut);
+    let got = run_chained(s, &walking, &target("v1.33.0", "i-1330"), &chain_images());
+    assert_eq!(reason(&got), Reason::PreviousStepUnfinished);
+    // Finished at the target with every entry: nothing to write.
+    let done = found(
+        "v1.32.1",
+        os_images(&json!({"v1.31.4": "i-1314", "v1.32.1": "i-1321"})),
+        true,
+    );
+    let got = run_chained(s, &done, &target("v1.32.1", "i-1321"), &chain_images());
+    assert_eq!(reason(&got), Reason::ClusterUsingLatestVersion);
+}
+
+#[test]
+fn single_variable_modes_step_one_minor_even_when_chained() {
+    let r = plan_ref();
+    for s in [
+        UpgraderSpecView {
+            topology_variable: Some("image"),
+            create_topology_variable: true,
+            ..spec(&r)
+        },
+        spec(&r),
+    ] {
+        let got = run_chained(
+            s,
+            &found("v1.30.5", vec![], true),
+            &target("v1.32.1", "i-1321"),
+            &chain_images(),
+        );
+        let gates::Plan::Write(step) = got else {
+            panic!("{got:?}")
+        };
+        assert_eq!(step.version_string(), "v1.31.4");
+        assert_eq!(step.id, "i-1314");
+    }
+}
+
+fn chain_observation(chained: bool) -> observe::Observation {
+    observe::Observation {
+        namespace: "team".into(),
+        plan: target("v1.32.1", "i-1321"),
+        images: chain_images(),
+        records: Vec::new(),
+        retry_hosts: None,
+        cluster: found("v1.30.5", os_images(&json!({})), true),
+        raw: None,
+        access: None,
+        cached: false,
+        wanted: None,
+        in_place: None,
+        stamps: in_place::verify::Stamps::new(),
+        hosts: None,
+        claimed_by: None,
+        chained,
+    }
+}
+
+#[test]
+fn a_declined_chain_is_said_once_as_a_climb_starts() {
+    let r = plan_ref();
+    let single = UpgraderSpecView {
+        topology_variable: Some("image"),
+        create_topology_variable: true,
+        ..spec(&r)
+    };
+    let idle = UpgraderStatus::default();
+    let subject = |spec, status| decide::Subject {
+        spec,
+        status,
+        generation: Some(1),
+    };
+    let said = |d: &decide::Decision| {
+        d.notes
+            .iter()
+            .filter(|n| n.reason == chain::NEEDS_IMAGE_MAP)
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let (d, _) = decide::reconcile_decision(
+        subject(single, &idle),
+        &chain_observation(true),
+        timestamp(),
+    );
+    assert_eq!(
+        d.write.as_ref().map(gates::Step::version_string).as_deref(),
+        Some("v1.31.4")
+    );
+    let notes = said(&d);
+    assert_eq!(notes.len(), 1, "{:?}", d.notes);
+    assert!(!notes[0].warning);
+    assert!(
+        notes[0].message.contains("spec.imageMap"),
+        "{}",
+        notes[0].message
+    );
+    // The step written leaves the next one pending: the following reconciles say nothing.
+    let mut d = d;
+    let step = d.write.clone().unwrap();
+    let written = json!({"metadata": {"name": "c", "generation": 2}, "spec": {"topology": {"classRef": {"name": "cc"}, "version": "v1.31.4", "variables": [{"name": "image", "value": "i-1314"}]}}});
+    let post = decide::after_write(
+        subject(single, &idle),
+        &chain_observation(true),
+        &written,
+        finish::ClusterApi::V1Beta2,
+        &step,
+        timestamp(),
+    );
+    decide::settle_after_write(&mut d, &post);
+    assert_eq!(
+        d.status.next_step.as_ref().map(|n| n.version.as_str()),
+        Some("v1.32.1"),
+        "{:?}",
+        d.status
+    );
+    let (d2, _) = decide::reconcile_decision(
+        subject(single, &d.status),
+        &chain_observation(true),
+        timestamp(),
+    );
+    assert!(said(&d2).is_empty(), "{:?}", d2.notes);
+    // Not offered by the ClusterClass: nothing said.
+    let (d, _) = decide::reconcile_decision(
+        subject(single, &idle),
+        &chain_observation(false),
+        timestamp(),
+    );
+    assert!(said(&d).is_empty());
+    // Map mode takes the chain: the target in one write, nothing said.
+    let map = ImageMap {
+        variable: "osImages".into(),
+        field: Some("byKubernetesVersion".into()),
+        create: None,
+    };
+    let mapped = UpgraderSpecView {
+        image_map: Some(&map),
+        ..spec(&r)
+    };
+    let (d, _) = decide::reconcile_decision(
+        subject(mapped, &idle),
+        &chain_observation(true),
+        timestamp(),
+    );
+    assert_eq!(
+        d.write.as_ref().map(gates::Step::version_string).as_deref(),
+        Some("v1.32.1")
+    );
+    assert!(said(&d).is_empty());
+}
+
 prop_compose! {
     fn version()(minor in 26u64..34, patch in 0u64..4) -> Version { Version::new(1, minor, patch) }
 }
@@ -483,7 +765,7 @@ proptest! {
             finished: if finished { Ok(()) } else { Err("rolling".into()) },
         });
         let now = Timestamp::from_second(clock).unwrap();
-        let got = gates::plan(&Inputs { spec: s, cluster: &cluster, plan: &plan, images: &images, now });
+        let got = gates::plan(&Inputs { spec: s, cluster: &cluster, plan: &plan, images: &images, now, chained: false });
         if let gates::Plan::Write(step) = got {
             // S1: never a downgrade.
             prop_assert!(step.version >= current);
@@ -501,6 +783,64 @@ proptest! {
             }
             // The variable goes in the same write.
             prop_assert_eq!(step.variable.map(|v| v.value), Some(json!(step.id)));
+        }
+    }
+}
+
+proptest! {
+    #[test]
+    fn a_chained_write_never_downgrades_nor_skips_a_version_without_its_image(
+        current in version(),
+        image_versions in proptest::collection::vec(version(), 0..10),
+        target_index in 0usize..12,
+        present in proptest::collection::btree_map(version(), any::<bool>(), 0..4),
+    ) {
+        let images: Vec<Image> = image_versions.iter().map(|v| img(&format!("v{v}"), &format!("id-{v}"))).collect();
+        let plan = match images.get(target_index) {
+            Some(i) => target(&i.spec_version, &i.id),
+            None => target("v1.33.3", "not-ready"),
+        };
+        // Entries already in the map: the right image or another one.
+        let existing: serde_json::Map<String, Value> = present
+            .iter()
+            .map(|(v, right)| (format!("v{v}"), json!(if *right { format!("id-{v}") } else { "other".to_owned() })))
+            .collect();
+        let map = ImageMap { variable: "osImages".into(), field: None, create: None };
+        let r = plan_ref();
+        let s = UpgraderSpecView { image_map: Some(&map), ..spec(&r) };
+        let cluster = found(&format!("v{current}"), vec![Variable { name: "osImages".into(), value: Value::Object(existing.clone()) }], true);
+        let got = run_chained(s, &cluster, &plan, &images);
+        if let gates::Plan::Write(step) = got {
+            // S1: never a downgrade.
+            prop_assert!(step.version >= current);
+            prop_assert_eq!(step.version.major, current.major);
+            let entries = step.variable.clone().unwrap().value;
+            let entries = entries.as_object().unwrap();
+            // Existing entries are kept as they were.
+            for (key, value) in &existing {
+                prop_assert_eq!(entries.get(key), Some(value));
+            }
+            // Every minor on the way has an entry holding the Plan's ready image of its version,
+            // and the written version's entry is the step's image.
+            for minor in current.minor + 1..=step.version.minor {
+                let entry = entries.iter().find(|(key, value)| {
+                    let version = v(key);
+                    version.major == current.major
+                        && version.minor == minor
+                        && images.iter().any(|i| i.version == version && json!(i.id) == **value)
+                });
+                prop_assert!(entry.is_some(), "no entry for minor {} in {:?}", minor, entries);
+            }
+            for (key, value) in entries {
+                if existing.contains_key(key) {
+                    continue;
+                }
+                let version = v(key);
+                prop_assert!(version >= current && version <= step.version);
+                prop_assert!(images.iter().any(|i| i.version == version && json!(i.id) == *value), "{key} -> {value} is not a ready image");
+            }
+            prop_assert_eq!(entries.get(&step.version_string()), Some(&json!(step.id)));
+            prop_assert!(images.iter().any(|i| i.id == step.id && i.version == step.version));
         }
     }
 }
