@@ -118,6 +118,7 @@ pub fn decide(
         conditions: Some(conditions),
         observed_generation: generation,
         candidates: (!candidates.is_empty()).then_some(candidates),
+        rollout: None,
     };
     Decision { status, notes }
 }
