@@ -27,8 +27,9 @@ pub const CLUSTER_UNAVAILABLE: &str = "ClusterUnavailable";
 pub struct Member {
     /// The Cluster's name.
     pub cluster: String,
-    /// The Cluster's labels.
-    pub labels: BTreeMap<String, String>,
+    /// The index of the Cluster's wave (the first whose selector matches its labels, as its
+    /// upgrader reports it); `None` when it is in no wave.
+    pub wave: Option<usize>,
     /// The Cluster runs the target and its last step finished.
     pub at_target: bool,
     /// When the step under way started (written, or its first host selected in place).
@@ -125,8 +126,8 @@ pub fn admit(inputs: &Inputs<'_>) -> Outcome {
     members.dedup_by(|a, b| a.cluster == b.cluster);
     let mut by_wave: Vec<Vec<&Member>> = vec![Vec::new(); inputs.rollout.waves.len()];
     for member in members {
-        if let Some(index) = wave_of(inputs.rollout, &member.labels) {
-            by_wave[index].push(member);
+        if let Some(wave) = member.wave.and_then(|index| by_wave.get_mut(index)) {
+            wave.push(member);
         }
     }
 

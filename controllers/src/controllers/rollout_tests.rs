@@ -30,10 +30,20 @@ fn wave(name: &str, selector: Option<LabelSelector>, max: i32, soak: &str) -> Wa
     }
 }
 
+fn labels(ring_label: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([("ring".to_owned(), ring_label.to_owned())])
+}
+
+/// A Cluster in the ring named: `canary` and `x` are in the first wave, `prod` in the second,
+/// any other in none.
 fn member(name: &str, ring_label: &str) -> Member {
     Member {
         cluster: name.to_owned(),
-        labels: BTreeMap::from([("ring".to_owned(), ring_label.to_owned())]),
+        wave: match ring_label {
+            "canary" | "x" => Some(0),
+            "prod" => Some(1),
+            _ => None,
+        },
         ..Member::default()
     }
 }
@@ -104,7 +114,7 @@ fn a_cluster_in_no_wave_is_not_admitted_and_upgrader_says_so() {
         waves: vec![wave("canary", ring("canary"), 1, "0s")],
         step_timeout: None,
     };
-    let members = [member("a", "prod"), member("b", "canary")];
+    let members = [member("a", "other"), member("b", "canary")];
     let out = run(&rollout, &members, None, None, 0);
     assert_eq!(admitted(&out.status, 0), ["b"]);
     assert_eq!(
@@ -113,7 +123,7 @@ fn a_cluster_in_no_wave_is_not_admitted_and_upgrader_says_so() {
             Some(&out.status),
             Some(&target("ami-2")),
             "a",
-            &members[0].labels,
+            &labels("other"),
             secs(0)
         ),
         Admission::NotInAnyWave
@@ -133,7 +143,7 @@ fn next_wave_opens_only_after_the_soak() {
             Some(&first),
             Some(&target("ami-2")),
             "p1",
-            &members[1].labels,
+            &labels("prod"),
             secs(0)
         ),
         Admission::Waiting {
@@ -154,7 +164,7 @@ fn next_wave_opens_only_after_the_soak() {
             Some(&soaking.status),
             Some(&target("ami-2")),
             "p1",
-            &members[1].labels,
+            &labels("prod"),
             secs(100)
         ),
         Admission::Waiting {
@@ -172,7 +182,7 @@ fn next_wave_opens_only_after_the_soak() {
             Some(&open),
             Some(&target("ami-2")),
             "p1",
-            &members[1].labels,
+            &labels("prod"),
             secs(130)
         ),
         Admission::Admitted
@@ -226,7 +236,7 @@ fn a_step_timeout_halts_and_the_halt_does_not_clear_by_itself() {
             Some(&after_soak.status),
             Some(&target("ami-2")),
             "p1",
-            &members[1].labels,
+            &labels("prod"),
             secs(1000)
         ),
         Admission::Halted(m) if m.contains("canary-1")
@@ -300,7 +310,7 @@ fn a_blocked_update_halts_and_a_new_target_resumes() {
             Some(&halted.status),
             Some(&target("ami-3")),
             "canary-1",
-            &members[0].labels,
+            &labels("canary"),
             secs(20)
         ),
         Admission::Waiting { .. }
@@ -486,7 +496,7 @@ fn simulate(
                 let finished = t.finished.is_some_and(|f| f <= now);
                 Member {
                     cluster: names[i].clone(),
-                    labels: labels[i].clone(),
+                    wave: wave_index[i],
                     at_target: finished,
                     step_started: t.started.filter(|_| !finished).map(|s| secs(s)),
                     blocked: (c.fault == Fault::Blocks && t.started.is_some() && !finished)

@@ -280,6 +280,7 @@ mod tests {
                 name: "first".into(),
                 kind: "InClusterUpgradeAutomation",
             }),
+            membership: None,
         };
         let me: ClusterClassClusterUpgrader = upgrader("second", "c", LATE, false);
         let status = UpgraderStatus::default();
