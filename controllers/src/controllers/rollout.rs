@@ -22,6 +22,17 @@ pub const STEP_TIMEOUT: &str = "StepTimeout";
 /// Reason of a failure where a Cluster reported `Available=False` during its wave's soak.
 pub const CLUSTER_UNAVAILABLE: &str = "ClusterUnavailable";
 
+/// The upgrader's Blocked reasons that belong to an update under way: each fails the Cluster.
+pub const UPDATE_FAILURES: &[&str] = &[
+    "BootedImageMismatch",
+    "DrainTimeout",
+    "OSVersionReconciliationFailed",
+    "ImageMapEntryConflict",
+    "MissingImageStamp",
+    "ImageNotPinned",
+    "NoImageForIntermediateMinor",
+];
+
 /// One Cluster following the Plan, as the acting upgrader reports it.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct Member {
