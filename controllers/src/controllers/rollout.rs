@@ -259,7 +259,7 @@ pub fn admit(inputs: &Inputs<'_>) -> Outcome {
         admitted.sort();
         let started = old
             .and_then(|w| w.started.clone())
-            .or_else(|| (!admitted.is_empty()).then(|| Time(now)));
+            .or_else(|| (!admitted.is_empty()).then_some(Time(now)));
 
         let passed = ts(soaked_until.as_ref()).is_some_and(|t| t <= now);
         if earlier_passed && !passed && in_soak && !soak_failed {

@@ -1,6 +1,10 @@
 //! Table tests of the admission decision, and a property simulation of whole rollouts over
 //! random fleets, waves, finish times, failures and manager restarts.
-#![allow(clippy::too_many_lines, clippy::cast_possible_truncation)]
+#![allow(
+    clippy::too_many_lines,
+    clippy::cast_possible_truncation,
+    clippy::unnecessary_wraps
+)]
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -498,7 +502,7 @@ fn simulate(
                     cluster: names[i].clone(),
                     wave: wave_index[i],
                     at_target: finished,
-                    step_started: t.started.filter(|_| !finished).map(|s| secs(s)),
+                    step_started: t.started.filter(|_| !finished).map(secs),
                     blocked: (c.fault == Fault::Blocks && t.started.is_some() && !finished)
                         .then(|| ("DrainTimeout".to_owned(), "drain".to_owned())),
                     unavailable: c.fault == Fault::UnavailableAfterFinish
