@@ -23,9 +23,10 @@ pub const MAX_ADMITTED: usize = 256;
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct Rollout {
-    /// The waves, in order. A Cluster belongs to the first wave whose selector matches its labels.
+    /// The waves, in order, each name once. A Cluster belongs to the first wave whose selector
+    /// matches its labels.
     #[schemars(length(min = 1, max = 16))]
-    #[x_kube(validation = kube::core::Rule::new("self.all(w, self.filter(v, v.name == w.name).size() == 1)").message("spec.rollout.waves[].name must be unique"))]
+    #[x_kube(merge_strategy = kube::core::ListMerge::Map(vec!["name".into()]))]
     pub waves: Vec<Wave>,
     /// A step not finished this long after it started counts as failed and halts the rollout, as
     /// a duration from 1s to 168h, such as `2h`. Omitted means 2h.
@@ -53,7 +54,7 @@ pub struct Wave {
     /// a percentage of the wave's Clusters from `1%` to `100%`, rounded up (at least 1). Omitted
     /// means 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = kube::core::Rule::new("string(self).matches('^(([1-9][0-9]?|100)%|[1-9][0-9]?|1[0-9][0-9]|2[0-4][0-9]|25[0-6])$')").message("spec.rollout.waves[].maxConcurrent must be an integer from 1 to 256 or a percentage from 1% to 100%"))]
+    #[schemars(extend("maxLength" = 4, "minimum" = 1, "maximum" = 256, "pattern" = "^([1-9][0-9]?|100)%$"))]
     pub max_concurrent: Option<IntOrString>,
     /// How long every Cluster of the wave must stay healthy after its last one finished before
     /// the next wave opens, as a duration up to 168h, such as `30m`. Omitted means 0s.
