@@ -141,6 +141,23 @@ fn stand_in(env: &TestEnv, delay: Duration, stuck: BTreeSet<String>) -> Arc<Mute
                         Some(_) => {}
                     }
                 }
+                if !seen.violations.is_empty() {
+                    let plans: Api<Plan> = Api::namespaced(client.clone(), &namespace);
+                    let finished = format!(
+                        "{:?}",
+                        seen.finished
+                            .iter()
+                            .map(|(c, t)| (c.clone(), now - *t))
+                            .collect::<Vec<_>>()
+                    );
+                    tokio::spawn(async move {
+                        let p = plans.get("p").await.unwrap();
+                        eprintln!(
+                            "Plan status.rollout at the violation: {}; finished (ago): {finished}",
+                            serde_json::to_string(&p.status.unwrap().rollout).unwrap()
+                        );
+                    });
+                }
                 seen.started.insert(name.clone(), now);
                 let in_flight = seen
                     .started

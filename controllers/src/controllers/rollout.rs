@@ -41,6 +41,9 @@ pub struct Member {
     /// The index of the Cluster's wave (the first whose selector matches its labels, as its
     /// upgrader reports it); `None` when it is in no wave.
     pub wave: Option<usize>,
+    /// The upgrader has not reported the Cluster's wave yet: while any has not, nothing is
+    /// admitted, since an unplaced Cluster could belong to an earlier wave.
+    pub unplaced: bool,
     /// The Cluster runs the target and its last step finished.
     pub at_target: bool,
     /// When the step under way started (written, or its first host selected in place).
@@ -135,6 +138,7 @@ pub fn admit(inputs: &Inputs<'_>) -> Outcome {
     let mut members: Vec<&Member> = inputs.members.iter().collect();
     members.sort_by(|a, b| a.cluster.cmp(&b.cluster));
     members.dedup_by(|a, b| a.cluster == b.cluster);
+    let unplaced = members.iter().any(|m| m.unplaced);
     let mut by_wave: Vec<Vec<&Member>> = vec![Vec::new(); inputs.rollout.waves.len()];
     for member in members {
         if let Some(wave) = member.wave.and_then(|index| by_wave.get_mut(index)) {
@@ -246,7 +250,7 @@ pub fn admit(inputs: &Inputs<'_>) -> Outcome {
 
         // Admission: the wave is open, the rollout is not halted, and the budget has room.
         let budget = wave.budget(fleet.len());
-        if earlier_passed && halted.is_none() && first_failure.is_none() {
+        if earlier_passed && halted.is_none() && first_failure.is_none() && !unplaced {
             for member in fleet {
                 if admitted.len() >= budget {
                     break;

@@ -354,6 +354,23 @@ fn unavailable_outside_the_soak_is_not_a_failure() {
 }
 
 #[test]
+fn nothing_is_admitted_while_a_cluster_is_unplaced() {
+    let rollout = two_waves();
+    let mut members = vec![member("canary-1", "canary"), member("p1", "prod")];
+    members[0].at_target = true;
+    members.push(Member {
+        cluster: "new".into(),
+        unplaced: true,
+        ..Member::default()
+    });
+    let out = run(&rollout, &members, None, None, 100).status;
+    assert!(admitted(&out, 1).is_empty(), "{out:?}");
+    members.pop();
+    let placed = run(&rollout, &members, Some(&out), None, 130).status;
+    assert_eq!(admitted(&placed, 1), ["p1"]);
+}
+
+#[test]
 fn percentages_round_up() {
     let rollout = Rollout {
         waves: vec![Wave {
@@ -501,6 +518,7 @@ fn simulate(
                 Member {
                     cluster: names[i].clone(),
                     wave: wave_index[i],
+                    unplaced: false,
                     at_target: finished,
                     step_started: t.started.filter(|_| !finished).map(secs),
                     blocked: (c.fault == Fault::Blocks && t.started.is_some() && !finished)

@@ -132,5 +132,6 @@ fn member(
         step_started,
         blocked,
         unavailable: membership.and_then(|m| m.cluster_available) == Some(false),
+        unplaced: membership.is_none(),
     }
 }
