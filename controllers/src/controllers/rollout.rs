@@ -104,6 +104,15 @@ fn after(at: Timestamp, by: Duration) -> Timestamp {
         .unwrap_or(Timestamp::MAX)
 }
 
+/// `at` rounded up to a whole second: status times are written in whole seconds, and a soak
+/// read back truncated would end early.
+fn whole_second_up(at: Timestamp) -> Timestamp {
+    if at.subsec_nanosecond() == 0 {
+        return at;
+    }
+    Timestamp::from_second(at.as_second().saturating_add(1)).unwrap_or(Timestamp::MAX)
+}
+
 /// The admission decision: from the fleet, the previous status and the clock to the new
 /// `status.rollout`. Pure; the Plan controller writes its result before anyone reads it.
 pub fn admit(inputs: &Inputs<'_>) -> Outcome {
@@ -188,7 +197,7 @@ pub fn admit(inputs: &Inputs<'_>) -> Outcome {
         }
         if all_done && finished.is_none() {
             finished = Some(Time(now));
-            soaked_until = Some(Time(after(now, soak)));
+            soaked_until = Some(Time(whole_second_up(after(now, soak))));
         }
 
         // Failures: admitted Clusters whose update failed, or any Cluster unhealthy in the soak.

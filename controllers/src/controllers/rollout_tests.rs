@@ -371,6 +371,22 @@ fn nothing_is_admitted_while_a_cluster_is_unplaced() {
 }
 
 #[test]
+fn a_soak_ends_on_a_whole_second_never_earlier() {
+    let rollout = two_waves();
+    let mut members = vec![member("canary-1", "canary")];
+    members[0].at_target = true;
+    let out = admit(&Inputs {
+        rollout: &rollout,
+        target: &target("ami-2"),
+        members: &members,
+        previous: None,
+        resume: None,
+        now: secs(10) + jiff::SignedDuration::from_millis(900),
+    });
+    assert_eq!(out.status.waves[0].soaked_until, Some(Time(secs(41))));
+}
+
+#[test]
 fn percentages_round_up() {
     let rollout = Rollout {
         waves: vec![Wave {
