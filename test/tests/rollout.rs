@@ -275,13 +275,13 @@ async fn a_failure_halts_the_rollout_until_it_is_resumed() {
     );
 
     // The stuck Cluster finishes later: the halt stays.
-    e2e::capi::rollout_finished(&env.client, &env.namespace, "v1beta1", "c01", TARGET)
-        .await
-        .unwrap();
     seen.lock()
         .unwrap()
         .finished
         .insert("c01".into(), Instant::now());
+    e2e::capi::rollout_finished(&env.client, &env.namespace, "v1beta1", "c01", TARGET)
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_secs(4)).await;
     let plan = plan_json(&env).await;
     assert_eq!(plan["status"]["rollout"]["phase"], "Halted");
