@@ -96,10 +96,10 @@ fn check_structure(schema: &Value, value: &Value, path: &str, errors: &mut Vec<S
     if schema["x-kubernetes-int-or-string"] == Value::Bool(true) {
         if actual != "integer" && actual != "string" {
             errors.push(format!("{path}: Invalid value: \"{actual}\": {path} in body must be of type integer-or-string: \"{actual}\""));
+            return;
         }
-        return;
-    }
-    if let Some(expected) = schema["type"].as_str() {
+        // Then the string or number bounds below, as for any string or number.
+    } else if let Some(expected) = schema["type"].as_str() {
         let ok = expected == actual || (expected == "number" && actual == "integer");
         if !ok {
             errors.push(format!("{path}: Invalid value: \"{actual}\": {path} in body must be of type {expected}: \"{actual}\""));
@@ -135,6 +135,24 @@ fn check_structure(schema: &Value, value: &Value, path: &str, errors: &mut Vec<S
             }
         }
         Value::Array(items) => {
+            if schema["x-kubernetes-list-type"] == "map" {
+                let keys = schema["x-kubernetes-list-map-keys"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
+                let mut seen = Vec::new();
+                for (i, item) in items.iter().enumerate() {
+                    let key: Vec<&Value> = keys
+                        .iter()
+                        .filter_map(|k| k.as_str())
+                        .map(|k| &item[k])
+                        .collect();
+                    if seen.contains(&key) {
+                        errors.push(format!("{path}[{i}]: Duplicate value: {item}"));
+                    }
+                    seen.push(key);
+                }
+            }
             for (i, item) in items.iter().enumerate() {
                 check_structure(&schema["items"], item, &format!("{path}[{i}]"), errors);
             }

@@ -453,3 +453,34 @@ proptest! {
         prop_assert_eq!(admitted, parsed, "version {:?}", version);
     }
 }
+
+fn rollout(rollout: Value) -> Plan {
+    object(
+        "Plan",
+        json!({"versionRange": "v1.31.x", "rollout": rollout}),
+    )
+}
+
+#[test]
+fn rollout_rules_accept_and_refuse_with_the_field() {
+    for ok in [
+        json!({"waves": [{"name": "canary", "clusterSelector": {"matchLabels": {"ring": "canary"}}, "maxConcurrent": 1, "soak": "30m"}, {"name": "everyone", "clusterSelector": {}, "maxConcurrent": "10%"}], "stepTimeout": "2h"}),
+        json!({"waves": [{"name": "all"}]}),
+        json!({"waves": [{"name": "a", "maxConcurrent": "100%", "soak": "0s"}, {"name": "b", "maxConcurrent": 256}], "stepTimeout": "1s"}),
+    ] {
+        let r = validate_cel(&rollout(ok.clone()));
+        assert!(r.is_ok(), "{ok}: {r:?}");
+    }
+    // Wave names are the keys of a list-map: the API server refuses a duplicate (see the invalid
+    // admission manifests).
+    // maxConcurrent's bounds are schema value validations (minimum, maximum, pattern): see
+    // the invalid admission manifests.
+    refused_with(
+        &rollout(json!({"waves": [{"name": "a", "soak": "30 minutes"}]})),
+        "spec.rollout.waves[].soak",
+    );
+    refused_with(
+        &rollout(json!({"waves": [{"name": "a"}], "stepTimeout": "0s"})),
+        "spec.rollout.stepTimeout",
+    );
+}

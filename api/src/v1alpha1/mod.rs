@@ -6,6 +6,7 @@ mod machine_image;
 mod machine_image_syncer;
 mod machine_image_template;
 mod plan;
+mod rollout;
 mod upgrader;
 
 pub use common::*;
@@ -14,6 +15,7 @@ pub use machine_image::*;
 pub use machine_image_syncer::*;
 pub use machine_image_template::*;
 pub use plan::*;
+pub use rollout::*;
 pub use upgrader::*;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{

@@ -5,7 +5,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
-use super::LabelSelector;
+use super::{LabelSelector, Rollout, RolloutStatus};
 use crate::constraint;
 
 /// Picks the newest ready MachineImage whose version is within `versionRange`.
@@ -52,6 +52,11 @@ pub struct PlanSpec {
     /// Selects MachineImages in this namespace. Omitted or `{}` matches all.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub machine_image_selector: Option<LabelSelector>,
+
+    /// Steps the Plan's Clusters in waves. Omitted means every upgrader following the Plan steps
+    /// as soon as the Plan picks an image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<Rollout>,
 }
 
 /// `status.phase` of a Plan.
@@ -106,6 +111,10 @@ pub struct PlanStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 32))]
     pub candidates: Option<Vec<PlanCandidate>>,
+
+    /// The rollout of `machineImageDetails` over the Plan's Clusters, when `spec.rollout` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutStatus>,
 }
 
 /// Most entries in `status.candidates`.

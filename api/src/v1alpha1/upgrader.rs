@@ -442,6 +442,24 @@ pub struct UpgraderStatus {
     /// The last `retry-hosts` annotation value acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_hosts: Option<String>,
+
+    /// Where the Cluster stands in the Plan's rollout, when the Plan has `spec.rollout`: what
+    /// the Plan reads to admit Clusters wave by wave.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutMembership>,
+}
+
+/// The Cluster's place in its Plan's rollout (`status.rollout` of an upgrader).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutMembership {
+    /// The first wave whose selector matches the Cluster's labels; absent when none does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 63))]
+    pub wave: Option<String>,
+    /// The Cluster's `Available` condition: true, false, or absent when unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_available: Option<bool>,
 }
 
 #[cfg(test)]

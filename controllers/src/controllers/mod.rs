@@ -7,6 +7,7 @@ pub mod machine_image;
 pub mod machine_image_syncer;
 pub mod machine_image_template;
 pub mod plan;
+pub mod rollout;
 pub mod upgrader;
 
 use crate::runtime::Registration;

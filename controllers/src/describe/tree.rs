@@ -248,7 +248,58 @@ fn plan_node(plan: &Value) -> Node {
             str_at(details, "id")
         ));
     }
+    rollout_details(&plan["status"]["rollout"], &mut node);
     node
+}
+
+/// A rollout in a Plan's details: its phase, each wave's progress, the halted Cluster and when
+/// the next wave opens.
+fn rollout_details(rollout: &Value, node: &mut Node) {
+    let Some(waves) = rollout["waves"].as_array() else {
+        return;
+    };
+    node.details
+        .push(format!("rollout {}", str_at(rollout, "phase")));
+    let count = |wave: &Value, key: &str| wave[key].as_i64().unwrap_or(0);
+    for wave in waves {
+        let admitted: Vec<&str> = wave["admitted"]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let mut line = format!(
+            "wave {}: {}/{} updated, {} failed",
+            str_at(wave, "name"),
+            count(wave, "updated"),
+            count(wave, "clusters"),
+            count(wave, "failed"),
+        );
+        if !admitted.is_empty() {
+            let _ = write!(line, ", admitted {}", admitted.join(", "));
+        }
+        let soaked = str_at(wave, "soakedUntil");
+        if !soaked.is_empty() {
+            let _ = write!(line, ", soaked until {soaked}");
+        }
+        node.details.push(line);
+    }
+    if let Some(halt) = rollout["halted"].as_object() {
+        let text = |key: &str| halt.get(key).and_then(Value::as_str).unwrap_or_default();
+        node.health = Health::Failing;
+        node.details.push(format!(
+            "halted at Cluster {} ({}): {}",
+            text("cluster"),
+            text("reason"),
+            text("message")
+        ));
+    } else if str_at(rollout, "phase") == "Soaking"
+        && let Some(opens) = waves
+            .iter()
+            .map(|w| str_at(w, "soakedUntil"))
+            .filter(|t| !t.is_empty())
+            .max()
+    {
+        node.details.push(format!("next wave opens at {opens}"));
+    }
 }
 
 fn upgrader_node(upgrader: &Value, clusters: Option<&[Value]>) -> Node {
@@ -678,6 +729,45 @@ mod tests {
             cluster.children[0]
                 .details
                 .contains(&"finished 2026-11-29T10:05:00Z".to_owned())
+        );
+    }
+
+    #[test]
+    fn a_plan_shows_its_rollout_waves_halt_and_next_opening() {
+        let mut halted = plan("fleet");
+        halted["status"]["rollout"] = json!({"phase": "Halted", "waves": [
+            {"name": "canary", "clusters": 1, "updated": 1, "failed": 0, "soakedUntil": "2026-01-01T00:05:00Z"},
+            {"name": "prod", "clusters": 5, "admitted": ["p1", "p2"], "updated": 0, "failed": 1}],
+            "halted": {"cluster": "p1", "reason": "StepTimeout", "message": "too slow", "time": "2026-01-01T01:00:00Z"}});
+        let mut node = plan_node(&halted);
+        assert_eq!(node.health, Health::Failing);
+        assert!(
+            node.details.contains(&"rollout Halted".to_owned()),
+            "{:?}",
+            node.details
+        );
+        assert!(node.details.contains(
+            &"wave canary: 1/1 updated, 0 failed, soaked until 2026-01-01T00:05:00Z".to_owned()
+        ));
+        assert!(
+            node.details
+                .contains(&"wave prod: 0/5 updated, 1 failed, admitted p1, p2".to_owned())
+        );
+        assert!(
+            node.details
+                .contains(&"halted at Cluster p1 (StepTimeout): too slow".to_owned())
+        );
+
+        let mut soaking = plan("fleet");
+        soaking["status"]["rollout"] = json!({"phase": "Soaking", "waves": [
+            {"name": "canary", "clusters": 1, "updated": 1, "failed": 0, "soakedUntil": "2026-01-01T00:05:00Z"},
+            {"name": "prod", "clusters": 5, "updated": 0, "failed": 0}]});
+        node = plan_node(&soaking);
+        assert!(
+            node.details
+                .contains(&"next wave opens at 2026-01-01T00:05:00Z".to_owned()),
+            "{:?}",
+            node.details
         );
     }
 

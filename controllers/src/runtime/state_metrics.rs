@@ -7,7 +7,7 @@ use std::fmt;
 use api::conditions::find;
 use api::v1alpha1::{
     CONDITION_READY, ClusterClassClusterUpgrader, DebianRepositorySource,
-    InClusterUpgradeAutomation, MachineImage, MachineImagePhase, UpgraderStatus,
+    InClusterUpgradeAutomation, MachineImage, MachineImagePhase, Plan, UpgraderStatus,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::ResourceExt;
@@ -33,6 +33,7 @@ pub struct StateCollector {
     in_cluster: Option<Store<DeserializeGuard<InClusterUpgradeAutomation>>>,
     sources: Option<Store<DeserializeGuard<DebianRepositorySource>>>,
     images: Option<Store<DeserializeGuard<MachineImage>>>,
+    plans: Option<Store<DeserializeGuard<Plan>>>,
 }
 
 impl fmt::Debug for StateCollector {
@@ -49,6 +50,7 @@ impl StateCollector {
             in_cluster: caches.existing().map(|c| c.store),
             sources: caches.existing().map(|c| c.store),
             images: caches.existing().map(|c| c.store),
+            plans: caches.existing().map(|c| c.store),
         }
     }
 }
@@ -128,6 +130,43 @@ pub fn failed_images<'a>(images: impl IntoIterator<Item = &'a MachineImage>) -> 
             })
         })
         .collect()
+}
+
+/// Per Plan with a rollout: its Clusters per wave and state (`admitted`, `updated`, `failed`,
+/// `waiting`), and whether it is halted (1) or not (0).
+pub fn rollouts<'a>(plans: impl IntoIterator<Item = &'a Plan>) -> (Vec<Series>, Vec<Series>) {
+    let (mut clusters, mut halted) = (Vec::new(), Vec::new());
+    for plan in plans {
+        let Some(rollout) = plan.status.as_ref().and_then(|s| s.rollout.as_ref()) else {
+            continue;
+        };
+        let (namespace, name) = (plan.namespace().unwrap_or_default(), plan.name_any());
+        for wave in &rollout.waves {
+            let admitted = i32::try_from(wave.admitted.len()).unwrap_or(i32::MAX);
+            let waiting = (wave.clusters - wave.updated - admitted).max(0);
+            for (state, count) in [
+                ("admitted", admitted),
+                ("updated", wave.updated),
+                ("failed", wave.failed),
+                ("waiting", waiting),
+            ] {
+                clusters.push((
+                    vec![
+                        ("namespace", namespace.clone()),
+                        ("plan", name.clone()),
+                        ("wave", wave.name.clone()),
+                        ("state", state.to_owned()),
+                    ],
+                    f64::from(count),
+                ));
+            }
+        }
+        halted.push((
+            vec![("namespace", namespace), ("plan", name)],
+            if rollout.halted.is_some() { 1.0 } else { 0.0 },
+        ));
+    }
+    (clusters, halted)
 }
 
 /// Each upgrader's conditions, kind, namespace and name.
@@ -226,6 +265,20 @@ impl Collector for StateCollector {
             "source_not_ready_since_seconds",
             "When each DebianRepositorySource's Ready condition stopped being True, in seconds since the Unix epoch, by namespace, name and reason",
             &unready,
+        )?;
+        let plans = self.plans.as_ref().map(Store::state).unwrap_or_default();
+        let (clusters, halted) = rollouts(plans.iter().filter_map(|p| p.0.as_ref().ok()));
+        encode(
+            &mut encoder,
+            "rollout_clusters",
+            "Clusters of each Plan's rollout, by namespace, plan, wave and state (admitted, updated, failed, waiting)",
+            &clusters,
+        )?;
+        encode(
+            &mut encoder,
+            "rollout_halted",
+            "1 while a Plan's rollout is halted, 0 otherwise, by namespace and plan",
+            &halted,
         )?;
         let images = self.images.as_ref().map(Store::state).unwrap_or_default();
         let failed = failed_images(images.iter().filter_map(|i| i.0.as_ref().ok()));
@@ -328,6 +381,21 @@ mod tests {
         let (in_cluster, _w2) = kube::runtime::reflector::store();
         let (sources, _w3) = kube::runtime::reflector::store();
         let (images, mut w4) = kube::runtime::reflector::store();
+        let (plans, mut w5) = kube::runtime::reflector::store();
+        let halted: Plan = serde_json::from_value(json!({
+            "apiVersion": "kubernetesupgraded.dimitrikoshkin.com/v1alpha1",
+            "kind": "Plan",
+            "metadata": {"name": "fleet", "namespace": "a"},
+            "spec": {"versionRange": "v1.31.x"},
+            "status": {"rollout": {
+                "waves": [{"name": "canary", "clusters": 3, "admitted": ["c1"], "updated": 1, "failed": 1}],
+                "halted": {"cluster": "c1", "reason": "StepTimeout", "message": "", "time": "2026-01-01T00:00:00Z"},
+            }},
+        }))
+        .unwrap();
+        w5.apply_watcher_event(&kube::runtime::watcher::Event::Apply(DeserializeGuard(Ok(
+            halted,
+        ))));
         let failed: MachineImage = serde_json::from_value(json!({
             "apiVersion": "kubernetesupgraded.dimitrikoshkin.com/v1alpha1",
             "kind": "MachineImage",
@@ -344,10 +412,26 @@ mod tests {
             in_cluster: Some(in_cluster),
             sources: Some(sources),
             images: Some(images),
+            plans: Some(plans),
         })));
         let text = metrics.encode().unwrap();
         assert!(text.contains("# TYPE kubernetes_upgrader_upgrader_blocked_since_seconds gauge"));
         assert!(text.contains("# TYPE kubernetes_upgrader_source_not_ready_since_seconds gauge"));
+        assert!(
+            text.contains("kubernetes_upgrader_rollout_halted{namespace=\"a\",plan=\"fleet\"} 1"),
+            "{text}"
+        );
+        for (state, value) in [
+            ("admitted", 1),
+            ("updated", 1),
+            ("failed", 1),
+            ("waiting", 1),
+        ] {
+            let line = format!(
+                "kubernetes_upgrader_rollout_clusters{{namespace=\"a\",plan=\"fleet\",wave=\"canary\",state=\"{state}\"}} {value}"
+            );
+            assert!(text.contains(&line), "{line} in {text}");
+        }
         assert!(text.contains(
             "kubernetes_upgrader_machine_image_build_failed{namespace=\"a\",name=\"bad\",reason=\"\"} 1"
         ), "{text}");

@@ -2,18 +2,20 @@
 //! picks, the highest per minor, the status and the events.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use api::conditions::{Desired, merge};
 use api::constraint::{VersionRange, select_highest};
 use api::v1alpha1::{
     CONDITION_READY, MAX_CANDIDATES, MachineImage, MachineImageDetails, PlanCandidate, PlanPhase,
-    PlanSpec, PlanStatus,
+    PlanSpec, PlanStatus, RolloutStatus,
 };
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::Resource;
 
 use crate::controllers::images::Image;
+use crate::controllers::rollout::{Inputs, Member, admit};
 use crate::runtime::Note;
 
 /// What a Plan reconcile decided.
@@ -118,6 +120,7 @@ pub fn decide(
         conditions: Some(conditions),
         observed_generation: generation,
         candidates: (!candidates.is_empty()).then_some(candidates),
+        rollout: current.rollout.clone(),
     };
     Decision { status, notes }
 }
@@ -145,4 +148,67 @@ fn per_minor(range: &VersionRange, images: &[Image]) -> Vec<PlanCandidate> {
         .collect();
     let skip = all.len().saturating_sub(MAX_CANDIDATES);
     all.into_iter().skip(skip).collect()
+}
+
+/// Condition type set while `spec.rollout` is set: whether the rollout is halted.
+pub const ROLLOUT_HALTED: &str = "RolloutHalted";
+
+/// Adds the rollout of the chosen image to `decision` (`status.rollout`, the `RolloutHalted`
+/// condition, a Warning once on a halt) and returns when to look again. Without `spec.rollout`
+/// or a chosen image there is no rollout status.
+pub fn decide_rollout(
+    spec: &PlanSpec,
+    generation: Option<i64>,
+    decision: &mut Decision,
+    members: &[Member],
+    previous: Option<&RolloutStatus>,
+    resume: Option<&str>,
+    now: &Time,
+) -> Option<Duration> {
+    let (Some(rollout), Some(target)) = (&spec.rollout, &decision.status.machine_image_details)
+    else {
+        decision.status.rollout = None;
+        return None;
+    };
+    let outcome = admit(&Inputs {
+        rollout,
+        target,
+        members,
+        previous,
+        resume,
+        now: now.0,
+    });
+    let halted = match &outcome.status.halted {
+        Some(halt) => Desired::new(
+            ROLLOUT_HALTED,
+            true,
+            halt.reason.clone(),
+            format!("Cluster {} failed: {}", halt.cluster, halt.message),
+        ),
+        None => Desired::new(
+            ROLLOUT_HALTED,
+            false,
+            "NotHalted",
+            "no Cluster of the rollout failed",
+        ),
+    };
+    let conditions = decision.status.conditions.take().unwrap_or_default();
+    decision.status.conditions = Some(merge(&conditions, &[halted], generation, now));
+    if let Some(halt) = &outcome.halted_now {
+        decision.notes.push(Note::warning(
+            ROLLOUT_HALTED,
+            format!(
+                "rollout of {} halted: Cluster {} failed ({}): {}",
+                target.id, halt.cluster, halt.reason, halt.message
+            ),
+        ));
+    }
+    if outcome.resumed_now && previous.is_some_and(|p| p.halted.is_some()) {
+        decision.notes.push(Note::normal(
+            "RolloutResumed",
+            format!("rollout of {} resumed", target.id),
+        ));
+    }
+    decision.status.rollout = Some(outcome.status);
+    outcome.requeue
 }

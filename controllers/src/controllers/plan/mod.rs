@@ -9,7 +9,10 @@ mod observe;
 
 use std::sync::Arc;
 
-use api::v1alpha1::{MachineImage, Plan, PlanStatus};
+use api::v1alpha1::{
+    ClusterClassClusterUpgrader, InClusterUpgradeAutomation, MachineImage, Plan, PlanStatus,
+    RESUME_ROLLOUT_ANNOTATION,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use kube::core::DeserializeGuard;
@@ -46,6 +49,9 @@ pub struct Context {
     core: Core,
     /// The shared MachineImage store.
     images: Store<GuardedImage>,
+    /// The shared upgrader stores: their Clusters are what a rollout admits.
+    class_upgraders: Store<DeserializeGuard<ClusterClassClusterUpgrader>>,
+    in_cluster_upgraders: Store<DeserializeGuard<InClusterUpgradeAutomation>>,
 }
 
 /// Failures of the reconcile itself.
@@ -64,6 +70,12 @@ pub enum Error {
 fn start(shared: &Shared) -> Running {
     let cache = shared.caches.cache::<Guarded>();
     let images = shared.caches.cache::<GuardedImage>();
+    let class = shared
+        .caches
+        .cache::<DeserializeGuard<ClusterClassClusterUpgrader>>();
+    let in_cluster = shared
+        .caches
+        .cache::<DeserializeGuard<InClusterUpgradeAutomation>>();
     let reporter = Reporter::new::<Error>(shared, CONTROLLER, COMPONENT);
     let ctx = Context {
         core: Core::new(
@@ -73,8 +85,11 @@ fn start(shared: &Shared) -> Running {
             COMPONENT,
         ),
         images: images.store.clone(),
+        class_upgraders: class.store.clone(),
+        in_cluster_upgraders: in_cluster.store.clone(),
     };
-    let start = Start::new(shared, &cache, Trigger::Generation, 8);
+    let trigger = Trigger::GenerationOrAnnotation(RESUME_ROLLOUT_ANNOTATION);
+    let start = Start::new(shared, &cache, trigger, 8);
     let (plans, plans_of_deleted) = (start.store(), start.store());
     start
         .watches(&images, move |image: Arc<GuardedImage>| {
@@ -83,7 +98,34 @@ fn start(shared: &Shared) -> Running {
         .watches_deleted(&images, move |image: Arc<GuardedImage>| {
             plans_in(&plans_of_deleted, image.namespace().as_deref())
         })
+        // An upgrader's status is where its Cluster's progress in a rollout shows.
+        .watches(
+            &class,
+            |u: Arc<DeserializeGuard<ClusterClassClusterUpgrader>>| {
+                followed(
+                    u.0.as_ref()
+                        .ok()
+                        .map(|u| (u.namespace(), &u.spec.common().plan_ref.name)),
+                )
+            },
+        )
+        .watches(
+            &in_cluster,
+            |u: Arc<DeserializeGuard<InClusterUpgradeAutomation>>| {
+                followed(
+                    u.0.as_ref()
+                        .ok()
+                        .map(|u| (u.namespace(), &u.spec.common().plan_ref.name)),
+                )
+            },
+        )
         .run(ctx, reporter)
+}
+
+/// The Plan an upgrader follows.
+fn followed(plan: Option<(Option<String>, &String)>) -> Option<ObjectRef<Guarded>> {
+    let (namespace, name) = plan?;
+    Some(ObjectRef::new(name).within(&namespace?))
 }
 
 /// Every Plan in `namespace`: a MachineImage change may change any of their choices.
@@ -128,8 +170,34 @@ pub async fn reconcile_plan(plan: &Plan, ctx: &Context, now: &Time) -> Result<Ac
         current,
         now,
     );
+    let mut decision = decision;
+    let requeue = match (&plan.spec.rollout, &decision.status.machine_image_details) {
+        (Some(rollout), Some(target)) => {
+            let members = observe::members(plan, rollout, target, ctx);
+            decide::decide_rollout(
+                &plan.spec,
+                plan.metadata.generation,
+                &mut decision,
+                &members,
+                current.rollout.as_ref(),
+                plan.annotations()
+                    .get(RESUME_ROLLOUT_ANNOTATION)
+                    .map(String::as_str),
+                now,
+            )
+        }
+        _ => decide::decide_rollout(
+            &plan.spec,
+            plan.metadata.generation,
+            &mut decision,
+            &[],
+            None,
+            None,
+            now,
+        ),
+    };
     apply::apply(ctx, plan, current, &decision).await?;
-    Ok(Action::await_change())
+    Ok(requeue.map_or_else(Action::await_change, Action::requeue))
 }
 
 #[cfg(test)]

@@ -141,7 +141,19 @@ fn images_of_other_namespaces_do_not_count() {
 }
 
 fn context(imgs: Vec<MachineImage>) -> (Arc<Context>, Verifier) {
+    context_with(imgs, vec![])
+}
+
+fn context_with(
+    imgs: Vec<MachineImage>,
+    upgraders: Vec<ClusterClassClusterUpgrader>,
+) -> (Arc<Context>, Verifier) {
     let (client, verifier) = mock_client();
+    let (class_upgraders, mut class_writer) = reflector::store();
+    for u in upgraders {
+        class_writer.apply_watcher_event(&watcher::Event::Apply(DeserializeGuard(Ok(u))));
+    }
+    let (in_cluster_upgraders, _) = reflector::store();
     let (reader, mut writer) = reflector::store();
     for i in imgs {
         writer.apply_watcher_event(&watcher::Event::Apply(DeserializeGuard(Ok(i))));
@@ -151,6 +163,8 @@ fn context(imgs: Vec<MachineImage>) -> (Arc<Context>, Verifier) {
     let ctx = Context {
         core: Core::new(client, metrics, Some("test".into()), COMPONENT),
         images: reader,
+        class_upgraders,
+        in_cluster_upgraders,
     };
     (Arc::new(ctx), verifier)
 }
@@ -355,4 +369,223 @@ fn the_one_pass_choice_decides_as_every_usable_image_does() {
         few.iter().map(|i| i.name.as_str()).collect::<Vec<_>>(),
         ["img-04"]
     );
+}
+
+fn rollout_plan() -> Plan {
+    plan("v1.27.x", Some(json!({"matchLabels": {"v": "1"}}))).with_spec(&json!({
+        "rollout": {"waves": [
+            {"name": "canary", "clusterSelector": {"matchLabels": {"ring": "canary"}}, "soak": "30s"},
+            {"name": "prod", "maxConcurrent": "50%"},
+        ], "stepTimeout": "10m"},
+    }))
+}
+
+/// An upgrader of Cluster `cluster` following Plan `p`, reporting `wave` and `status`.
+fn upgrader(cluster: &str, wave: &str, status: &Value) -> ClusterClassClusterUpgrader {
+    let mut status = status.clone();
+    status["rollout"] = json!({"wave": wave, "clusterAvailable": true});
+    serde_json::from_value(json!({
+        "apiVersion": "kubernetesupgraded.dimitrikoshkin.com/v1alpha1",
+        "kind": "ClusterClassClusterUpgrader",
+        "metadata": {"name": format!("u-{cluster}"), "namespace": "team"},
+        "spec": {"clusterName": cluster, "planRef": {"name": "p"}},
+        "status": status,
+    }))
+    .unwrap()
+}
+
+fn waiting() -> Value {
+    json!({"conditions": [{"type": "Progressing", "status": "True", "reason": "WaitingForWave", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}]})
+}
+
+fn members_of(
+    p: &Plan,
+    upgraders: Vec<ClusterClassClusterUpgrader>,
+) -> Vec<crate::controllers::rollout::Member> {
+    let (ctx, _verifier) = context_with(vec![], upgraders);
+    let target = api::v1alpha1::MachineImageDetails {
+        version: Some("v1.27.2".into()),
+        id: "img-a".into(),
+    };
+    observe::members(p, p.spec.rollout.as_ref().unwrap(), &target, &ctx)
+}
+
+#[tokio::test]
+async fn members_come_from_the_upgraders_status() {
+    let p = rollout_plan();
+    let at_target = json!({
+        "latestSetVersion": "v1.27.2",
+        "conditions": [{"type": "Ready", "status": "True", "reason": "ClusterUsingLatestVersion", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}],
+        "history": [{"from": "v1.26.6", "to": "v1.27.2", "image": "img-a", "started": "2026-01-01T00:00:00Z", "finished": "2026-01-01T00:05:00Z"}],
+    });
+    let other_image = json!({
+        "latestSetVersion": "v1.27.2",
+        "conditions": [{"type": "Ready", "status": "True", "reason": "ClusterUsingLatestVersion", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}],
+        "history": [{"from": "v1.26.6", "to": "v1.27.2", "image": "img-b", "started": "2026-01-01T00:00:00Z"}],
+    });
+    let drain = json!({
+        "conditions": [{"type": "Blocked", "status": "True", "reason": "DrainTimeout", "message": "host h1", "lastTransitionTime": "2026-01-01T00:00:00Z"}],
+    });
+    let claimed = json!({
+        "conditions": [{"type": "Blocked", "status": "True", "reason": "ClusterClaimed", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}],
+    });
+    let mut elsewhere = upgrader("e", "prod", &waiting());
+    elsewhere.spec.plan_ref.name = "other".into();
+    let mut claimed_dup = upgrader("c", "canary", &claimed);
+    claimed_dup.metadata.name = Some("u-c-2".into());
+    let members = members_of(
+        &p,
+        vec![
+            upgrader("a", "canary", &at_target),
+            upgrader("b", "prod", &other_image),
+            claimed_dup,
+            upgrader("c", "canary", &drain),
+            upgrader("d", "nowhere", &waiting()),
+            elsewhere,
+        ],
+    );
+    let names: Vec<&str> = members.iter().map(|m| m.cluster.as_str()).collect();
+    assert_eq!(names, ["a", "b", "c", "d"]);
+    assert!(members[0].at_target && members[0].wave == Some(0));
+    assert!(!members[1].at_target, "another image is not the target");
+    assert_eq!(members[1].wave, Some(1));
+    assert_eq!(
+        members[1].step_started,
+        Some("2026-01-01T00:00:00Z".parse().unwrap())
+    );
+    assert_eq!(
+        members[2].blocked,
+        Some(("DrainTimeout".into(), "host h1".into()))
+    );
+    assert_eq!(members[3].wave, None);
+}
+
+#[tokio::test]
+async fn a_halt_sets_the_condition_and_warns_once() {
+    let p = rollout_plan();
+    let usable = images::usable(&images(), "team", p.spec.machine_image_selector.as_ref());
+    let mut d = decide::decide(
+        &p.spec,
+        Some(2),
+        "team",
+        &usable,
+        &PlanStatus::default(),
+        &now(),
+    );
+    let mut stuck = upgrader("a", "canary", &waiting());
+    let first_members = members_of(&p, vec![stuck.clone()]);
+    let requeue =
+        decide::decide_rollout(&p.spec, Some(2), &mut d, &first_members, None, None, &now());
+    let rollout = d.status.rollout.clone().unwrap();
+    assert_eq!(rollout.waves[0].admitted, ["a"]);
+    assert_eq!(requeue, None);
+    let (halted, _, _) = crate::runtime::builders::condition(&d.status, decide::ROLLOUT_HALTED);
+    assert_eq!(halted, "False");
+    assert!(d.notes.is_empty());
+
+    stuck.status.as_mut().unwrap().history = Some(vec![
+        serde_json::from_value(json!({
+            "from": "v1.26.6", "to": "v1.27.2", "image": "img-a", "started": now(),
+        }))
+        .unwrap(),
+    ]);
+    let members = members_of(&p, vec![stuck]);
+    let mut later = decide::decide(&p.spec, Some(2), "team", &usable, &d.status, &at(599));
+    let requeue = decide::decide_rollout(
+        &p.spec,
+        Some(2),
+        &mut later,
+        &members,
+        Some(&rollout),
+        None,
+        &at(599),
+    );
+    assert_eq!(requeue, Some(std::time::Duration::from_millis(1_100)));
+    let mut timed_out = decide::decide(&p.spec, Some(2), "team", &usable, &d.status, &at(600));
+    decide::decide_rollout(
+        &p.spec,
+        Some(2),
+        &mut timed_out,
+        &members,
+        Some(&rollout),
+        None,
+        &at(600),
+    );
+    let (halted, reason, message) =
+        crate::runtime::builders::condition(&timed_out.status, decide::ROLLOUT_HALTED);
+    assert_eq!((halted.as_str(), reason.as_str()), ("True", "StepTimeout"));
+    assert!(message.contains("Cluster a"), "{message}");
+    assert_eq!(timed_out.notes.len(), 1);
+    assert_eq!(timed_out.notes[0].reason, "RolloutHalted");
+    let halted_status = timed_out.status.rollout.clone().unwrap();
+    let mut again = decide::decide(
+        &p.spec,
+        Some(2),
+        "team",
+        &usable,
+        &timed_out.status,
+        &at(700),
+    );
+    decide::decide_rollout(
+        &p.spec,
+        Some(2),
+        &mut again,
+        &members,
+        Some(&halted_status),
+        None,
+        &at(700),
+    );
+    assert!(again.notes.is_empty(), "{:?}", again.notes);
+    assert_eq!(again.status.rollout.unwrap().halted, halted_status.halted);
+}
+
+#[tokio::test]
+async fn a_rollout_is_written_with_the_status_and_the_steady_state_writes_nothing() {
+    let upgraders = vec![
+        upgrader("a", "canary", &waiting()),
+        upgrader("b", "prod", &waiting()),
+    ];
+    let (ctx, verifier) = context_with(images(), upgraders.clone());
+    let p = rollout_plan();
+    let scenario = verifier.run(|mut server| async move {
+        let call = server
+            .expect_status_apply::<Plan>("team", "p", FIELD_MANAGER)
+            .await;
+        let rollout = &call.body["status"]["rollout"];
+        assert_eq!(
+            rollout["target"],
+            json!({"version": "v1.27.2", "id": "img-a"})
+        );
+        assert_eq!(rollout["phase"], "Progressing");
+        assert_eq!(rollout["waves"][0]["admitted"], json!(["a"]));
+        assert!(rollout["waves"][1].get("admitted").is_none(), "{rollout}");
+        call.ok(&serde_json::to_value(rollout_plan()).unwrap());
+        server
+    });
+    let action = within("reconcile", STEP, reconcile_plan(&p, &ctx, &now()))
+        .await
+        .unwrap();
+    assert_eq!(action, Action::await_change());
+    scenario.finish().await;
+
+    let mut synced = p.clone();
+    let (ctx, verifier) = context_with(images(), upgraders);
+    let usable = images::usable(&images(), "team", p.spec.machine_image_selector.as_ref());
+    let mut d = decide::decide(
+        &p.spec,
+        Some(2),
+        "team",
+        &usable,
+        &PlanStatus::default(),
+        &now(),
+    );
+    let target = d.status.machine_image_details.clone().unwrap();
+    let members = observe::members(&p, p.spec.rollout.as_ref().unwrap(), &target, &ctx);
+    decide::decide_rollout(&p.spec, Some(2), &mut d, &members, None, None, &now());
+    synced.status = Some(d.status);
+    let scenario = verifier.run(|server| async move { server });
+    within("reconcile", STEP, reconcile_plan(&synced, &ctx, &now()))
+        .await
+        .unwrap();
+    scenario.finish().await;
 }

@@ -312,6 +312,7 @@ mod tests {
                 kind: "InClusterUpgradeAutomation",
             }),
             chained: false,
+            membership: None,
         };
         let me: ClusterClassClusterUpgrader = upgrader("second", "c", LATE, false);
         let status = UpgraderStatus::default();

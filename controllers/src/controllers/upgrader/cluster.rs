@@ -127,10 +127,36 @@ pub fn view(cluster: &Value) -> ClusterView {
                 })
                 .unwrap_or_default(),
         });
+    let labels = cluster
+        .pointer("/metadata/labels")
+        .and_then(Value::as_object)
+        .map(|labels| {
+            labels
+                .iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+                .collect()
+        })
+        .unwrap_or_default();
+    let available = cluster
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .and_then(|conditions| {
+            conditions
+                .iter()
+                .find(|c| c.get("type").and_then(Value::as_str) == Some("Available"))
+        })
+        .and_then(|c| match c.get("status").and_then(Value::as_str) {
+            Some("True") => Some(true),
+            Some("False") => Some(false),
+            _ => None,
+        });
     ClusterView {
         paused,
         topology,
         finished: Err("not checked".into()),
+        labels,
+        available,
+        admission: crate::controllers::rollout::Admission::Unrestricted,
     }
 }
 

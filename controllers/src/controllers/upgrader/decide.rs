@@ -121,6 +121,7 @@ pub fn decide(plan: &Plan, observed: &Observed<'_>) -> Decision {
         hosts: current.hosts.clone(),
         in_place: current.in_place.clone(),
         retry_hosts: current.retry_hosts.clone(),
+        rollout: current.rollout.clone(),
     };
     Decision {
         write,
@@ -160,9 +161,10 @@ pub fn hold_conditions(hold: &Hold) -> Vec<Desired> {
         Reason::ClusterUsingLatestVersion | Reason::ClusterAheadOfPlan | Reason::InPlaceUpdated => {
             (Status::True, Status::False, Status::False)
         }
-        Reason::RollingOut | Reason::PreviousStepUnfinished | Reason::InPlaceUpdating => {
-            (Status::False, Status::True, Status::False)
-        }
+        Reason::RollingOut
+        | Reason::PreviousStepUnfinished
+        | Reason::InPlaceUpdating
+        | Reason::WaitingForWave => (Status::False, Status::True, Status::False),
         Reason::Paused | Reason::DryRun | Reason::StepApplied => {
             (Status::False, Status::False, Status::False)
         }
@@ -396,6 +398,7 @@ pub fn reconcile_decision(
         .status
         .retry_hosts
         .clone_from(&observed.retry_hosts);
+    decision.status.rollout.clone_from(&observed.membership);
     decision
         .notes
         .extend(joined.notes.iter().cloned().map(|mut note| {

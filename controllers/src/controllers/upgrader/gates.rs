@@ -2,6 +2,8 @@
 //! no write or exactly one step. Each gate is its own function that blocks with its own reason
 //! (`upgrade-safety.md` §4, S1–S7); [`plan`] runs them in order.
 
+use std::collections::BTreeMap;
+
 use api::v1alpha1::{ImageMap, UpgraderSpecView};
 use jiff::Timestamp;
 use semver::Version;
@@ -11,6 +13,7 @@ use super::window::{Opening, Window};
 
 pub use super::reason::Reason;
 pub use crate::controllers::images::Image;
+pub use crate::controllers::rollout::Admission;
 
 /// A Cluster variable entry.
 #[derive(Clone, Debug, PartialEq)]
@@ -41,6 +44,12 @@ pub struct ClusterView {
     pub topology: Option<Topology>,
     /// Whether the step at `topology.version` has finished (§1.5), or why not.
     pub finished: Result<(), String>,
+    /// `metadata.labels`.
+    pub labels: BTreeMap<String, String>,
+    /// The `Available` condition's status, when reported.
+    pub available: Option<bool>,
+    /// What the Plan's rollout allows the Cluster (S13); filled in by the caller.
+    pub admission: Admission,
 }
 
 /// `spec.topology`: the version and the cluster-level variables.
@@ -208,12 +217,14 @@ fn gates(inputs: &Inputs<'_>) -> Result<Step, Held> {
 }
 
 /// The gates that hold the start of any new work, a topology step or a host updated in place:
-/// the Cluster paused (S6), the previous step unfinished (S4), the window closed (S7), dry run.
+/// the Plan's rollout (S13), the Cluster paused (S6), the previous step unfinished (S4), the
+/// window closed (S7), dry run.
 pub fn may_start(
     spec: &UpgraderSpecView<'_>,
     cluster: &ClusterView,
     now: Timestamp,
 ) -> Result<(), Hold> {
+    admitted(cluster)?;
     paused_cluster(cluster)?;
     previous_finished(cluster)?;
     in_window(spec, now)?;
@@ -519,6 +530,33 @@ fn nothing_to_write(
         ),
     };
     Err((hold, confirmed))
+}
+
+/// S13: with a rollout, work starts only once the Plan admitted the Cluster for its target.
+pub fn admitted(cluster: &ClusterView) -> Result<(), Hold> {
+    match &cluster.admission {
+        Admission::Unrestricted | Admission::Admitted => Ok(()),
+        Admission::NotInAnyWave => Err(Hold::new(
+            Reason::NotInAnyWave,
+            "the Cluster's labels match no wave of the Plan's spec.rollout",
+        )),
+        Admission::Halted(message) => Err(Hold::new(Reason::RolloutHalted, message.clone())),
+        Admission::Waiting { wave, not_before } => {
+            let mut hold = Hold::new(
+                Reason::WaitingForWave,
+                match not_before {
+                    Some(at) => format!(
+                        "wave {wave} of the Plan's rollout opens once an earlier wave's soak ends at {at}"
+                    ),
+                    None => format!(
+                        "waiting for the Plan's rollout to admit the Cluster in wave {wave}"
+                    ),
+                },
+            );
+            hold.not_before = *not_before;
+            Err(hold)
+        }
+    }
 }
 
 /// S6: nothing is written to a paused Cluster.

@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 use std::sync::PoisonError;
 use std::time::{Duration, Instant};
 
-use api::v1alpha1::{HostRecord, MachineImage, Plan, RETRY_HOSTS_ANNOTATION, UpgraderStatus};
+use api::v1alpha1::{
+    HostRecord, MachineImage, Plan, RETRY_HOSTS_ANNOTATION, RolloutMembership, UpgraderStatus,
+};
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Client, ResourceExt};
@@ -15,6 +17,7 @@ use kube::{Client, ResourceExt};
 use super::finish::{self, Rollout};
 use super::gates::{self, ClusterState, PlanState};
 use super::{Context, Error, UpgraderKind, chain, claim, cluster, in_place};
+use crate::controllers::rollout;
 
 /// How long a discovery of Cluster API is reused.
 const DISCOVERY_TTL: Duration = Duration::from_secs(300);
@@ -62,6 +65,8 @@ pub struct Observation {
     /// The Cluster's ClusterClass names our `GenerateUpgradePlan` handler (read only when the
     /// Plan's target is more than one minor ahead).
     pub chained: bool,
+    /// The Cluster's place in the Plan's rollout, when the Plan has one.
+    pub membership: Option<RolloutMembership>,
 }
 
 /// Reads everything the reconcile of `upgrader` decides on.
@@ -86,7 +91,8 @@ pub async fn observe<K: UpgraderKind>(
         selector.as_ref(),
     );
     let chosen = plan.as_ref().and_then(|p| chosen_image(p, &namespace));
-    let plan = match &plan {
+    let plan_object = plan;
+    let plan = match &plan_object {
         None => PlanState::NotFound,
         Some(p) => {
             let details = p
@@ -112,7 +118,7 @@ pub async fn observe<K: UpgraderKind>(
     let claimed_by = ctx.claims.as_ref().and_then(|c| c.claimed_by(upgrader));
     // A paused upgrader still carries the hosts it started to the end; one that does not act
     // reads nothing of the Cluster.
-    let (cluster, raw, access, cached) = if (spec.paused && !busy) || claimed_by.is_some() {
+    let (mut cluster, raw, access, cached) = if (spec.paused && !busy) || claimed_by.is_some() {
         (ClusterState::NotFound, None, None, false)
     } else {
         observe_cluster(ctx, &namespace, spec.cluster_name, read).await?
@@ -128,6 +134,7 @@ pub async fn observe<K: UpgraderKind>(
         }
         _ => false,
     };
+    let membership = admit_cluster(&mut cluster, plan_object.as_ref(), spec.cluster_name, now);
     let planned = gates::plan(&gates::Inputs {
         spec,
         cluster: &cluster,
@@ -203,6 +210,35 @@ pub async fn observe<K: UpgraderKind>(
         hosts,
         claimed_by,
         chained,
+        membership,
+    })
+}
+
+/// Reads the Plan's rollout for the Cluster: its admission (for the gates) and its place in the
+/// rollout (for the Plan, through the upgrader's status).
+fn admit_cluster(
+    cluster: &mut ClusterState,
+    plan: Option<&Plan>,
+    name: &str,
+    now: Timestamp,
+) -> Option<RolloutMembership> {
+    let ClusterState::Found(view) = cluster else {
+        return None;
+    };
+    let plan = plan?;
+    let rollout = plan.spec.rollout.as_ref()?;
+    let status = plan.status.as_ref();
+    view.admission = rollout::admission(
+        Some(rollout),
+        status.and_then(|s| s.rollout.as_ref()),
+        status.and_then(|s| s.machine_image_details.as_ref()),
+        name,
+        &view.labels,
+        now,
+    );
+    Some(RolloutMembership {
+        wave: rollout::wave_of(rollout, &view.labels).map(|i| rollout.waves[i].name.clone()),
+        cluster_available: view.available,
     })
 }
 

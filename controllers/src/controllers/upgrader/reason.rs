@@ -78,6 +78,13 @@ pub enum Reason {
     WorkloadClusterUnavailable,
     /// The kubeconfig Secret asks for something the allow-list refuses.
     InvalidWorkloadKubeconfig,
+    /// The Plan's rollout has not admitted the Cluster yet: an earlier wave is unfinished or
+    /// soaking, or the wave's budget is full.
+    WaitingForWave,
+    /// The Plan's rollout is halted by a failed Cluster.
+    RolloutHalted,
+    /// The Cluster's labels match no wave of the Plan's rollout.
+    NotInAnyWave,
 }
 
 impl Reason {
@@ -119,6 +126,9 @@ impl Reason {
             Self::ImageNotPinned => "ImageNotPinned",
             Self::WorkloadClusterUnavailable => "WorkloadClusterUnavailable",
             Self::InvalidWorkloadKubeconfig => "InvalidWorkloadKubeconfig",
+            Self::WaitingForWave => "WaitingForWave",
+            Self::RolloutHalted => "RolloutHalted",
+            Self::NotInAnyWave => "NotInAnyWave",
         }
     }
 }

@@ -60,6 +60,9 @@ fn found(version: &str, variables: Vec<Variable>, finished: bool) -> ClusterStat
         } else {
             Err("rolling".into())
         },
+        labels: std::collections::BTreeMap::new(),
+        available: None,
+        admission: crate::controllers::rollout::Admission::Unrestricted,
     })
 }
 
@@ -158,6 +161,9 @@ fn every_reason_has_its_case() {
                 paused: false,
                 topology: None,
                 finished: Ok(()),
+                labels: std::collections::BTreeMap::new(),
+                available: None,
+                admission: crate::controllers::rollout::Admission::Unrestricted,
             }),
             target("v1.30.2", "i-1302"),
         ),
@@ -284,6 +290,9 @@ fn every_reason_has_its_case() {
                     variables: vec![],
                 }),
                 finished: Ok(()),
+                labels: std::collections::BTreeMap::new(),
+                available: None,
+                admission: crate::controllers::rollout::Admission::Unrestricted,
             }),
             target("v1.30.2", "i-1302"),
         ),
@@ -639,6 +648,7 @@ fn chain_observation(chained: bool) -> observe::Observation {
         hosts: None,
         claimed_by: None,
         chained,
+        membership: None,
     }
 }
 
@@ -763,6 +773,9 @@ proptest! {
             paused: cluster_paused,
             topology: Some(Topology { version: format!("v{current}"), variables: vec![] }),
             finished: if finished { Ok(()) } else { Err("rolling".into()) },
+            labels: std::collections::BTreeMap::new(),
+            available: None,
+            admission: crate::controllers::rollout::Admission::Unrestricted,
         });
         let now = Timestamp::from_second(clock).unwrap();
         let got = gates::plan(&Inputs { spec: s, cluster: &cluster, plan: &plan, images: &images, now, chained: false });
@@ -1144,4 +1157,91 @@ async fn an_unfinished_cluster_gets_no_write_only_the_waiting_status() {
     .await
     .unwrap();
     scenario.finish().await;
+}
+
+fn with_admission(admission: crate::controllers::rollout::Admission) -> ClusterState {
+    let ClusterState::Found(mut view) = found("v1.30.1", vec![], true) else {
+        unreachable!()
+    };
+    view.admission = admission;
+    ClusterState::Found(view)
+}
+
+#[test]
+fn a_rollout_holds_every_step_until_the_cluster_is_admitted() {
+    use crate::controllers::rollout::Admission;
+    let r = plan_ref();
+    let plan = target("v1.30.2", "i-1302");
+    let soak_end = timestamp() + jiff::SignedDuration::from_secs(300);
+    let waiting = run(
+        spec(&r),
+        &with_admission(Admission::Waiting {
+            wave: "prod".into(),
+            not_before: Some(soak_end),
+        }),
+        &plan,
+        &images(),
+    );
+    let gates::Plan::Hold { hold, .. } = &waiting else {
+        panic!("{waiting:?}")
+    };
+    assert_eq!(hold.reason, Reason::WaitingForWave);
+    assert_eq!(hold.not_before, Some(soak_end));
+    assert!(hold.message.contains("prod"), "{}", hold.message);
+    assert_eq!(hold.step.as_ref().map(|s| s.id.as_str()), Some("i-1302"));
+    let conditions = decide::hold_conditions(hold);
+    assert_eq!(
+        conditions[1].status,
+        api::conditions::Status::True,
+        "Progressing"
+    );
+    assert_eq!(
+        conditions[2].status,
+        api::conditions::Status::False,
+        "Blocked"
+    );
+
+    let halted = run(
+        spec(&r),
+        &with_admission(Admission::Halted("Cluster c1 failed".into())),
+        &plan,
+        &images(),
+    );
+    assert_eq!(reason(&halted), Reason::RolloutHalted);
+    let gates::Plan::Hold { hold, .. } = &halted else {
+        panic!("{halted:?}")
+    };
+    assert_eq!(
+        decide::hold_conditions(hold)[2].status,
+        api::conditions::Status::True,
+        "Blocked"
+    );
+    let outside = run(
+        spec(&r),
+        &with_admission(Admission::NotInAnyWave),
+        &plan,
+        &images(),
+    );
+    assert_eq!(reason(&outside), Reason::NotInAnyWave);
+    let admitted = run(
+        spec(&r),
+        &with_admission(Admission::Admitted),
+        &plan,
+        &images(),
+    );
+    assert!(matches!(admitted, gates::Plan::Write(_)), "{admitted:?}");
+    // Admitted, the other gates still hold: a paused Cluster writes nothing.
+    let ClusterState::Found(mut paused) = with_admission(Admission::Admitted) else {
+        unreachable!()
+    };
+    paused.paused = true;
+    let held = run(spec(&r), &ClusterState::Found(paused), &plan, &images());
+    assert_eq!(reason(&held), Reason::ClusterPaused);
+    // A Cluster already at the target needs no admission.
+    let ClusterState::Found(mut at_target) = found("v1.30.2", vec![], true) else {
+        unreachable!()
+    };
+    at_target.admission = Admission::NotInAnyWave;
+    let done = run(spec(&r), &ClusterState::Found(at_target), &plan, &images());
+    assert_eq!(reason(&done), Reason::ClusterUsingLatestVersion);
 }

@@ -120,6 +120,9 @@ mod tests {
             paused,
             topology: None,
             finished: Err("a Cluster API upgrade is running".into()),
+            labels: std::collections::BTreeMap::new(),
+            available: None,
+            admission: crate::controllers::rollout::Admission::Unrestricted,
         }
     }
 
