@@ -135,16 +135,17 @@ async fn before_hook(
                 acting.claimant
             ),
         ),
-        Ok(Some((view, available, spare))) => respond(
-            hook,
+        Ok(Some((mut view, available, spare))) => respond(hook, {
+            // A fleet rollout admits this Cluster, or the upgrade waits as the upgrader would.
+            view.admission = observer.admission(&acting.owner(), name, &view.labels, now);
             before::hold(&before::Inputs {
                 owner: acting.owner(),
                 cluster: &view,
                 available,
                 spare,
                 now,
-            }),
-        ),
+            })
+        }),
         Err(err) => HookResponse::failure(hook, cause_chain(&err)),
     }
 }

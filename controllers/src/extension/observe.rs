@@ -178,6 +178,32 @@ impl Observer {
         ))
     }
 
+    /// Whether the Plan of `owner` admits Cluster `name` (with `labels`) to its target now, as
+    /// the upgrader's gate reads it: unrestricted without a rollout or without the Plan.
+    pub fn admission(
+        &self,
+        owner: &Owner<'_>,
+        name: &str,
+        labels: &std::collections::BTreeMap<String, String>,
+        now: k8s_openapi::jiff::Timestamp,
+    ) -> crate::controllers::rollout::Admission {
+        let plan = self
+            .plans
+            .get(&ObjectRef::new(&owner.spec.plan_ref.name).within(owner.namespace));
+        let Some(plan) = plan.as_ref().and_then(|p| p.0.as_ref().ok()) else {
+            return crate::controllers::rollout::Admission::Unrestricted;
+        };
+        let status = plan.status.as_ref();
+        crate::controllers::rollout::admission(
+            plan.spec.rollout.as_ref(),
+            status.and_then(|s| s.rollout.as_ref()),
+            status.and_then(|s| s.machine_image_details.as_ref()),
+            name,
+            labels,
+            now,
+        )
+    }
+
     /// The stamps of `namespace`'s MachineImages by image ID; an ID several images share keeps
     /// a stamp if any of them has one.
     pub fn stamps(&self, namespace: &str) -> Stamps {

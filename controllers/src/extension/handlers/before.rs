@@ -31,6 +31,7 @@ pub struct Inputs<'a> {
 pub fn hold(inputs: &Inputs<'_>) -> Option<Held> {
     let spec = &inputs.owner.spec;
     let gate = gates::paused_upgrader(spec)
+        .and_then(|()| gates::admitted(inputs.cluster))
         .and_then(|()| gates::paused_cluster(inputs.cluster))
         .and_then(|()| gates::in_window(spec, inputs.now))
         .and_then(|()| gates::dry_run(spec))
@@ -204,6 +205,31 @@ mod tests {
             "{}",
             h.message
         );
+    }
+
+    #[test]
+    fn a_fleet_rollout_that_has_not_admitted_the_cluster_holds_it() {
+        use crate::controllers::rollout::Admission;
+        for (admission, words) in [
+            (Admission::NotInAnyWave, "wave"),
+            (Admission::Halted("c7 failed".into()), "c7 failed"),
+            (
+                Admission::Waiting {
+                    wave: "prod".into(),
+                    not_before: None,
+                },
+                "prod",
+            ),
+        ] {
+            let mut cluster = view(false);
+            cluster.admission = admission;
+            let h = held(&spec(), &cluster, Ok(()), Some(Ok(())), NOW).unwrap();
+            assert_eq!(h.seconds, 30);
+            assert!(h.message.contains(words), "{}", h.message);
+        }
+        let mut admitted = view(false);
+        admitted.admission = Admission::Admitted;
+        assert_eq!(held(&spec(), &admitted, Ok(()), Some(Ok(())), NOW), None);
     }
 
     #[test]
