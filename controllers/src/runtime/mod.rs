@@ -34,6 +34,9 @@ pub use metrics::{ControllerMetrics, Metrics};
 
 use crate::shutdown::Shutdown;
 
+/// The ExtensionConfig name used when none is configured, as `config/extension/` installs it.
+pub const DEFAULT_EXTENSION_CONFIG: &str = "kubernetes-upgrader";
+
 /// Everything a controller needs from the manager.
 #[derive(Clone)]
 pub struct Shared {
@@ -82,8 +85,7 @@ impl Shared {
             instance,
             shutdown,
             caches,
-            extension_config: crate::controllers::upgrader::chain::DEFAULT_EXTENSION_CONFIG
-                .to_owned(),
+            extension_config: DEFAULT_EXTENSION_CONFIG.to_owned(),
         }
     }
 

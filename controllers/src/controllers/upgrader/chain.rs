@@ -14,8 +14,7 @@ use super::gates::{self, ClusterState, PlanState};
 use crate::extension::wire::Hook;
 use crate::runtime::status::bounded;
 
-/// The ExtensionConfig name used when none is configured, as `config/extension/` installs it.
-pub const DEFAULT_EXTENSION_CONFIG: &str = "kubernetes-upgrader";
+pub use crate::runtime::DEFAULT_EXTENSION_CONFIG;
 
 /// The Normal event's reason when a ClusterClass offers a chained upgrade that a single-variable
 /// mode cannot carry.

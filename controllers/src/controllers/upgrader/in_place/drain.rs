@@ -7,7 +7,8 @@ use api::v1alpha1::Drain;
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 
-use super::observe::MIRROR_ANNOTATION;
+/// The annotation of a static (mirror) pod.
+pub const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
 
 /// `spec.inPlace.drain` with its defaults applied.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -32,8 +32,7 @@ pub const ELEMENTAL_API_VERSION: &str = "infrastructure.cluster.x-k8s.io/v1beta1
 pub const ELEMENTAL_MACHINE: &str = "ElementalMachine";
 /// The Elemental host kind.
 pub const ELEMENTAL_HOST: &str = "ElementalHost";
-/// The annotation of a static (mirror) pod.
-pub const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
+pub use super::drain::MIRROR_ANNOTATION;
 /// The ElementalHost condition the agent reports OS updates on.
 pub const OS_VERSION_READY: &str = "OSVersionReady";
 
