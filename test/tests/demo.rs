@@ -55,7 +55,7 @@ fn assert_converged(output: &std::process::Output, started: Instant) {
         String::from_utf8_lossy(&output.stderr)
     );
     for line in [
-        "kubelet stand-in: build Job",
+        "build Job finisher: build Job",
         "Cluster API stand-in: rollout of capi-quickstart to v1.31.1 finished",
         "publishing kubeadm 1.31.2-1.1",
         "Cluster API stand-in: rollout of capi-quickstart to v1.31.2 finished",
