@@ -287,12 +287,22 @@ async fn a_build_hands_off_its_id_by_the_termination_message() {
         is(j, "True", "Built", "Created") && j["spec"]["id"] == "kindest/node:v1.30.5"
     })
     .await;
+    // The stamp names this build: the image, the start of its UID, the attempt.
+    let uid: String = built
+        .metadata
+        .uid
+        .clone()
+        .unwrap()
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(8)
+        .collect();
     assert_eq!(
         built
             .annotations()
             .get(OS_IMAGE_STAMP_ANNOTATION)
             .map(String::as_str),
-        Some("message-1")
+        Some(format!("message-{uid}-1").as_str())
     );
     assert!(jobs.get(&job.name_any()).await.is_ok());
     assert_eq!(events(&env, "message", "Built").await.len(), 1);
