@@ -113,6 +113,16 @@ fn whole_second_up(at: Timestamp) -> Timestamp {
     Timestamp::from_second(at.as_second().saturating_add(1)).unwrap_or(Timestamp::MAX)
 }
 
+/// When a wave seen finished at `now` has soaked for `soak`. A reconcile's clock is floored to
+/// whole seconds (`runtime::now`), so the wave may have finished up to a second after `now`:
+/// a soak ends one second later than `now + soak`, never earlier than asked.
+fn soak_end(now: Timestamp, soak: Duration) -> Timestamp {
+    if soak.is_zero() {
+        return now;
+    }
+    whole_second_up(after(now, soak.saturating_add(Duration::from_secs(1))))
+}
+
 /// The admission decision: from the fleet, the previous status and the clock to the new
 /// `status.rollout`. Pure; the Plan controller writes its result before anyone reads it.
 pub fn admit(inputs: &Inputs<'_>) -> Outcome {
@@ -197,7 +207,7 @@ pub fn admit(inputs: &Inputs<'_>) -> Outcome {
         }
         if all_done && finished.is_none() {
             finished = Some(Time(now));
-            soaked_until = Some(Time(whole_second_up(after(now, soak))));
+            soaked_until = Some(Time(soak_end(now, soak)));
         }
 
         // Failures: admitted Clusters whose update failed, or any Cluster unhealthy in the soak.

