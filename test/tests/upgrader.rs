@@ -475,3 +475,136 @@ async fn two_upgraders_on_one_cluster_only_the_oldest_acts_and_the_next_takes_ov
         Some("NotBlocked")
     );
 }
+
+/// A write of a step, or of a host's image, names the object's UID as read: when the object was
+/// deleted (or deleted and made again) since, the API server refuses the apply instead of
+/// creating an object holding nothing but our fields.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_apply_never_recreates_a_deleted_cluster_or_elemental_machine() {
+    use kube::ResourceExt as _;
+    use kube::api::{DeleteParams, DynamicObject, PostParams};
+    use kubernetes_upgrader::controllers::upgrader::{cluster, gates, in_place};
+
+    let env = e2e_env!("an_apply_never_recreates_a_deleted_cluster_or_elemental_machine");
+    let field_manager = "kubernetes-upgrader";
+    let access = cluster::discover(&env.client).await.unwrap().unwrap();
+    let step = gates::Step {
+        from: "v1.30.5".into(),
+        version: semver::Version::new(1, 31, 2),
+        id: "i-131".into(),
+        variable: None,
+    };
+    let write = |read: serde_json::Value| {
+        let (client, access, step, namespace) =
+            (env.client.clone(), &access, &step, env.namespace.clone());
+        async move {
+            cluster::write_step(&client, access, &namespace, "c", &read, step, field_manager).await
+        }
+    };
+    let read_cluster = || async {
+        serde_json::to_value(clusters(&env, "v1beta1").get("c").await.unwrap()).unwrap()
+    };
+
+    // Live: the step lands.
+    cluster(&env, "v1beta1", "c", "v1.30.5", json!({}))
+        .await
+        .unwrap();
+    let read = read_cluster().await;
+    write(read.clone()).await.unwrap();
+    assert_eq!(
+        read_cluster().await["spec"]["topology"]["version"],
+        "v1.31.2"
+    );
+
+    // Deleted since it was read: refused, and nothing is created.
+    clusters(&env, "v1beta1")
+        .delete("c", &DeleteParams::default())
+        .await
+        .unwrap();
+    e2e::eventually("the Cluster gone", Duration::from_secs(30), || async {
+        Ok(clusters(&env, "v1beta1")
+            .get_opt("c")
+            .await?
+            .is_none()
+            .then_some(()))
+    })
+    .await
+    .unwrap();
+    let refused = write(read.clone()).await;
+    assert!(refused.is_err(), "{refused:?}");
+    assert!(
+        clusters(&env, "v1beta1")
+            .get_opt("c")
+            .await
+            .unwrap()
+            .is_none(),
+        "no Cluster made"
+    );
+
+    // Made again under the same name: the old read does not write to the new object.
+    cluster(&env, "v1beta1", "c", "v1.29.1", json!({}))
+        .await
+        .unwrap();
+    assert!(write(read).await.is_err());
+    assert_eq!(
+        read_cluster().await["spec"]["topology"]["version"],
+        "v1.29.1"
+    );
+
+    // The same for the ElementalMachine a host's image is applied to.
+    e2e::elemental::install_crds(&env.client).await.unwrap();
+    let machines: kube::Api<DynamicObject> = kube::Api::namespaced_with(
+        env.client.clone(),
+        &env.namespace,
+        &in_place::observe::elemental_resource(in_place::observe::ELEMENTAL_MACHINE),
+    );
+    let object: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "infrastructure.cluster.x-k8s.io/v1beta1",
+        "kind": "ElementalMachine",
+        "metadata": {"name": "em"},
+        "spec": {},
+    }))
+    .unwrap();
+    let made = machines
+        .create(&PostParams::default(), &object)
+        .await
+        .unwrap();
+    let uid = made.uid().unwrap();
+    let image = "oci://registry.example/os@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    let apply = |uid: String| {
+        let (client, namespace) = (env.client.clone(), env.namespace.clone());
+        async move {
+            in_place::workload::apply_image(
+                &client,
+                &namespace,
+                ("em", &uid),
+                image,
+                false,
+                field_manager,
+            )
+            .await
+        }
+    };
+    apply(uid.clone()).await.unwrap();
+    let applied = machines.get("em").await.unwrap();
+    assert_eq!(
+        applied.data["spec"]["osVersionManagement"]["osVersion"]["imageUri"],
+        image
+    );
+    machines
+        .delete("em", &DeleteParams::default())
+        .await
+        .unwrap();
+    e2e::eventually(
+        "the ElementalMachine gone",
+        Duration::from_secs(30),
+        || async { Ok(machines.get_opt("em").await?.is_none().then_some(())) },
+    )
+    .await
+    .unwrap();
+    assert!(apply(uid).await.is_err());
+    assert!(
+        machines.get_opt("em").await.unwrap().is_none(),
+        "no ElementalMachine made"
+    );
+}

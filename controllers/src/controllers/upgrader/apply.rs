@@ -202,10 +202,13 @@ async fn perform(
             let Some(infrastructure) = management.infrastructure_of(machine) else {
                 return Ok(());
             };
+            let Some(uid) = management.elemental_machine_uid(infrastructure) else {
+                return Ok(());
+            };
             write::apply_image(
                 &ctx.core.client,
                 namespace,
-                infrastructure,
+                (infrastructure, uid),
                 image,
                 settings.upgrade_recovery,
                 FIELD_MANAGER,

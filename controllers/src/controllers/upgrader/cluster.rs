@@ -310,7 +310,11 @@ pub async fn write_step(
 ) -> Result<Value, ApiError> {
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &access.resource);
     if access.list_map || step.variable.is_none() {
-        let body = apply_body(access, namespace, name, step);
+        let mut body = apply_body(access, namespace, name, step);
+        // The Cluster as read: an apply to a deleted Cluster is refused instead of creating one.
+        if let Some(uid) = cluster.pointer("/metadata/uid") {
+            body["metadata"]["uid"] = uid.clone();
+        }
         let written = bounded(api.patch(
             name,
             &PatchParams::apply(field_manager).force(),

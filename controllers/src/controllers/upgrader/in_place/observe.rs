@@ -103,6 +103,8 @@ pub fn machine(object: &Value) -> Option<ElementalMachineRef> {
 /// What is read of an ElementalMachine.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ElementalMachine {
+    /// `metadata.uid`: the image apply names it, so that it never recreates a deleted object.
+    pub uid: Option<String>,
     /// `spec.hostRef.name`.
     pub host: Option<String>,
     /// `spec.osVersionManagement.osVersion.imageUri`.
@@ -115,6 +117,10 @@ pub struct ElementalMachine {
 /// Parses an ElementalMachine.
 pub fn elemental_machine(object: &Value) -> ElementalMachine {
     ElementalMachine {
+        uid: object
+            .pointer("/metadata/uid")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
         host: object
             .pointer("/spec/hostRef/name")
             .and_then(Value::as_str)
@@ -240,6 +246,13 @@ impl Management {
             .iter()
             .find(|m| m.machine == machine)
             .map(|m| m.infrastructure.as_str())
+    }
+
+    /// The UID of the ElementalMachine named `name`, as observed.
+    pub fn elemental_machine_uid(&self, name: &str) -> Option<&str> {
+        self.elemental_machines
+            .get(name)
+            .and_then(|m| m.uid.as_deref())
     }
 
     /// The host views, with the workload's Nodes filled in from `nodes` and the drains of the

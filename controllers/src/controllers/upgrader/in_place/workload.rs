@@ -283,8 +283,14 @@ pub async fn label_pending(
 }
 
 /// The server-side apply body that owns only `osVersion.imageUri` (and `upgradeRecovery` when
-/// asked) of the ElementalMachine's schemaless `osVersionManagement`; never `debug`.
-pub fn image_body(machine: &str, image: &str, upgrade_recovery: bool) -> serde_json::Value {
+/// asked) of the ElementalMachine's schemaless `osVersionManagement`; never `debug`. It names the
+/// machine's observed `uid`: an apply to a deleted (or deleted and recreated) ElementalMachine is
+/// refused by the API server instead of creating one.
+pub fn image_body(
+    (machine, uid): (&str, &str),
+    image: &str,
+    upgrade_recovery: bool,
+) -> serde_json::Value {
     let mut os_version = json!({ "imageUri": image });
     if upgrade_recovery {
         os_version["upgradeRecovery"] = json!(true);
@@ -292,7 +298,7 @@ pub fn image_body(machine: &str, image: &str, upgrade_recovery: bool) -> serde_j
     json!({
         "apiVersion": ELEMENTAL_API_VERSION,
         "kind": ELEMENTAL_MACHINE,
-        "metadata": { "name": machine },
+        "metadata": { "name": machine, "uid": uid },
         "spec": { "osVersionManagement": { "osVersion": os_version } },
     })
 }
@@ -301,7 +307,7 @@ pub fn image_body(machine: &str, image: &str, upgrade_recovery: bool) -> serde_j
 pub async fn apply_image(
     management: &Client,
     namespace: &str,
-    machine: &str,
+    (machine, uid): (&str, &str),
     image: &str,
     upgrade_recovery: bool,
     field_manager: &str,
@@ -311,7 +317,7 @@ pub async fn apply_image(
         namespace,
         &elemental_resource(ELEMENTAL_MACHINE),
     );
-    let body = image_body(machine, image, upgrade_recovery);
+    let body = image_body((machine, uid), image, upgrade_recovery);
     bounded(api.patch(
         machine,
         &PatchParams::apply(field_manager).force(),
