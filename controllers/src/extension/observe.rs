@@ -7,8 +7,7 @@ use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use api::v1alpha1::{
-    ClusterClassClusterUpgrader, InClusterUpgradeAutomation, MachineImage,
-    OS_IMAGE_STAMP_ANNOTATION, Plan, UpgraderSpecView,
+    ClusterClassClusterUpgrader, InClusterUpgradeAutomation, MachineImage, Plan, UpgraderSpecView,
 };
 use kube::core::{ApiResource, DeserializeGuard, GroupVersionKind};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -204,29 +203,15 @@ impl Observer {
         )
     }
 
-    /// The stamps of `namespace`'s MachineImages by image ID; an ID several images share keeps
-    /// a stamp if any of them has one.
+    /// The build stamps of `namespace`'s MachineImages by image ID, as the in-place flow reads
+    /// them: an ID several images share may be booted with any of their stamps.
     pub fn stamps(&self, namespace: &str) -> Stamps {
-        let mut out = Stamps::new();
-        for guarded in self.images.state() {
-            let Ok(image) = &guarded.0 else { continue };
-            let Some(id) = image.spec.id.as_deref().filter(|id| !id.is_empty()) else {
-                continue;
-            };
-            if image.namespace().as_deref() != Some(namespace) {
-                continue;
-            }
-            let stamp = image
-                .annotations()
-                .get(OS_IMAGE_STAMP_ANNOTATION)
-                .filter(|s| !s.is_empty())
-                .cloned();
-            let entry = out.entry(id.to_owned()).or_insert(None);
-            if entry.is_none() {
-                *entry = stamp;
-            }
-        }
-        out
+        let images = self.images.state();
+        let of_namespace = images
+            .iter()
+            .filter_map(|guarded| guarded.0.as_ref().ok())
+            .filter(|image| image.namespace().as_deref() == Some(namespace));
+        in_place::verify::stamps(of_namespace, None)
     }
 
     /// Cluster API as this server serves it, rediscovered after [`DISCOVERY_TTL`].

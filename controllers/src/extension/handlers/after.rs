@@ -2,8 +2,6 @@
 //! part that moved boots the stamp of the image its ElementalMachine names (S4, S10), so that a
 //! fallback boot, which the agent reports as success, holds the next part. Pure.
 
-use std::collections::BTreeMap;
-
 use super::{HOLD_SECONDS, Held};
 use crate::controllers::upgrader::in_place::{self, HostView, Role};
 
@@ -25,8 +23,7 @@ impl Part {
     }
 }
 
-/// The stamps of the namespace's MachineImages, by image ID: `None` for an image without one.
-pub type Stamps = BTreeMap<String, Option<String>>;
+pub use crate::controllers::upgrader::in_place::verify::Stamps;
 
 /// The first host of `part` whose boot is not verified, if any. A host whose ElementalMachine
 /// names no image has nothing to verify; one whose image no MachineImage stamps cannot be
@@ -38,12 +35,15 @@ pub fn hold(part: Part, hosts: &[HostView], stamps: &Stamps) -> Option<Held> {
         let image = host.image_uri.as_deref().filter(|i| !i.is_empty())?;
         let why = match stamps.get(image) {
             None => format!("its image {image} is not a MachineImage of the namespace, so its boot cannot be verified"),
-            Some(None) => format!("its image {image} carries no stamp, so its boot cannot be verified"),
-            Some(Some(stamp)) => match host.os_image.as_deref() {
-                None => format!("its Node has not reported the OS it booted (waiting for {stamp})"),
-                Some(booted) if in_place::carries_stamp(booted, stamp) => return None,
-                Some(booted) => format!("it booted {booted:?}, not {stamp} of its image {image} (a fallback boot?)"),
-            },
+            Some(known) if known.is_empty() => format!("its image {image} carries no stamp, so its boot cannot be verified"),
+            Some(known) => {
+                let wanted = known.iter().map(String::as_str).collect::<Vec<_>>().join(" or ");
+                match host.os_image.as_deref() {
+                    None => format!("its Node has not reported the OS it booted (waiting for {wanted})"),
+                    Some(booted) if known.iter().any(|s| in_place::carries_stamp(booted, s)) => return None,
+                    Some(booted) => format!("it booted {booted:?}, not {wanted} of its image {image} (a fallback boot?)"),
+                }
+            }
         };
         Some(Held {
             seconds: HOLD_SECONDS,
@@ -69,9 +69,9 @@ mod tests {
 
     fn stamps() -> Stamps {
         [
-            (NEW.to_owned(), Some("os-1.31.4-b2".to_owned())),
-            (OLD.to_owned(), Some("os-1.30.5-b1".to_owned())),
-            ("oci://r/os@sha256:22".to_owned(), None),
+            (NEW.to_owned(), ["os-1.31.4-b2".to_owned()].into()),
+            (OLD.to_owned(), ["os-1.30.5-b1".to_owned()].into()),
+            ("oci://r/os@sha256:22".to_owned(), Default::default()),
         ]
         .into()
     }
@@ -178,6 +178,36 @@ mod tests {
                 .unwrap()
                 .message
                 .starts_with("ElementalHost w-a")
+        );
+    }
+
+    #[test]
+    fn an_id_two_images_share_passes_with_either_stamp_and_names_both() {
+        let shared: Stamps = [(
+            NEW.to_owned(),
+            ["os-a-1".to_owned(), "os-b-1".to_owned()].into(),
+        )]
+        .into();
+        for booted in ["Elemental os-a-1", "Elemental os-b-1"] {
+            let hosts = [host(
+                "w-0",
+                Role::Worker("md-0".into()),
+                Some(NEW),
+                Some(booted),
+            )];
+            assert_eq!(hold(Part::Workers, &hosts, &shared), None, "{booted}");
+        }
+        let fallback = [host(
+            "w-0",
+            Role::Worker("md-0".into()),
+            Some(NEW),
+            Some("os-0"),
+        )];
+        let held = hold(Part::Workers, &fallback, &shared).unwrap();
+        assert!(
+            held.message.contains("not os-a-1 or os-b-1"),
+            "{}",
+            held.message
         );
     }
 }

@@ -41,17 +41,23 @@ pub fn chosen_stamp<'a>(
         .map(|(_, stamp)| stamp.to_owned())
 }
 
-/// Per image ID, the stamps of the MachineImages (of one namespace) that carry it; for the ID of
-/// the Plan's chosen image (`chosen`: its name and ID), only that image's stamp.
+/// Per image ID, the stamps of the MachineImages (of one namespace) that carry it, empty when
+/// none is stamped; for the ID of the Plan's chosen image (`chosen`: its name and ID), only that
+/// image's stamp.
 pub fn stamps<'a>(
     images: impl IntoIterator<Item = &'a MachineImage> + Clone,
     chosen: Option<(&str, &str)>,
 ) -> Stamps {
     let mut out = Stamps::new();
-    for (id, stamp) in images.clone().into_iter().filter_map(stamp_of) {
-        out.entry(id.to_owned())
-            .or_default()
-            .insert(stamp.to_owned());
+    for image in images.clone() {
+        if let Some(id) = image.spec.id.as_deref().filter(|i| !i.is_empty()) {
+            out.entry(id.to_owned()).or_default();
+        }
+        if let Some((id, stamp)) = stamp_of(image) {
+            out.entry(id.to_owned())
+                .or_default()
+                .insert(stamp.to_owned());
+        }
     }
     if let Some((name, id)) = chosen
         && let Some(stamp) = chosen_stamp(images, name, id)
@@ -129,7 +135,8 @@ mod tests {
             all.get(NEW).unwrap(),
             &BTreeSet::from(["os-a-1111-1".into(), "os-b-2222-1".into()])
         );
-        assert!(!all.contains_key("oci://r/os@sha256:x"));
+        // Known, and stamped by none: nothing to verify its boot with.
+        assert_eq!(all.get("oci://r/os@sha256:x"), Some(&BTreeSet::new()));
         let chosen = stamps(&images, Some(("os-b", NEW)));
         assert_eq!(
             chosen.get(NEW).unwrap(),
