@@ -22,6 +22,7 @@ use anyhow::{Context, Result, bail, ensure};
 use api::v1alpha1::{MachineImage, Plan};
 use e2e::bench::{self, CAPI_VERSION, cluster_writes, diff, env_or, our_writes, report_window};
 use e2e::manager::{Manager, ManagerOptions};
+use e2e::stats::percentile;
 use e2e::{SKIP_HINT, capi, cluster, namespace};
 use futures::{StreamExt, TryStreamExt};
 use kube::api::{ApiResource, DynamicObject, PostParams};
@@ -93,6 +94,9 @@ struct Seen {
     started: HashMap<String, Instant>,
     /// Cluster → when the stand-in reported it finished.
     finished: HashMap<String, Instant>,
+    /// Cluster → when the Plan was first seen admitting it, and releasing it (no longer admitted).
+    admitted: HashMap<String, Instant>,
+    released: HashMap<String, Instant>,
     /// Per wave, Clusters started and not finished, and the most at once.
     in_flight: [usize; 3],
     peak: [usize; 3],
@@ -186,9 +190,10 @@ async fn main() -> Result<()> {
     let seen = Arc::new(Mutex::new(Seen::default()));
     let clusters_watching = stand_in(&client, &ns, clusters, &fleet, delay, seen.clone());
     let (complete_tx, complete_rx) = oneshot::channel();
-    let plan_watching = watch_complete(
+    let plan_watching = watch_plan(
         Api::namespaced_with(client.clone(), &ns, &ApiResource::erase::<Plan>(&())),
         complete_tx,
+        seen.clone(),
     );
     clusters_watching
         .await
@@ -302,6 +307,33 @@ async fn main() -> Result<()> {
             seen.peak[wave],
         );
         opens = ends;
+    }
+    let _ = writeln!(
+        out,
+        "\nwhere a wave's time goes, per Cluster step, p50 / max: the Plan admits → the step is \
+         seen (the upgrader); the stand-in finishes → the Plan releases it, admitting the next \
+         (the upgrader sees the finish, then the Plan sees the upgrader)"
+    );
+    for (wave, (name, _, _)) in WAVES.iter().enumerate() {
+        let lag = |from: &HashMap<String, Instant>, to: &HashMap<String, Instant>| {
+            let mut lags: Vec<Duration> = from
+                .iter()
+                .filter(|(c, _)| fleet.wave_of(c) == Some(wave))
+                .filter_map(|(c, at)| to.get(c).map(|t| t.saturating_duration_since(*at)))
+                .collect();
+            lags.sort();
+            format!(
+                "{:.2} s / {:.2} s",
+                secs(percentile(&lags, 50.0)),
+                secs(lags.last().copied().unwrap_or_default())
+            )
+        };
+        let _ = writeln!(
+            out,
+            "  {name}: admitted → stepped {}; finished → released {}",
+            lag(&seen.admitted, &seen.started),
+            lag(&seen.finished, &seen.released),
+        );
     }
     let _ = writeln!(
         out,
@@ -491,11 +523,12 @@ fn s13(seen: &Seen, fleet: &Fleet, wave: usize, now: Instant) -> Option<String> 
     None
 }
 
-/// Sends the instant the Plan is first seen `Complete` on its rollout to [`TO`]. Resolves once
-/// the watch's initial list is done.
-fn watch_complete(
+/// Records when the Plan admits and releases each Cluster for [`TO`], and sends the instant it is
+/// first seen `Complete` on that rollout. Resolves once the watch's initial list is done.
+fn watch_plan(
     plans: Api<DynamicObject>,
     complete: oneshot::Sender<Instant>,
+    seen: Arc<Mutex<Seen>>,
 ) -> oneshot::Receiver<()> {
     let (init_tx, init_rx) = oneshot::channel();
     tokio::spawn(async move {
@@ -515,8 +548,33 @@ fn watch_complete(
                 _ => continue,
             };
             let rollout = &plan.data["status"]["rollout"];
-            if rollout["target"]["version"] == TO
-                && rollout["phase"] == "Complete"
+            if rollout["target"]["version"] != TO {
+                continue;
+            }
+            let admitted: Vec<&str> = rollout["waves"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|w| w["admitted"].as_array())
+                .flatten()
+                .filter_map(|c| c.as_str())
+                .collect();
+            let now = Instant::now();
+            if let Ok(mut seen) = seen.lock() {
+                for cluster in &admitted {
+                    seen.admitted.entry((*cluster).to_owned()).or_insert(now);
+                }
+                let released: Vec<String> = seen
+                    .admitted
+                    .keys()
+                    .filter(|c| !admitted.contains(&c.as_str()) && !seen.released.contains_key(*c))
+                    .cloned()
+                    .collect();
+                for cluster in released {
+                    seen.released.insert(cluster, now);
+                }
+            }
+            if rollout["phase"] == "Complete"
                 && let Some(complete) = complete.take()
             {
                 let _ = complete.send(Instant::now());

@@ -18,6 +18,7 @@ pub mod in_place;
 pub mod index;
 mod kind;
 pub mod observe;
+pub mod plan_change;
 pub mod reason;
 mod watch;
 pub mod window;
@@ -198,12 +199,23 @@ fn start<K: UpgraderKind>(shared: &Shared) -> Running {
         &shared.shutdown,
     );
     let (by_plan, by_deleted_plan, by_image) = (index.clone(), index.clone(), index.clone());
+    let changes = plan_change::PlanChanges::default();
+    let deleted_changes = changes.clone();
     start
         .watches(&plans, move |plan: Arc<GuardedPlan>| {
-            by_plan.following(&plan.namespace().unwrap_or_default(), &plan.name_any())
+            let (namespace, name) = (plan.namespace().unwrap_or_default(), plan.name_any());
+            match plan.0.as_ref().map(|p| changes.changed(p)) {
+                Ok(plan_change::Reach::Clusters(clusters)) => clusters
+                    .iter()
+                    .flat_map(|cluster| by_plan.upgrading(&namespace, cluster))
+                    .collect(),
+                _ => by_plan.following(&namespace, &name),
+            }
         })
         .watches_deleted(&plans, move |plan: Arc<GuardedPlan>| {
-            by_deleted_plan.following(&plan.namespace().unwrap_or_default(), &plan.name_any())
+            let (namespace, name) = (plan.namespace().unwrap_or_default(), plan.name_any());
+            deleted_changes.deleted(&namespace, &name);
+            by_deleted_plan.following(&namespace, &name)
         })
         // Any image of the namespace may change any of its upgraders' steps.
         .watches(&images, move |image: Arc<GuardedImage>| {
