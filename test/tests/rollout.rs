@@ -373,6 +373,17 @@ async fn a_manager_killed_ten_times_never_breaks_the_waves_or_their_budget() {
     );
 
     let plan = plan_json(&env).await;
+    // Exactly one step each: one history entry per upgrader, one write of the target to the
+    // Cluster's spec (one generation seen carrying it).
+    for i in 0..12 {
+        let name = format!("c{i:02}");
+        let u = upgrader_json(&env, CCCU, &format!("u-{name}"))
+            .await
+            .unwrap();
+        let history = u["status"]["history"].as_array().unwrap();
+        assert_eq!(history.len(), 1, "{name}: {history:?}");
+        assert_eq!(history[0]["to"], TARGET, "{name}: {history:?}");
+    }
     let seen = seen.lock().unwrap();
     assert!(
         seen.violations.is_empty(),
@@ -388,22 +399,14 @@ async fn a_manager_killed_ten_times_never_breaks_the_waves_or_their_budget() {
             "wave {wave}: at most {max} in flight, saw {peak}"
         );
     }
-    // Exactly one step each: one write of the target to the Cluster's spec, one history entry.
-    for i in 0..12 {
-        let name = format!("c{i:02}");
+    for (name, generations) in &seen.steps {
         assert_eq!(
-            seen.steps.get(&name).map(BTreeSet::len),
-            Some(1),
-            "{name}: generations seen at {TARGET}: {:?}",
-            seen.steps.get(&name)
+            generations.len(),
+            1,
+            "{name}: generations seen at {TARGET}: {generations:?}"
         );
-        let u = upgrader_json(&env, CCCU, &format!("u-{name}"))
-            .await
-            .unwrap();
-        let history = u["status"]["history"].as_array().unwrap();
-        assert_eq!(history.len(), 1, "{name}: {history:?}");
-        assert_eq!(history[0]["to"], TARGET, "{name}: {history:?}");
     }
+    assert_eq!(seen.steps.len(), 12, "{:?}", seen.steps);
     let waves = plan["status"]["rollout"]["waves"].as_array().unwrap();
     for (status, (name, _, _, count)) in waves.iter().zip(WAVES) {
         assert_eq!(status["name"], name);
