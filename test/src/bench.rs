@@ -1,4 +1,5 @@
-//! Shared parts of the bench binaries: environment knobs and the API server's own request counts.
+//! Shared parts of the bench binaries: environment knobs, the API server's own request counts, and
+//! the fleet of Clusters with their upgraders that the upgrade benches build.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

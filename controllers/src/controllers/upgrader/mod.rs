@@ -5,7 +5,8 @@
 //! [`decide::reconcile_decision`]: [`gates`] plan, [`in_place`] joins, the whole status, events
 //! and requeue) → [`apply`] (at most one write to the Cluster, [`cluster::write_step`], one
 //! status write when something changed, host writes, events). [`watch`] keeps the index of
-//! upgraders and the Cluster watch. `mod.rs` is wiring.
+//! upgraders and the Cluster watch; [`plan_change`] narrows a Plan's change to the upgraders it
+//! concerns. `mod.rs` is wiring.
 
 pub mod apply;
 pub mod chain;
