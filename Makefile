@@ -96,8 +96,8 @@ bench-upgrade:
 
 ## 300 Clusters on one Plan's rollout (waves of 3, 30 and 267 at maxConcurrent 1, 10 and 50, soak
 ## 5s): per wave the time against the ideal, the most Clusters in flight and writes per step, on
-## the real API server with the debug manager binary. ROLLOUT_CLUSTERS, ROLLOUT_STEP_MS,
-## ROLLOUT_SETTLE_SECS.
+## the real API server with the debug manager binary (KUBERNETES_UPGRADER_BIN runs another one).
+## ROLLOUT_CLUSTERS, ROLLOUT_STEP_MS, ROLLOUT_SETTLE_SECS.
 bench-rollout:
 	$(CARGO) build --locked --bin kubernetes-upgrader
 	$(CARGO) run --locked -p e2e --bin rollout_bench
