@@ -34,6 +34,11 @@ impl ChaosConfig {
     /// From `E2E_SEED` and `E2E_CHAOS_ITERATIONS`, with uptimes of 50 ms to 3 s and
     /// downtimes up to 500 ms. Prints the seed, so a failure can be replayed.
     pub fn from_env() -> Result<Self> {
+        Self::from_env_or(DEFAULT_ITERATIONS)
+    }
+
+    /// [`ChaosConfig::from_env`] with `iterations` cycles when `E2E_CHAOS_ITERATIONS` is unset.
+    pub fn from_env_or(iterations: u32) -> Result<Self> {
         let seed = match std::env::var("E2E_SEED") {
             Ok(s) if !s.trim().is_empty() => {
                 parse_seed(s.trim()).with_context(|| format!("E2E_SEED={s}"))?
@@ -45,7 +50,7 @@ impl ChaosConfig {
                 .trim()
                 .parse()
                 .with_context(|| format!("E2E_CHAOS_ITERATIONS={s}"))?,
-            _ => DEFAULT_ITERATIONS,
+            _ => iterations,
         };
         let config = Self {
             seed,

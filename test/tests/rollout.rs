@@ -13,7 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use api::v1alpha1::Plan;
-use e2e::{TestEnv, condition_reason, e2e_env};
+use e2e::chaos::{self, ChaosConfig};
+use e2e::{Manager, TestEnv, condition_reason, e2e_env};
 use futures::StreamExt;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -41,6 +42,8 @@ struct Seen {
     finished: BTreeMap<String, Instant>,
     /// The most Clusters of each wave in flight at once.
     peak: BTreeMap<usize, usize>,
+    /// Cluster → every generation seen carrying the target: one per write of a step.
+    steps: BTreeMap<String, BTreeSet<i64>>,
     /// Every broken rule, for the test to report.
     violations: Vec<String>,
 }
@@ -112,11 +115,21 @@ fn stand_in(env: &TestEnv, delay: Duration, stuck: BTreeSet<String>) -> Arc<Mute
         while let Some(Ok(cluster)) = events.next().await {
             let name = cluster.name_any();
             if cluster.data["spec"]["topology"]["version"] != TARGET {
+                let mut seen = record.lock().unwrap();
+                if seen.started.contains_key(&name) {
+                    seen.violations
+                        .push(format!("{name} left {TARGET} after stepping to it"));
+                }
                 continue;
             }
             let now = Instant::now();
             {
                 let mut seen = record.lock().unwrap();
+                let generation = cluster.metadata.generation.unwrap_or_default();
+                seen.steps
+                    .entry(name.clone())
+                    .or_default()
+                    .insert(generation);
                 if seen.started.contains_key(&name) || seen.finished.contains_key(&name) {
                     continue;
                 }
@@ -305,4 +318,103 @@ async fn a_failure_halts_the_rollout_until_it_is_resumed() {
     let seen = seen.lock().unwrap();
     assert!(seen.violations.is_empty(), "{:?}", seen.violations);
     assert_eq!(seen.started.len(), 12);
+}
+
+/// The manager is killed with SIGKILL 10 times at seeded random moments (`E2E_SEED` replays a
+/// run) while the rollout progresses, then left to finish it: S13 and the budgets still hold,
+/// every Cluster is stepped exactly once, and the rollout completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manager_killed_ten_times_never_breaks_the_waves_or_their_budget() {
+    let env = e2e_env!("a_manager_killed_ten_times_never_breaks_the_waves_or_their_budget");
+    let mut config = ChaosConfig::from_env_or(10).unwrap();
+    // Each step takes 3 s: the rollout lasts at least 6 steps in a row plus three soaks of over
+    // 5 s (36 s), and the kills, 0.2 s to 4 s apart, spread over about the same time.
+    config.min_uptime = Duration::from_millis(200);
+    config.max_uptime = Duration::from_secs(4);
+    fleet(&env, "5m").await;
+    let seen = stand_in(&env, Duration::from_secs(3), BTreeSet::new());
+    let mut manager = Manager::spawn(env.manager_options()).unwrap();
+
+    // Clusters stepped and finished when each cycle starts, just after the previous kill.
+    let progress = Arc::new(Mutex::new(Vec::new()));
+    let snapshot = || {
+        let seen = seen.lock().unwrap();
+        (seen.started.len(), seen.finished.len())
+    };
+    let perturb = |iteration: u32, _: &mut rand::rngs::StdRng| {
+        if iteration > 0 {
+            progress.lock().unwrap().push(snapshot());
+        }
+        async { anyhow::Ok(()) }
+    };
+    let assert_final = || async {
+        progress.lock().unwrap().push(snapshot());
+        e2e::eventually("rollout Complete", Duration::from_secs(180), || async {
+            Ok((plan_json(&env).await["status"]["rollout"]["phase"] == "Complete").then_some(()))
+        })
+        .await
+    };
+    let cycles = chaos::run(&mut manager, &config, perturb, assert_final)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(cycles.len(), config.iterations as usize);
+    let progress = progress.lock().unwrap().clone();
+    eprintln!(
+        "(stepped, finished) Clusters at each kill: {progress:?}; uptimes: {:?}",
+        cycles.iter().map(|c| c.uptime).collect::<Vec<_>>()
+    );
+    let mid_rollout = progress
+        .iter()
+        .filter(|(_, finished)| *finished < 12)
+        .count();
+    assert!(
+        mid_rollout * 2 >= progress.len(),
+        "most kills should land before the last Cluster finished: {progress:?}"
+    );
+
+    let plan = plan_json(&env).await;
+    // Exactly one step each: one history entry per upgrader, one write of the target to the
+    // Cluster's spec (one generation seen carrying it).
+    for i in 0..12 {
+        let name = format!("c{i:02}");
+        let u = upgrader_json(&env, CCCU, &format!("u-{name}"))
+            .await
+            .unwrap();
+        let history = u["status"]["history"].as_array().unwrap();
+        assert_eq!(history.len(), 1, "{name}: {history:?}");
+        assert_eq!(history[0]["to"], TARGET, "{name}: {history:?}");
+    }
+    let seen = seen.lock().unwrap();
+    assert!(
+        seen.violations.is_empty(),
+        "E2E_SEED={}: {:?}",
+        config.seed,
+        seen.violations
+    );
+    assert_eq!(seen.finished.len(), 12, "every Cluster finished");
+    for (wave, (_, _, max, _)) in WAVES.iter().enumerate() {
+        let peak = seen.peak.get(&wave).copied().unwrap_or_default();
+        assert!(
+            (1..=*max).contains(&peak),
+            "wave {wave}: at most {max} in flight, saw {peak}"
+        );
+    }
+    for (name, generations) in &seen.steps {
+        assert_eq!(
+            generations.len(),
+            1,
+            "{name}: generations seen at {TARGET}: {generations:?}"
+        );
+    }
+    assert_eq!(seen.steps.len(), 12, "{:?}", seen.steps);
+    let waves = plan["status"]["rollout"]["waves"].as_array().unwrap();
+    for (status, (name, _, _, count)) in waves.iter().zip(WAVES) {
+        assert_eq!(status["name"], name);
+        assert_eq!(status["updated"], count);
+        assert_eq!(status["failed"].as_u64().unwrap_or_default(), 0, "{status}");
+    }
+    assert_eq!(
+        condition_reason(&plan, "RolloutHalted").as_deref(),
+        Some("NotHalted")
+    );
 }

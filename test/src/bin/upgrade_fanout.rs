@@ -17,18 +17,17 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use api::v1alpha1::{MachineImage, Plan};
-use e2e::bench::{self, Counts, diff, env_or, is_write};
+use e2e::bench::{
+    self, CAPI_VERSION, GROUP, UPGRADER_KIND as KIND, diff, env_or, is_write, report_window, sum,
+};
 use e2e::manager::{self, Manager, ManagerOptions};
 use e2e::stats::percentile;
-use e2e::{SKIP_HINT, capi, cluster, condition_reason, namespace, to_json};
+use e2e::{SKIP_HINT, capi, cluster, namespace};
 use futures::{StreamExt, TryStreamExt};
-use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams, PostParams};
-use kube::{Api, Client, ResourceExt};
+use kube::api::{ApiResource, PostParams};
+use kube::{Api, ResourceExt};
 use serde_json::json;
 
-const GROUP: &str = "kubernetesupgraded.dimitrikoshkin.com";
-const KIND: &str = "ClusterClassClusterUpgrader";
-const CAPI_VERSION: &str = "v1beta1";
 const FROM: &str = "v1.31.1";
 const TO: &str = "v1.31.2";
 const LABEL: (&str, &str) = ("os", "fanout");
@@ -54,11 +53,14 @@ async fn main() -> Result<()> {
     let images: Api<MachineImage> = Api::namespaced(client.clone(), &ns);
     let plans: Api<Plan> = Api::namespaced(client.clone(), &ns);
     let clusters = capi::clusters(&client, &ns, CAPI_VERSION);
-    let upgraders = upgrader_api(&client, &ns);
+    let upgraders = bench::upgraders(&client, &ns);
 
     // The fleet: one image the Plan has chosen, and every Cluster finished at that version.
     images
-        .create(&PostParams::default(), &static_image("img-v1-31-1", FROM)?)
+        .create(
+            &PostParams::default(),
+            &bench::static_image("img-v1-31-1", FROM, LABEL)?,
+        )
         .await?;
     let plan: Plan = serde_json::from_value(json!({
         "apiVersion": format!("{GROUP}/v1alpha1"), "kind": "Plan",
@@ -68,7 +70,13 @@ async fn main() -> Result<()> {
     plans.create(&PostParams::default(), &plan).await?;
     let created = Instant::now();
     futures::stream::iter(0..count)
-        .map(|i| create_cluster(&client, &ns, &clusters, &upgraders, i))
+        .map(|i| {
+            let (client, ns) = (client.clone(), ns.clone());
+            async move {
+                bench::fleet_member(&client, &ns, &cluster_name(i), FROM, &json!({}), "fanout")
+                    .await
+            }
+        })
         .buffer_unordered(PARALLEL)
         .try_collect::<Vec<()>>()
         .await?;
@@ -78,7 +86,7 @@ async fn main() -> Result<()> {
     let mut manager = Manager::spawn(options)?;
     manager.wait_ready(Duration::from_secs(120)).await?;
     let started = Instant::now();
-    wait_all_up_to_date(&upgraders, count, &manager).await?;
+    bench::wait_all_up_to_date(&upgraders, count, &manager, TIMEOUT).await?;
     let converged_in = started.elapsed();
 
     // Baseline: the fleet up to date, nothing happening.
@@ -86,7 +94,7 @@ async fn main() -> Result<()> {
     let before_baseline = bench::pipeline_requests(&client).await?;
     tokio::time::sleep(baseline).await;
     let before_event = bench::pipeline_requests(&client).await?;
-    let reconciles_before = upgrader_reconciles(&manager).await?;
+    let reconciles_before = bench::reconciles(&manager, "clusterclassclusterupgrader").await?;
 
     // The event: a new static image in range. Watches opened first, so each step is timed
     // from the moment the bench sees it.
@@ -102,7 +110,10 @@ async fn main() -> Result<()> {
     plan_watching.await?;
     let event = Instant::now();
     images
-        .create(&PostParams::default(), &static_image("img-v1-31-2", TO)?)
+        .create(
+            &PostParams::default(),
+            &bench::static_image("img-v1-31-2", TO, LABEL)?,
+        )
         .await?;
     let mut steps: HashMap<String, Duration> = HashMap::with_capacity(count);
     let deadline = event + TIMEOUT;
@@ -124,7 +135,7 @@ async fn main() -> Result<()> {
     // The step's own writes (status of the upgraders, the Plan, the image) land just after.
     tokio::time::sleep(settle).await;
     let after_step = bench::pipeline_requests(&client).await?;
-    let reconciles_after = upgrader_reconciles(&manager).await?;
+    let reconciles_after = bench::reconciles(&manager, "clusterclassclusterupgrader").await?;
 
     // Cluster API reports every rollout finished; the fleet settles up to date again.
     let finishing = Instant::now();
@@ -141,7 +152,7 @@ async fn main() -> Result<()> {
         .buffer_unordered(PARALLEL)
         .try_collect::<Vec<()>>()
         .await?;
-    wait_all_up_to_date(&upgraders, count, &manager).await?;
+    bench::wait_all_up_to_date(&upgraders, count, &manager, TIMEOUT).await?;
     let finished_in = finishing.elapsed();
     tokio::time::sleep(settle).await;
     let before_steady = bench::pipeline_requests(&client).await?;
@@ -235,138 +246,4 @@ async fn main() -> Result<()> {
 
 fn cluster_name(i: usize) -> String {
     format!("c-{i:04}")
-}
-
-fn static_image(name: &str, version: &str) -> Result<MachineImage> {
-    Ok(serde_json::from_value(json!({
-        "apiVersion": format!("{GROUP}/v1alpha1"), "kind": "MachineImage",
-        "metadata": {"name": name, "labels": {LABEL.0: LABEL.1}},
-        "spec": {"version": version, "id": format!("ami-{version}"), "jobTemplate": {"spec": {
-            "restartPolicy": "Never",
-            "containers": [{"name": "build", "image": "registry.example/builder:v1"}]
-        }}},
-    }))?)
-}
-
-fn upgrader_api(client: &Client, ns: &str) -> Api<DynamicObject> {
-    let gvk = GroupVersionKind::gvk(GROUP, "v1alpha1", KIND);
-    let plural = format!("{}s", KIND.to_lowercase());
-    Api::namespaced_with(
-        client.clone(),
-        ns,
-        &ApiResource::from_gvk_with_plural(&gvk, &plural),
-    )
-}
-
-/// One Cluster at [`FROM`], reported finished, and its upgrader on the Plan.
-async fn create_cluster(
-    client: &Client,
-    ns: &str,
-    clusters: &Api<DynamicObject>,
-    upgraders: &Api<DynamicObject>,
-    i: usize,
-) -> Result<()> {
-    let name = cluster_name(i);
-    let cluster: DynamicObject = serde_json::from_value(json!({
-        "apiVersion": format!("{}/{CAPI_VERSION}", capi::GROUP), "kind": "Cluster",
-        "metadata": {"name": name},
-        "spec": {"topology": {"class": "quick-start", "version": FROM}},
-    }))?;
-    clusters.create(&PostParams::default(), &cluster).await?;
-    capi::rollout_finished(client, ns, CAPI_VERSION, &name, FROM).await?;
-    let upgrader: DynamicObject = serde_json::from_value(json!({
-        "apiVersion": format!("{GROUP}/v1alpha1"), "kind": KIND,
-        "metadata": {"name": name},
-        "spec": {"clusterName": name, "planRef": {"name": "fanout"}},
-    }))?;
-    upgraders.create(&PostParams::default(), &upgrader).await?;
-    Ok(())
-}
-
-/// Waits until every upgrader reports its Cluster on the latest version.
-async fn wait_all_up_to_date(
-    upgraders: &Api<DynamicObject>,
-    count: usize,
-    manager: &Manager,
-) -> Result<()> {
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        let list = upgraders.list(&ListParams::default()).await?;
-        let done = list
-            .items
-            .iter()
-            .filter(|u| {
-                condition_reason(&to_json(u), "Ready").as_deref()
-                    == Some("ClusterUsingLatestVersion")
-            })
-            .count();
-        if done == count {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            bail!(
-                "only {done} of {count} upgraders up to date after {TIMEOUT:?}; log:\n{}",
-                manager.log_tail()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
-fn sum(counts: &Counts, filter: impl Fn(&str, &str) -> bool) -> f64 {
-    counts
-        .iter()
-        .filter(|((verb, resource), _)| filter(verb, resource))
-        .map(|(_, v)| v)
-        .sum::<f64>()
-        + 0.0 // an empty f64 sum is -0.0
-}
-
-/// Every non-zero count of `window`, scaled by `scale`, then the totals that the targets name.
-fn report_window(out: &mut String, title: &str, window: &Counts, scale: f64) {
-    let _ = writeln!(out, "\n{title}:");
-    for ((verb, resource), delta) in window {
-        if *delta > 0.0 {
-            let _ = writeln!(
-                out,
-                "  {:<60} {:>10.1}",
-                format!("{verb} {resource}"),
-                delta * scale
-            );
-        }
-    }
-    let clusters = sum(window, |verb, resource| {
-        is_write(verb) && resource.ends_with(capi::GROUP)
-    });
-    let ours = sum(window, |verb, resource| {
-        is_write(verb) && resource.ends_with(GROUP)
-    });
-    let leases = sum(window, |verb, resource| {
-        is_write(verb) && resource.starts_with("leases")
-    });
-    let _ = writeln!(
-        out,
-        "  writes to clusters {:.1}, to {GROUP} {:.1}, to leases {:.1}",
-        clusters * scale,
-        ours * scale,
-        leases * scale
-    );
-}
-
-/// The upgrader controller's reconciles so far: (runs, seconds spent), from the manager's metrics.
-async fn upgrader_reconciles(manager: &Manager) -> Result<(f64, f64)> {
-    let samples = manager::parse_metrics(&manager.metrics_text().await?);
-    let controller = [("controller", "clusterclassclusterupgrader")];
-    Ok((
-        manager::metric_sum(
-            &samples,
-            "kubernetes_upgrader_reconcile_runs_total",
-            &controller,
-        ),
-        manager::metric_sum(
-            &samples,
-            "kubernetes_upgrader_reconcile_duration_seconds_sum",
-            &controller,
-        ),
-    ))
 }

@@ -197,7 +197,16 @@ pub async fn reconcile_plan(plan: &Plan, ctx: &Context, now: &Time) -> Result<Ac
         ),
     };
     apply::apply(ctx, plan, current, &decision).await?;
-    Ok(requeue.map_or_else(Action::await_change, Action::requeue))
+    Ok(requeue.map_or_else(Action::await_change, |wait| {
+        Action::requeue(wait.saturating_sub(since(now)))
+    }))
+}
+
+/// How long ago `now` was: the reconcile's clock is floored to whole seconds, so a wait decided
+/// from it is counted from the real clock, not from up to a second before it.
+fn since(now: &Time) -> std::time::Duration {
+    std::time::Duration::try_from(k8s_openapi::jiff::Timestamp::now().duration_since(now.0))
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -30,6 +30,10 @@ pub const ROLLOUT_POLL: Duration = Duration::from_secs(30);
 pub const MISSING_POLL: Duration = Duration::from_secs(60);
 /// The longest wait for a window, so a clock change is noticed.
 pub const WINDOW_POLL_MAX: Duration = Duration::from_secs(3600);
+/// How long after an earlier wave's soak ends a Cluster still waiting looks again, to drop the
+/// end it shows: by then the Plan has admitted the wave's first Clusters (it looks at the end
+/// itself) and their upgraders, reached first, have stepped.
+pub const WAVE_OPENING_GRACE: Duration = Duration::from_secs(1);
 
 /// One reconcile's outcome.
 #[derive(Clone, Debug, PartialEq)]
@@ -204,6 +208,9 @@ fn requeue(hold: &Hold, observed: &Observed<'_>) -> Option<Duration> {
             let wait = at.duration_since(observed.now.0).unsigned_abs();
             wait.clamp(Duration::from_secs(1), WINDOW_POLL_MAX)
         })),
+        Reason::WaitingForWave => hold
+            .not_before
+            .map(|at| at.duration_since(observed.now.0).unsigned_abs() + WAVE_OPENING_GRACE),
         _ => None,
     }
 }

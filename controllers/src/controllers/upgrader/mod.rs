@@ -5,7 +5,8 @@
 //! [`decide::reconcile_decision`]: [`gates`] plan, [`in_place`] joins, the whole status, events
 //! and requeue) → [`apply`] (at most one write to the Cluster, [`cluster::write_step`], one
 //! status write when something changed, host writes, events). [`watch`] keeps the index of
-//! upgraders and the Cluster watch. `mod.rs` is wiring.
+//! upgraders and the Cluster watch; [`plan_change`] narrows a Plan's change to the upgraders it
+//! concerns. `mod.rs` is wiring.
 
 pub mod apply;
 pub mod chain;
@@ -18,6 +19,7 @@ pub mod in_place;
 pub mod index;
 mod kind;
 pub mod observe;
+pub mod plan_change;
 pub mod reason;
 mod watch;
 pub mod window;
@@ -198,12 +200,23 @@ fn start<K: UpgraderKind>(shared: &Shared) -> Running {
         &shared.shutdown,
     );
     let (by_plan, by_deleted_plan, by_image) = (index.clone(), index.clone(), index.clone());
+    let changes = plan_change::PlanChanges::default();
+    let deleted_changes = changes.clone();
     start
         .watches(&plans, move |plan: Arc<GuardedPlan>| {
-            by_plan.following(&plan.namespace().unwrap_or_default(), &plan.name_any())
+            let (namespace, name) = (plan.namespace().unwrap_or_default(), plan.name_any());
+            match plan.0.as_ref().map(|p| changes.changed(p)) {
+                Ok(plan_change::Reach::Clusters(clusters)) => clusters
+                    .iter()
+                    .flat_map(|cluster| by_plan.upgrading(&namespace, cluster))
+                    .collect(),
+                _ => by_plan.following(&namespace, &name),
+            }
         })
         .watches_deleted(&plans, move |plan: Arc<GuardedPlan>| {
-            by_deleted_plan.following(&plan.namespace().unwrap_or_default(), &plan.name_any())
+            let (namespace, name) = (plan.namespace().unwrap_or_default(), plan.name_any());
+            deleted_changes.deleted(&namespace, &name);
+            by_deleted_plan.following(&namespace, &name)
         })
         // Any image of the namespace may change any of its upgraders' steps.
         .watches(&images, move |image: Arc<GuardedImage>| {

@@ -1189,6 +1189,30 @@ fn a_rollout_holds_every_step_until_the_cluster_is_admitted() {
     assert_eq!(hold.not_before, Some(soak_end));
     assert!(hold.message.contains("prod"), "{}", hold.message);
     assert_eq!(hold.step.as_ref().map(|s| s.id.as_str()), Some("i-1302"));
+    // It looks again a moment after the soak ends; with no end known, the Plan's write wakes it.
+    let now = Time(timestamp());
+    let observed = decide::Observed {
+        generation: Some(1),
+        status: &UpgraderStatus::default(),
+        cluster: "c",
+        rollout: None,
+        now: &now,
+    };
+    assert_eq!(
+        decide::decide(&waiting, &observed).requeue,
+        Some(Duration::from_secs(300) + decide::WAVE_OPENING_GRACE)
+    );
+    let unknown = run(
+        spec(&r),
+        &with_admission(Admission::Waiting {
+            wave: "prod".into(),
+            not_before: None,
+        }),
+        &plan,
+        &images(),
+    );
+    assert_eq!(reason(&unknown), Reason::WaitingForWave);
+    assert_eq!(decide::decide(&unknown, &observed).requeue, None);
     let conditions = decide::hold_conditions(hold);
     assert_eq!(
         conditions[1].status,
