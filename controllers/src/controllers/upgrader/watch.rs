@@ -44,8 +44,11 @@ pub(super) fn keep_index<K: UpgraderKind>(
 #[derive(Clone)]
 pub(super) struct ClusterWatch {
     store: ClusterStore,
-    subscribers: Arc<Mutex<Vec<mpsc::Sender<(String, String)>>>>,
+    subscribers: Arc<Mutex<Vec<Subscriber>>>,
 }
+
+/// Where a subscribed kind takes the namespace and name of each Cluster the watch applies.
+type Subscriber = mpsc::Sender<(String, String)>;
 
 impl ClusterWatch {
     /// The manager's Cluster watch, started by the first upgrader kind that asks for it.

@@ -404,105 +404,59 @@ fn a_cluster_keeps_what_the_upgraders_read() {
 #[test]
 fn each_unfinished_cluster_reads_the_same_from_the_cache() {
     use crate::controllers::upgrader::finish::UPGRADE_STEP_ANNOTATION;
-    let cases: Vec<(&str, Box<dyn Fn(&mut Value)>)> = vec![
-        (
-            "generation",
-            Box::new(|c| c["metadata"]["generation"] = json!(4)),
-        ),
-        (
-            "no generation",
-            Box::new(|c| {
-                c["metadata"]
-                    .as_object_mut()
-                    .unwrap()
-                    .remove("generation")
-                    .map(drop)
-                    .unwrap_or(())
-            }),
-        ),
-        (
-            "upgrading",
-            Box::new(|c| c["metadata"]["annotations"][UPGRADE_STEP_ANNOTATION] = json!("v1.31.2")),
-        ),
-        (
-            "not paused",
-            Box::new(|c| c["metadata"]["annotations"] = json!({})),
-        ),
-        (
-            "spec paused",
-            Box::new(|c| c["spec"]["paused"] = json!(true)),
-        ),
-        (
-            "reason",
-            Box::new(|c| c["status"]["conditions"][1]["reason"] = json!("ClusterUpgrading")),
-        ),
-        (
-            "rolling",
-            Box::new(|c| c["status"]["conditions"][4]["status"] = json!("True")),
-        ),
-        (
-            "unavailable",
-            Box::new(|c| c["status"]["conditions"][5]["status"] = json!("False")),
-        ),
-        (
-            "no conditions read",
-            Box::new(|c| c["status"]["conditions"] = json!([{"type": "Ready", "status": "True"}])),
-        ),
-        (
-            "no conditions",
-            Box::new(|c| {
-                c["status"]
-                    .as_object_mut()
-                    .unwrap()
-                    .remove("conditions")
-                    .map(drop)
-                    .unwrap_or(())
-            }),
-        ),
-        (
-            "plan",
-            Box::new(|c| {
-                c["status"]["controlPlane"]["upgradePlan"] = json!([{"version": "v1.32.0"}])
-            }),
-        ),
-        (
-            "empty plan",
-            Box::new(|c| c["status"]["workers"]["upgradePlan"] = json!([])),
-        ),
-        (
-            "replicas",
-            Box::new(|c| c["status"]["workers"]["upToDateReplicas"] = json!(1)),
-        ),
-        (
-            "two versions",
-            Box::new(|c| {
-                c["status"]["workers"]["versions"] =
-                    json!([{"version": "v1.30.9"}, {"version": "v1.31.2"}])
-            }),
-        ),
-        (
-            "no versions",
-            Box::new(|c| {
-                c["status"]["controlPlane"]
-                    .as_object_mut()
-                    .unwrap()
-                    .remove("versions")
-                    .map(drop)
-                    .unwrap_or(())
-            }),
-        ),
-        (
-            "no topology",
-            Box::new(|c| {
-                c["spec"]
-                    .as_object_mut()
-                    .unwrap()
-                    .remove("topology")
-                    .map(drop)
-                    .unwrap_or(())
-            }),
-        ),
-        ("no status", Box::new(|c| c["status"] = json!({}))),
+    fn remove(value: &mut Value, key: &str) {
+        value.as_object_mut().unwrap().remove(key);
+    }
+    type Mutation = fn(&mut Value);
+    let cases: Vec<(&str, Mutation)> = vec![
+        ("generation", |c| {
+            c["metadata"]["generation"] = json!(4);
+        }),
+        ("no generation", |c| {
+            remove(&mut c["metadata"], "generation");
+        }),
+        ("upgrading", |c| {
+            c["metadata"]["annotations"][UPGRADE_STEP_ANNOTATION] = json!("v1.31.2");
+        }),
+        ("not paused", |c| {
+            c["metadata"]["annotations"] = json!({});
+        }),
+        ("spec paused", |c| {
+            c["spec"]["paused"] = json!(true);
+        }),
+        ("reason", |c| {
+            c["status"]["conditions"][1]["reason"] = json!("ClusterUpgrading");
+        }),
+        ("rolling", |c| {
+            c["status"]["conditions"][4]["status"] = json!("True");
+        }),
+        ("unavailable", |c| {
+            c["status"]["conditions"][5]["status"] = json!("False");
+        }),
+        ("no conditions read", |c| {
+            c["status"]["conditions"] = json!([{"type": "Ready", "status": "True"}]);
+        }),
+        ("no conditions", |c| remove(&mut c["status"], "conditions")),
+        ("plan", |c| {
+            c["status"]["controlPlane"]["upgradePlan"] = json!([{"version": "v1.32.0"}]);
+        }),
+        ("empty plan", |c| {
+            c["status"]["workers"]["upgradePlan"] = json!([]);
+        }),
+        ("replicas", |c| {
+            c["status"]["workers"]["upToDateReplicas"] = json!(1);
+        }),
+        ("two versions", |c| {
+            c["status"]["workers"]["versions"] =
+                json!([{"version": "v1.30.9"}, {"version": "v1.31.2"}]);
+        }),
+        ("no versions", |c| {
+            remove(&mut c["status"]["controlPlane"], "versions");
+        }),
+        ("no topology", |c| remove(&mut c["spec"], "topology")),
+        ("no status", |c| {
+            c["status"] = json!({});
+        }),
     ];
     for (name, mutate) in cases {
         let mut full = served_cluster("v1beta2");
