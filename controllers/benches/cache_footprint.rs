@@ -23,9 +23,11 @@ use api::v1alpha1::{
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::DynamicObject;
 use kube::core::DeserializeGuard;
 use kubernetes_upgrader::controllers::{images, plan};
 use kubernetes_upgrader::runtime::projection::Projected;
+use kubernetes_upgrader::runtime::projection::cluster::CachedCluster;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
@@ -176,6 +178,63 @@ fn job(i: usize) -> Value {
     job
 }
 
+/// A Cluster API Cluster as a v1beta1 server sends it: topology, references, network, the
+/// v1beta1 conditions and the v1beta2 view of its status, managed by the topology controller.
+fn cluster(i: usize) -> Value {
+    let condition = |type_: &str, status: &str, reason: &str| {
+        json!({"type": type_, "status": status, "reason": reason, "message": "",
+            "observedGeneration": 2, "lastTransitionTime": "2026-01-01T00:00:01Z"})
+    };
+    let v1beta2 = json!({
+        "conditions": [
+            condition("Available", "True", "Available"), condition("InfrastructureReady", "True", "Ready"),
+            condition("ControlPlaneInitialized", "True", "Initialized"), condition("ControlPlaneAvailable", "True", "Available"),
+            condition("WorkersAvailable", "True", "Available"), condition("MachinesReady", "True", "Ready"),
+            condition("MachinesUpToDate", "True", "UpToDate"), condition("RemoteConnectionProbe", "True", "Healthy"),
+            condition("ScalingUp", "False", "NotScalingUp"), condition("ScalingDown", "False", "NotScalingDown"),
+            condition("Remediating", "False", "NotRemediating"), condition("Deleting", "False", "NotDeleting"),
+            condition("TopologyReconciled", "True", "ReconcileSucceeded"), condition("RollingOut", "False", "NotRollingOut"),
+            condition("ControlPlaneMachinesUpToDate", "True", "UpToDate"), condition("WorkerMachinesUpToDate", "True", "UpToDate"),
+            condition("Paused", "False", "NotPaused")],
+        "controlPlane": {"desiredReplicas": 3, "replicas": 3, "readyReplicas": 3, "availableReplicas": 3, "upToDateReplicas": 3,
+            "versions": [{"version": "v1.31.2", "replicas": 3}]},
+        "workers": {"desiredReplicas": 2, "replicas": 2, "readyReplicas": 2, "availableReplicas": 2, "upToDateReplicas": 2,
+            "versions": [{"version": "v1.31.2", "replicas": 2}]},
+    });
+    let spec = json!({
+        "clusterNetwork": {"pods": {"cidrBlocks": ["192.168.0.0/16"]}, "services": {"cidrBlocks": ["10.128.0.0/12"]}, "serviceDomain": "cluster.local"},
+        "controlPlaneEndpoint": {"host": format!("10.0.{}.{}", i / 250, i % 250), "port": 6443},
+        "controlPlaneRef": {"apiVersion": "controlplane.cluster.x-k8s.io/v1beta1", "kind": "KubeadmControlPlane",
+            "name": format!("c-{i:04}-cp"), "namespace": "fleet-0"},
+        "infrastructureRef": {"apiVersion": "infrastructure.cluster.x-k8s.io/v1beta1", "kind": "DockerCluster",
+            "name": format!("c-{i:04}-infra"), "namespace": "fleet-0"},
+        "topology": {"class": "quick-start", "version": "v1.31.2",
+            "controlPlane": {"replicas": 3, "metadata": {}},
+            "workers": {"machineDeployments": [{"class": "default-worker", "name": "md-0", "replicas": 2}]},
+            "variables": [{"name": "imageID", "value": format!("ami-0123456789abcdef{i}")},
+                {"name": "imageRepository", "value": "registry.example"}]},
+    });
+    let status = json!({
+        "observedGeneration": 2, "phase": "Provisioned", "controlPlaneReady": true, "infrastructureReady": true,
+        "conditions": [condition("Ready", "True", ""), condition("ControlPlaneInitialized", "True", ""),
+            condition("ControlPlaneReady", "True", ""), condition("InfrastructureReady", "True", ""),
+            condition("TopologyReconciled", "True", "")],
+        "v1beta2": v1beta2,
+    });
+    let mut cluster = object(
+        "cluster.x-k8s.io/v1beta1",
+        "Cluster",
+        &format!("c-{i:04}"),
+        &spec,
+        &status,
+    );
+    cluster["metadata"]["generation"] = json!(2);
+    cluster["metadata"]["labels"]["cluster.x-k8s.io/cluster-name"] = json!(format!("c-{i:04}"));
+    cluster["metadata"]["labels"]["topology.cluster.x-k8s.io/owned"] = json!("");
+    cluster["metadata"]["finalizers"] = json!(["cluster.cluster.x-k8s.io"]);
+    cluster
+}
+
 fn namespace(i: usize) -> Value {
     let mut ns = object(
         "v1",
@@ -211,6 +270,18 @@ where
     K: DeserializeOwned + kube::Resource + Clone,
     DeserializeGuard<K>: Projected,
 {
+    if project {
+        measure_as::<K>(make, count, Projected::project)
+    } else {
+        measure_as::<K>(make, count, |_| {})
+    }
+}
+
+/// [`measure`], each object parsed as `K`, then cut by `cut`.
+fn measure_as<K>(make: fn(usize) -> Value, count: usize, cut: fn(&mut DeserializeGuard<K>)) -> usize
+where
+    K: DeserializeOwned + kube::Resource + Clone,
+{
     let texts: Vec<Vec<u8>> = (0..count)
         .map(|i| serde_json::to_vec(&make(i)).unwrap_or_default())
         .collect();
@@ -219,9 +290,7 @@ where
         .iter()
         .filter_map(|t| serde_json::from_slice::<DeserializeGuard<K>>(t).ok())
         .map(|mut o| {
-            if project {
-                o.project();
-            }
+            cut(&mut o);
             Arc::new(o)
         })
         .collect();
@@ -259,6 +328,14 @@ fn kinds() -> Vec<Kind> {
         ("Job (build)", job, |n, p| measure::<Job>(job, n, p)),
         ("Namespace", namespace, |n, p| {
             measure::<Namespace>(namespace, n, p)
+        }),
+        // Whole: a dynamic object's JSON tree; cached: the upgraders' typed view.
+        ("Cluster (v1beta1)", cluster, |n, p| {
+            if p {
+                measure::<CachedCluster>(cluster, n, true)
+            } else {
+                measure_as::<DynamicObject>(cluster, n, |_| {})
+            }
         }),
     ]
 }

@@ -123,6 +123,8 @@ pub struct Caches {
     namespace: Option<String>,
     shutdown: Shutdown,
     entries: Mutex<HashMap<(TypeId, String), Entry>>,
+    /// State several controllers share beyond the watches above, one per type ([`Caches::shared`]).
+    shared: Mutex<HashMap<TypeId, Box<dyn Any + Send>>>,
 }
 
 impl Debug for Caches {
@@ -141,7 +143,23 @@ impl Caches {
             namespace,
             shutdown,
             entries: Mutex::default(),
+            shared: Mutex::default(),
         }
+    }
+
+    /// The one `T` of this manager, made by `make` the first time it is asked for: state that
+    /// more than one controller shares, such as a watch of a kind discovered at run time.
+    pub fn shared<T: Clone + Send + 'static>(&self, make: impl FnOnce() -> T) -> T {
+        let mut shared = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(value) = shared
+            .get(&TypeId::of::<T>())
+            .and_then(|v| v.downcast_ref::<T>())
+        {
+            return value.clone();
+        }
+        let value = make();
+        shared.insert(TypeId::of::<T>(), Box::new(value.clone()));
+        value
     }
 
     /// The cache of every `K`.
@@ -355,6 +373,29 @@ mod tests {
                 .with_generation(generation)
                 .with_url(&format!("http://127.0.0.1:1/{note}")),
         )
+    }
+
+    #[tokio::test]
+    async fn shared_state_is_made_once_per_manager() {
+        let (client, _verifier) = crate::runtime::fixtures::mock_client();
+        let (_trigger, shutdown) = Shutdown::new();
+        let caches = Caches::new(client.clone(), None, shutdown.clone());
+        let made = std::sync::atomic::AtomicUsize::new(0);
+        let make = || {
+            made.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Arc::new(Mutex::new(Vec::<u32>::new()))
+        };
+        let first = caches.shared(make);
+        first.lock().unwrap().push(7);
+        let second = caches.shared(make);
+        assert!(Arc::ptr_eq(&first, &second));
+        assert_eq!(*second.lock().unwrap(), [7]);
+        // Another type is its own; another manager has its own.
+        assert_eq!(caches.shared(|| 5_u8), 5);
+        assert_eq!(caches.shared(|| 6_u8), 5);
+        let other = Caches::new(client, None, shutdown);
+        assert!(other.shared(make).lock().unwrap().is_empty());
+        assert_eq!(made.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 
     #[tokio::test]

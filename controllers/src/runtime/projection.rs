@@ -12,7 +12,7 @@
 //! | Job (labelled with an image name) | nothing | MachineImage: labels, owners, annotations, the pod template's containers, status |
 //! | Namespace | nothing | MachineImage: the build-pod labels and annotations |
 //! | ConfigMap, Secret, Pod (owned children) | nothing | a controller that owns them, through `children::owned_cache` |
-//! | Cluster API Cluster (`DynamicObject`, the upgraders' own watch) | nothing | upgraders: annotations, generation, resourceVersion, spec, status |
+//! | Cluster API Cluster (the upgraders' own watch, shared by both kinds) | everything but the fields in [`cluster`]'s table: it is stored typed ([`cluster::CachedCluster`]), never as a JSON tree | upgraders: the pause, topology, the control plane reference, labels, generation, resourceVersion, the rollout's conditions and summaries |
 
 use std::sync::{Arc, LazyLock};
 
@@ -23,8 +23,9 @@ use api::v1alpha1::{
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::DynamicObject;
 use kube::core::DeserializeGuard;
+
+pub mod cluster;
 
 /// The annotation `kubectl apply` keeps its last applied object in.
 pub const LAST_APPLIED_ANNOTATION: &str = "kubectl.kubernetes.io/last-applied-configuration";
@@ -95,8 +96,6 @@ metadata_only!(
     ConfigMap,
     Secret,
     Pod,
-    // Cluster API Clusters, in the upgraders' own watch.
-    DynamicObject,
 );
 
 #[cfg(test)]

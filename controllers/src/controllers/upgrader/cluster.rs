@@ -16,8 +16,7 @@ use crate::runtime::status::{ApiError, bounded};
 
 /// The Cluster API group.
 pub const GROUP: &str = "cluster.x-k8s.io";
-/// The annotation that pauses a Cluster.
-pub const PAUSED_ANNOTATION: &str = "cluster.x-k8s.io/paused";
+pub use crate::runtime::projection::cluster::PAUSED_ANNOTATION;
 
 /// How Clusters are reached on this server.
 #[derive(Clone, Debug)]

@@ -6,8 +6,7 @@
 use semver::Version;
 use serde_json::Value;
 
-/// Annotation Cluster API sets on the Cluster while an upgrade runs (v1.12+).
-pub const UPGRADE_STEP_ANNOTATION: &str = "topology.internal.cluster.x-k8s.io/upgrade-step";
+pub use crate::runtime::projection::cluster::UPGRADE_STEP_ANNOTATION;
 
 /// The Cluster API version the Cluster was read in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

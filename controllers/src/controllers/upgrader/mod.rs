@@ -33,7 +33,6 @@ use api::v1alpha1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::DynamicObject;
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::Store;
@@ -44,6 +43,7 @@ pub use kind::UpgraderKind;
 use observe::Read;
 
 use crate::runtime::controller::{Core, InvalidObject, Reconciler, Start, Trigger};
+use crate::runtime::projection::cluster::CachedCluster;
 use crate::runtime::status::ApiError;
 use crate::runtime::{ControllerMetrics, ReconcileError, Registration, Reporter, Running, Shared};
 
@@ -85,8 +85,11 @@ pub struct Context {
     registered: String,
 }
 
+/// How the Cluster watch's store holds a Cluster: what the upgraders read of it.
+type GuardedCluster = DeserializeGuard<CachedCluster>;
+
 /// Where the Cluster watch leaves its store once Cluster API is discovered.
-type ClusterStore = Arc<std::sync::OnceLock<Store<DynamicObject>>>;
+type ClusterStore = Arc<std::sync::OnceLock<Store<GuardedCluster>>>;
 
 /// Failures of the reconcile itself; gates are status, not errors.
 #[derive(
@@ -174,7 +177,7 @@ fn start<K: UpgraderKind>(shared: &Shared) -> Running {
     let in_cluster = shared
         .caches
         .cache::<DeserializeGuard<InClusterUpgradeAutomation>>();
-    let ctx = Context::new(
+    let mut ctx = Context::new(
         shared.client.clone(),
         reporter.metrics.clone(),
         shared.instance.clone(),
@@ -192,13 +195,9 @@ fn start<K: UpgraderKind>(shared: &Shared) -> Running {
     if let Some(indexed) = start.subscribe() {
         watch::keep_index(index.clone(), indexed, cache.deleted(), &shared.shutdown);
     }
-    let clusters = watch::cluster_events::<K>(
-        shared.client.clone(),
-        shared.namespace.clone(),
-        index.clone(),
-        ctx.clusters.clone(),
-        &shared.shutdown,
-    );
+    let cluster_watch = watch::ClusterWatch::shared(shared);
+    ctx.clusters = cluster_watch.store();
+    let clusters = cluster_watch.events(index.clone());
     let (by_plan, by_deleted_plan, by_image) = (index.clone(), index.clone(), index.clone());
     let changes = plan_change::PlanChanges::default();
     let deleted_changes = changes.clone();
@@ -265,7 +264,7 @@ async fn reconcile_body<K: UpgraderKind>(
     now: Timestamp,
     read: Read,
 ) -> Result<Action, Error> {
-    let observed = observe::observe(upgrader, ctx, now, read).await?;
+    let mut observed = observe::observe(upgrader, ctx, now, read).await?;
     let default_status = UpgraderStatus::default();
     let subject = decide::Subject {
         spec: upgrader.view(),
@@ -274,12 +273,13 @@ async fn reconcile_body<K: UpgraderKind>(
     };
     let (decision, actions) = decide::reconcile_decision(subject, &observed, now);
     // A write is decided on the Cluster as the API server holds it now: a cached Cluster that is
-    // no longer current means deciding again from a fresh read.
-    if observed.cached
-        && (decision.write.is_some() || !actions.is_empty())
-        && !observe::still_current(ctx, &observed, upgrader.view().cluster_name).await?
-    {
-        return Box::pin(reconcile_body(upgrader, ctx, now, Read::Fresh)).await;
+    // no longer current means deciding again from a fresh read. One that is current is written
+    // from that read, the whole object, not the cache's view of it.
+    if observed.cached && (decision.write.is_some() || !actions.is_empty()) {
+        match observe::still_current(ctx, &observed, upgrader.view().cluster_name).await? {
+            Some(fresh) => observed.raw = fresh,
+            None => return Box::pin(reconcile_body(upgrader, ctx, now, Read::Fresh)).await,
+        }
     }
     apply::apply(ctx, upgrader, &observed, decision, &actions, now).await
 }

@@ -18,6 +18,7 @@ use super::finish::{self, Rollout};
 use super::gates::{self, ClusterState, PlanState};
 use super::{Context, Error, UpgraderKind, chain, claim, cluster, in_place};
 use crate::controllers::rollout;
+use crate::runtime::projection::cluster::CachedCluster;
 
 /// How long a discovery of Cluster API is reused.
 const DISCOVERY_TTL: Duration = Duration::from_secs(300);
@@ -275,19 +276,22 @@ struct HostReads {
     drain: in_place::drain::Options,
 }
 
-/// Whether the Cluster the observation was decided on is still the one the API server holds.
+/// The Cluster as the API server holds it now, when it is still the one the observation was
+/// decided on (the same resourceVersion); `None` when it changed or is gone. Without Cluster API
+/// there is nothing to read: the observation's own object.
 pub async fn still_current(
     ctx: &Context,
     observed: &Observation,
     name: &str,
-) -> Result<bool, Error> {
+) -> Result<Option<Option<serde_json::Value>>, Error> {
     let Some(access) = observed.access.as_ref() else {
-        return Ok(true);
+        return Ok(Some(observed.raw.clone()));
     };
     let fresh = cluster::get(&ctx.core.client, access, &observed.namespace, name)
         .await
         .map_err(|e| Error::ReadCluster(name.to_owned(), e))?;
-    Ok(fresh.as_ref().map(resource_version) == observed.raw.as_ref().map(resource_version))
+    let same = fresh.as_ref().map(resource_version) == observed.raw.as_ref().map(resource_version);
+    Ok(same.then_some(fresh))
 }
 
 /// The in-place update the Plan asks for: `spec.inPlace` is set and the Plan's ready image has
@@ -505,7 +509,8 @@ async fn observe_cluster(
 }
 
 impl Context {
-    /// The Cluster from the watch's store, if the watch has delivered it.
+    /// The Cluster from the watch's store, if the watch has delivered it (and it could be read):
+    /// the paths the store keeps of it.
     pub(super) fn cached_cluster(&self, namespace: &str, name: &str) -> Option<serde_json::Value> {
         let store = self.clusters.get()?;
         let resource = self
@@ -517,7 +522,7 @@ impl Context {
             .resource
             .clone();
         let object = store.get(&ObjectRef::new_with(name, resource).within(namespace))?;
-        serde_json::to_value(object.as_ref()).ok()
+        object.0.as_ref().ok().map(CachedCluster::to_json)
     }
 
     /// Cluster API as this server serves it, rediscovered after [`DISCOVERY_TTL`].

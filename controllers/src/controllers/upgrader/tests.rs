@@ -880,6 +880,10 @@ fn access() -> cluster::Access {
 }
 
 fn context() -> (Arc<Context>, Verifier) {
+    context_with(access())
+}
+
+fn context_with(access: cluster::Access) -> (Arc<Context>, Verifier) {
     let (client, verifier) = mock_client();
     let (plans, mut plan_writer) = reflector::store();
     let p = Plan::test("p").found("v1.30.2", "i-1302");
@@ -891,8 +895,7 @@ fn context() -> (Arc<Context>, Verifier) {
     image_writer.apply_watcher_event(&watcher::Event::Apply(DeserializeGuard(Ok(i))));
     let metrics = Arc::new(crate::runtime::Metrics::default())
         .controller("clusterclassclusterupgrader", Error::CATEGORIES);
-    let ctx =
-        Context::new(client, metrics, Some("test".into()), plans, images).with_access(access());
+    let ctx = Context::new(client, metrics, Some("test".into()), plans, images).with_access(access);
     (Arc::new(ctx), verifier)
 }
 
@@ -937,6 +940,60 @@ async fn a_step_is_one_server_side_apply_then_status_then_one_event() {
         assert_eq!(status.body["status"]["latestSetVersion"], "v1.30.2");
         assert_eq!(status.body["status"]["history"][0]["to"], "v1.30.2");
         assert_eq!(status.body["status"]["history"][0]["from"], "v1.30.1");
+        status.ok(&serde_json::to_value(upgrader(None)).unwrap());
+        server.expect_event("team", COMPONENT, "SettingClusterVersion").await;
+        server
+    });
+    within(
+        "reconcile",
+        STEP,
+        reconcile_upgrader(&upgrader(None), &ctx, timestamp()),
+    )
+    .await
+    .unwrap();
+    scenario.finish().await;
+}
+
+/// A step decided on the Cluster watch's view of a Cluster is written from a fresh read with the
+/// same resourceVersion: the guarded JSON patch pins the variables list as the API server holds
+/// it, fields the view does not keep included.
+#[tokio::test]
+async fn a_step_decided_from_the_cache_is_written_from_the_fresh_read() {
+    let atomic = cluster::Access {
+        list_map: false,
+        ..access()
+    };
+    let (ctx, verifier) = context_with(atomic.clone());
+    let mut served = cluster_json("v1.30.1", "i-1301");
+    served["metadata"]["resourceVersion"] = json!("7");
+    served["spec"]["topology"]["variables"][1]["definitionFrom"] = json!("inline");
+    let mut view: DeserializeGuard<CachedCluster> = serde_json::from_value(served.clone()).unwrap();
+    crate::runtime::projection::Projected::project(&mut view);
+    let mut writer = reflector::store::Writer::new(atomic.resource.clone());
+    writer.apply_watcher_event(&watcher::Event::Apply(view));
+    assert!(ctx.clusters.set(writer.as_reader()).is_ok());
+    assert!(
+        ctx.cached_cluster("team", "c").unwrap()["spec"]["topology"]["variables"][1]
+            .get("definitionFrom")
+            .is_none()
+    );
+    let scenario = verifier.run(|mut server| async move {
+        // The Cluster comes from the store: the first call is the Machines' list.
+        no_machines(&mut server).await;
+        let get = server.next().await;
+        assert_eq!((get.method.clone(), get.uri.as_str()), (Method::GET, CLUSTER_URL));
+        get.ok(&served);
+        let patch = server.next().await;
+        assert_eq!(patch.method, Method::PATCH);
+        assert_eq!(patch.uri, format!("{CLUSTER_URL}?&fieldManager={FIELD_MANAGER}"));
+        assert_eq!(
+            patch.body[2],
+            json!({"op": "test", "path": "/spec/topology/variables", "value": served["spec"]["topology"]["variables"]})
+        );
+        assert_eq!(patch.body[3], json!({"op": "replace", "path": "/spec/topology/variables/0/value", "value": "i-1302"}));
+        patch.ok(&cluster_json("v1.30.2", "i-1302"));
+        let status = server.expect_status_apply::<ClusterClassClusterUpgrader>("team", "u", FIELD_MANAGER).await;
+        assert_eq!(status.body["status"]["latestSetVersion"], "v1.30.2");
         status.ok(&serde_json::to_value(upgrader(None)).unwrap());
         server.expect_event("team", COMPONENT, "SettingClusterVersion").await;
         server

@@ -249,14 +249,14 @@ fn a_watch_event_is_projected_before_it_is_stored() {
     assert!(lacks_job_template(&stored));
 }
 
-#[test]
-fn a_cluster_keeps_what_the_upgraders_read() {
-    use crate::controllers::upgrader::cluster::{has_version_lists, view};
-    use crate::controllers::upgrader::finish::{ClusterApi, Rollout, finished};
+/// A Cluster as the API server serves it in `version` (`v1beta1` carries its v1beta2 view under
+/// `status.v1beta2`): managed fields, other annotations, labels, conditions the upgraders do
+/// not read, and every field they do.
+fn served_cluster(version: &str) -> Value {
     let mut meta = metadata(
         "c",
-        &json!({"cluster.x-k8s.io/cluster-name": "c"}),
-        &json!({"cluster.x-k8s.io/paused": ""}),
+        &json!({"cluster.x-k8s.io/cluster-name": "c", "wave": "canary"}),
+        &json!({"cluster.x-k8s.io/paused": "", "other.example.com/note": "kept elsewhere"}),
     );
     meta["managedFields"]
         .as_array_mut()
@@ -264,60 +264,229 @@ fn a_cluster_keeps_what_the_upgraders_read() {
         .push(json!({"manager": "capi-topology", "operation": "Update", "apiVersion": "cluster.x-k8s.io/v1beta2",
             "subresource": "status", "fieldsType": "FieldsV1",
             "fieldsV1": {"f:status": {"f:conditions": {}, "f:controlPlane": {}}}}));
-    let full: DynamicObject = parse(json!({
-        "apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Cluster",
-        "metadata": meta,
-        "spec": {"paused": false, "controlPlaneRef": {"apiGroup": "controlplane.cluster.x-k8s.io",
-                "kind": "KubeadmControlPlane", "name": "c-cp"},
-            "topology": {"classRef": {"name": "quick-start"}, "version": "v1.31.2",
-                "variables": [{"name": "imageID", "value": "ami-1"}]}},
-        "status": {"observedGeneration": 3,
-            "conditions": [
-                {"type": "TopologyReconciled", "status": "True", "reason": "ReconcileSucceeded"},
-                {"type": "ControlPlaneMachinesUpToDate", "status": "True", "reason": "UpToDate"},
-                {"type": "WorkerMachinesUpToDate", "status": "True", "reason": "UpToDate"},
-                {"type": "RollingOut", "status": "False", "reason": "NotRollingOut"},
-                {"type": "Available", "status": "True", "reason": "Available"}],
-            "controlPlane": {"replicas": 3, "upToDateReplicas": 3, "versions": [{"version": "v1.31.2", "replicas": 3}]},
-            "workers": {"replicas": 2, "upToDateReplicas": 2, "versions": [{"version": "v1.31.2", "replicas": 2}]}},
-    }));
-    let cut = projected(&full);
-    assert_metadata_kept(&full.metadata, &cut.metadata);
-    assert_eq!(cut.data, full.data);
-    // The upgraders read the Cluster as JSON: the view, the rollout checks and the
-    // resourceVersion they compare with a fresh read are unchanged.
-    let (full, cut) = (
-        serde_json::to_value(&full).unwrap(),
-        serde_json::to_value(&cut).unwrap(),
-    );
-    assert_eq!(view(&cut), view(&full));
-    assert!(view(&cut).paused);
-    assert_eq!(view(&cut).topology.unwrap().variables.len(), 1);
-    let target = api::version::parse_lenient("v1.31.2").unwrap();
-    for api in [ClusterApi::V1Beta1, ClusterApi::V1Beta2] {
-        let rollout = |cluster| Rollout {
-            api,
-            cluster,
-            control_plane: None,
-            machine_deployments: None,
-        };
-        assert_eq!(
-            finished(&rollout(&cut), &target).is_ok(),
-            finished(&rollout(&full), &target).is_ok()
-        );
-        assert_eq!(
-            finished(&rollout(&cut), &target).is_ok(),
-            api == ClusterApi::V1Beta2
-        );
-        assert_eq!(has_version_lists(api, &cut), has_version_lists(api, &full));
+    let v1beta2 = json!({
+        "observedGeneration": 3,
+        "conditions": [
+            {"type": "InfrastructureReady", "status": "True", "reason": "Ready", "message": "long text"},
+            {"type": "TopologyReconciled", "status": "True", "reason": "ReconcileSucceeded", "lastTransitionTime": "2026-01-02T03:04:05Z"},
+            {"type": "ControlPlaneMachinesUpToDate", "status": "True", "reason": "UpToDate"},
+            {"type": "WorkerMachinesUpToDate", "status": "True", "reason": "UpToDate"},
+            {"type": "RollingOut", "status": "False", "reason": "NotRollingOut"},
+            {"type": "Available", "status": "True", "reason": "Available", "message": ""}],
+        "controlPlane": {"replicas": 3, "upToDateReplicas": 3, "readyReplicas": 3,
+            "versions": [{"version": "v1.31.2", "replicas": 3}]},
+        "workers": {"replicas": 2, "upToDateReplicas": 2, "availableReplicas": 2,
+            "versions": [{"version": "v1.31.2", "replicas": 2}]},
+        "phase": "Provisioned",
+        "initialization": {"infrastructureProvisioned": true},
+    });
+    let (spec, status) = if version == "v1beta2" {
+        (
+            json!({"paused": false,
+                "controlPlaneRef": {"apiGroup": "controlplane.cluster.x-k8s.io", "kind": "KubeadmControlPlane", "name": "c-cp"},
+                "infrastructureRef": {"apiGroup": "infrastructure.cluster.x-k8s.io", "kind": "DockerCluster", "name": "c-infra"},
+                "clusterNetwork": {"pods": {"cidrBlocks": ["192.168.0.0/16"]}},
+                "topology": {"classRef": {"name": "quick-start", "namespace": "classes"}, "version": "v1.31.2",
+                    "controlPlane": {"replicas": 3, "metadata": {"labels": {"a": "b"}}},
+                    "workers": {"machineDeployments": [{"class": "default-worker", "name": "md-0", "replicas": 2}]},
+                    "variables": [{"name": "imageID", "value": "ami-1"},
+                        {"name": "machine", "value": {"image": {"id": "ami-1", "tags": [1, 2]}}}]}}),
+            v1beta2,
+        )
+    } else {
+        (
+            json!({"controlPlaneRef": {"apiVersion": "controlplane.cluster.x-k8s.io/v1beta1", "kind": "KubeadmControlPlane",
+                    "name": "c-cp", "namespace": "team", "uid": "uid-cp"},
+                "topology": {"class": "quick-start", "version": "v1.31.2",
+                    "variables": [{"name": "imageID", "value": "ami-1"}]}}),
+            json!({"observedGeneration": 3, "phase": "Provisioned", "controlPlaneReady": true,
+                "conditions": [
+                    {"type": "Ready", "status": "True", "lastTransitionTime": "2026-01-02T03:04:05Z"},
+                    {"type": "TopologyReconciled", "status": "True"}],
+                "v1beta2": v1beta2}),
+        )
+    };
+    json!({
+        "apiVersion": format!("cluster.x-k8s.io/{version}"), "kind": "Cluster",
+        "metadata": meta, "spec": spec, "status": status,
+    })
+}
+
+/// Every way the upgraders read a Cluster as JSON, each answer compared whole.
+fn cluster_reads(cluster: &Value) -> Vec<String> {
+    use crate::controllers::upgrader::chain::class_ref;
+    use crate::controllers::upgrader::cluster::{has_version_lists, view};
+    use crate::controllers::upgrader::finish::{ClusterApi, Rollout, finished, objects_needed};
+    let mut reads = vec![
+        format!("{:?}", view(cluster)),
+        format!("{:?}", cluster.pointer("/metadata/resourceVersion")),
+        format!("{:?}", cluster.pointer("/metadata/name")),
+        format!("{:?}", cluster.pointer("/metadata/namespace")),
+    ];
+    for field in ["apiVersion", "apiGroup", "kind", "name"] {
+        let path = format!("/spec/controlPlaneRef/{field}");
+        reads.push(format!("{:?}", cluster.pointer(&path)));
     }
+    for api in [ClusterApi::V1Beta1, ClusterApi::V1Beta2] {
+        for target in ["v1.31.2", "v1.31.3", "v1.30.0"] {
+            let rollout = Rollout {
+                api,
+                cluster,
+                control_plane: None,
+                machine_deployments: None,
+            };
+            let target = api::version::parse_lenient(target).unwrap();
+            reads.push(format!("{:?}", finished(&rollout, &target)));
+            reads.push(format!("{:?}", objects_needed(&rollout, &target)));
+        }
+        reads.push(format!("{:?}", has_version_lists(api, cluster)));
+        reads.push(format!("{:?}", class_ref(api, cluster, "team")));
+    }
+    reads
+}
+
+/// `cluster` as the Cluster watch's store keeps it, as the upgraders read it back.
+fn cached(cluster: &Value) -> Value {
+    let mut guarded: DeserializeGuard<cluster::CachedCluster> = parse(cluster.clone());
+    guarded.project();
+    guarded.0.unwrap().to_json()
+}
+
+#[test]
+fn a_cluster_keeps_what_the_upgraders_read() {
+    for version in ["v1beta1", "v1beta2"] {
+        let full = served_cluster(version);
+        let cut = cached(&full);
+        assert_eq!(cluster_reads(&cut), cluster_reads(&full), "{version}");
+        // What the checks found: finished at v1.31.2 when read in its own version, paused,
+        // two variables (one a JSON object), the wave label.
+        let reads = cluster_reads(&cut);
+        assert_eq!(
+            reads.iter().filter(|r| *r == "Ok(())").count(),
+            1,
+            "{reads:?}"
+        );
+        let view = crate::controllers::upgrader::cluster::view(&cut);
+        assert!(view.paused);
+        assert_eq!(view.labels["wave"], "canary");
+        assert_eq!(view.available, (version == "v1beta2").then_some(true));
+        // Nothing else: no managed fields, no other annotation, no unread condition or field.
+        assert!(cut["metadata"].get("managedFields").is_none());
+        assert_eq!(
+            cut["metadata"]["annotations"],
+            json!({"cluster.x-k8s.io/paused": ""})
+        );
+        let text = cut.to_string();
+        for gone in [
+            "InfrastructureReady",
+            "Ready\"",
+            "phase",
+            "message",
+            "infrastructureRef",
+            "clusterNetwork",
+            "readyReplicas",
+            "machineDeployments",
+            "lastTransitionTime",
+            "uid-cp",
+            "ownerReferences",
+            "creationTimestamp",
+        ] {
+            assert!(!text.contains(gone), "{gone} kept in {text}");
+        }
+    }
+    let full = served_cluster("v1beta2");
     assert_eq!(
-        cut["metadata"]["resourceVersion"],
-        full["metadata"]["resourceVersion"]
+        cached(&full)["spec"]["topology"]["variables"],
+        full["spec"]["topology"]["variables"]
     );
-    assert_eq!(
-        cut["metadata"]["generation"],
-        full["metadata"]["generation"]
-    );
-    assert!(cut["metadata"].get("managedFields").is_none());
+}
+
+#[test]
+fn each_unfinished_cluster_reads_the_same_from_the_cache() {
+    use crate::controllers::upgrader::finish::UPGRADE_STEP_ANNOTATION;
+    fn remove(value: &mut Value, key: &str) {
+        value.as_object_mut().unwrap().remove(key);
+    }
+    type Mutation = fn(&mut Value);
+    let cases: Vec<(&str, Mutation)> = vec![
+        ("generation", |c| {
+            c["metadata"]["generation"] = json!(4);
+        }),
+        ("no generation", |c| {
+            remove(&mut c["metadata"], "generation");
+        }),
+        ("upgrading", |c| {
+            c["metadata"]["annotations"][UPGRADE_STEP_ANNOTATION] = json!("v1.31.2");
+        }),
+        ("not paused", |c| {
+            c["metadata"]["annotations"] = json!({});
+        }),
+        ("spec paused", |c| {
+            c["spec"]["paused"] = json!(true);
+        }),
+        ("reason", |c| {
+            c["status"]["conditions"][1]["reason"] = json!("ClusterUpgrading");
+        }),
+        ("rolling", |c| {
+            c["status"]["conditions"][4]["status"] = json!("True");
+        }),
+        ("unavailable", |c| {
+            c["status"]["conditions"][5]["status"] = json!("False");
+        }),
+        ("no conditions read", |c| {
+            c["status"]["conditions"] = json!([{"type": "Ready", "status": "True"}]);
+        }),
+        ("no conditions", |c| remove(&mut c["status"], "conditions")),
+        ("plan", |c| {
+            c["status"]["controlPlane"]["upgradePlan"] = json!([{"version": "v1.32.0"}]);
+        }),
+        ("empty plan", |c| {
+            c["status"]["workers"]["upgradePlan"] = json!([]);
+        }),
+        ("replicas", |c| {
+            c["status"]["workers"]["upToDateReplicas"] = json!(1);
+        }),
+        ("two versions", |c| {
+            c["status"]["workers"]["versions"] =
+                json!([{"version": "v1.30.9"}, {"version": "v1.31.2"}]);
+        }),
+        ("no versions", |c| {
+            remove(&mut c["status"]["controlPlane"], "versions");
+        }),
+        ("no topology", |c| remove(&mut c["spec"], "topology")),
+        ("no status", |c| {
+            c["status"] = json!({});
+        }),
+    ];
+    for (name, mutate) in cases {
+        let mut full = served_cluster("v1beta2");
+        mutate(&mut full);
+        assert_eq!(
+            cluster_reads(&cached(&full)),
+            cluster_reads(&full),
+            "{name}"
+        );
+        // The same change under a v1beta1 Cluster's status.v1beta2.
+        let mut old = served_cluster("v1beta1");
+        let mut inner = json!({"metadata": full["metadata"], "spec": full["spec"], "status": old["status"]["v1beta2"].clone()});
+        mutate(&mut inner);
+        old["metadata"] = inner["metadata"].take();
+        old["status"]["v1beta2"] = inner["status"].take();
+        assert_eq!(
+            cluster_reads(&cached(&old)),
+            cluster_reads(&old),
+            "v1beta1 {name}"
+        );
+    }
+}
+
+#[test]
+fn a_cluster_that_does_not_match_the_view_is_kept_as_its_metadata() {
+    let mut full = served_cluster("v1beta2");
+    full["spec"]["paused"] = json!("yes");
+    let mut guarded: DeserializeGuard<cluster::CachedCluster> = parse(full);
+    guarded.project();
+    let invalid = guarded.0.unwrap_err();
+    assert_eq!(invalid.metadata.name.as_deref(), Some("c"));
+    assert!(invalid.metadata.managed_fields.is_none());
 }
