@@ -71,7 +71,10 @@ mod tests {
         [
             (NEW.to_owned(), ["os-1.31.4-b2".to_owned()].into()),
             (OLD.to_owned(), ["os-1.30.5-b1".to_owned()].into()),
-            ("oci://r/os@sha256:22".to_owned(), std::collections::BTreeSet::new()),
+            (
+                "oci://r/os@sha256:22".to_owned(),
+                std::collections::BTreeSet::new(),
+            ),
         ]
         .into()
     }
