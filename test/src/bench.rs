@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use api::v1alpha1::MachineImage;
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams, PostParams};
 use kube::runtime::watcher;
 use kube::{Api, Client};
@@ -198,6 +198,32 @@ pub async fn fleet_member(
         .create(&PostParams::default(), &upgrader)
         .await?;
     Ok(())
+}
+
+/// The name of the fleet's `i`th Cluster and its upgrader.
+pub fn cluster_name(i: usize) -> String {
+    format!("c-{i:04}")
+}
+
+/// The fleet: `count` [`fleet_member`]s named by [`cluster_name`] at `version` on the Plan
+/// `plan`, `labels(i)` the `i`th one's labels, made 16 at a time.
+pub async fn create_fleet(
+    client: &Client,
+    ns: &str,
+    count: usize,
+    version: &str,
+    plan: &str,
+    labels: impl Fn(usize) -> Value,
+) -> Result<()> {
+    futures::stream::iter(0..count)
+        .map(|i| {
+            let labels = labels(i);
+            async move { fleet_member(client, ns, &cluster_name(i), version, &labels, plan).await }
+        })
+        .buffer_unordered(16)
+        .try_collect::<Vec<()>>()
+        .await
+        .map(drop)
 }
 
 /// Waits up to `timeout` until all `count` upgraders report their Cluster on the latest version.

@@ -20,11 +20,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use api::v1alpha1::{MachineImage, Plan};
-use e2e::bench::{self, CAPI_VERSION, cluster_writes, diff, env_or, our_writes, report_window};
+use e2e::bench::{
+    self, CAPI_VERSION, cluster_name, cluster_writes, diff, env_or, our_writes, report_window,
+};
 use e2e::manager::{Manager, ManagerOptions};
 use e2e::stats::percentile;
 use e2e::{SKIP_HINT, capi, cluster, namespace};
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use kube::api::{ApiResource, DynamicObject, PostParams};
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
@@ -36,7 +38,6 @@ const TO: &str = "v1.31.2";
 const LABEL: (&str, &str) = ("os", "rollout");
 const PLAN: &str = "fleet";
 const SOAK: Duration = Duration::from_secs(5);
-const PARALLEL: usize = 16;
 const TIMEOUT: Duration = Duration::from_secs(600);
 
 /// The waves in order: (name, Clusters, maxConcurrent); the last wave takes the rest.
@@ -81,10 +82,6 @@ impl Fleet {
         let index = name.strip_prefix("c-")?.parse().ok()?;
         Some(self.wave_of_index(index))
     }
-}
-
-fn cluster_name(i: usize) -> String {
-    format!("c-{i:04}")
 }
 
 /// What the Cluster API stand-in saw, from the Cluster watch.
@@ -157,25 +154,15 @@ async fn main() -> Result<()> {
     }))?;
     plans.create(&PostParams::default(), &plan).await?;
     let created = Instant::now();
-    futures::stream::iter(0..count)
-        .map(|i| {
-            let ring = WAVES[fleet.wave_of_index(i)].0;
-            let (client, ns) = (client.clone(), ns.clone());
-            async move {
-                bench::fleet_member(
-                    &client,
-                    &ns,
-                    &cluster_name(i),
-                    FROM,
-                    &json!({"ring": ring}),
-                    PLAN,
-                )
-                .await
-            }
-        })
-        .buffer_unordered(PARALLEL)
-        .try_collect::<Vec<()>>()
-        .await?;
+    bench::create_fleet(
+        &client,
+        &ns,
+        count,
+        FROM,
+        PLAN,
+        |i| json!({"ring": WAVES[fleet.wave_of_index(i)].0}),
+    )
+    .await?;
     let created_in = created.elapsed();
 
     let options = ManagerOptions::new(&shared.manager_kubeconfig, &ns).labelled("rollout-manager");

@@ -430,31 +430,17 @@ fn upgrader_api(client: &Client, ns: Option<&str>) -> Api<DynamicObject> {
     }
 }
 
-fn cluster_name(i: usize) -> String {
-    format!("c-{i:04}")
-}
-
 /// A minimal Cluster finished at `version`, and its upgrader on the namespace's Plan.
 async fn create_cluster(client: &Client, ns: &str, i: usize, version: &str) -> Result<()> {
-    let name = cluster_name(i);
-    let cluster: DynamicObject = serde_json::from_value(json!({
-        "apiVersion": format!("{}/{CAPI_VERSION}", capi::GROUP), "kind": "Cluster",
-        "metadata": {"name": name},
-        "spec": {"topology": {"class": "quick-start", "version": version}},
-    }))?;
-    capi::clusters(client, ns, CAPI_VERSION)
-        .create(&PostParams::default(), &cluster)
-        .await?;
-    capi::rollout_finished(client, ns, CAPI_VERSION, &name, version).await?;
-    let upgrader: DynamicObject = serde_json::from_value(json!({
-        "apiVersion": format!("{GROUP}/v1alpha1"), "kind": KIND,
-        "metadata": {"name": name},
-        "spec": {"clusterName": name, "planRef": {"name": PLAN}},
-    }))?;
-    upgrader_api(client, Some(ns))
-        .create(&PostParams::default(), &upgrader)
-        .await?;
-    Ok(())
+    bench::fleet_member(
+        client,
+        ns,
+        &bench::cluster_name(i),
+        version,
+        &json!({}),
+        PLAN,
+    )
+    .await
 }
 
 /// Waits until every Plan has chosen `version` and every upgrader reports its Cluster on the

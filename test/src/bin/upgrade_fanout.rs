@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use api::v1alpha1::{MachineImage, Plan};
 use e2e::bench::{
-    self, CAPI_VERSION, GROUP, UPGRADER_KIND as KIND, diff, env_or, is_write, report_window, sum,
+    self, CAPI_VERSION, GROUP, UPGRADER_KIND as KIND, cluster_name, diff, env_or, is_write,
+    report_window, sum,
 };
 use e2e::manager::{self, Manager, ManagerOptions};
 use e2e::stats::percentile;
@@ -69,17 +70,7 @@ async fn main() -> Result<()> {
     }))?;
     plans.create(&PostParams::default(), &plan).await?;
     let created = Instant::now();
-    futures::stream::iter(0..count)
-        .map(|i| {
-            let (client, ns) = (client.clone(), ns.clone());
-            async move {
-                bench::fleet_member(&client, &ns, &cluster_name(i), FROM, &json!({}), "fanout")
-                    .await
-            }
-        })
-        .buffer_unordered(PARALLEL)
-        .try_collect::<Vec<()>>()
-        .await?;
+    bench::create_fleet(&client, &ns, count, FROM, "fanout", |_| json!({})).await?;
     let created_in = created.elapsed();
 
     let options = ManagerOptions::new(&shared.manager_kubeconfig, &ns).labelled("fanout-manager");
@@ -242,8 +233,4 @@ async fn main() -> Result<()> {
     );
     println!("{out}");
     Ok(())
-}
-
-fn cluster_name(i: usize) -> String {
-    format!("c-{i:04}")
 }
